@@ -1,0 +1,181 @@
+"""scan(query) -> Snapshot: the one place that joins kernel, /proc and namespaces."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import NotFoundError, PermissionDeniedError
+from .linux import netns as netns_mod
+from .linux import procfs, sockdiag
+from .model import Netns, Owner, Process, Snapshot, Socket
+from .query import Query
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _NsResult:
+    sockets: list[Socket]
+    sysctls: dict[str, str]
+    counters: dict[str, dict[str, int]]
+
+
+def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = False,
+         mem: bool = False, age: bool = False, evidence: bool = False,
+         netns: str | None = None, progress: Progress | None = None) -> Snapshot:
+    """Every TCP socket matching `query`, in every selected network namespace.
+
+    owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
+    info: decode tcp_info and the congestion control for each socket.
+    age: fetch only the age estimate (tcp_info's last-ACK-received).
+    evidence: also collect what the doctor needs: sysctls, counters, thread
+        states of owning processes, descriptors of dead TCP sockets.
+    netns: "all" (default), "host", a name from `ip netns`, a PID or an inode;
+        overrides the query's own setting when given.
+    """
+    if query is None or isinstance(query, str):
+        query = Query.build(query or ())
+    say = progress or (lambda _msg: None)
+    wanted = netns if netns is not None else query.netns
+    warnings: list[str] = []
+
+    namespaces = _namespaces(wanted, warnings)
+    opts = sockdiag.DumpOptions(states=query.states, info=info,
+                                age=age or query.needs_age, mem=mem, attrs=info or evidence)
+    say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
+    netns_records, sockets = _dump_all(namespaces, opts, evidence, warnings)
+    sockets = [sk for sk in sockets if query.match_socket(sk)]
+
+    processes: dict[int, Process] = {}
+    dead_fds = []
+    need_owners = owners or query.needs_owners or evidence
+    if need_owners:
+        say(f"finding owners of {len(sockets)} sockets in /proc")
+        owner_map = procfs.socket_owners()
+        if owner_map.denied_pids:
+            warnings.append(
+                f"{owner_map.denied_pids} processes of other users were not readable: their "
+                "sockets show no owner (run as root to see them)")
+        _join_owners(sockets, owner_map)
+        pids = {o.pid for sk in sockets for o in sk.owners}
+        for pid in sorted(pids):
+            proc = procfs.process_info(pid, owner_map.fd_counts.get(pid, 0), threads=evidence)
+            if proc is not None:
+                processes[pid] = proc
+        if query.needs_owners:
+            sockets = [sk for sk in sockets if query.match_owner(sk, processes)]
+            keep = {o.pid for sk in sockets for o in sk.owners}
+            processes = {pid: p for pid, p in processes.items() if pid in keep}
+        if evidence:
+            dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in sockets})
+            _add_fd_pressure(processes, owner_map)
+
+    return Snapshot(
+        created=time.time(),
+        hostname=socket.gethostname(),
+        kernel=os.uname().release,
+        sockets=sockets,
+        namespaces=netns_records,
+        processes=processes,
+        sysctls=procfs.read_sysctls(procfs.GLOBAL_SYSCTLS) if evidence else {},
+        dead_fds=dead_fds,
+        owners_scanned=need_owners,
+        info_scanned=info,
+        warnings=warnings,
+    )
+
+
+def _namespaces(wanted: str, warnings: list[str]) -> list[netns_mod.NsRef]:
+    found, denied = netns_mod.discover()
+    selected = netns_mod.select(found, wanted)
+    if not selected:
+        names = ", ".join(ns.name for ns in found)
+        raise NotFoundError(f"no network namespace called '{wanted}' (known: {names})")
+    if os.geteuid() != 0:
+        own = netns_mod.current_inode()
+        if any(ns.inode != own for ns in selected):
+            warnings.append("not root: only the current network namespace is scanned "
+                            "(entering others needs CAP_SYS_ADMIN)")
+        selected = [ns for ns in selected if ns.inode == own] or selected[:0]
+        if not selected:
+            raise PermissionDeniedError(
+                f"entering network namespace '{wanted}' needs root (CAP_SYS_ADMIN)")
+    elif denied:
+        warnings.append(f"{denied} processes could not be inspected for their namespace")
+    return selected
+
+
+def _dump_all(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions, evidence: bool,
+              warnings: list[str]) -> tuple[list[Netns], list[Socket]]:
+    def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
+        def run() -> _NsResult:
+            sock = sockdiag.open_socket()
+            try:
+                sockets = sockdiag.dump(sock, opts, netns=ns.inode)
+            finally:
+                sock.close()
+            if not evidence:
+                return _NsResult(sockets, {}, {})
+            return _NsResult(sockets, procfs.read_sysctls(procfs.NET_SYSCTLS),
+                             procfs.read_counters())
+        return run
+
+    if len(namespaces) == 1:
+        results: list = [_run_guarded(namespaces[0], job(namespaces[0]))]
+    else:
+        results = netns_mod.run_many([(ns, job(ns)) for ns in namespaces])
+    records: list[Netns] = []
+    sockets: list[Socket] = []
+    for ns, result in zip(namespaces, results, strict=True):
+        record = Netns(inode=ns.inode, name=ns.name, kind=ns.kind, pid=ns.pid)
+        if isinstance(result, BaseException):
+            record.error = _describe(result)
+            warnings.append(f"network namespace {ns.name}: {record.error}")
+            if len(namespaces) == 1:
+                _reraise_user_error(result)
+        else:
+            sockets.extend(result.sockets)
+            record.sysctls = result.sysctls
+            record.counters = result.counters
+        records.append(record)
+    return records, sockets
+
+
+def _run_guarded(ns: netns_mod.NsRef, fn: Callable[[], _NsResult]) -> _NsResult | BaseException:
+    try:
+        return netns_mod.run_in(ns, fn)
+    except (OSError, sockdiag.NetlinkParseError, sockdiag.DumpInterrupted) as exc:
+        return exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EPERM:
+        return "permission denied (needs root)"
+    if isinstance(exc, sockdiag.DumpInterrupted):
+        return "the kernel kept interrupting the dump (sockets changing too fast); try again"
+    return str(exc) or exc.__class__.__name__
+
+
+def _reraise_user_error(exc: BaseException) -> None:
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EPERM:
+        raise PermissionDeniedError(f"cannot scan that namespace: {_describe(exc)}") from exc
+    raise exc
+
+
+def _join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
+    by_inode = owner_map.by_inode
+    for sk in sockets:
+        if sk.inode:
+            holders = by_inode.get(sk.inode)
+            if holders:
+                sk.owners = [Owner(pid, fd) for pid, fd in holders]
+
+
+def _add_fd_pressure(processes: dict[int, Process], owner_map: procfs.OwnerMap) -> None:
+    for pid, proc in processes.items():
+        proc.fd_count = owner_map.fd_counts.get(pid, proc.fd_count)

@@ -1,0 +1,170 @@
+"""Network namespaces: find them all, name them, run code inside one.
+
+Code runs inside a namespace on a fresh thread that calls setns(2) and then
+ends, so the main thread never leaves its own namespace and no pooled thread
+is ever left behind in a foreign one. Sockets opened on that thread stay bound
+to the namespace after the thread is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from . import procfs
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIRS = ("/run/netns", "/var/run/docker/netns")
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True, slots=True)
+class NsRef:
+    """How to enter one namespace, and what to call it."""
+
+    inode: int
+    name: str
+    kind: str  # host | named | container | process | current
+    path: str  # a file that setns(2) accepts
+    pid: int = 0
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def current_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def host_inode() -> int | None:
+    """The initial namespace, which is what an operator calls "the host".
+
+    PID 1 lives there, and so does kthreadd (PID 2), which helps when PID 1
+    refuses inspection (some init systems are not dumpable).
+    """
+    for pid in (1, 2):
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            continue
+    return None
+
+
+def discover() -> tuple[list[NsRef], int]:
+    """Every network namespace reachable through a process or a bind mount.
+
+    Returns the namespaces and how many processes could not be inspected
+    (without root, other users' namespaces are invisible).
+    """
+    host = host_inode()
+    found: dict[int, NsRef] = {}
+    for run_dir in NETNS_RUN_DIRS:
+        try:
+            names = sorted(os.listdir(run_dir))
+        except OSError:
+            continue
+        for name in names:
+            path = f"{run_dir}/{name}"
+            try:
+                inode = os.stat(path).st_ino
+            except OSError:
+                continue
+            if inode != host and inode not in found:
+                found[inode] = NsRef(inode, name, "named", path)
+    denied = 0
+    for pid in procfs.list_pids():
+        path = f"/proc/{pid}/ns/net"
+        try:
+            inode = os.stat(path).st_ino
+        except PermissionError:
+            denied += 1
+            continue
+        except OSError:
+            continue
+        if inode in found:
+            continue
+        if inode == host:
+            found[inode] = NsRef(inode, "host", "host", path, pid)
+        else:
+            found[inode] = _process_ns(inode, pid, path)
+    own = current_inode()
+    if own not in found:
+        found[own] = NsRef(own, "host" if host in (None, own) else "current",
+                           "host" if host in (None, own) else "current",
+                           "/proc/thread-self/ns/net", os.getpid())
+    ordered = sorted(found.values(), key=lambda ns: (ns.kind != "host", ns.name))
+    return ordered, denied
+
+
+def _process_ns(inode: int, pid: int, path: str) -> NsRef:
+    info = procfs.process_info(pid)
+    if info and info.container:
+        return NsRef(inode, f"container:{info.container}", "container", path, pid)
+    comm = info.comm if info else "?"
+    return NsRef(inode, f"pid:{pid}({comm})", "process", path, pid)
+
+
+def select(namespaces: list[NsRef], wanted: str) -> list[NsRef]:
+    """Narrow the list to what `--netns` names: all, host, a name, a PID or an inode."""
+    if wanted in ("", "all"):
+        return namespaces
+    if wanted == "host":
+        return [ns for ns in namespaces if ns.kind == "host"]
+    matches = [ns for ns in namespaces if wanted in (ns.name, str(ns.inode))
+               or ns.name == f"container:{wanted[:12]}"]
+    if matches:
+        return matches
+    if wanted.isdigit() and os.path.exists(f"/proc/{wanted}/ns/net"):
+        path = f"/proc/{wanted}/ns/net"
+        inode = os.stat(path).st_ino
+        known = [ns for ns in namespaces if ns.inode == inode]
+        return known or [_process_ns(inode, int(wanted), path)]
+    return []
+
+
+def run_in(ns: NsRef, fn: Callable[[], T]) -> T:
+    """Call fn() inside the namespace and return its result (or raise its exception)."""
+    if ns.inode == current_inode():
+        return fn()
+    return run_many([(ns, fn)])[0]
+
+
+def run_many(jobs: Iterable[tuple[NsRef, Callable[[], T]]], parallel: int = 4) -> list[T]:
+    """Run each job inside its namespace, a few at a time, results in order.
+
+    A job that fails yields its exception as the result (not raised), so one
+    unreachable namespace does not hide the others.
+    """
+    jobs = list(jobs)
+    results: list = [None] * len(jobs)
+    own = current_inode()
+
+    def worker(index: int, ns: NsRef, fn: Callable[[], T]) -> None:
+        try:
+            if ns.inode != own:
+                fd = os.open(ns.path, os.O_RDONLY)
+                try:
+                    setns(fd)
+                finally:
+                    os.close(fd)
+            results[index] = fn()
+        except BaseException as exc:
+            results[index] = exc
+
+    for start in range(0, len(jobs), parallel):
+        threads = [threading.Thread(target=worker, args=(i, ns, fn), daemon=True)
+                   for i, (ns, fn) in enumerate(jobs[start:start + parallel], start)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return results

@@ -1,0 +1,292 @@
+"""Everything read from /proc: socket owners, process facts, sysctls, counters.
+
+The owner walk is the most expensive part of a full scan (one readlink per
+open file on the host), so it is a single linear pass that only runs when a
+query needs owners, and it reads each /proc/PID/fd directory through a
+directory fd so the kernel does not resolve the path again for every entry.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..model import DeadSocketFd, Process, ThreadInfo
+
+PROC = "/proc"
+_SOCKET_PREFIX = "socket:["
+
+
+@dataclass
+class OwnerMap:
+    """inode -> every (pid, fd) holding it, plus what the walk could not see."""
+
+    by_inode: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    fd_counts: dict[int, int] = field(default_factory=dict)
+    denied_pids: int = 0
+
+
+def list_pids() -> list[int]:
+    return [int(name) for name in os.listdir(PROC) if name.isdigit()]
+
+
+def socket_owners(pids: Iterable[int] | None = None) -> OwnerMap:
+    """One pass over /proc/*/fd: which process fds point at which socket inode."""
+    result = OwnerMap()
+    by_inode = result.by_inode
+    prefix = _SOCKET_PREFIX
+    readlink = os.readlink
+    for pid in list_pids() if pids is None else pids:
+        try:
+            dirfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+        except PermissionError:
+            result.denied_pids += 1
+            continue
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+            continue  # exited meanwhile
+        try:
+            names = os.listdir(dirfd)
+            result.fd_counts[pid] = len(names)
+            for name in names:
+                try:
+                    link = readlink(name, dir_fd=dirfd)
+                except OSError:
+                    continue  # closed meanwhile
+                if link.startswith(prefix):
+                    inode = int(link[8:-1])
+                    owners = by_inode.get(inode)
+                    if owners is None:
+                        by_inode[inode] = [(pid, int(name))]
+                    else:
+                        owners.append((pid, int(name)))
+        except PermissionError:
+            result.denied_pids += 1
+        except OSError:
+            pass  # the process exited while we read it
+        finally:
+            os.close(dirfd)
+    return result
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def read_int_file(path: str) -> int | None:
+    try:
+        return int(_read(path).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+_CONTAINER_PATTERNS = (
+    re.compile(r"(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{12,64})\.scope"),
+    re.compile(r"/(?:docker|containerd|lxc|machine)/([0-9a-f]{12,64})"),
+    re.compile(r"kubepods.*?/(?:pod[^/]+/)?([0-9a-f]{64})"),
+)
+
+
+def container_id(cgroup: str) -> str:
+    """Container id derived from a cgroup path, shortened like docker does."""
+    for pattern in _CONTAINER_PATTERNS:
+        m = pattern.search(cgroup)
+        if m:
+            return m.group(1)[:12]
+    return ""
+
+
+def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process | None:
+    """Facts about one process, or None if it is gone."""
+    base = f"{PROC}/{pid}"
+    try:
+        comm = _read(f"{base}/comm").rstrip("\n")
+        stat = _read(f"{base}/stat")
+        uid = os.stat(base).st_uid
+    except OSError:
+        return None
+    state = stat[stat.rfind(")") + 2:].split(" ", 1)[0]
+    proc = Process(pid=pid, comm=comm, uid=uid, user=user_name(uid), state=state,
+                   fd_count=fd_count)
+    try:
+        raw = _read(f"{base}/cmdline")
+        proc.cmdline = [part for part in raw.split("\0") if part]
+    except OSError:
+        pass
+    try:
+        cgroup = _read(f"{base}/cgroup").strip().splitlines()
+        proc.cgroup = cgroup[-1].split(":", 2)[2] if cgroup else ""
+        proc.container = container_id(proc.cgroup)
+    except (OSError, IndexError):
+        pass
+    try:
+        proc.netns = os.stat(f"{base}/ns/net").st_ino
+    except OSError:
+        pass
+    proc.fd_limit = fd_soft_limit(pid)
+    if threads:
+        proc.threads = thread_states(pid)
+    return proc
+
+
+def fd_soft_limit(pid: int) -> int:
+    try:
+        for line in _read(f"{PROC}/{pid}/limits").splitlines():
+            if line.startswith("Max open files"):
+                value = line.split()[3]
+                return 0 if value == "unlimited" else int(value)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+# x86_64 syscall numbers a stuck network program is typically blocked in.
+_SYSCALL_NAMES = {
+    0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom",
+    47: "recvmsg", 61: "wait4", 202: "futex", 230: "clock_nanosleep", 232: "epoll_wait",
+    270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
+    34: "pause", 1: "write", 44: "sendto", 46: "sendmsg",
+}
+
+
+def thread_states(pid: int) -> list[ThreadInfo]:
+    """State, wait channel and current syscall of each thread of a process."""
+    out: list[ThreadInfo] = []
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task"))
+    except OSError:
+        return out
+    for tid in tids:
+        base = f"{PROC}/{pid}/task/{tid}"
+        try:
+            stat = _read(f"{base}/stat")
+        except OSError:
+            continue
+        state = stat[stat.rfind(")") + 2:].split(" ", 1)[0]
+        wchan = ""
+        syscall = ""
+        try:
+            wchan = _read(f"{base}/wchan").strip()
+            wchan = "" if wchan == "0" else wchan
+        except OSError:
+            pass
+        try:
+            first = _read(f"{base}/syscall").split()[0]
+            if first == "running":
+                syscall = "running"
+            elif first.lstrip("-").isdigit():
+                nr = int(first)
+                syscall = "" if nr < 0 else _SYSCALL_NAMES.get(nr, f"syscall {nr}")
+        except (OSError, IndexError):
+            pass
+        out.append(ThreadInfo(tid=tid, state=state, wchan=wchan, syscall=syscall))
+    return out
+
+
+def socket_protocol(pid: int, fd: int) -> str:
+    """Protocol name of the socket behind a descriptor ("TCP", "TCPv6", "UNIX", ...)."""
+    try:
+        raw = os.getxattr(f"{PROC}/{pid}/fd/{fd}", "system.sockprotoname")
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").decode("ascii", "replace")
+
+
+def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int]) -> list[DeadSocketFd]:
+    """Descriptors pointing at TCP sockets that are in no TCP table any more."""
+    dead: list[DeadSocketFd] = []
+    for inode, holders in owners.by_inode.items():
+        if inode in live_inodes:
+            continue
+        for pid, fd in holders:
+            proto = socket_protocol(pid, fd)
+            if proto in ("TCP", "TCPv6"):
+                dead.append(DeadSocketFd(pid=pid, fd=fd, inode=inode, protocol=proto))
+    return dead
+
+
+# --- sysctls and counters (per network namespace when read from a thread inside it) ---
+
+NET_SYSCTLS = (
+    "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_tw_recycle",
+    "net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_max_orphans", "net.ipv4.tcp_orphan_retries",
+    "net.ipv4.tcp_retries2", "net.ipv4.tcp_syn_retries", "net.ipv4.tcp_synack_retries",
+    "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_syncookies", "net.ipv4.tcp_abort_on_overflow",
+    "net.ipv4.ip_local_port_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_challenge_ack_limit", "net.ipv4.tcp_invalid_ratelimit",
+    "net.core.somaxconn",
+)
+GLOBAL_SYSCTLS = ("fs.file-max", "fs.nr_open", "fs.file-nr", "net.ipv4.tcp_mem")
+
+
+def read_sysctls(names: Iterable[str]) -> dict[str, str]:
+    """Values of the given sysctls that exist on this kernel, whitespace normalised."""
+    values: dict[str, str] = {}
+    for name in names:
+        try:
+            raw = _read(f"{PROC}/sys/{name.replace('.', '/')}")
+        except OSError:
+            continue
+        values[name] = " ".join(raw.split())
+    return values
+
+
+def _parse_pairs_file(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/netstat and /proc/net/snmp: header line then value line per group."""
+    out: dict[str, dict[str, int]] = {}
+    lines = text.splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        hname, _, hkeys = header.partition(":")
+        vname, _, vvals = values.partition(":")
+        if hname != vname:
+            continue
+        try:
+            out[hname] = dict(zip(hkeys.split(), map(int, vvals.split()), strict=True))
+        except ValueError:
+            continue
+    return out
+
+
+def _parse_sockstat(text: str) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        words = rest.split()
+        try:
+            out["sockstat." + name] = {k: int(v) for k, v in zip(words[::2], words[1::2],
+                                                                  strict=False)}
+        except ValueError:
+            continue
+    return out
+
+
+def read_counters(net_dir: str = f"{PROC}/thread-self/net") -> dict[str, dict[str, int]]:
+    """TcpExt, Tcp and sockstat counters of the calling thread's network namespace."""
+    counters: dict[str, dict[str, int]] = {}
+    for name in ("netstat", "snmp"):
+        try:
+            groups = _parse_pairs_file(_read(f"{net_dir}/{name}"))
+        except OSError:
+            continue
+        for group in ("TcpExt", "Tcp"):
+            if group in groups:
+                counters[group] = groups[group]
+    for name in ("sockstat", "sockstat6"):
+        try:
+            counters.update(_parse_sockstat(_read(f"{net_dir}/{name}")))
+        except OSError:
+            continue
+    return counters

@@ -1,0 +1,238 @@
+"""Plain data: TCP states, sockets, owners, processes, namespaces, snapshots.
+
+No I/O happens here. Everything is a msgspec Struct so a Snapshot encodes to
+JSON and decodes back with validation (a corrupt file is a clear error, not a
+crash deep inside a rule). Addresses and ports are stored flat on Socket rather
+than in nested Endpoint objects: a host can hold hundreds of thousands of
+sockets and every extra object per socket costs measurable time.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+SCHEMA = "sockdoctor.snapshot/1"
+
+
+class TcpState(IntEnum):
+    """Kernel TCP states (include/net/tcp_states.h)."""
+
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+    BOUND_INACTIVE = 13
+
+    @property
+    def ss_name(self) -> str:
+        """The name `ss` prints in its State column (ESTAB, CLOSE-WAIT, ...)."""
+        return SS_COLUMN_NAMES[self]
+
+    @property
+    def filter_name(self) -> str:
+        """The name `ss` accepts after `state` (established, close-wait, ...)."""
+        return SS_FILTER_NAMES[self]
+
+
+SS_COLUMN_NAMES: dict[int, str] = {
+    TcpState.ESTABLISHED: "ESTAB",
+    TcpState.SYN_SENT: "SYN-SENT",
+    TcpState.SYN_RECV: "SYN-RECV",
+    TcpState.FIN_WAIT1: "FIN-WAIT-1",
+    TcpState.FIN_WAIT2: "FIN-WAIT-2",
+    TcpState.TIME_WAIT: "TIME-WAIT",
+    TcpState.CLOSE: "UNCONN",
+    TcpState.CLOSE_WAIT: "CLOSE-WAIT",
+    TcpState.LAST_ACK: "LAST-ACK",
+    TcpState.LISTEN: "LISTEN",
+    TcpState.CLOSING: "CLOSING",
+    TcpState.NEW_SYN_RECV: "SYN-RECV",
+    TcpState.BOUND_INACTIVE: "UNCONN",
+}
+
+SS_FILTER_NAMES: dict[int, str] = {
+    TcpState.ESTABLISHED: "established",
+    TcpState.SYN_SENT: "syn-sent",
+    TcpState.SYN_RECV: "syn-recv",
+    TcpState.FIN_WAIT1: "fin-wait-1",
+    TcpState.FIN_WAIT2: "fin-wait-2",
+    TcpState.TIME_WAIT: "time-wait",
+    TcpState.CLOSE: "closed",
+    TcpState.CLOSE_WAIT: "close-wait",
+    TcpState.LAST_ACK: "last-ack",
+    TcpState.LISTEN: "listening",
+    TcpState.CLOSING: "closing",
+    TcpState.NEW_SYN_RECV: "syn-recv",
+    TcpState.BOUND_INACTIVE: "closed",
+}
+
+# Kernel timer codes in inet_diag_msg.idiag_timer, named as ss names them.
+TIMER_NAMES: dict[int, str] = {
+    0: "off",
+    1: "on",
+    2: "keepalive",
+    3: "timewait",
+    4: "persist",
+}
+
+ALL_STATES_MASK = sum(1 << s for s in TcpState if s not in (TcpState.NEW_SYN_RECV,
+                                                              TcpState.BOUND_INACTIVE))
+
+
+def state_mask(*states: int) -> int:
+    """Bit mask of the given states, in the kernel's idiag_states layout."""
+    mask = 0
+    for s in states:
+        mask |= 1 << int(s)
+    return mask
+
+
+class Owner(msgspec.Struct, frozen=True):
+    """One file descriptor through which a process holds a socket."""
+
+    pid: int
+    fd: int
+
+
+class Socket(msgspec.Struct, kw_only=True):
+    """One TCP socket as the kernel reports it, plus what we joined to it.
+
+    `recv_q`/`send_q` follow ss: for LISTEN sockets they are the current
+    accept-queue length and its maximum (the backlog).
+    `age_ms` is a lower bound of the time since the peer last spoke, taken
+    from tcp_info's last-ACK-received; see docs/age.md for what it means.
+    """
+
+    netns: int
+    family: int
+    state: int
+    local_addr: str
+    local_port: int
+    peer_addr: str
+    peer_port: int
+    inode: int
+    cookie: int
+    uid: int
+    recv_q: int
+    send_q: int
+    timer: int = 0
+    expires_ms: int = 0
+    retrans: int = 0
+    ifindex: int = 0
+    owners: list[Owner] = msgspec.field(default_factory=list)
+    age_ms: int | None = None
+    shutdown: int | None = None
+    cgroup_id: int | None = None
+    mark: int | None = None
+    cong: str | None = None
+    info: dict[str, int] | None = None
+    mem: dict[str, int] | None = None
+
+    @property
+    def tcp_state(self) -> TcpState:
+        return TcpState(self.state)
+
+    @property
+    def identity(self) -> tuple[int, int, str, int, str, int, int, int]:
+        """What must still match before any destructive action."""
+        return (self.netns, self.family, self.local_addr, self.local_port,
+                self.peer_addr, self.peer_port, self.inode, self.cookie)
+
+    def owner_note(self) -> str:
+        """Why a socket may legitimately have no owning file descriptor."""
+        if self.owners:
+            return ""
+        st = self.state
+        if st == TcpState.LISTEN:
+            return "listener not visible in any process"
+        if st == TcpState.TIME_WAIT:
+            return "TIME-WAIT: kept by the kernel only, no process holds it"
+        if self.inode == 0 and st in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT,
+                                      TcpState.SYN_RECV):
+            return "in a listener's accept queue: never accept()ed"
+        if self.inode == 0 and st in (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2,
+                                      TcpState.LAST_ACK, TcpState.CLOSING):
+            return "orphaned: the program closed it, the kernel finishes the close"
+        return "owner not visible (another user's process, or it just exited)"
+
+
+class ThreadInfo(msgspec.Struct, frozen=True):
+    """Where one thread of a process is blocked (/proc/PID/task/TID)."""
+
+    tid: int
+    state: str
+    wchan: str = ""
+    syscall: str = ""
+
+
+class Process(msgspec.Struct, kw_only=True):
+    pid: int
+    comm: str
+    cmdline: list[str] = msgspec.field(default_factory=list)
+    uid: int = -1
+    user: str = ""
+    state: str = ""
+    cgroup: str = ""
+    container: str = ""
+    netns: int = 0
+    fd_count: int = 0
+    fd_limit: int = 0
+    threads: list[ThreadInfo] | None = None
+
+
+class Netns(msgspec.Struct, kw_only=True):
+    """A network namespace, named as a person would recognise it."""
+
+    inode: int
+    name: str
+    kind: str  # "host", "named" (ip netns), "container", "process"
+    pid: int = 0  # a process inside it, when one is known
+    error: str = ""  # why it could not be scanned, if it could not
+    sysctls: dict[str, str] = msgspec.field(default_factory=dict)  # net.* of this netns
+    counters: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+
+
+class DeadSocketFd(msgspec.Struct, frozen=True):
+    """A descriptor that points at a TCP socket found in no TCP table."""
+
+    pid: int
+    fd: int
+    inode: int
+    protocol: str
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """Complete evidence of one scan; serialises to JSON and back."""
+
+    schema: str = SCHEMA
+    created: float
+    hostname: str
+    kernel: str
+    sockets: list[Socket]
+    namespaces: list[Netns] = msgspec.field(default_factory=list)
+    processes: dict[int, Process] = msgspec.field(default_factory=dict)
+    sysctls: dict[str, str] = msgspec.field(default_factory=dict)  # host-wide (fs.*)
+    dead_fds: list[DeadSocketFd] = msgspec.field(default_factory=list)
+    owners_scanned: bool = False
+    info_scanned: bool = False
+    warnings: list[str] = msgspec.field(default_factory=list)
+
+    def netns(self, inode: int) -> Netns | None:
+        for ns in self.namespaces:
+            if ns.inode == inode:
+                return ns
+        return None
+
+    def netns_name(self, inode: int) -> str:
+        ns = self.netns(inode)
+        return ns.name if ns else f"net:[{inode}]"
