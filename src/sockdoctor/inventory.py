@@ -48,7 +48,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     opts = sockdiag.DumpOptions(states=query.states, info=info,
                                 age=age or query.needs_age, mem=mem, attrs=info or evidence)
     say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
-    netns_records, sockets = _dump_all(namespaces, opts, evidence, warnings)
+    families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
+    netns_records, sockets = _dump_all(namespaces, opts, families, evidence, warnings)
     sockets = [sk for sk in sockets if query.match_socket(sk)]
 
     processes: dict[int, Process] = {}
@@ -91,7 +92,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
 
 
 def _namespaces(wanted: str, warnings: list[str]) -> list[netns_mod.NsRef]:
-    found, denied = netns_mod.discover()
+    found, _denied = netns_mod.discover()
     selected = netns_mod.select(found, wanted)
     if not selected:
         names = ", ".join(ns.name for ns in found)
@@ -105,18 +106,17 @@ def _namespaces(wanted: str, warnings: list[str]) -> list[netns_mod.NsRef]:
         if not selected:
             raise PermissionDeniedError(
                 f"entering network namespace '{wanted}' needs root (CAP_SYS_ADMIN)")
-    elif denied:
-        warnings.append(f"{denied} processes could not be inspected for their namespace")
     return selected
 
 
-def _dump_all(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions, evidence: bool,
+def _dump_all(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions,
+              families: tuple[int, ...], evidence: bool,
               warnings: list[str]) -> tuple[list[Netns], list[Socket]]:
     def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
         def run() -> _NsResult:
             sock = sockdiag.open_socket()
             try:
-                sockets = sockdiag.dump(sock, opts, netns=ns.inode)
+                sockets = sockdiag.dump(sock, opts, netns=ns.inode, families=families)
             finally:
                 sock.close()
             if not evidence:

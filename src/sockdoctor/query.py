@@ -12,9 +12,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from . import ssfilter
 from .errors import UsageError
-from .model import ALL_STATES_MASK, Process, Socket
+from .model import ALL_STATES_MASK, Process, Snapshot, Socket
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
@@ -39,13 +41,14 @@ class Query:
     process: str = ""
     older_than_ms: int | None = None
     netns: str = "all"
+    family: int = 0  # 0: both, socket.AF_INET or socket.AF_INET6 (-4 / -6)
     text: str = ""
     notes: list[str] = field(default_factory=list)
 
     @classmethod
     def build(cls, filter_words: Sequence[str] | str = (), *, states: Sequence[str] = (),
               ports: Sequence[int] = (), pids: Sequence[int] = (), process: str = "",
-              older_than: str | None = None, netns: str = "all",
+              older_than: str | None = None, netns: str = "all", family: int = 0,
               filter_file: str | None = None) -> Query:
         """Combine filter text (ss syntax) and flags; every part must hold (AND)."""
         words = filter_words.split() if isinstance(filter_words, str) else list(filter_words)
@@ -63,6 +66,7 @@ class Query:
             process=process,
             older_than_ms=parse_duration(older_than) if older_than else None,
             netns=netns or "all",
+            family=family,
             text=" ".join(words),
         )
 
@@ -77,6 +81,8 @@ class Query:
     def match_socket(self, sk: Socket) -> bool:
         """Everything that can be decided from the socket alone."""
         if not (self.states >> sk.state) & 1:
+            return False
+        if self.family and sk.family != self.family:
             return False
         if self.ports and sk.local_port not in self.ports and sk.peer_port not in self.ports:
             return False
@@ -94,3 +100,13 @@ class Query:
             if not any(p is not None and p.comm == self.process for p in names):
                 return False
         return True
+
+    def apply(self, snapshot: Snapshot) -> Snapshot:
+        """The part of a saved snapshot this query selects (for `--from FILE`)."""
+        keep_ns = {ns.inode for ns in snapshot.namespaces
+                   if self.netns in ("all", "", ns.name, str(ns.inode))
+                   or (self.netns == "host" and ns.kind == "host")}
+        sockets = [sk for sk in snapshot.sockets
+                   if sk.netns in keep_ns and self.match_socket(sk)
+                   and (not self.needs_owners or self.match_owner(sk, snapshot.processes))]
+        return msgspec.structs.replace(snapshot, sockets=sockets)

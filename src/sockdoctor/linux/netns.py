@@ -114,11 +114,14 @@ def _process_ns(inode: int, pid: int, path: str) -> NsRef:
 
 
 def select(namespaces: list[NsRef], wanted: str) -> list[NsRef]:
-    """Narrow the list to what `--netns` names: all, host, a name, a PID or an inode."""
+    """Narrow the list to what `--netns` names: all, host, self, a name, a PID or an inode."""
     if wanted in ("", "all"):
         return namespaces
     if wanted == "host":
         return [ns for ns in namespaces if ns.kind == "host"]
+    if wanted in ("self", "current"):
+        own = current_inode()
+        return [ns for ns in namespaces if ns.inode == own]
     matches = [ns for ns in namespaces if wanted in (ns.name, str(ns.inode))
                or ns.name == f"container:{wanted[:12]}"]
     if matches:

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..model import Socket
+from ..model import Socket, TcpState, state_mask
 from . import tcpinfo
 
 NETLINK_SOCK_DIAG = 4
@@ -62,6 +62,12 @@ DIAG_MSG_LEN = DIAG_MSG.size  # 72
 RECV_BUFSIZE = 1 << 20
 
 MAX_DUMP_RETRIES = 3
+
+# States in which "time since the peer's last ACK" is meaningful: the peer has
+# spoken at least once. Not LISTEN or SYN_SENT, whose timestamp is never set.
+AGED_STATES = state_mask(TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2,
+                         TcpState.CLOSE, TcpState.CLOSE_WAIT, TcpState.LAST_ACK,
+                         TcpState.CLOSING)
 
 
 class NetlinkParseError(ValueError):
@@ -227,8 +233,7 @@ class DumpParser:
                 blob = bytes(payload)
                 if opts.info:
                     sk.info = tcpinfo.decode(blob)
-                    sk.age_ms = sk.info.get("last_ack_recv")
-                else:
+                if (1 << sk.state) & AGED_STATES:
                     sk.age_ms = tcpinfo.last_ack_recv(blob)
             elif kind == INET_DIAG_SHUTDOWN and len(payload) >= 1:
                 sk.shutdown = payload[0]

@@ -1,0 +1,64 @@
+"""Small formatting helpers shared by every renderer (ss-style endpoints, durations)."""
+
+from __future__ import annotations
+
+import socket
+
+from ..model import SS_COLUMN_NAMES, Process, Snapshot, Socket
+
+
+def endpoint(addr: str, port: int, family: int, *, peer: bool = False) -> str:
+    """`10.0.0.1:80`, `[::1]:80`, `0.0.0.0:*` the way ss prints them."""
+    port_text = "*" if port == 0 and peer else str(port)
+    if family == socket.AF_INET6:
+        return f"[{addr}]:{port_text}"
+    return f"{addr}:{port_text}"
+
+
+def state_name(state: int) -> str:
+    return SS_COLUMN_NAMES.get(state, f"STATE-{state}")
+
+
+def duration(ms: int | None) -> str:
+    """Compact human duration: 850ms, 42s, 7m12s, 3h05m, 2d04h."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms}ms"
+    s = ms // 1000
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"
+
+
+def ss_timer(ms: int) -> str:
+    """Timer expiry the way ss prints it inside timer:(...)."""
+    if ms >= 60_000:
+        return f"{ms // 60_000}min{(ms % 60_000) // 1000}sec" if ms % 60_000 else \
+            f"{ms // 60_000}min"
+    if ms >= 1000:
+        return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "sec"
+    return f"{ms}ms"
+
+
+def users(sk: Socket, processes: dict[int, Process]) -> str:
+    """`users:(("nginx",pid=1,fd=6),("nginx",pid=2,fd=6))` like ss -p."""
+    if not sk.owners:
+        return ""
+    parts = []
+    for owner in sk.owners:
+        proc = processes.get(owner.pid)
+        name = proc.comm if proc else "?"
+        parts.append(f'("{name}",pid={owner.pid},fd={owner.fd})')
+    return "users:(" + ",".join(parts) + ")"
+
+
+def netns_names(snapshot: Snapshot) -> dict[int, str]:
+    return {ns.inode: ns.name for ns in snapshot.namespaces}
