@@ -15,9 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from ..linux import netns
+
+T = TypeVar("T")
 PREFIX = "sdlab-"
 SERVER_V4, CLIENT_V4 = "10.77.0.1", "10.77.0.2"
 SERVER_V6, CLIENT_V6 = "fd77::1", "fd77::2"
@@ -51,6 +55,14 @@ class Host:
 
     def inode(self) -> int:
         return os.stat(self.path).st_ino
+
+    def ref(self) -> netns.NsRef:
+        """How sockdoctor.linux.netns enters this host."""
+        return netns.NsRef(self.inode(), self.netns, "named", self.path)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Call fn() on a thread inside this host's namespace; sockets it opens live there."""
+        return netns.run_in(self.ref(), fn)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from typing import IO, Any
 
 from ..errors import PermissionDeniedError, SockdoctorError
 from ..inventory import scan
-from ..linux import netns as netns_mod
 from ..model import DeadSocketFd, Snapshot, Socket, TcpState
 from .netlab import Host, Lab, LabError
 
@@ -261,17 +260,9 @@ def _bring_up(lab: Lab) -> None:
         raise ScenarioError(f"could not build the lab network: {exc}") from exc
 
 
-def host_ref(host: Host) -> netns_mod.NsRef:
-    """How netns.run_in enters a lab host's namespace."""
-    return netns_mod.NsRef(host.inode(), host.netns, "named", host.path)
-
-
 def in_netns(host: Host, fn: Callable[[], Any]) -> Any:
     """Call fn() on a thread inside the host's namespace (sockets it opens live there)."""
-    result = netns_mod.run_in(host_ref(host), fn)
-    if isinstance(result, BaseException):
-        raise result  # run_in hands a failure back as its result
-    return result
+    return host.run(fn)
 
 
 def probe(host: Host, addr: str, port: int, timeout: float,

@@ -138,7 +138,10 @@ def run_in(ns: NsRef, fn: Callable[[], T]) -> T:
     """Call fn() inside the namespace and return its result (or raise its exception)."""
     if ns.inode == current_inode():
         return fn()
-    return run_many([(ns, fn)])[0]
+    result = run_many([(ns, fn)])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def run_many(jobs: Iterable[tuple[NsRef, Callable[[], T]]], parallel: int = 4) -> list[T]:
