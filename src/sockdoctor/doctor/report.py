@@ -1,0 +1,98 @@
+"""A report as text for people (most severe first) and as JSON for programs."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import msgspec
+
+from ..errors import BadSnapshotError
+from .finding import Finding, Report
+from .text import fmt_ms, plural
+
+_COLORS = {"critical": "\x1b[1;31m", "warning": "\x1b[1;33m", "info": "\x1b[36m"}
+_BOLD, _GREEN, _DIM, _RESET = "\x1b[1m", "\x1b[32m", "\x1b[2m", "\x1b[0m"
+_INDENT = "    "
+_LABEL = 10  # width of "evidence: "
+
+
+def render_text(report: Report, color: bool = False, width: int = 100) -> str:
+    """The report as a person reads it: a header, then each finding, most severe first."""
+    paint = _painter(color)
+    out = [_header(report), _counts(report, paint), ""]
+    for f in report.findings:
+        out.extend(_finding(f, paint, width))
+        out.append("")
+    if report.limits:
+        out.append(paint(_DIM, "not checked or guessed:"))
+        out.extend(paint(_DIM, f"  - {line}") for line in report.limits)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _painter(color: bool):
+    def paint(code: str, text: str) -> str:
+        return f"{code}{text}{_RESET}" if color and text else text
+    return paint
+
+
+def _header(report: Report) -> str:
+    meta = report.snapshot
+    ns = plural(len(meta.namespaces), "network namespace") if meta.namespaces else ""
+    parts = [f"{meta.hostname} (kernel {meta.kernel})", plural(meta.sockets, "TCP socket")]
+    if ns:
+        parts.append(ns)
+    if meta.interval_s:
+        parts.append(f"2 samples {fmt_ms(meta.interval_s * 1000)} apart")
+    return "sockdoctor doctor: " + ", ".join(parts)
+
+
+def _counts(report: Report, paint) -> str:
+    s = report.summary
+    if not report.findings:
+        return paint(_COLORS["info"], "healthy: nothing to report")
+    words = [paint(_COLORS[sev], f"{n} {sev}") for sev, n in
+             (("critical", s.critical), ("warning", s.warning), ("info", s.info)) if n]
+    verdict = "healthy (information only)" if report.healthy else "problems found"
+    return f"{verdict}: " + ", ".join(words)
+
+
+def _finding(f: Finding, paint, width: int) -> list[str]:
+    where = f"  [netns {f.netns}]" if f.netns else ""
+    head = (paint(_COLORS[f.severity], f"{f.severity.upper():<8}") + " "
+            + paint(_BOLD, f.rule) + "  " + f.title + paint(_DIM, where))
+    lines = [head]
+    for i, ev in enumerate(f.evidence_lines):
+        lines.extend(_wrapped("evidence:" if i == 0 else "", ev, width, hang=2))
+    lines.extend(_wrapped("why:", f.explanation, width))
+    lines.extend(_wrapped("fix:", f.fix, width))
+    if f.relief:
+        lines.append(_INDENT + "relieve now: " + paint(_GREEN, f.relief))
+    return lines
+
+
+def _wrapped(label: str, text: str, width: int, hang: int = 0) -> list[str]:
+    if not text:
+        return []
+    first = _INDENT + f"{label:<{_LABEL}}"
+    rest = _INDENT + " " * (_LABEL + hang)
+    return textwrap.wrap(text, width=max(width, 40), initial_indent=first,
+                         subsequent_indent=rest, break_on_hyphens=False,
+                         break_long_words=False)
+
+
+def to_json(report: Report) -> bytes:
+    return msgspec.json.encode(report)
+
+
+def from_json(data: bytes | str) -> Report:
+    """Decode a report; a corrupt or foreign document is a user error."""
+    try:
+        return msgspec.json.decode(data, type=Report)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise BadSnapshotError(f"not a sockdoctor report: {exc}") from exc
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a report (what `doctor --json` prints)."""
+    return msgspec.json.schema(Report)

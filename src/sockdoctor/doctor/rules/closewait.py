@@ -1,0 +1,222 @@
+"""never-closed and client-pool-dead-connections: CLOSE-WAIT sockets a program holds.
+
+CLOSE-WAIT means the peer sent FIN, the kernel acknowledged it, and the
+program has not called close(); the kernel never times it out. Sockets still
+in a listener's accept queue (inode 0) belong to the listener rules. The rest
+are split by which side the program is on: a service port of ours
+(never-closed) or an ephemeral port towards a remote service (a client, most
+often a connection pool, client-pool-dead-connections).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from ...model import Socket, TcpState
+from ..context import Context, Service, first_pid
+from ..finding import Finding, Severity, cap
+from ..text import fmt_ms, host, plural, top, top_line
+from .clients import pool_knobs, service_name
+from .common import AgeStats, age_stats, growth_line, recv_q_counts, stuck_severity
+
+GroupKey = tuple[int, int, tuple[str, str, int]]  # netns, pid, service key
+
+
+def check(ctx: Context) -> list[Finding]:
+    groups, services = _group(ctx, ctx.state(TcpState.CLOSE_WAIT))
+    before = _previous_counts(ctx)
+    live: dict[tuple[int, int, str, int], int] | None = None
+    findings: list[Finding] = []
+    for key, socks in groups.items():
+        netns, pid, _ = key
+        svc = services[key]
+        st = age_stats(ctx, socks, ctx.cfg.stuck_age_ms)
+        prev_n = before.get(key, 0) if ctx.prev is not None else None
+        growth = None if prev_n is None else len(socks) - prev_n
+        sev = _severity(ctx, netns, svc, st, growth)
+        if sev is None:
+            continue
+        if svc.side == "server":
+            f = _never_closed(ctx, netns, pid, svc, socks, st)
+        else:
+            live = live if live is not None else _live_connections(ctx)
+            f = _client_pool(ctx, netns, pid, svc, socks, st,
+                             live.get((netns, pid, svc.addr, svc.port), 0))
+        f.severity = sev
+        _add_trend(ctx, f, len(socks), prev_n, st, growth)
+        findings.append(f)
+    return findings
+
+
+def _severity(ctx: Context, netns: int, svc: Service, st: AgeStats,
+              growth: int | None) -> Severity | None:
+    sev = stuck_severity(ctx, st, growth)
+    if svc.side == "server" and (netns, svc.port) in ctx.backlogged \
+            and st.stuck < ctx.cfg.critical_stuck and not st.very_old:
+        return cap(sev, "info")  # probably requests still in the slow handler's hands
+    return sev
+
+
+def _group(ctx: Context, socks: list[Socket]
+           ) -> tuple[dict[GroupKey, list[Socket]], dict[GroupKey, Service]]:
+    groups: dict[GroupKey, list[Socket]] = {}
+    services: dict[GroupKey, Service] = {}
+    for sk in socks:
+        if sk.inode == 0:
+            continue  # in an accept queue: the listener rules look at those
+        key = (sk.netns, first_pid(sk), ctx.service_key(sk))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = group = []
+            services[key] = ctx.service(sk)
+        group.append(sk)
+    return groups, services
+
+
+def _previous_counts(ctx: Context) -> dict[GroupKey, int]:
+    if ctx.prev is None:
+        return {}
+    counts: dict[GroupKey, int] = defaultdict(int)
+    for sk in ctx.prev_by_state.get(TcpState.CLOSE_WAIT, ()):
+        if sk.inode:
+            counts[(sk.netns, first_pid(sk), ctx.service_key(sk))] += 1
+    return counts
+
+
+def _add_trend(ctx: Context, f: Finding, n: int, prev_n: int | None, st: AgeStats,
+               growth: int | None) -> None:
+    line = growth_line(ctx, n, prev_n, st.persisted)
+    if line is None:
+        return
+    f.evidence.update(previous_count=prev_n, growth=growth, persisted=st.persisted,
+                      interval_ms=ctx.interval_ms)
+    f.evidence_lines.append(line)
+
+
+def _common_evidence(ctx: Context, pid: int, socks: list[Socket], st: AgeStats,
+                     what: str) -> tuple[dict, list[str]]:
+    zero, one, more = recv_q_counts(socks)
+    fds = sorted(o.fd for sk in socks for o in sk.owners if o.pid == pid)
+    evidence = {"count": st.count, "stuck": st.stuck, "stuck_age_ms": st.threshold,
+                "oldest_age_ms": st.oldest, "ages_known": bool(st.known),
+                "recv_q_zero": zero, "recv_q_one": one, "recv_q_more": more,
+                "fds": fds[:20]}
+    lines = [st.line(what), _recv_q_line(zero, one, more)]
+    proc = ctx.process(pid)
+    if proc is not None and fds:
+        limit = f", limit {proc.fd_limit}" if proc.fd_limit else ""
+        lines.append(f"fds {_fd_list(fds)} ({proc.fd_count} open{limit})")
+        evidence.update(fd_count=proc.fd_count, fd_limit=proc.fd_limit)
+    others = sorted({o.pid for sk in socks for o in sk.owners} - {pid})
+    if others:
+        evidence["also_held_by"] = others
+        lines.append("also held by " + ", ".join(ctx.label(p) for p in others[:5]))
+    return evidence, lines
+
+
+def _recv_q_line(zero: int, one: int, more: int) -> str:
+    parts = [f"{n} with {label}" for n, label in (
+        (zero, "Recv-Q 0 (read up to EOF, never closed)"),
+        (one, "Recv-Q 1 (the EOF itself never read)"),
+        (more, "Recv-Q > 1 (data and EOF never read)")) if n]
+    return ", ".join(parts)
+
+
+def _fd_list(fds: list[int]) -> str:
+    shown = ", ".join(str(fd) for fd in fds[:8])
+    return shown + (f", ... ({len(fds)} in all)" if len(fds) > 8 else "")
+
+
+def _never_closed(ctx: Context, netns: int, pid: int, svc: Service, socks: list[Socket],
+                  st: AgeStats) -> Finding:
+    who = ctx.label(pid)
+    evidence, lines = _common_evidence(ctx, pid, socks, st, "CLOSE-WAIT socket")
+    peers = top((sk.peer_addr for sk in socks), 5)
+    evidence["peers"] = peers
+    lines.append("peers: " + top_line(peers, len(socks)))
+    oldest = f" (oldest {fmt_ms(st.oldest)})" if st.oldest is not None else ""
+    title = (f"{who} holds {plural(len(socks), 'CLOSE-WAIT socket')} on :{svc.port}{oldest}"
+             if pid else
+             f"{plural(len(socks), 'CLOSE-WAIT socket')} on :{svc.port} held by a process "
+             f"that could not be seen{oldest}")
+    relief, argv = ctx.kill(netns, ["close-wait"], pid=pid, port=svc.port,
+                            older_than_ms=ctx.cfg.stuck_age_ms)
+    return Finding(
+        rule="never-closed", severity="info", title=title, netns=ctx.ns_name(netns),
+        netns_inode=netns, processes=ctx.refs([pid]), ports=[svc.port],
+        peers=list(peers), sockets=len(socks), evidence=evidence, evidence_lines=lines,
+        explanation=_why_never_closed(who, evidence, ctx, pid),
+        fix=FIX_NEVER_CLOSED, relief=relief, relief_argv=argv)
+
+
+def _why_never_closed(who: str, ev: dict, ctx: Context, pid: int) -> str:
+    if pid == 0:
+        lead = ("The peers closed these connections and the kernel acknowledged their FIN, "
+                "but the program holding them (not visible to this scan: another user's "
+                "process, or owners were not collected) never called close().")
+    elif ev["recv_q_zero"] >= ev["recv_q_one"] + ev["recv_q_more"]:
+        lead = (f"The peers closed these connections and {who} has read everything up to "
+                "the end-of-file (Recv-Q 0: recv() returned 0, or will on the next call) but "
+                "never called close(): the EOF or error path forgets to close, or an "
+                "exception skips it.")
+    else:
+        lead = (f"The peers closed these connections but {who} never even read the "
+                "end-of-file (Recv-Q is not 0): it stopped reading these sockets — lost "
+                "track of them, never registered them with its poller, or the thread that "
+                "owns them is stuck — so it never learns they are closed.")
+    return (lead + " The kernel never times out CLOSE-WAIT: each one keeps a file "
+            "descriptor and kernel memory until the program closes it or exits.")
+
+
+FIX_NEVER_CLOSED = (
+    "Close the socket as soon as recv()/read() returns 0 (the peer closed) and in every "
+    "error path (read() < 0 with an errno other than EAGAIN/EINTR, exceptions, early "
+    "returns): Python `with socket.socket(...) as s:` or try/finally: s.close(); Java "
+    "try-with-resources; Go `defer conn.Close()`; C++ RAII. Keep every accepted socket "
+    "registered with the event loop until it is closed, and add an idle timeout that "
+    "closes sockets without activity. SO_KEEPALIVE does not fix this: it only turns a "
+    "dead connection into a closed socket, and the descriptor still leaks until close().")
+
+
+def _client_pool(ctx: Context, netns: int, pid: int, svc: Service, socks: list[Socket],
+                 st: AgeStats, live: int) -> Finding:
+    who = ctx.label(pid)
+    name = service_name(svc.port)
+    target = f"{svc.label} ({name})" if name else svc.label
+    evidence, lines = _common_evidence(ctx, pid, socks, st, "CLOSE-WAIT socket")
+    lo, hi = ctx.port_range(netns)
+    evidence.update(peer=svc.label, service=name, live_connections=live,
+                    local_port_range=f"{lo}-{hi}")
+    lines.append(f"local ports in the ephemeral range {lo}-{hi}; {live} ESTABLISHED "
+                 f"connections of the same process to {svc.label}")
+    relief, argv = ctx.kill(netns, ["close-wait"], pid=pid, port=svc.port,
+                            older_than_ms=ctx.cfg.stuck_age_ms,
+                            words=["dst", host(svc.addr)])
+    return Finding(
+        rule="client-pool-dead-connections", severity="info",
+        title=f"{who} keeps {plural(len(socks), 'connection')} to {target} that the "
+              "server closed (CLOSE-WAIT)",
+        netns=ctx.ns_name(netns), netns_inode=netns, processes=ctx.refs([pid]),
+        ports=[svc.port], peers=[svc.label], sockets=len(socks), evidence=evidence,
+        evidence_lines=lines,
+        explanation=(
+            f"The server at {svc.label} (or a load balancer or proxy in between) closed "
+            f"these connections, typically because they sat idle longer than its idle "
+            f"timeout; {who} acknowledged the FIN but keeps the sockets, most likely "
+            "parked in a connection pool that has not noticed. The next request on one "
+            "of them fails, and each one holds an ephemeral port and a descriptor until "
+            "the client closes it. Without a pool, the client code itself forgets to "
+            "close when the server hangs up."),
+        fix=("Make the pool retire connections before the server does and check them "
+             "before use: " + pool_knobs(svc.port) + ". Code without a pool: close the "
+             "socket when recv() returns 0 and on every error path."),
+        relief=relief, relief_argv=argv)
+
+
+def _live_connections(ctx: Context) -> dict[tuple[int, int, str, int], int]:
+    """ESTABLISHED sockets per (netns, pid, peer address, peer port): the pool's live part."""
+    counts: dict[tuple[int, int, str, int], int] = defaultdict(int)
+    for sk in ctx.state(TcpState.ESTABLISHED):
+        if sk.owners:
+            counts[(sk.netns, first_pid(sk), sk.peer_addr, sk.peer_port)] += 1
+    return counts
