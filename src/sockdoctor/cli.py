@@ -153,7 +153,7 @@ def ls_command(processes: bool, info: bool, memory: bool, extended: bool, timers
     elif output == "summary":
         from .render.summary import render
 
-        out.writelines(line + "\n" for line in render(snapshot))
+        _write_lines(out, render(snapshot))
     else:
         from .render.table import Columns
         from .render.table import render as render_table
@@ -162,7 +162,7 @@ def ls_command(processes: bool, info: bool, memory: bool, extended: bool, timers
                        extended=extended, timers=timers, header=not no_header,
                        netns=len(snapshot.namespaces) > 1,
                        age=any(sk.age_ms is not None for sk in snapshot.sockets))
-        out.writelines(line + "\n" for line in render_table(snapshot, cols))
+        _write_lines(out, render_table(snapshot, cols))
 
 
 @cli.command("snapshot", context_settings=CONTEXT, epilog=FILTER_HELP)
@@ -185,6 +185,18 @@ def snapshot_command(path: str, **kw: Any) -> None:
     save(snap, path)
     click.echo(f"wrote {len(snap.sockets)} sockets, {len(snap.processes)} processes, "
                f"{len(snap.namespaces)} namespaces to {path}", err=True)
+
+
+def _write_lines(out: Any, lines: Any, chunk: int = 4096) -> None:
+    """Write lines in large blocks: one write per line is slow for 100k lines."""
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= chunk:
+            out.write("\n".join(batch) + "\n")
+            batch.clear()
+    if batch:
+        out.write("\n".join(batch) + "\n")
 
 
 def _user_errors(fn: Callable[[], Any]) -> Callable[[], int]:

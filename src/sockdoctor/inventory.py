@@ -45,6 +45,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     warnings: list[str] = []
 
     namespaces = _namespaces(wanted, warnings)
+    need_owners = owners or query.needs_owners or evidence
+    collect_owners = procfs.socket_owners_async() if need_owners else None
     opts = sockdiag.DumpOptions(states=query.states, info=info,
                                 age=age or query.needs_age, mem=mem, attrs=info or evidence)
     say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
@@ -54,10 +56,9 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
 
     processes: dict[int, Process] = {}
     dead_fds = []
-    need_owners = owners or query.needs_owners or evidence
-    if need_owners:
+    if collect_owners is not None:
         say(f"finding owners of {len(sockets)} sockets in /proc")
-        owner_map = procfs.socket_owners()
+        owner_map = collect_owners()
         if owner_map.denied_pids:
             warnings.append(
                 f"{owner_map.denied_pids} processes of other users were not readable: their "
@@ -133,6 +134,8 @@ def _dump_all(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions,
     sockets: list[Socket] = []
     for ns, result in zip(namespaces, results, strict=True):
         record = Netns(inode=ns.inode, name=ns.name, kind=ns.kind, pid=ns.pid)
+        if isinstance(result, FileNotFoundError) and len(namespaces) > 1:
+            continue  # the namespace went away while we scanned: nothing to report
         if isinstance(result, BaseException):
             record.error = _describe(result)
             warnings.append(f"network namespace {ns.name}: {record.error}")

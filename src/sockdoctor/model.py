@@ -104,8 +104,12 @@ class Owner(msgspec.Struct, frozen=True):
     fd: int
 
 
-class Socket(msgspec.Struct, kw_only=True):
+class Socket(msgspec.Struct, gc=False):
     """One TCP socket as the kernel reports it, plus what we joined to it.
+
+    Positional construction and gc=False (a Socket never takes part in a
+    reference cycle) make building a few hundred thousand of them about
+    three times cheaper.
 
     `recv_q`/`send_q` follow ss: for LISTEN sockets they are the current
     accept-queue length and its maximum (the backlog).

@@ -15,11 +15,10 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from conftest import Script  # noqa: E402
-
-from sockdoctor.lab.netlab import Lab  # noqa: E402
-from sockdoctor.linux import netns, sockdiag  # noqa: E402
-from sockdoctor.model import ALL_STATES_MASK  # noqa: E402
+from conftest import Script
+from sockdoctor.lab.netlab import Lab
+from sockdoctor.linux import netns, sockdiag
+from sockdoctor.model import ALL_STATES_MASK
 
 HERE = pathlib.Path(__file__).parent
 

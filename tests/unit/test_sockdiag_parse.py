@@ -238,3 +238,19 @@ def test_destroy_acks_are_matched_to_requests() -> None:
     (sk,), _ = parse(diag_msg() + done())
     result = sockdiag.destroy(fake, [sk, sk, sk])  # type: ignore[arg-type]
     assert result == [0, errno.ENOENT, errno.EPERM]
+
+
+def test_age_fast_path_rechecks_the_learned_offset() -> None:
+    def info(age: int) -> bytes:
+        blob = bytearray(232)
+        struct.pack_into("=I", blob, tcpinfo.LAST_ACK_RECV_OFFSET, age)
+        return rtattr(sockdiag.INET_DIAG_INFO, bytes(blob))
+
+    shut = rtattr(sockdiag.INET_DIAG_SHUTDOWN, b"\x00")
+    # Same message size, attributes in a different order: the learned offset
+    # of the first must not be trusted blindly for the second.
+    data = (diag_msg(attrs=shut + info(111)) + diag_msg(attrs=shut + info(222))
+            + diag_msg(attrs=info(333) + shut) + diag_msg(state=TcpState.LISTEN,
+                                                            attrs=shut + info(0)) + done())
+    socks, _ = parse(data, opts=sockdiag.DumpOptions(ALL_STATES_MASK, age=True))
+    assert [s.age_ms for s in socks] == [111, 222, 333, None]

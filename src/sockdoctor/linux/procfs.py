@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import pwd
 import re
-from collections.abc import Iterable
+import struct
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..model import DeadSocketFd, Process, ThreadInfo
 
 PROC = "/proc"
-_SOCKET_PREFIX = "socket:["
 
 
 @dataclass
@@ -30,46 +31,134 @@ class OwnerMap:
     denied_pids: int = 0
 
 
+@dataclass
+class _Walk:
+    """Flat result of the walk: parallel arrays are cheap to build and to ship."""
+
+    inodes: array = field(default_factory=lambda: array("Q"))
+    pids: array = field(default_factory=lambda: array("q"))
+    fds: array = field(default_factory=lambda: array("q"))
+    count_pids: array = field(default_factory=lambda: array("q"))
+    counts: array = field(default_factory=lambda: array("q"))
+    denied: int = 0
+
+    def to_map(self) -> OwnerMap:
+        by_inode: dict[int, list[tuple[int, int]]] = {}
+        get = by_inode.get
+        for inode, pid, fd in zip(self.inodes, self.pids, self.fds, strict=True):
+            holders = get(inode)
+            if holders is None:
+                by_inode[inode] = [(pid, fd)]
+            else:
+                holders.append((pid, fd))
+        counts = dict(zip(self.count_pids, self.counts, strict=True))
+        return OwnerMap(by_inode, counts, self.denied)
+
+    def dumps(self) -> bytes:
+        head = struct.pack("=QQq", len(self.inodes), len(self.counts), self.denied)
+        return b"".join((head, self.inodes.tobytes(), self.pids.tobytes(), self.fds.tobytes(),
+                         self.count_pids.tobytes(), self.counts.tobytes()))
+
+    @classmethod
+    def loads(cls, data: bytes) -> _Walk:
+        n, m, denied = struct.unpack_from("=QQq", data)
+        walk = cls(denied=denied)
+        offset = 24
+        for arr, size in ((walk.inodes, n), (walk.pids, n), (walk.fds, n),
+                          (walk.count_pids, m), (walk.counts, m)):
+            arr.frombytes(data[offset:offset + 8 * size])
+            offset += 8 * size
+        return walk
+
+
 def list_pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
 
-def socket_owners(pids: Iterable[int] | None = None) -> OwnerMap:
-    """One pass over /proc/*/fd: which process fds point at which socket inode."""
-    result = OwnerMap()
-    by_inode = result.by_inode
-    prefix = _SOCKET_PREFIX
+def _walk(pids: Iterable[int]) -> _Walk:
+    """One pass over /proc/PID/fd: every descriptor that points at a socket."""
+    walk = _Walk()
+    inodes, owner_pids, fds = walk.inodes, walk.pids, walk.fds
     readlink = os.readlink
-    for pid in list_pids() if pids is None else pids:
+    for pid in pids:
         try:
             dirfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
         except PermissionError:
-            result.denied_pids += 1
+            walk.denied += 1
             continue
         except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
             continue  # exited meanwhile
         try:
             names = os.listdir(dirfd)
-            result.fd_counts[pid] = len(names)
+            walk.count_pids.append(pid)
+            walk.counts.append(len(names))
             for name in names:
                 try:
                     link = readlink(name, dir_fd=dirfd)
                 except OSError:
                     continue  # closed meanwhile
-                if link.startswith(prefix):
-                    inode = int(link[8:-1])
-                    owners = by_inode.get(inode)
-                    if owners is None:
-                        by_inode[inode] = [(pid, int(name))]
-                    else:
-                        owners.append((pid, int(name)))
+                if link.startswith("socket:["):
+                    inodes.append(int(link[8:-1]))
+                    owner_pids.append(pid)
+                    fds.append(int(name))
         except PermissionError:
-            result.denied_pids += 1
+            walk.denied += 1
         except OSError:
             pass  # the process exited while we read it
         finally:
             os.close(dirfd)
-    return result
+    return walk
+
+
+def socket_owners(pids: Iterable[int] | None = None) -> OwnerMap:
+    """Which process fds point at which socket inode (fork, dup, SCM_RIGHTS: several)."""
+    return _walk(list_pids() if pids is None else pids).to_map()
+
+
+# Above this many open files on the host, walking /proc in a child process
+# while the parent dumps sockets pays for the fork.
+PARALLEL_WALK_MIN_FILES = 20_000
+
+
+def open_files() -> int:
+    """Open file handles on the host (first field of /proc/sys/fs/file-nr)."""
+    return read_int_file(f"{PROC}/sys/fs/file-nr") or 0
+
+
+def socket_owners_async() -> Callable[[], OwnerMap]:
+    """Start the owner walk now; the returned function collects its result.
+
+    On a busy host the walk runs in a forked child so that it overlaps with
+    the kernel dump in the parent (two cores: nearly half the wall time).
+    The child only reads /proc and writes flat arrays to a pipe.
+    """
+    if open_files() < PARALLEL_WALK_MIN_FILES:
+        return lambda: socket_owners()
+    pids = list_pids()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            os.close(read_end)
+            data = memoryview(_walk(pids).dumps())
+            while data:
+                data = data[os.write(write_end, data):]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+
+    def collect() -> OwnerMap:
+        chunks = []
+        with os.fdopen(read_end, "rb") as pipe:
+            while chunk := pipe.read(1 << 20):
+                chunks.append(chunk)
+        _, status = os.waitpid(child, 0)
+        if status != 0:
+            return socket_owners(pids)  # the child failed: do it here
+        return _Walk.loads(b"".join(chunks)).to_map()
+    return collect
 
 
 def _read(path: str) -> str:

@@ -54,6 +54,8 @@ SOCKID_TAIL = struct.Struct("=IQ")  # idiag_if, cookie (two native u32 = one nat
 # below) | src[16] dst[16] | if cookie | expires rqueue wqueue uid inode
 DIAG_MSG = struct.Struct("=BBBBHH16s16sIQIIIII")
 RTATTR = struct.Struct("=HH")
+U32 = struct.Struct("=I")
+U64 = struct.Struct("=Q")
 SKMEMINFO = struct.Struct("=9I")
 SKMEMINFO_NAMES = ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc",
                    "wmem_queued", "optmem", "backlog", "drops")
@@ -98,6 +100,10 @@ class DumpOptions:
         if self.mem:
             ext |= EXT_SKMEMINFO
         return ext
+
+    @property
+    def only_age(self) -> bool:
+        return self.age and not (self.info or self.mem or self.attrs)
 
     @property
     def parse_attrs(self) -> bool:
@@ -174,6 +180,7 @@ class DumpParser:
         self.interrupted = False
         self._v4: dict[bytes, str] = {}
         self._v6: dict[bytes, str] = {}
+        self._info_at: dict[int, int] = {}  # message size -> offset of INET_DIAG_INFO
 
     def feed(self, data: bytes | memoryview) -> None:
         """Parse one recv() worth of messages; raises NetlinkParseError on garbage."""
@@ -214,38 +221,81 @@ class DumpParser:
         peer = cache.get(dst)
         if peer is None:
             peer = cache[dst] = socket.inet_ntop(family, dst)
-        sk = Socket(
-            netns=self.netns, family=family, state=state,
-            local_addr=local, local_port=((sport & 0xFF) << 8) | (sport >> 8),
-            peer_addr=peer, peer_port=((dport & 0xFF) << 8) | (dport >> 8),
-            inode=inode, cookie=cookie, uid=uid, recv_q=rqueue, send_q=wqueue,
-            timer=timer, expires_ms=expires, retrans=retrans, ifindex=ifindex,
-        )
-        if self.opts.parse_attrs and end > start + DIAG_MSG_LEN:
-            self._attributes(sk, data, start + DIAG_MSG_LEN, end)
+        sk = Socket(self.netns, family, state,
+                    local, ((sport & 0xFF) << 8) | (sport >> 8),
+                    peer, ((dport & 0xFF) << 8) | (dport >> 8),
+                    inode, cookie, uid, rqueue, wqueue, timer, expires, retrans, ifindex)
+        if end > start + DIAG_MSG_LEN:
+            if self.opts.only_age:
+                self._age(sk, data, start, end)
+            elif self.opts.parse_attrs:
+                self._attributes(sk, data, start + DIAG_MSG_LEN, end)
         self.out.append(sk)
+
+    def _age(self, sk: Socket, data: bytes | memoryview, start: int, end: int) -> None:
+        """Only the age: jump straight to tcp_info where a same-sized message had it.
+
+        The kernel emits the same attributes in the same order for every full
+        socket, so the offset of INET_DIAG_INFO depends only on the message
+        size. It is learned from one complete walk and re-checked each time.
+        """
+        if not (1 << sk.state) & AGED_STATES:
+            return
+        size = end - start
+        offset = self._info_at.get(size)
+        if offset is not None:
+            length, kind = RTATTR.unpack_from(data, start + offset)
+            if kind & 0x3FFF == INET_DIAG_INFO and start + offset + length <= end \
+                    and length >= 4 + tcpinfo.LAST_ACK_RECV_OFFSET + 4:
+                sk.age_ms = U32.unpack_from(
+                    data, start + offset + 4 + tcpinfo.LAST_ACK_RECV_OFFSET)[0]
+                return
+        offset = start + DIAG_MSG_LEN
+        while offset + 4 <= end:
+            length, kind = RTATTR.unpack_from(data, offset)
+            if length < 4 or offset + length > end:
+                raise NetlinkParseError(
+                    f"attribute length {length} at byte {offset} is out of bounds")
+            if kind & 0x3FFF == INET_DIAG_INFO:
+                self._info_at[size] = offset - start
+                if length >= 4 + tcpinfo.LAST_ACK_RECV_OFFSET + 4:
+                    sk.age_ms = U32.unpack_from(data, offset + 4 +
+                                                tcpinfo.LAST_ACK_RECV_OFFSET)[0]
+                return
+            offset += (length + 3) & ~3
 
     def _attributes(self, sk: Socket, data: bytes | memoryview, offset: int,
                     end: int) -> None:
+        # A plain loop, not iter_attrs(): this runs once per socket and the
+        # generator plus a memoryview slice per attribute doubled the cost.
         opts = self.opts
-        for kind, payload in iter_attrs(data, offset, end):
+        unpack = RTATTR.unpack_from
+        while offset + 4 <= end:
+            length, kind = unpack(data, offset)
+            if length < 4 or offset + length > end:
+                raise NetlinkParseError(
+                    f"attribute length {length} at byte {offset} is out of bounds")
+            kind &= 0x3FFF
+            body = offset + 4
+            size = length - 4
             if kind == INET_DIAG_INFO:
-                blob = bytes(payload)
                 if opts.info:
-                    sk.info = tcpinfo.decode(blob)
-                if (1 << sk.state) & AGED_STATES:
-                    sk.age_ms = tcpinfo.last_ack_recv(blob)
-            elif kind == INET_DIAG_SHUTDOWN and len(payload) >= 1:
-                sk.shutdown = payload[0]
-            elif kind == INET_DIAG_CGROUP_ID and len(payload) >= 8:
-                sk.cgroup_id = struct.unpack_from("=Q", payload)[0]
-            elif kind == INET_DIAG_MARK and len(payload) >= 4:
-                sk.mark = struct.unpack_from("=I", payload)[0]
+                    sk.info = tcpinfo.decode(bytes(data[body:body + size]))
+                if (1 << sk.state) & AGED_STATES and size >= tcpinfo.LAST_ACK_RECV_OFFSET + 4:
+                    sk.age_ms = U32.unpack_from(data, body + tcpinfo.LAST_ACK_RECV_OFFSET)[0]
+            elif kind == INET_DIAG_SHUTDOWN and size >= 1:
+                sk.shutdown = data[body]
+            elif kind == INET_DIAG_CGROUP_ID and size >= 8:
+                sk.cgroup_id = U64.unpack_from(data, body)[0]
+            elif kind == INET_DIAG_MARK and size >= 4:
+                sk.mark = U32.unpack_from(data, body)[0]
             elif kind == INET_DIAG_CONG and opts.info:
-                sk.cong = bytes(payload).split(b"\0", 1)[0].decode("ascii", "replace")
-            elif kind == INET_DIAG_SKMEMINFO and opts.mem and len(payload) >= 36:
-                sk.mem = dict(zip(SKMEMINFO_NAMES, SKMEMINFO.unpack_from(payload),
+                raw = bytes(data[body:body + size])
+                sk.cong = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+            elif kind == INET_DIAG_SKMEMINFO and opts.mem and size >= SKMEMINFO.size:
+                sk.mem = dict(zip(SKMEMINFO_NAMES, SKMEMINFO.unpack_from(data, body),
                                   strict=True))
+            offset += (length + 3) & ~3
 
 
 def iter_attrs(data: bytes | memoryview, offset: int,

@@ -6,12 +6,11 @@ hundred thousand of them stays well under a second.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import BinaryIO
 
 import msgspec
 
-from ..model import TIMER_NAMES, Process, Snapshot, Socket
+from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket
 from . import fmt
 
 LS_SCHEMA = "sockdoctor.ls/1"
@@ -70,35 +69,35 @@ class LsDocument(msgspec.Struct):
 _FAMILY = {2: "ipv4", 10: "ipv6"}
 
 
-def record(sk: Socket, netns_name: str, processes: dict[int, Process] | None) -> SocketRecord:
-    rec = SocketRecord(
-        netns=netns_name, family=_FAMILY.get(sk.family, str(sk.family)),
-        state=fmt.state_name(sk.state), local_addr=sk.local_addr, local_port=sk.local_port,
-        peer_addr=sk.peer_addr, peer_port=sk.peer_port, recv_q=sk.recv_q, send_q=sk.send_q,
-        inode=sk.inode, cookie=sk.cookie, uid=sk.uid,
-        timer=TIMER_NAMES.get(sk.timer, str(sk.timer)), expires_ms=sk.expires_ms,
-        retrans=sk.retrans, age_ms=sk.age_ms, shutdown=sk.shutdown, cgroup_id=sk.cgroup_id,
-        cong=sk.cong, info=sk.info, mem=sk.mem,
-    )
-    if processes is not None:
+def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[SocketRecord]:
+    """One output record per socket, built positionally (this is the hot loop of --json)."""
+    sockets = snapshot.sockets if sockets is None else sockets
+    names = fmt.netns_names(snapshot)
+    state_names = SS_COLUMN_NAMES
+    timers = TIMER_NAMES
+    family = _FAMILY
+    out = [
+        SocketRecord(
+            names.get(sk.netns) or str(sk.netns), family.get(sk.family, "?"),
+            state_names.get(sk.state, "?"), sk.local_addr, sk.local_port, sk.peer_addr,
+            sk.peer_port, sk.recv_q, sk.send_q, sk.inode, sk.cookie, sk.uid,
+            timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans, sk.age_ms, None, None,
+            sk.shutdown, sk.cgroup_id, sk.cong, sk.info, sk.mem)
+        for sk in sockets
+    ]
+    if snapshot.owners_scanned:
+        _add_owners(snapshot, sockets, out)
+    return out
+
+
+def _add_owners(snapshot: Snapshot, sockets: list[Socket], out: list[SocketRecord]) -> None:
+    comms = {pid: proc.comm for pid, proc in snapshot.processes.items()}
+    for sk, rec in zip(sockets, out, strict=True):
         if sk.owners:
-            rec.owners = [OwnerRecord(o.pid, o.fd, _comm(processes, o.pid)) for o in sk.owners]
+            rec.owners = [OwnerRecord(o.pid, o.fd, comms.get(o.pid, "")) for o in sk.owners]
         else:
             rec.owners = []
             rec.owner_note = sk.owner_note()
-    return rec
-
-
-def _comm(processes: dict[int, Process], pid: int) -> str:
-    proc = processes.get(pid)
-    return proc.comm if proc else ""
-
-
-def records(snapshot: Snapshot) -> Iterator[SocketRecord]:
-    names = fmt.netns_names(snapshot)
-    processes = snapshot.processes if snapshot.owners_scanned else None
-    for sk in snapshot.sockets:
-        yield record(sk, names.get(sk.netns, str(sk.netns)), processes)
 
 
 def write_json(snapshot: Snapshot, out: BinaryIO) -> None:
@@ -108,20 +107,15 @@ def write_json(snapshot: Snapshot, out: BinaryIO) -> None:
         namespaces=[NamespaceRecord(ns.inode, ns.name, ns.kind, ns.error)
                     for ns in snapshot.namespaces],
         warnings=snapshot.warnings, count=len(snapshot.sockets),
-        sockets=list(records(snapshot)),
+        sockets=records(snapshot),
     )
     out.write(msgspec.json.encode(doc))
     out.write(b"\n")
 
 
-def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 2048) -> None:
-    """One JSON object per line, written in chunks as records are built."""
+def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
+    """One JSON object per line, built and written a chunk at a time."""
     encoder = msgspec.json.Encoder()
-    buf = bytearray()
-    for i, rec in enumerate(records(snapshot), 1):
-        encoder.encode_into(rec, buf, len(buf))
-        buf += b"\n"
-        if i % chunk == 0:
-            out.write(buf)
-            buf.clear()
-    out.write(buf)
+    socks = snapshot.sockets
+    for start in range(0, len(socks), chunk):
+        out.write(encoder.encode_lines(records(snapshot, socks[start:start + chunk])))

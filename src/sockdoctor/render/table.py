@@ -1,4 +1,8 @@
-"""The ss-like table printed by `sockdoctor ls`."""
+"""The ss-like table printed by `sockdoctor ls`.
+
+Built column by column and formatted with one %-template per line: a table
+of a hundred thousand rows renders in a fraction of a second this way.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..linux.tcpinfo import option_names
-from ..model import TIMER_NAMES, Snapshot, Socket
+from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket
 from . import fmt
 
 
@@ -23,59 +27,70 @@ class Columns:
     age: bool = True
     header: bool = True
 
+    @property
+    def details(self) -> bool:
+        return self.info or self.mem or self.extended or self.timers
+
+
+def _endpoints(socks: list[Socket], peer: bool) -> list[str]:
+    out = []
+    for sk in socks:
+        if peer:
+            addr, port = sk.peer_addr, sk.peer_port
+            port_text = str(port) if port else "*"
+        else:
+            addr, port_text = sk.local_addr, str(sk.local_port)
+        out.append(f"[{addr}]:{port_text}" if sk.family == 10 else f"{addr}:{port_text}")
+    return out
+
 
 def render(snapshot: Snapshot, cols: Columns) -> Iterator[str]:
     """Lines of the table, header first; widths fitted to the content."""
+    socks = snapshot.sockets
     names = fmt.netns_names(snapshot)
-    rows = [_row(sk, snapshot, cols, names) for sk in snapshot.sockets]
     header = ["State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port"]
+    columns: list[list[str]] = [
+        [SS_COLUMN_NAMES.get(sk.state, "?") for sk in socks],
+        [str(sk.recv_q) for sk in socks],
+        [str(sk.send_q) for sk in socks],
+        _endpoints(socks, peer=False),
+        _endpoints(socks, peer=True),
+    ]
     if cols.netns:
         header.append("Netns")
+        columns.append([names.get(sk.netns, str(sk.netns)) for sk in socks])
     if cols.age:
         header.append("Age")
+        columns.append([fmt.duration(sk.age_ms) for sk in socks])
     if cols.processes:
         header.append("Process")
-    widths = [len(h) for h in header]
-    for cells, _extra in rows:
-        for i, cell in enumerate(cells):
-            if len(cell) > widths[i]:
-                widths[i] = len(cell)
-    right = {1, 2, 3}  # queues and the local endpoint are right-aligned, as in ss
+        procs = snapshot.processes
+        columns.append([fmt.users(sk, procs) or f"({sk.owner_note()})" for sk in socks])
+    template = _template(header, columns)
     if cols.header:
-        yield _join(header, widths, right)
-    for cells, extra in rows:
-        yield _join(cells, widths, right)
+        yield (template % tuple(header)).rstrip()
+    if not cols.details:
+        for row in zip(*columns, strict=True):
+            yield (template % row).rstrip()
+        return
+    for sk, row in zip(socks, zip(*columns, strict=True), strict=True):
+        yield (template % row).rstrip()
+        extra = _details(sk, cols)
         if extra:
             yield "\t " + extra
 
 
-def _join(cells: list[str], widths: list[int], right: set[int]) -> str:
-    out = []
-    last = len(cells) - 1
-    for i, cell in enumerate(cells):
+def _template(header: list[str], columns: list[list[str]]) -> str:
+    """A %-format for one line: queues and the local endpoint right-aligned, as in ss."""
+    parts = []
+    last = len(header) - 1
+    for i, (title, cells) in enumerate(zip(header, columns, strict=True)):
         if i == last:
-            out.append(cell)
-        elif i in right:
-            out.append(cell.rjust(widths[i]))
-        else:
-            out.append(cell.ljust(widths[i]))
-    return " ".join(out).rstrip()
-
-
-def _row(sk: Socket, snapshot: Snapshot, cols: Columns,
-         names: dict[int, str]) -> tuple[list[str], str]:
-    cells = [
-        fmt.state_name(sk.state), str(sk.recv_q), str(sk.send_q),
-        fmt.endpoint(sk.local_addr, sk.local_port, sk.family),
-        fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True),
-    ]
-    if cols.netns:
-        cells.append(names.get(sk.netns, str(sk.netns)))
-    if cols.age:
-        cells.append(fmt.duration(sk.age_ms))
-    if cols.processes:
-        cells.append(fmt.users(sk, snapshot.processes) or f"({sk.owner_note()})")
-    return cells, _details(sk, cols)
+            parts.append("%s")
+            continue
+        width = max(len(title), max(map(len, cells), default=0))
+        parts.append(f"%{width}s" if i in (1, 2, 3) else f"%-{width}s")
+    return " ".join(parts)
 
 
 def _details(sk: Socket, cols: Columns) -> str:
@@ -102,6 +117,13 @@ def _shutdown_arrows(bits: int) -> str:
     return ("-" if bits & 1 else "<") + "-" + ("-" if bits & 2 else ">")
 
 
+_INFO_FIELDS = (("snd_mss", "mss"), ("pmtu", "pmtu"), ("rcv_mss", "rcvmss"),
+                ("advmss", "advmss"), ("snd_cwnd", "cwnd"), ("bytes_sent", "bytes_sent"),
+                ("bytes_acked", "bytes_acked"), ("bytes_received", "bytes_received"),
+                ("segs_out", "segs_out"), ("segs_in", "segs_in"),
+                ("retrans", "unacked_retrans"), ("total_retrans", "retrans_total"))
+
+
 def _info_text(sk: Socket) -> str:
     i = sk.info or {}
     parts = []
@@ -116,14 +138,7 @@ def _info_text(sk: Socket) -> str:
         parts.append(f"rto:{i['rto'] / 1000:g}")
     if i.get("rtt"):
         parts.append(f"rtt:{i['rtt'] / 1000:g}/{i.get('rttvar', 0) / 1000:g}")
-    for key, label in (("snd_mss", "mss"), ("pmtu", "pmtu"), ("rcv_mss", "rcvmss"),
-                       ("advmss", "advmss"), ("snd_cwnd", "cwnd"),
-                       ("bytes_sent", "bytes_sent"), ("bytes_acked", "bytes_acked"),
-                       ("bytes_received", "bytes_received"), ("segs_out", "segs_out"),
-                       ("segs_in", "segs_in"), ("retrans", "unacked_retrans"),
-                       ("total_retrans", "retrans_total")):
-        if i.get(key):
-            parts.append(f"{label}:{i[key]}")
+    parts.extend(f"{label}:{i[key]}" for key, label in _INFO_FIELDS if i.get(key))
     for key, label in (("last_data_sent", "lastsnd"), ("last_data_recv", "lastrcv"),
                        ("last_ack_recv", "lastack")):
         if key in i:
