@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import NotFoundError, PermissionDeniedError
 from .linux import netns as netns_mod
 from .linux import procfs, sockdiag
-from .model import Netns, Owner, Process, Snapshot, Socket
+from .model import ALL_STATES_MASK, Netns, Owner, Process, Snapshot, Socket
 from .query import Query
 
 Progress = Callable[[str], None]
@@ -47,12 +47,15 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     namespaces = _namespaces(wanted, warnings)
     need_owners = owners or query.needs_owners or evidence
     collect_owners = procfs.socket_owners_async() if need_owners else None
-    opts = sockdiag.DumpOptions(states=query.states, info=info,
+    # The doctor's evidence needs every socket of the namespace (a descriptor is
+    # only "dead" if its socket is in no table at all), whatever the query says.
+    dump_states = ALL_STATES_MASK if evidence else query.states
+    opts = sockdiag.DumpOptions(states=dump_states, info=info,
                                 age=age or query.needs_age, mem=mem, attrs=info or evidence)
     say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
     families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
-    netns_records, sockets = _dump_all(namespaces, opts, families, evidence, warnings)
-    sockets = [sk for sk in sockets if query.match_socket(sk)]
+    netns_records, dumped = _dump_all(namespaces, opts, families, evidence, warnings)
+    sockets = [sk for sk in dumped if query.match_socket(sk)]
 
     processes: dict[int, Process] = {}
     dead_fds = []
@@ -74,7 +77,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
             keep = {o.pid for sk in sockets for o in sk.owners}
             processes = {pid: p for pid, p in processes.items() if pid in keep}
         if evidence:
-            dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in sockets})
+            dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in dumped},
+                                           {ns.inode for ns in netns_records if not ns.error})
             _add_fd_pressure(processes, owner_map)
 
     return Snapshot(

@@ -293,17 +293,35 @@ def socket_protocol(pid: int, fd: int) -> str:
     return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
-def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int]) -> list[DeadSocketFd]:
-    """Descriptors pointing at TCP sockets that are in no TCP table any more."""
+def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int],
+                 namespaces: set[int]) -> list[DeadSocketFd]:
+    """Descriptors pointing at TCP sockets that are in no TCP table any more.
+
+    Only processes inside the scanned namespaces are considered: a socket
+    usually lives in its creator's namespace, and one from a namespace we did
+    not dump would otherwise look dead.
+    """
     dead: list[DeadSocketFd] = []
+    netns_of: dict[int, int] = {}
     for inode, holders in owners.by_inode.items():
         if inode in live_inodes:
             continue
         for pid, fd in holders:
+            if pid not in netns_of:
+                netns_of[pid] = _netns_inode(pid)
+            if netns_of[pid] not in namespaces:
+                continue
             proto = socket_protocol(pid, fd)
             if proto in ("TCP", "TCPv6"):
                 dead.append(DeadSocketFd(pid=pid, fd=fd, inode=inode, protocol=proto))
     return dead
+
+
+def _netns_inode(pid: int) -> int:
+    try:
+        return os.stat(f"{PROC}/{pid}/ns/net").st_ino
+    except OSError:
+        return 0
 
 
 # --- sysctls and counters (per network namespace when read from a thread inside it) ---

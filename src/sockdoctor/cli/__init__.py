@@ -1,0 +1,50 @@
+"""Command line: parse arguments, call the library, render, exit code.
+
+Kept thin and cheap to import: each command lives in its own module here and
+imports the heavy parts of the library only when it runs, so
+`sockdoctor --help` starts instantly. A command module only defines a click
+command; it is registered below.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import CONTEXT, user_errors
+from .ls import ls_command
+from .snapshot import snapshot_command
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="sockdoctor")
+def cli() -> None:
+    """Find, explain and remove stuck TCP connections (CLOSE_WAIT leaks and friends).
+
+    \b
+    Start here:
+      sockdoctor ls --summary          who holds which sockets, on one screen
+      sockdoctor doctor                what is wrong, why, and how to fix it
+      sockdoctor kill state close-wait --port 8080      plan; add --yes to act
+      sockdoctor demo                  see it all on a reproduced leak
+
+    Every command that selects sockets takes an ss filter expression and the
+    flags --state, --port, --pid, --process, --older-than and --netns.
+    Run as root to see every process and network namespace.
+    """
+
+
+cli.add_command(ls_command)
+cli.add_command(snapshot_command)
+
+
+@user_errors
+def _run() -> None:
+    rc = cli.main(standalone_mode=False)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
+
+
+def main() -> None:
+    sys.exit(_run())
