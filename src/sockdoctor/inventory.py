@@ -26,13 +26,14 @@ class _NsResult:
 
 
 def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = False,
-         mem: bool = False, age: bool = False, evidence: bool = False,
+         mem: bool = False, age: bool = False, extended: bool = False, evidence: bool = False,
          netns: str | None = None, progress: Progress | None = None) -> Snapshot:
     """Every TCP socket matching `query`, in every selected network namespace.
 
     owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
     info: decode tcp_info and the congestion control for each socket.
     age: fetch only the age estimate (tcp_info's last-ACK-received).
+    extended: decode what `ss -e` adds: shutdown state, cgroup id, mark.
     evidence: also collect what the doctor needs: sysctls, counters, thread
         states of owning processes, descriptors of dead TCP sockets.
     netns: "all" (default), "host", a name from `ip netns`, a PID or an inode;
@@ -43,6 +44,9 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     say = progress or (lambda _msg: None)
     wanted = netns if netns is not None else query.netns
     warnings: list[str] = []
+    missing = [pid for pid in sorted(query.pids) if not procfs.pid_exists(pid)]
+    if missing:
+        raise NotFoundError(f"no process {', '.join(map(str, missing))}")
 
     namespaces = _namespaces(wanted, warnings)
     need_owners = owners or query.needs_owners or evidence
@@ -51,7 +55,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     # only "dead" if its socket is in no table at all), whatever the query says.
     dump_states = ALL_STATES_MASK if evidence else query.states
     opts = sockdiag.DumpOptions(states=dump_states, info=info,
-                                age=age or query.needs_age, mem=mem, attrs=info or evidence)
+                                age=age or query.needs_age, mem=mem,
+                                attrs=info or extended or evidence)
     say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
     families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
     netns_records, dumped = _dump_all(namespaces, opts, families, evidence, warnings)
@@ -79,6 +84,10 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
         if evidence:
             dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in dumped},
                                            {ns.inode for ns in netns_records if not ns.error})
+            for pid in {d.pid for d in dead_fds} - processes.keys():
+                proc = procfs.process_info(pid, owner_map.fd_counts.get(pid, 0), threads=True)
+                if proc is not None:
+                    processes[pid] = proc
             _add_fd_pressure(processes, owner_map)
 
     return Snapshot(

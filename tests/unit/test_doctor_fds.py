@@ -67,8 +67,9 @@ def test_dead_socket_fds():
     assert f.sockets == 6
     assert f.evidence["fds"] == [3, 4, 5, 6, 7, 8]
     assert "shutdown()" in f.explanation
-    assert "gdb -p 7" in f.fix and "close(3)" in f.fix
-    assert f.relief == ""
+    assert "close()" in f.fix and "ptrace" in f.fix
+    assert f.relief_argv[:2] == ["sockdoctor", "kill"]
+    assert f.relief_argv[-3:] == ["--pid", "7", "--dead-fds"]
 
 
 def test_dead_fds_that_stay_dead_between_samples_warn():

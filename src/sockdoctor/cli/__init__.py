@@ -13,6 +13,7 @@ import sys
 import click
 
 from .common import CONTEXT, user_errors
+from .kill import kill_command
 from .ls import ls_command
 from .snapshot import snapshot_command
 
@@ -36,6 +37,7 @@ def cli() -> None:
 
 
 cli.add_command(ls_command)
+cli.add_command(kill_command)
 cli.add_command(snapshot_command)
 
 

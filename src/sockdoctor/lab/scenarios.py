@@ -259,7 +259,7 @@ _SCENARIOS: list[Scenario] = [
             "still takes a descriptor and a kernel socket in shut-server, which listens "
             "on port 9000. ss shows nothing; only the process's fd table has them."),
         expected_rule="dead-socket-fds", expected_comm="shut-server", expected_port=9000,
-        kill_filter=("--netns", "{netns}", "--pid", "{pid}", "--method", "close"),
+        kill_filter=("--netns", "{netns}", "--pid", "{pid}", "--dead-fds"),
         stuck_state=TcpState.CLOSE),
     PeerVanished(
         name="peer-vanished-no-keepalive",
@@ -273,7 +273,8 @@ _SCENARIOS: list[Scenario] = [
             "their threads blocked in recv() forever. Seed 003's fix (4): SO_KEEPALIVE "
             "with TCP_KEEPIDLE/INTVL/CNT, or an application heartbeat."),
         expected_rule="no-keepalive", expected_comm="idle-server", expected_port=5000,
-        kill_filter=_kill(5000, "established"), stuck_state=TcpState.ESTABLISHED),
+        kill_filter=(*_kill(5000, "established"), "--method", "destroy"),
+        stuck_state=TcpState.ESTABLISHED),
     FinWait2PeerNeverCloses(
         name="fin-wait-2-peer-never-closes",
         title="our side closed, the peer's program never does",

@@ -64,6 +64,7 @@ DIAG_MSG_LEN = DIAG_MSG.size  # 72
 RECV_BUFSIZE = 1 << 20
 
 MAX_DUMP_RETRIES = 3
+ALL_STATES = 0xFFFFFFFF
 
 # States in which "time since the peer's last ACK" is meaningful: the peer has
 # spoken at least once. Not LISTEN or SYN_SENT, whose timestamp is never set.
@@ -317,6 +318,33 @@ def _raise_if_error(data: bytes | memoryview, offset: int, length: int) -> None:
     (code,) = struct.unpack_from("=i", data, offset + NLMSG_HDRLEN)
     if code < 0:
         raise OSError(-code, os.strerror(-code))
+
+
+# --- single sockets -----------------------------------------------------------
+
+def lookup(sock: socket.socket, sk: Socket, opts: DumpOptions | None = None) -> Socket | None:
+    """The kernel's current view of exactly this socket (same 4-tuple and cookie).
+
+    An exact request, not a dump: its cost does not grow with the number of
+    sockets. None when the socket is gone or another one took its 4-tuple.
+    """
+    opts = opts or DumpOptions(ALL_STATES)
+    request = build_request(sk.family, ALL_STATES, opts.ext, 1, SOCK_DIAG_BY_FAMILY,
+                            NLM_F_REQUEST, sockid(sk))
+    sock.send(request)
+    buf = bytearray(65536)
+    n = sock.recv_into(buf)
+    out: list[Socket] = []
+    try:
+        DumpParser(opts, sk.netns, out).feed(memoryview(buf)[:n])
+    except OSError as exc:
+        if exc.errno in (errno_mod.ENOENT, errno_mod.ESTALE):
+            return None
+        raise
+    for found in out:
+        if found.cookie == sk.cookie and found.peer_port == sk.peer_port:
+            return found
+    return None
 
 
 # --- SOCK_DESTROY -----------------------------------------------------------

@@ -153,7 +153,7 @@ def _dead_finding(ctx: Context, pid: int, fds: list[DeadSocketFd], persisted: in
         evidence["persisted"] = persisted
         lines.append(f"{persisted} of them were already dead in the previous sample")
     netns = proc.netns if proc else 0
-    first = numbers[0]
+    relief, argv = ctx.kill(netns or _netns_of(ctx, pid), [], pid=pid, words=["--dead-fds"])
     return Finding(
         rule="dead-socket-fds", severity=sev,
         title=f"{who} holds {plural(len(fds), 'descriptor')} of TCP sockets that are "
@@ -170,6 +170,8 @@ def _dead_finding(ctx: Context, pid: int, fds: list[DeadSocketFd], persisted: in
         fix=("Always close() after shutdown() (shutdown then close is the right order); "
              "with Python use `with socket.socket(...)` or try/finally, and do not rely on "
              "garbage collection to close sockets. These sockets are in no TCP table, so "
-             "`sockdoctor kill` cannot reach them; to free one now: "
-             f"`gdb -p {pid} -batch -ex 'print (int)close({first})'` (stops the process "
-             "for a moment; the program may later reuse the fd number) — or restart it."))
+             "only closing the descriptor inside the program frees them: the relief command "
+             "injects close() with ptrace, as `gdb -p PID -batch -ex 'print (int)close(FD)'` "
+             "would (it stops one thread for a moment; the program may later reuse the fd "
+             "number)."),
+        relief=relief, relief_argv=argv)

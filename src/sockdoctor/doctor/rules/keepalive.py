@@ -64,8 +64,9 @@ def _finding(ctx: Context, netns: int, pid: int, svc: Service, socks: list[Socke
                for name in ("time", "intvl", "probes")}
     peers = top((sk.peer_addr for sk in socks), 5)
     where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
+    # destroy, not fin: a vanished peer would never acknowledge our FIN.
     relief, argv = ctx.kill(netns, ["established"], pid=pid, port=svc.port,
-                            older_than_ms=ctx.cfg.idle_ms)
+                            older_than_ms=ctx.cfg.idle_ms, words=["--method", "destroy"])
     ka = ", ".join(f"tcp_keepalive_{k}={v}" for k, v in sysctls.items() if v is not None)
     return Finding(
         rule="no-keepalive", severity=_severity(ctx, socks),
