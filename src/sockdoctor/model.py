@@ -97,6 +97,104 @@ def state_mask(*states: int) -> int:
     return mask
 
 
+class TcpInfo(msgspec.Struct, gc=False, omit_defaults=True):
+    """struct tcp_info as this kernel filled it (include/uapi/linux/tcp.h).
+
+    Fields are in kernel order; an older kernel leaves the tail as None. The
+    three bit-field bytes (wscale_bits, rate_flags, ecn_bits) are split into
+    the named fields at the end by the decoder and then dropped.
+    """
+
+    state: int | None = None
+    ca_state: int | None = None
+    retransmits: int | None = None
+    probes: int | None = None
+    backoff: int | None = None
+    options: int | None = None
+    wscale_bits: int | None = None
+    rate_flags: int | None = None
+    rto: int | None = None
+    ato: int | None = None
+    snd_mss: int | None = None
+    rcv_mss: int | None = None
+    unacked: int | None = None
+    sacked: int | None = None
+    lost: int | None = None
+    retrans: int | None = None
+    fackets: int | None = None
+    last_data_sent: int | None = None
+    last_ack_sent: int | None = None
+    last_data_recv: int | None = None
+    last_ack_recv: int | None = None
+    pmtu: int | None = None
+    rcv_ssthresh: int | None = None
+    rtt: int | None = None
+    rttvar: int | None = None
+    snd_ssthresh: int | None = None
+    snd_cwnd: int | None = None
+    advmss: int | None = None
+    reordering: int | None = None
+    rcv_rtt: int | None = None
+    rcv_space: int | None = None
+    total_retrans: int | None = None
+    pacing_rate: int | None = None
+    max_pacing_rate: int | None = None
+    bytes_acked: int | None = None
+    bytes_received: int | None = None
+    segs_out: int | None = None
+    segs_in: int | None = None
+    notsent_bytes: int | None = None
+    min_rtt: int | None = None
+    data_segs_in: int | None = None
+    data_segs_out: int | None = None
+    delivery_rate: int | None = None
+    busy_time: int | None = None
+    rwnd_limited: int | None = None
+    sndbuf_limited: int | None = None
+    delivered: int | None = None
+    delivered_ce: int | None = None
+    bytes_sent: int | None = None
+    bytes_retrans: int | None = None
+    dsack_dups: int | None = None
+    reord_seen: int | None = None
+    rcv_ooopack: int | None = None
+    snd_wnd: int | None = None
+    rcv_wnd: int | None = None
+    rehash: int | None = None
+    total_rto: int | None = None
+    total_rto_recoveries: int | None = None
+    total_rto_time: int | None = None
+    received_ce: int | None = None
+    delivered_e1_bytes: int | None = None
+    delivered_e0_bytes: int | None = None
+    delivered_ce_bytes: int | None = None
+    received_e1_bytes: int | None = None
+    received_e0_bytes: int | None = None
+    received_ce_bytes: int | None = None
+    ecn_bits: int | None = None
+    snd_wscale: int | None = None
+    rcv_wscale: int | None = None
+    delivery_rate_app_limited: int | None = None
+    fastopen_client_fail: int | None = None
+    ecn_mode: int | None = None
+    accecn_opt_seen: int | None = None
+    accecn_fail_mode: int | None = None
+
+
+class SkMemInfo(msgspec.Struct, gc=False):
+    """INET_DIAG_SKMEMINFO: the socket's memory accounting, as ss -m shows it."""
+
+    rmem_alloc: int
+    rcvbuf: int
+    wmem_alloc: int
+    sndbuf: int
+    fwd_alloc: int
+    wmem_queued: int
+    optmem: int
+    backlog: int
+    drops: int
+
+
 class Owner(msgspec.Struct, frozen=True):
     """One file descriptor through which a process holds a socket."""
 
@@ -139,8 +237,8 @@ class Socket(msgspec.Struct, gc=False):
     cgroup_id: int | None = None
     mark: int | None = None
     cong: str | None = None
-    info: dict[str, int] | None = None
-    mem: dict[str, int] | None = None
+    info: TcpInfo | None = None
+    mem: SkMemInfo | None = None
 
     @property
     def tcp_state(self) -> TcpState:

@@ -56,3 +56,20 @@ def test_any_length_decodes(data: bytes) -> None:
     assert all(isinstance(v, int) for v in info.values())
     if len(data) >= 8:
         assert info["state"] == data[0]
+
+
+def test_model_field_order_is_the_kernel_order() -> None:
+    from sockdoctor.model import TcpInfo
+
+    names = tuple(name for name, _ in tcpinfo._FIELDS)
+    assert TcpInfo.__struct_fields__[:len(names)] == names
+
+
+def test_struct_and_dict_agree() -> None:
+    data = blob(248)
+    info = tcpinfo.decode_struct(data)
+    as_dict = tcpinfo.decode(data)
+    assert info.rto == as_dict["rto"] == 204000
+    assert (info.snd_wscale, info.rcv_wscale) == (7, 9)
+    assert info.wscale_bits is None and "wscale_bits" not in as_dict
+    assert info.received_ce is None and "received_ce" not in as_dict

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..model import Socket, TcpState, state_mask
+from ..model import SkMemInfo, Socket, TcpState, state_mask
 from . import tcpinfo
 
 NETLINK_SOCK_DIAG = 4
@@ -57,8 +57,6 @@ RTATTR = struct.Struct("=HH")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 SKMEMINFO = struct.Struct("=9I")
-SKMEMINFO_NAMES = ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc",
-                   "wmem_queued", "optmem", "backlog", "drops")
 NLMSG_HDRLEN = NLMSGHDR.size
 DIAG_MSG_LEN = DIAG_MSG.size  # 72
 RECV_BUFSIZE = 1 << 20
@@ -281,7 +279,7 @@ class DumpParser:
             size = length - 4
             if kind == INET_DIAG_INFO:
                 if opts.info:
-                    sk.info = tcpinfo.decode(bytes(data[body:body + size]))
+                    sk.info = tcpinfo.decode_struct(data[body:body + size])
                 if (1 << sk.state) & AGED_STATES and size >= tcpinfo.LAST_ACK_RECV_OFFSET + 4:
                     sk.age_ms = U32.unpack_from(data, body + tcpinfo.LAST_ACK_RECV_OFFSET)[0]
             elif kind == INET_DIAG_SHUTDOWN and size >= 1:
@@ -294,8 +292,7 @@ class DumpParser:
                 raw = bytes(data[body:body + size])
                 sk.cong = raw.split(b"\0", 1)[0].decode("ascii", "replace")
             elif kind == INET_DIAG_SKMEMINFO and opts.mem and size >= SKMEMINFO.size:
-                sk.mem = dict(zip(SKMEMINFO_NAMES, SKMEMINFO.unpack_from(data, body),
-                                  strict=True))
+                sk.mem = SkMemInfo(*SKMEMINFO.unpack_from(data, body))
             offset += (length + 3) & ~3
 
 

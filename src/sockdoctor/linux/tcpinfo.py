@@ -10,11 +10,16 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-# (name, struct code) in kernel order; offsets follow from natural alignment,
-# which the kernel's layout already respects (no implicit padding).
+import msgspec
+
+from ..model import TcpInfo
+
+# (name, struct code) in kernel order, which must also be TcpInfo's field order
+# (it is built positionally; a unit test holds the two together). Offsets follow
+# from natural alignment, which the kernel's layout already respects.
 _FIELDS: tuple[tuple[str, str], ...] = (
     ("state", "B"), ("ca_state", "B"), ("retransmits", "B"), ("probes", "B"),
-    ("backoff", "B"), ("options", "B"), ("_wscale", "B"), ("_rate_flags", "B"),
+    ("backoff", "B"), ("options", "B"), ("wscale_bits", "B"), ("rate_flags", "B"),
     ("rto", "I"), ("ato", "I"), ("snd_mss", "I"), ("rcv_mss", "I"),
     ("unacked", "I"), ("sacked", "I"), ("lost", "I"), ("retrans", "I"), ("fackets", "I"),
     ("last_data_sent", "I"), ("last_ack_sent", "I"), ("last_data_recv", "I"),
@@ -36,7 +41,7 @@ _FIELDS: tuple[tuple[str, str], ...] = (
     ("received_ce", "I"),
     ("delivered_e1_bytes", "I"), ("delivered_e0_bytes", "I"), ("delivered_ce_bytes", "I"),
     ("received_e1_bytes", "I"), ("received_e0_bytes", "I"), ("received_ce_bytes", "I"),
-    ("_ecn_bits", "I"),
+    ("ecn_bits", "I"),
 )
 
 # Byte offset of tcpi_last_ack_recv: the age estimate needs only this field.
@@ -62,26 +67,32 @@ def _layout(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
     return struct.Struct(fmt), tuple(names)
 
 
-def decode(blob: bytes | memoryview) -> dict[str, int]:
-    """Decode a tcp_info blob of any length into a dict of named integers."""
+def decode_struct(blob: bytes | memoryview) -> TcpInfo:
+    """Decode a tcp_info blob of any length into a TcpInfo (fields that fit, rest None)."""
     layout, names = _layout(len(blob))
     if not names:
-        return {}
-    info = dict(zip(names, layout.unpack_from(blob), strict=True))
-    wscale = info.pop("_wscale", None)
-    if wscale is not None:
-        info["snd_wscale"] = wscale & 0x0F
-        info["rcv_wscale"] = wscale >> 4
-    flags = info.pop("_rate_flags", None)
+        return TcpInfo()
+    info = TcpInfo(*layout.unpack_from(blob))
+    bits = info.wscale_bits
+    if bits is not None:
+        info.snd_wscale, info.rcv_wscale = bits & 0x0F, bits >> 4
+        info.wscale_bits = None
+    flags = info.rate_flags
     if flags is not None:
-        info["delivery_rate_app_limited"] = flags & 1
-        info["fastopen_client_fail"] = (flags >> 1) & 3
-    ecn = info.pop("_ecn_bits", None)
+        info.delivery_rate_app_limited, info.fastopen_client_fail = flags & 1, (flags >> 1) & 3
+        info.rate_flags = None
+    ecn = info.ecn_bits
     if ecn is not None:
-        info["ecn_mode"] = ecn & 3
-        info["accecn_opt_seen"] = (ecn >> 2) & 3
-        info["accecn_fail_mode"] = (ecn >> 4) & 0xF
+        info.ecn_mode, info.accecn_opt_seen = ecn & 3, (ecn >> 2) & 3
+        info.accecn_fail_mode = (ecn >> 4) & 0xF
+        info.ecn_bits = None
     return info
+
+
+def decode(blob: bytes | memoryview) -> dict[str, int]:
+    """Decode a tcp_info blob of any length into a dict of the fields present."""
+    fields = msgspec.structs.asdict(decode_struct(blob))
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def last_ack_recv(blob: bytes | memoryview) -> int | None:
