@@ -33,6 +33,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
     info: decode tcp_info and the congestion control for each socket.
     age: fetch only the age estimate (tcp_info's last-ACK-received).
+    attrs: shutdown state, cgroup id and mark of each socket (ls -e).
     extended: decode what `ss -e` adds: shutdown state, cgroup id, mark.
     evidence: also collect what the doctor needs: sysctls, counters, thread
         states of owning processes, descriptors of dead TCP sockets.
@@ -56,7 +57,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     dump_states = ALL_STATES_MASK if evidence else query.states
     opts = sockdiag.DumpOptions(states=dump_states, info=info,
                                 age=age or query.needs_age, mem=mem,
-                                attrs=info or extended or evidence)
+                                attrs=extended or evidence)
     say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
     families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
     netns_records, dumped = _dump_all(namespaces, opts, families, evidence, warnings)
@@ -108,6 +109,10 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
 def _namespaces(wanted: str, warnings: list[str]) -> list[netns_mod.NsRef]:
     found, _denied = netns_mod.discover()
     selected = netns_mod.select(found, wanted)
+    if not selected and os.geteuid() != 0:
+        raise PermissionDeniedError(
+            f"no network namespace '{wanted}' is visible to this user: finding and entering "
+            "other namespaces needs root")
     if not selected:
         names = ", ".join(ns.name for ns in found)
         raise NotFoundError(f"no network namespace called '{wanted}' (known: {names})")

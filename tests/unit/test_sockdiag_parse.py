@@ -81,7 +81,7 @@ def test_attributes_tcp_info_shutdown_cgroup_cong_skmem() -> None:
              + rtattr(sockdiag.INET_DIAG_CGROUP_ID, struct.pack("=Q", 77))
              + rtattr(sockdiag.INET_DIAG_CONG, b"cubic\0")
              + rtattr(sockdiag.INET_DIAG_SKMEMINFO, struct.pack("=9I", *range(9))))
-    opts = sockdiag.DumpOptions(ALL_STATES_MASK, info=True, mem=True)
+    opts = sockdiag.DumpOptions(ALL_STATES_MASK, info=True, mem=True, attrs=True)
     (sk,), _ = parse(diag_msg(attrs=attrs) + done(), opts=opts)
     assert sk.age_ms == 123456 and sk.info is not None and sk.info.last_ack_recv == 123456
     assert (sk.shutdown, sk.cgroup_id, sk.cong) == (1, 77, "cubic")
@@ -254,3 +254,14 @@ def test_age_fast_path_rechecks_the_learned_offset() -> None:
                                                             attrs=shut + info(0)) + done())
     socks, _ = parse(data, opts=sockdiag.DumpOptions(ALL_STATES_MASK, age=True))
     assert [s.age_ms for s in socks] == [111, 222, 333, None]
+
+
+def test_learned_attribute_layout_is_rechecked_per_message() -> None:
+    def msg(shutdown: int, cgroup: int, first_shutdown: bool) -> bytes:
+        shut = rtattr(sockdiag.INET_DIAG_SHUTDOWN, bytes([shutdown]))
+        cg = rtattr(sockdiag.INET_DIAG_CGROUP_ID, struct.pack("=Q", cgroup))
+        return diag_msg(attrs=shut + cg if first_shutdown else cg + shut)
+
+    data = msg(1, 10, True) + msg(2, 20, True) + msg(3, 30, False) + done()
+    socks, _ = parse(data, opts=sockdiag.DumpOptions(ALL_STATES_MASK, attrs=True))
+    assert [(s.shutdown, s.cgroup_id) for s in socks] == [(1, 10), (2, 20), (3, 30)]

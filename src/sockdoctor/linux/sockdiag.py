@@ -53,8 +53,10 @@ SOCKID_TAIL = struct.Struct("=IQ")  # idiag_if, cookie (two native u32 = one nat
 # inet_diag_msg: family state timer retrans | sport dport (big endian, decoded
 # below) | src[16] dst[16] | if cookie | expires rqueue wqueue uid inode
 DIAG_MSG = struct.Struct("=BBBBHH16s16sIQIIIII")
+HDR_DIAG_MSG = struct.Struct("=IHHII" + DIAG_MSG.format[1:])  # both in one unpack
 RTATTR = struct.Struct("=HH")
 U32 = struct.Struct("=I")
+AGE_IN_ATTR = 4 + tcpinfo.LAST_ACK_RECV_OFFSET  # from an INET_DIAG_INFO header to the field
 U64 = struct.Struct("=Q")
 SKMEMINFO = struct.Struct("=9I")
 NLMSG_HDRLEN = NLMSGHDR.size
@@ -100,13 +102,21 @@ class DumpOptions:
             ext |= EXT_SKMEMINFO
         return ext
 
+    def wanted_attributes(self) -> frozenset[int]:
+        wanted = set()
+        if self.info or self.age:
+            wanted.add(INET_DIAG_INFO)
+        if self.info:
+            wanted.add(INET_DIAG_CONG)
+        if self.mem:
+            wanted.add(INET_DIAG_SKMEMINFO)
+        if self.attrs:
+            wanted.update((INET_DIAG_SHUTDOWN, INET_DIAG_CGROUP_ID, INET_DIAG_MARK))
+        return frozenset(wanted)
+
     @property
     def only_age(self) -> bool:
         return self.age and not (self.info or self.mem or self.attrs)
-
-    @property
-    def parse_attrs(self) -> bool:
-        return self.info or self.age or self.mem or self.attrs
 
 
 def open_socket() -> socket.socket:
@@ -177,25 +187,69 @@ class DumpParser:
         self.out = out
         self.done = False
         self.interrupted = False
-        self._v4: dict[bytes, str] = {}
-        self._v6: dict[bytes, str] = {}
-        self._info_at: dict[int, int] = {}  # message size -> offset of INET_DIAG_INFO
+        self._names4: dict[bytes, str] = {}  # raw 16-byte address field -> text
+        self._names6: dict[bytes, str] = {}
+        self._layouts: dict[int, _Layout] = {}  # message size -> wanted attributes
+        self._wanted = opts.wanted_attributes()
+        self._cong: dict[bytes, str] = {}
+        # message length -> (offset of the tcp_info attribute, its expected header)
+        self._age_at: dict[int, tuple[int, tuple[int, int]]] = {}
 
     def feed(self, data: bytes | memoryview) -> None:
-        """Parse one recv() worth of messages; raises NetlinkParseError on garbage."""
+        """Parse one recv() worth of messages; raises NetlinkParseError on garbage.
+
+        The hot loop of every scan: header and inet_diag_msg are unpacked in
+        one call, addresses are converted once per distinct value, and the
+        common case runs on local names only.
+        """
         end = len(data)
         offset = 0
+        unpack_socket = HDR_DIAG_MSG.unpack_from
+        names4, names6 = self._names4, self._names6
+        netns = self.netns
+        append = self.out.append
+        wanted = self._wanted
+        only_age = self.opts.only_age
+        age_at = self._age_at
+        check_header = RTATTR.unpack_from
+        read_u32 = U32.unpack_from
         while offset < end:
             if end - offset < NLMSG_HDRLEN:
                 raise NetlinkParseError(f"truncated netlink header at byte {offset}")
-            length, msg_type, flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+            if end - offset >= HDR_DIAG_MSG.size:
+                (length, msg_type, flags, _seq, _pid, family, state, timer, retrans, sport,
+                 dport, src, dst, ifindex, cookie, expires, rqueue, wqueue, uid,
+                 inode) = unpack_socket(data, offset)
+            else:
+                length, msg_type, flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
             if length < NLMSG_HDRLEN or offset + length > end:
                 raise NetlinkParseError(
                     f"netlink message length {length} at byte {offset} is out of bounds")
             if flags & NLM_F_DUMP_INTR:
                 self.interrupted = True
             if msg_type == SOCK_DIAG_BY_FAMILY:
-                self._socket(data, offset + NLMSG_HDRLEN, offset + length)
+                if length < HDR_DIAG_MSG.size:
+                    raise NetlinkParseError(
+                        f"inet_diag_msg of {length - NLMSG_HDRLEN} bytes is too short")
+                # Separate caches: an IPv4 field and an IPv6 one can hold the same bytes.
+                names = names4 if family == socket.AF_INET else names6
+                local = names.get(src) or _address(names, family, src)
+                peer = names.get(dst) or _address(names, family, dst)
+                sk = Socket(netns, family, state, local, ((sport & 0xFF) << 8) | (sport >> 8),
+                            peer, ((dport & 0xFF) << 8) | (dport >> 8), inode, cookie, uid,
+                            rqueue, wqueue, timer, expires, retrans, ifindex)
+                if not wanted or length <= HDR_DIAG_MSG.size:
+                    pass
+                elif only_age:  # the common `ls` case: one field of tcp_info, read in place
+                    if (1 << state) & AGED_STATES:
+                        known = age_at.get(length)
+                        if known is not None and check_header(data, offset + known[0]) == known[1]:
+                            sk.age_ms = read_u32(data, offset + known[0] + AGE_IN_ATTR)[0]
+                        else:
+                            self._learn_age(sk, data, offset, length)
+                else:
+                    self._attributes(sk, data, offset + NLMSG_HDRLEN, offset + length)
+                append(sk)
             elif msg_type == NLMSG_DONE:
                 self.done = True
                 _raise_if_error(data, offset, length)
@@ -204,96 +258,80 @@ class DumpParser:
                 _raise_if_error(data, offset, length)
             offset += (length + 3) & ~3
 
-    def _socket(self, data: bytes | memoryview, start: int, end: int) -> None:
-        if end - start < DIAG_MSG_LEN:
-            raise NetlinkParseError(f"inet_diag_msg of {end - start} bytes is too short")
-        (family, state, timer, retrans, sport, dport, src, dst, ifindex, cookie,
-         expires, rqueue, wqueue, uid, inode) = DIAG_MSG.unpack_from(data, start)
-        if family == socket.AF_INET:
-            cache = self._v4
-            src, dst = src[:4], dst[:4]
-        else:
-            cache = self._v6
-        local = cache.get(src)
-        if local is None:
-            local = cache[src] = socket.inet_ntop(family, src)
-        peer = cache.get(dst)
-        if peer is None:
-            peer = cache[dst] = socket.inet_ntop(family, dst)
-        sk = Socket(self.netns, family, state,
-                    local, ((sport & 0xFF) << 8) | (sport >> 8),
-                    peer, ((dport & 0xFF) << 8) | (dport >> 8),
-                    inode, cookie, uid, rqueue, wqueue, timer, expires, retrans, ifindex)
-        if end > start + DIAG_MSG_LEN:
-            if self.opts.only_age:
-                self._age(sk, data, start, end)
-            elif self.opts.parse_attrs:
-                self._attributes(sk, data, start + DIAG_MSG_LEN, end)
-        self.out.append(sk)
+    # The kernel emits the same attributes in the same order for every socket
+    # of a kind, so where each one sits depends only on the message size.
+    # Walking ten attributes per socket in Python cost more than everything
+    # else together; instead the layout is learned from one full walk per
+    # size, and each later message only has the headers it needs re-checked.
 
-    def _age(self, sk: Socket, data: bytes | memoryview, start: int, end: int) -> None:
-        """Only the age: jump straight to tcp_info where a same-sized message had it.
-
-        The kernel emits the same attributes in the same order for every full
-        socket, so the offset of INET_DIAG_INFO depends only on the message
-        size. It is learned from one complete walk and re-checked each time.
-        """
-        if not (1 << sk.state) & AGED_STATES:
+    def _attributes(self, sk: Socket, data: bytes | memoryview, start: int, end: int) -> None:
+        if self.opts.only_age and not (1 << sk.state) & AGED_STATES:
             return
         size = end - start
-        offset = self._info_at.get(size)
-        if offset is not None:
-            length, kind = RTATTR.unpack_from(data, start + offset)
-            if kind & 0x3FFF == INET_DIAG_INFO and start + offset + length <= end \
-                    and length >= 4 + tcpinfo.LAST_ACK_RECV_OFFSET + 4:
-                sk.age_ms = U32.unpack_from(
-                    data, start + offset + 4 + tcpinfo.LAST_ACK_RECV_OFFSET)[0]
-                return
-        offset = start + DIAG_MSG_LEN
-        while offset + 4 <= end:
-            length, kind = RTATTR.unpack_from(data, offset)
-            if length < 4 or offset + length > end:
-                raise NetlinkParseError(
-                    f"attribute length {length} at byte {offset} is out of bounds")
-            if kind & 0x3FFF == INET_DIAG_INFO:
-                self._info_at[size] = offset - start
-                if length >= 4 + tcpinfo.LAST_ACK_RECV_OFFSET + 4:
-                    sk.age_ms = U32.unpack_from(data, offset + 4 +
-                                                tcpinfo.LAST_ACK_RECV_OFFSET)[0]
-                return
-            offset += (length + 3) & ~3
-
-    def _attributes(self, sk: Socket, data: bytes | memoryview, offset: int,
-                    end: int) -> None:
-        # A plain loop, not iter_attrs(): this runs once per socket and the
-        # generator plus a memoryview slice per attribute doubled the cost.
-        opts = self.opts
-        unpack = RTATTR.unpack_from
-        while offset + 4 <= end:
-            length, kind = unpack(data, offset)
-            if length < 4 or offset + length > end:
-                raise NetlinkParseError(
-                    f"attribute length {length} at byte {offset} is out of bounds")
-            kind &= 0x3FFF
-            body = offset + 4
+        layout = self._layouts.get(size)
+        if layout is None or not _same_headers(layout, data, start):
+            layout = self._layouts[size] = self._learn(data, start, end)
+        for raw_kind, offset, length in layout:
+            kind = raw_kind & 0x3FFF
+            body = start + offset + 4
             size = length - 4
             if kind == INET_DIAG_INFO:
-                if opts.info:
+                if self.opts.info:
                     sk.info = tcpinfo.decode_struct(data[body:body + size])
                 if (1 << sk.state) & AGED_STATES and size >= tcpinfo.LAST_ACK_RECV_OFFSET + 4:
                     sk.age_ms = U32.unpack_from(data, body + tcpinfo.LAST_ACK_RECV_OFFSET)[0]
+            elif kind == INET_DIAG_CONG:
+                raw = bytes(data[body:body + size])
+                cong = self._cong.get(raw)
+                if cong is None:
+                    cong = self._cong[raw] = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+                sk.cong = cong
             elif kind == INET_DIAG_SHUTDOWN and size >= 1:
                 sk.shutdown = data[body]
             elif kind == INET_DIAG_CGROUP_ID and size >= 8:
                 sk.cgroup_id = U64.unpack_from(data, body)[0]
             elif kind == INET_DIAG_MARK and size >= 4:
                 sk.mark = U32.unpack_from(data, body)[0]
-            elif kind == INET_DIAG_CONG and opts.info:
-                raw = bytes(data[body:body + size])
-                sk.cong = raw.split(b"\0", 1)[0].decode("ascii", "replace")
-            elif kind == INET_DIAG_SKMEMINFO and opts.mem and size >= SKMEMINFO.size:
+            elif kind == INET_DIAG_SKMEMINFO and size >= SKMEMINFO.size:
                 sk.mem = SkMemInfo(*SKMEMINFO.unpack_from(data, body))
+
+    def _learn_age(self, sk: Socket, data: bytes | memoryview, offset: int, length: int) -> None:
+        """Full walk for a message size not seen yet; remembers where tcp_info was."""
+        self._attributes(sk, data, offset + NLMSG_HDRLEN, offset + length)
+        layout = self._layouts.get(length - NLMSG_HDRLEN, ())
+        for raw_kind, at, attr_len in layout:
+            if raw_kind & 0x3FFF == INET_DIAG_INFO and attr_len >= AGE_IN_ATTR + 4:
+                self._age_at[length] = (NLMSG_HDRLEN + at, (attr_len, raw_kind))
+
+    def _learn(self, data: bytes | memoryview, start: int, end: int) -> _Layout:
+        layout = []
+        offset = start + DIAG_MSG_LEN
+        while offset + 4 <= end:
+            length, raw_kind = RTATTR.unpack_from(data, offset)
+            if length < 4 or offset + length > end:
+                raise NetlinkParseError(
+                    f"attribute length {length} at byte {offset} is out of bounds")
+            if raw_kind & 0x3FFF in self._wanted:
+                layout.append((raw_kind, offset - start, length))
             offset += (length + 3) & ~3
+        return tuple(layout)
+
+
+def _address(names: dict[bytes, str], family: int, raw: bytes) -> str:
+    """Text form of a 16-byte address field (IPv4 uses its first 4 bytes), cached."""
+    text = names[raw] = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+    return text
+
+
+_Layout = tuple[tuple[int, int, int], ...]  # (raw attribute type, offset, length)
+
+
+def _same_headers(layout: _Layout, data: bytes | memoryview, start: int) -> bool:
+    unpack = RTATTR.unpack_from
+    for raw_kind, offset, length in layout:
+        if unpack(data, start + offset) != (length, raw_kind):
+            return False
+    return True
 
 
 def iter_attrs(data: bytes | memoryview, offset: int,
