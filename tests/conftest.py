@@ -69,6 +69,45 @@ class Script:
         self.proc.stdin.flush()  # type: ignore[union-attr]
 
 
+class Remote(Script):
+    """A Script that execs whatever code the test sends, step by step.
+
+    `remote("s = socket.socket(); result = s.fileno()")` runs the code in the
+    program's persistent globals and returns `result`. The program renames
+    itself `comm` (what ss -p and sockdoctor show); `prefix` wraps the
+    interpreter, e.g. with setpriv to run as another user.
+    """
+
+    LOOP = textwrap.dedent("""
+        g = {"socket": socket, "os": os, "time": time, "errno": errno}
+        open("/proc/self/comm", "w").write(sys.argv[1])
+        emit({"ready": os.getpid()})
+        while True:
+            line = wait()
+            if not line:
+                break
+            try:
+                exec(json.loads(line), g)
+                emit({"ok": g.pop("result", None)})
+            except Exception as exc:
+                emit({"error": repr(exc)})
+    """)
+
+    def __init__(self, lab: Lab, host: Host, comm: str, prefix: list[str] | None = None,
+                 python: str = sys.executable) -> None:
+        argv = [*(prefix or []), python, "-c", self.PRELUDE + self.LOOP, comm]
+        self.proc = lab.spawn(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, bufsize=1)
+        self.read()
+
+    def __call__(self, code: str) -> object:
+        self.send(json.dumps(textwrap.dedent(code)))
+        reply = self.read()
+        if "error" in reply:  # type: ignore[operator]
+            raise RuntimeError(f"remote code failed: {reply['error']}")  # type: ignore[index]
+        return reply["ok"]  # type: ignore[index]
+
+
 @pytest.fixture
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A server and a client namespace joined by a veth pair."""

@@ -256,7 +256,7 @@ class Socket(msgspec.Struct, gc=False):
             return ""
         st = self.state
         if st == TcpState.LISTEN:
-            return "listener not visible in any process"
+            return "listener held by no process we can see (another user's, or the kernel's)"
         if st == TcpState.TIME_WAIT:
             return "TIME-WAIT: kept by the kernel only, no process holds it"
         if self.inode == 0 and st in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
+import zlib
 
 import msgspec
 
-from .errors import BadSnapshotError, NotFoundError, PermissionDeniedError
+from .errors import BadSnapshotError, NotFoundError, PermissionDeniedError, UsageError
 from .model import SCHEMA, Snapshot
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -23,7 +24,7 @@ def loads(data: bytes, source: str = "snapshot") -> Snapshot:
     if data[:2] == _GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise BadSnapshotError(f"{source} is a damaged gzip file: {exc}") from exc
     try:
         head = msgspec.json.decode(data, type=dict)
@@ -55,6 +56,8 @@ def load(path: str) -> Snapshot:
 
 def save(snapshot: Snapshot, path: str) -> None:
     """Write atomically (temp file + rename), gzip-compressed when the name ends in .gz."""
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write the snapshot to {path}: it is a directory")
     data = dumps(snapshot)
     if path.endswith(".gz"):
         data = gzip.compress(data, compresslevel=5)

@@ -75,6 +75,11 @@ def list_pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this PID runs in our PID namespace (any owner)."""
+    return pid > 0 and os.path.exists(f"{PROC}/{pid}")
+
+
 def _walk(pids: Iterable[int]) -> _Walk:
     """One pass over /proc/PID/fd: every descriptor that points at a socket."""
     walk = _Walk()

@@ -39,13 +39,25 @@ def duration(ms: int | None) -> str:
 
 
 def ss_timer(ms: int) -> str:
-    """Timer expiry the way ss prints it inside timer:(...)."""
-    if ms >= 60_000:
-        return f"{ms // 60_000}min{(ms % 60_000) // 1000}sec" if ms % 60_000 else \
-            f"{ms // 60_000}min"
-    if ms >= 1000:
-        return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "sec"
-    return f"{ms}ms"
+    """Timer expiry the way ss (iproute2 >= 6.11) prints it inside timer:(...).
+
+    Precision drops as the value grows: 840ms, 5.624sec, 57sec, 2min30sec, 119min.
+    Zero prints as nothing, as in ss.
+    """
+    minutes, rest = divmod(ms, 60_000)
+    secs, msecs = divmod(rest, 1000)
+    text = ""
+    if minutes:
+        text, msecs = f"{minutes}min", 0
+        if minutes > 9:
+            secs = 0
+    if secs:
+        if secs > 9:
+            msecs = 0
+        text += f"{secs}." if msecs else f"{secs}sec"
+    if msecs:
+        text += f"{msecs:03d}sec" if secs else f"{msecs:03d}ms"
+    return text
 
 
 def users(sk: Socket, processes: dict[int, Process]) -> str:

@@ -10,18 +10,20 @@ from typing import BinaryIO
 
 import msgspec
 
-from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket
+from ..model import SS_COLUMN_NAMES, TIMER_NAMES, SkMemInfo, Snapshot, Socket, TcpInfo
 from . import fmt
 
 LS_SCHEMA = "sockdoctor.ls/1"
 
 
-class OwnerRecord(msgspec.Struct, omit_defaults=True):
+class OwnerRecord(msgspec.Struct):
     pid: int
     fd: int
-    comm: str = ""
+    comm: str  # "" when the process exited before we read its name
 
 
+# Fields without a default are in every record; the others only when the scan
+# collected them (owners with -p, age where the kernel keeps it, ...).
 class SocketRecord(msgspec.Struct, omit_defaults=True):
     netns: str
     family: str
@@ -35,17 +37,17 @@ class SocketRecord(msgspec.Struct, omit_defaults=True):
     inode: int
     cookie: int
     uid: int
-    timer: str = "off"
-    expires_ms: int = 0
-    retrans: int = 0
+    timer: str
+    expires_ms: int
+    retrans: int
     age_ms: int | None = None
     owners: list[OwnerRecord] | None = None
     owner_note: str | None = None
     shutdown: int | None = None
     cgroup_id: int | None = None
     cong: str | None = None
-    info: dict[str, int] | None = None
-    mem: dict[str, int] | None = None
+    info: TcpInfo | None = None
+    mem: SkMemInfo | None = None
 
 
 class NamespaceRecord(msgspec.Struct, omit_defaults=True):

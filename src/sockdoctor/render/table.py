@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..linux.tcpinfo import option_names
-from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket
+from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket, TcpInfo, TcpState
 from . import fmt
 
 
@@ -73,9 +72,13 @@ def render(snapshot: Snapshot, cols: Columns) -> Iterator[str]:
         for row in zip(*columns, strict=True):
             yield (template % row).rstrip()
         return
+    # As in ss: timers (-o) and socket details (-e) end the socket's own line;
+    # memory (-m) and tcp_info (-i) go on a second line that starts with a tab.
     for sk, row in zip(socks, zip(*columns, strict=True), strict=True):
-        yield (template % row).rstrip()
-        extra = _details(sk, cols)
+        line = (template % row).rstrip()
+        inline = _inline(sk, cols)
+        yield f"{line} {inline}" if inline else line
+        extra = _second_line(sk, cols)
         if extra:
             yield "\t " + extra
 
@@ -93,20 +96,29 @@ def _template(header: list[str], columns: list[list[str]]) -> str:
     return " ".join(parts)
 
 
-def _details(sk: Socket, cols: Columns) -> str:
+def _inline(sk: Socket, cols: Columns) -> str:
     parts: list[str] = []
     if cols.timers and sk.timer:
-        name = TIMER_NAMES.get(sk.timer, str(sk.timer))
+        name = TIMER_NAMES.get(sk.timer, "unknown")
         parts.append(f"timer:({name},{fmt.ss_timer(sk.expires_ms)},{sk.retrans})")
     if cols.extended:
-        parts.append(f"uid:{sk.uid} ino:{sk.inode} sk:{sk.cookie:x}")
+        if sk.uid:
+            parts.append(f"uid:{sk.uid}")
+        parts.append(f"ino:{sk.inode} sk:{sk.cookie:x}")
+        if sk.mark:
+            parts.append(f"fwmark:{sk.mark:#x}")
         if sk.shutdown is not None:
             parts.append(_shutdown_arrows(sk.shutdown))
+    return " ".join(parts)
+
+
+def _second_line(sk: Socket, cols: Columns) -> str:
+    parts: list[str] = []
     if cols.mem and sk.mem:
         m = sk.mem
-        parts.append(f"skmem:(r{m['rmem_alloc']},rb{m['rcvbuf']},t{m['wmem_alloc']},"
-                     f"tb{m['sndbuf']},f{m['fwd_alloc']},w{m['wmem_queued']},"
-                     f"o{m['optmem']},bl{m['backlog']},d{m['drops']})")
+        parts.append(f"skmem:(r{m.rmem_alloc},rb{m.rcvbuf},t{m.wmem_alloc},"
+                     f"tb{m.sndbuf},f{m.fwd_alloc},w{m.wmem_queued},"
+                     f"o{m.optmem},bl{m.backlog},d{m.drops})")
     if cols.info and sk.info:
         parts.append(_info_text(sk))
     return " ".join(parts)
@@ -117,30 +129,63 @@ def _shutdown_arrows(bits: int) -> str:
     return ("-" if bits & 1 else "<") + "-" + ("-" if bits & 2 else ">")
 
 
-_INFO_FIELDS = (("snd_mss", "mss"), ("pmtu", "pmtu"), ("rcv_mss", "rcvmss"),
-                ("advmss", "advmss"), ("snd_cwnd", "cwnd"), ("bytes_sent", "bytes_sent"),
-                ("bytes_acked", "bytes_acked"), ("bytes_received", "bytes_received"),
-                ("segs_out", "segs_out"), ("segs_in", "segs_in"),
-                ("retrans", "unacked_retrans"), ("total_retrans", "retrans_total"))
+# What `ss -i` prints from tcp_info, in its order, as label:value when non-zero
+# (rates are left out). Times come in microseconds and print as milliseconds.
+_SS_OPTIONS = ((1, "ts"), (64, "usec_ts"), (2, "sack"), (8, "ecn"), (16, "ecnseen"),
+               (32, "fastopen"))
+_SS_FIELDS = (
+    ("rto", "rto"), ("backoff", "backoff"), ("rtt", "rtt"), ("ato", "ato"),
+    ("snd_mss", "mss"), ("pmtu", "pmtu"), ("rcv_mss", "rcvmss"), ("advmss", "advmss"),
+    ("snd_cwnd", "cwnd"), ("snd_ssthresh", "ssthresh"),
+    ("bytes_sent", "bytes_sent"), ("bytes_retrans", "bytes_retrans"),
+    ("bytes_acked", "bytes_acked"), ("bytes_received", "bytes_received"),
+    ("segs_out", "segs_out"), ("segs_in", "segs_in"),
+    ("data_segs_out", "data_segs_out"), ("data_segs_in", "data_segs_in"),
+    ("last_data_sent", "lastsnd"), ("last_data_recv", "lastrcv"), ("last_ack_recv", "lastack"),
+    ("delivered", "delivered"), ("delivered_ce", "delivered_ce"),
+    ("delivery_rate_app_limited", "app_limited"),
+    ("unacked", "unacked"), ("retrans", "retrans"), ("lost", "lost"), ("sacked", "sacked"),
+    ("dsack_dups", "dsack_dups"), ("fackets", "fackets"), ("reordering", "reordering"),
+    ("reord_seen", "reord_seen"), ("rcv_rtt", "rcv_rtt"), ("rcv_space", "rcv_space"),
+    ("rcv_ssthresh", "rcv_ssthresh"), ("notsent_bytes", "notsent"), ("min_rtt", "minrtt"),
+    ("rcv_ooopack", "rcv_ooopack"), ("snd_wnd", "snd_wnd"), ("rcv_wnd", "rcv_wnd"),
+    ("rehash", "rehash"),
+)
+_MICROSECONDS = {"rto", "rtt", "ato", "rcv_rtt", "min_rtt"}
+
+
+def _ss_field(i: TcpInfo, key: str, label: str, listening: bool) -> str:
+    """One `label:value` the way ss prints it, or "" where ss prints nothing."""
+    v = getattr(i, key)
+    if key == "reordering":  # ss shows it whenever it differs from the default 3
+        return f"reordering:{v}" if v is not None and v != 3 else ""
+    if key == "retrans":  # retransmitted segments in flight / in total
+        total = i.total_retrans or 0
+        return f"retrans:{v or 0}/{total}" if v or total else ""
+    if not v or v == 0xFFFFFFFF:
+        return ""
+    if (key == "rto" and v == 3_000_000) or (key == "snd_ssthresh" and v >= 0xFFFF) \
+            or (key == "sacked" and listening):  # initial RTO, "infinite", the backlog
+        return ""
+    if key == "delivery_rate_app_limited":
+        return label
+    if key == "rtt":
+        return f"rtt:{v / 1000:g}/{(i.rttvar or 0) / 1000:g}"
+    return f"{label}:{v / 1000:g}" if key in _MICROSECONDS else f"{label}:{v}"
 
 
 def _info_text(sk: Socket) -> str:
-    i = sk.info or {}
-    parts = []
+    """tcp_info the way `ss -i` prints it."""
+    i = sk.info
+    if i is None:
+        return sk.cong or ""
+    options = i.options or 0
+    parts = [name for bit, name in _SS_OPTIONS if options & bit]
     if sk.cong:
         parts.append(sk.cong)
-    opts = option_names(i.get("options", 0))
-    if opts:
-        parts.append(",".join(opts))
-    if "wscale" in opts:
-        parts.append(f"wscale:{i.get('snd_wscale', 0)},{i.get('rcv_wscale', 0)}")
-    if i.get("rto"):
-        parts.append(f"rto:{i['rto'] / 1000:g}")
-    if i.get("rtt"):
-        parts.append(f"rtt:{i['rtt'] / 1000:g}/{i.get('rttvar', 0) / 1000:g}")
-    parts.extend(f"{label}:{i[key]}" for key, label in _INFO_FIELDS if i.get(key))
-    for key, label in (("last_data_sent", "lastsnd"), ("last_data_recv", "lastrcv"),
-                       ("last_ack_recv", "lastack")):
-        if key in i:
-            parts.append(f"{label}:{i[key]}")
+    if options & 4:  # TCPI_OPT_WSCALE
+        parts.append(f"wscale:{i.snd_wscale or 0},{i.rcv_wscale or 0}")
+    listening = sk.state == TcpState.LISTEN
+    fields = (_ss_field(i, key, label, listening) for key, label in _SS_FIELDS)
+    parts.extend(f for f in fields if f)
     return " ".join(parts)
