@@ -27,7 +27,8 @@ class _NsResult:
 
 def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = False,
          mem: bool = False, age: bool = False, extended: bool = False, evidence: bool = False,
-         netns: str | None = None, progress: Progress | None = None) -> Snapshot:
+         netns: str | None = None, progress: Progress | None = None,
+         lazy_info: bool = False) -> Snapshot:
     """Every TCP socket matching `query`, in every selected network namespace.
 
     owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
@@ -37,6 +38,9 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     extended: decode what `ss -e` adds: shutdown state, cgroup id, mark.
     evidence: also collect what the doctor needs: sysctls, counters, thread
         states of owning processes, descriptors of dead TCP sockets.
+    lazy_info: with info, keep tcp_info undecoded (Socket.info_blob; read it
+        with linux.tcpinfo.of()): a listing that streams its output then never
+        holds every decoded tcp_info at once.
     netns: "all" (default), "host", a name from `ip netns`, a PID or an inode;
         overrides the query's own setting when given.
     """
@@ -57,7 +61,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     dump_states = ALL_STATES_MASK if evidence else query.states
     opts = sockdiag.DumpOptions(states=dump_states, info=info,
                                 age=age or query.needs_age, mem=mem,
-                                attrs=extended or evidence)
+                                attrs=extended or evidence, lazy_info=lazy_info)
     say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
     families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
     netns_records, dumped = _dump_all(namespaces, opts, families, evidence, warnings)

@@ -239,6 +239,9 @@ class Socket(msgspec.Struct, gc=False):
     cong: str | None = None
     info: TcpInfo | None = None
     mem: SkMemInfo | None = None
+    # Raw tcp_info, kept instead of `info` by scan(lazy_info=True) so that a huge
+    # listing decodes it a chunk at a time while writing (see tcpinfo.of()).
+    info_blob: bytes | None = None
 
     @property
     def tcp_state(self) -> TcpState:

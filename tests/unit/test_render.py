@@ -303,3 +303,12 @@ def test_summary_without_owners_and_with_a_limit() -> None:
     lines = list(summary.render(snap, limit=2))
     assert lines[-1] == "... 3 more groups (3 sockets); use --json for all"
     assert list(summary.render(snapshot([]))) == ["0 TCP sockets"]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+def test_json_written_in_chunks_is_one_valid_document(mixed: Snapshot, chunk: int) -> None:
+    whole, pieces = io.BytesIO(), io.BytesIO()
+    jsonout.write_json(mixed, whole)
+    jsonout.write_json(mixed, pieces, chunk=chunk)
+    assert json.loads(pieces.getvalue()) == json.loads(whole.getvalue())
+    assert len(json.loads(pieces.getvalue())["sockets"]) == len(mixed.sockets) > 2

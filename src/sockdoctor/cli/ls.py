@@ -57,7 +57,8 @@ def ls_command(processes: bool, info: bool, memory: bool, extended: bool, timers
         show = output is None or output == "summary"
         # The summary has no age column; every other output shows age (docs/age.md).
         snapshot = scan(query, owners=want_owners, info=info, mem=memory,
-                        age=output != "summary", extended=extended, progress=progress(show))
+                        age=output != "summary", extended=extended, progress=progress(show),
+                        lazy_info=output in ("json", "ndjson"))
         clear_progress(show)
     warn(snapshot.warnings)
     out = sys.stdout

@@ -90,6 +90,7 @@ class DumpOptions:
     age: bool = False  # tcp_info requested, only last_ack_recv decoded
     mem: bool = False  # skmeminfo
     attrs: bool = False  # shutdown, cgroup id, mark (always sent by the kernel)
+    lazy_info: bool = False  # with info: keep tcp_info raw in Socket.info_blob
 
     @property
     def ext(self) -> int:
@@ -276,7 +277,9 @@ class DumpParser:
             body = start + offset + 4
             size = length - 4
             if kind == INET_DIAG_INFO:
-                if self.opts.info:
+                if self.opts.lazy_info:
+                    sk.info_blob = bytes(data[body:body + size])
+                elif self.opts.info:
                     sk.info = tcpinfo.decode_struct(data[body:body + size])
                 if (1 << sk.state) & AGED_STATES and size >= tcpinfo.LAST_ACK_RECV_OFFSET + 4:
                     sk.age_ms = U32.unpack_from(data, body + tcpinfo.LAST_ACK_RECV_OFFSET)[0]

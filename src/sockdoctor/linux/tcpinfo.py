@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import msgspec
 
-from ..model import TcpInfo
+from ..model import Socket, TcpInfo
 
 # (name, struct code) in kernel order, which must also be TcpInfo's field order
 # (it is built positionally; a unit test holds the two together). Offsets follow
@@ -87,6 +87,13 @@ def decode_struct(blob: bytes | memoryview) -> TcpInfo:
         info.accecn_fail_mode = (ecn >> 4) & 0xF
         info.ecn_bits = None
     return info
+
+
+def of(sk: Socket) -> TcpInfo | None:
+    """The socket's tcp_info, decoding a lazily kept blob on the way."""
+    if sk.info is None and sk.info_blob is not None:
+        return decode_struct(sk.info_blob)
+    return sk.info
 
 
 def decode(blob: bytes | memoryview) -> dict[str, int]:

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from ..linux.tcpinfo import of as tcp_info
 from ..model import SS_COLUMN_NAMES, TIMER_NAMES, SkMemInfo, Snapshot, Socket, TcpInfo
 from . import fmt
 
@@ -84,7 +85,7 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[Soc
             state_names.get(sk.state, "?"), sk.local_addr, sk.local_port, sk.peer_addr,
             sk.peer_port, sk.recv_q, sk.send_q, sk.inode, sk.cookie, sk.uid,
             timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans, sk.age_ms, None, None,
-            sk.shutdown, sk.cgroup_id, sk.cong, sk.info, sk.mem)
+            sk.shutdown, sk.cgroup_id, sk.cong, tcp_info(sk), sk.mem)
         for sk in sockets
     ]
     if snapshot.owners_scanned:
@@ -102,17 +103,29 @@ def _add_owners(snapshot: Snapshot, sockets: list[Socket], out: list[SocketRecor
             rec.owner_note = sk.owner_note()
 
 
-def write_json(snapshot: Snapshot, out: BinaryIO) -> None:
+def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
+    """One JSON document, written a chunk of sockets at a time.
+
+    The sockets list comes last in the document, so everything before it is
+    encoded once and the records are appended in pieces: the whole document
+    never has to exist in memory at once (it is hundreds of megabytes with -i
+    on a busy host).
+    """
+    encoder = msgspec.json.Encoder()
     doc = LsDocument(
         schema=LS_SCHEMA, created=snapshot.created, hostname=snapshot.hostname,
         kernel=snapshot.kernel,
         namespaces=[NamespaceRecord(ns.inode, ns.name, ns.kind, ns.error)
                     for ns in snapshot.namespaces],
-        warnings=snapshot.warnings, count=len(snapshot.sockets),
-        sockets=records(snapshot),
+        warnings=snapshot.warnings, count=len(snapshot.sockets), sockets=[],
     )
-    out.write(msgspec.json.encode(doc))
-    out.write(b"\n")
+    head = encoder.encode(doc)
+    out.write(head[:-2])  # drop the closing "]}" of the empty sockets list
+    socks = snapshot.sockets
+    for start in range(0, len(socks), chunk):
+        body = encoder.encode(records(snapshot, socks[start:start + chunk]))
+        out.write(body[1:-1] if start == 0 else b"," + body[1:-1])
+    out.write(b"]}\n")
 
 
 def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..linux import tcpinfo
 from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket, TcpInfo, TcpState
 from . import fmt
 
@@ -119,7 +120,7 @@ def _second_line(sk: Socket, cols: Columns) -> str:
         parts.append(f"skmem:(r{m.rmem_alloc},rb{m.rcvbuf},t{m.wmem_alloc},"
                      f"tb{m.sndbuf},f{m.fwd_alloc},w{m.wmem_queued},"
                      f"o{m.optmem},bl{m.backlog},d{m.drops})")
-    if cols.info and sk.info:
+    if cols.info and (sk.info or sk.info_blob):
         parts.append(_info_text(sk))
     return " ".join(parts)
 
@@ -176,7 +177,7 @@ def _ss_field(i: TcpInfo, key: str, label: str, listening: bool) -> str:
 
 def _info_text(sk: Socket) -> str:
     """tcp_info the way `ss -i` prints it."""
-    i = sk.info
+    i = tcpinfo.of(sk)
     if i is None:
         return sk.cong or ""
     options = i.options or 0
