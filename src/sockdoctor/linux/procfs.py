@@ -43,14 +43,12 @@ class _Walk:
     denied: int = 0
 
     def to_map(self) -> OwnerMap:
-        by_inode: dict[int, list[tuple[int, int]]] = {}
-        get = by_inode.get
-        for inode, pid, fd in zip(self.inodes, self.pids, self.fds, strict=True):
-            holders = get(inode)
-            if holders is None:
-                by_inode[inode] = [(pid, fd)]
-            else:
-                holders.append((pid, fd))
+        holders = list(zip(self.pids, self.fds, strict=True))
+        by_inode = dict(zip(self.inodes, ([h] for h in holders), strict=True))
+        if len(by_inode) < len(holders):  # shared sockets (fork, dup): collect every holder
+            by_inode = {}
+            for inode, holder in zip(self.inodes, holders, strict=True):
+                by_inode.setdefault(inode, []).append(holder)
         counts = dict(zip(self.count_pids, self.counts, strict=True))
         return OwnerMap(by_inode, counts, self.denied)
 
@@ -83,8 +81,6 @@ def pid_exists(pid: int) -> bool:
 def _walk(pids: Iterable[int]) -> _Walk:
     """One pass over /proc/PID/fd: every descriptor that points at a socket."""
     walk = _Walk()
-    inodes, owner_pids, fds = walk.inodes, walk.pids, walk.fds
-    readlink = os.readlink
     for pid in pids:
         try:
             dirfd = os.open(f"{PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
@@ -97,15 +93,7 @@ def _walk(pids: Iterable[int]) -> _Walk:
             names = os.listdir(dirfd)
             walk.count_pids.append(pid)
             walk.counts.append(len(names))
-            for name in names:
-                try:
-                    link = readlink(name, dir_fd=dirfd)
-                except OSError:
-                    continue  # closed meanwhile
-                if link.startswith("socket:["):
-                    inodes.append(int(link[8:-1]))
-                    owner_pids.append(pid)
-                    fds.append(int(name))
+            _sockets_of(pid, dirfd, names, walk)
         except PermissionError:
             walk.denied += 1
         except OSError:
@@ -113,6 +101,31 @@ def _walk(pids: Iterable[int]) -> _Walk:
         finally:
             os.close(dirfd)
     return walk
+
+
+def _sockets_of(pid: int, dirfd: int, names: list[str], walk: _Walk) -> None:
+    """Append (inode, pid, fd) for each socket among one process's descriptors.
+
+    A list comprehension first (the kernel's readlink is most of the cost and
+    the loop around it should add little); a descriptor closed meanwhile
+    makes it fail, and then the careful loop takes over.
+    """
+    readlink = os.readlink
+    try:
+        links = [readlink(name, dir_fd=dirfd) for name in names]
+    except FileNotFoundError:
+        links = []
+        for name in names:
+            try:
+                links.append(readlink(name, dir_fd=dirfd))
+            except FileNotFoundError:
+                links.append("")
+    found = [(int(link[8:-1]), int(name)) for name, link in zip(names, links, strict=True)
+             if link.startswith("socket:[")]
+    if found:
+        walk.inodes.extend(inode for inode, _ in found)
+        walk.fds.extend(fd for _, fd in found)
+        walk.pids.extend([pid] * len(found))
 
 
 def socket_owners(pids: Iterable[int] | None = None) -> OwnerMap:
