@@ -72,7 +72,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     if collect_owners is not None:
         say(f"finding owners of {len(sockets)} sockets in /proc")
         owner_map = collect_owners()
-        if owner_map.denied_pids:
+        if owner_map.denied_pids and os.geteuid() != 0:  # root is refused only by odd inits
             warnings.append(
                 f"{owner_map.denied_pids} processes of other users were not readable: their "
                 "sockets show no owner (run as root to see them)")
