@@ -363,6 +363,20 @@ def markdown(sizes: list[SizeResult], help_s: list[float] | None, args: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def compile_bytecode() -> None:
+    """Write sockdoctor's .pyc files, as `pip install` does.
+
+    An editable install under PYTHONDONTWRITEBYTECODE=1 (this machine's
+    default) would otherwise compile every module from source on every run,
+    which is not what an installed sockdoctor costs.
+    """
+    import compileall
+
+    import sockdoctor
+
+    compileall.compile_dir(str(Path(sockdoctor.__file__).parent), quiet=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="36000,72000,143000",
@@ -378,6 +392,7 @@ def main() -> None:
     def say(msg: str) -> None:
         print(msg, flush=True)
 
+    compile_bytecode()
     help_s = help_startup() if has_command() else None
     results = []
     try:
