@@ -29,8 +29,8 @@ are asked whether to apply it). Methods, safest first:
   close    inject shutdown()+close() into the owner with ptrace (frees the fd)
   rst      forged RST after learning the sequence numbers (needs CAP_NET_RAW)
 auto picks per socket. With no state given, only CLOSE-WAIT sockets are chosen.
-Exit code: 0 every chosen socket is gone, 1 some survived, 2 bad arguments,
-4 not permitted, 5 unsupported by this kernel.
+Exit code: 0 every chosen socket is gone, 1 some survived or were left alone,
+2 bad arguments, 4 not permitted, 5 unsupported by this kernel.
 """
 
 
@@ -83,12 +83,16 @@ def kill_command(method: str, yes: bool, force: bool, max_count: int, rate: str 
     options = {"method": method, "force": force, "max_count": max_count,
                "rate": _rate(rate), "audit_log": audit_log or DEFAULT_PATH,
                "dead_fds": dead_fds, "pids": pids}
-    report = kill(snapshot, dry_run=True, **options)
-    prompted = not yes and _confirm(report, as_json)
-    if (yes or prompted) and report.plan.actions:
+    prompted = False
+    if yes:  # planned and applied in one go: the plan is printed with the results
         report = kill(snapshot, dry_run=False, **options)
+    else:
+        report = kill(snapshot, dry_run=True, **options)
+        prompted = _confirm(report, as_json)
+        if prompted:
+            report = kill(snapshot, dry_run=False, **options)
     _show(report, as_json, plan_shown=prompted)
-    sys.exit(report.exit_code if report.applied else 0)
+    sys.exit(report.exit_code)
 
 
 def _confirm(report: Any, as_json: bool) -> bool:

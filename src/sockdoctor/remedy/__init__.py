@@ -45,16 +45,16 @@ class KillReport(msgspec.Struct, kw_only=True):
 
     @property
     def exit_code(self) -> int:
+        """0 every selected socket is gone (or nothing was applied), 4 or 5 when every
+        failure was for want of permission or of a kernel feature, else 1."""
         if not self.applied:
             return EXIT_OK
-        failed = [o for o in self.outcomes if not o.success]
+        failed = {o.outcome for o in self.outcomes if not o.success}
         if not failed:
             return EXIT_OK
-        if all(o.outcome == "not-permitted" for o in failed) and \
-                not any(o.success for o in self.outcomes):
+        if failed == {"not-permitted"}:
             return EXIT_PERMISSION
-        if all(o.outcome == "unsupported" for o in failed) and \
-                not any(o.success for o in self.outcomes):
+        if failed == {"unsupported"}:
             return EXIT_UNSUPPORTED
         return EXIT_FINDINGS
 
@@ -64,7 +64,7 @@ def probe(need: set[str]) -> Capabilities:
     caps = Capabilities(ptrace_close=platform.machine() == "x86_64")
     caps.pidfd = pidfd.supported() if need & {"fin", "drain", "auto"} else True
     if need & {"destroy", "auto"}:
-        caps.destroy, caps.destroy_note = _probe_destroy()
+        caps.destroy, caps.destroy_note, caps.destroy_denied = _probe_destroy()
     caps.raw = _has_capability(13)  # CAP_NET_RAW
     return caps
 
@@ -80,8 +80,10 @@ def _has_capability(bit: int) -> bool:
     return os.geteuid() == 0
 
 
-def _probe_destroy() -> tuple[bool, str]:
+def _probe_destroy() -> tuple[bool, str, bool]:
     """Destroy a connection of our own over loopback and check that it really died.
+
+    Returns (works, note, denied): denied when it failed for want of privileges.
 
     Trusting a silent success is how `ss -K` misleads people on kernels built
     without CONFIG_INET_DIAG_DESTROY; a socket we made ourselves is the only
@@ -99,18 +101,16 @@ def _probe_destroy() -> tuple[bool, str]:
                 finally:
                     nl.close()
                 if code == errno.EOPNOTSUPP:
-                    return False, "this kernel was built without socket destroy support"
+                    return False, "this kernel was built without socket destroy support", False
                 if code in (errno.EPERM, errno.EACCES):
-                    return False, "destroying sockets needs CAP_NET_ADMIN (run as root)"
+                    return False, "destroying sockets needs CAP_NET_ADMIN (run as root)", True
                 try:
                     client.recv(1)
-                except ConnectionAbortedError:
-                    return True, ""
                 except OSError:
-                    return True, ""
-                return False, "SOCK_DESTROY was accepted but the socket survived"
+                    return True, "", False
+                return False, "SOCK_DESTROY was accepted but the socket survived", False
     except OSError as exc:  # no loopback here: we cannot tell, so let the kernel answer
-        return True, f"not verified ({exc.strerror or exc})"
+        return True, f"not verified ({exc.strerror or exc})", False
 
 
 def _own_socket(sock: socket.socket) -> Socket:
@@ -137,7 +137,8 @@ def kill(target: Snapshot | Sequence[Socket], method: str = "auto", dry_run: boo
     snapshot = target if isinstance(target, Snapshot) else _wrap(list(target))
     _ensure_owners(snapshot)
     caps = probe({method})
-    listeners = _listeners(snapshot) if _has_queue(snapshot) else []
+    queued = _queue_namespaces(snapshot)
+    listeners = _listeners(snapshot, queued) if queued else []
     plan = build(snapshot, snapshot.sockets, method=method, caps=caps, force=force,
                  listeners=listeners)
     if dead_fds:
@@ -149,9 +150,11 @@ def kill(target: Snapshot | Sequence[Socket], method: str = "auto", dry_run: boo
             f"this would act on {len(plan.actions)} sockets, more than --max {max_count}; "
             "narrow the filter or raise --max")
     report = KillReport(plan=plan, applied=False, capabilities=caps)
-    if dry_run or not plan.actions:
+    if dry_run or not plan.items:
         return report
-    audit = AuditLog(audit_log)  # opened first: an unwritable log stops us before acting
+    # Opened first: an unwritable log stops us before acting. With nothing to act
+    # on, the report still says why each socket was left alone.
+    audit = AuditLog(audit_log if plan.actions else None)
     try:
         namespaces = {ns.inode: ns for ns in netns_mod.discover()[0]}
         actions = methods.apply(plan.items, namespaces, rate)
@@ -188,18 +191,19 @@ def _ensure_owners(snapshot: Snapshot) -> None:
     snapshot.owners_scanned = True
 
 
-def _has_queue(snapshot: Snapshot) -> bool:
-    return any(not sk.owners and sk.inode == 0 and sk.state in
-               (TcpState.CLOSE_WAIT, TcpState.ESTABLISHED) for sk in snapshot.sockets)
+def _queue_namespaces(snapshot: Snapshot) -> set[int]:
+    """Namespaces where some selected connection may wait in an accept queue."""
+    return {sk.netns for sk in snapshot.sockets if not sk.owners and sk.inode == 0
+            and sk.state in (TcpState.CLOSE_WAIT, TcpState.ESTABLISHED)}
 
 
-def _listeners(snapshot: Snapshot) -> list[Socket]:
-    """Listening sockets (with owners) of the namespaces involved, for `drain`."""
+def _listeners(snapshot: Snapshot, namespaces: set[int]) -> list[Socket]:
+    """Listening sockets (with owners) of those namespaces, for `drain`."""
     from ..inventory import scan
     from ..query import Query
 
     found: list[Socket] = []
-    for ns_inode in {sk.netns for sk in snapshot.sockets}:
+    for ns_inode in namespaces:
         snap = scan(Query(states=state_mask(TcpState.LISTEN)), owners=True, netns=str(ns_inode))
         found.extend(snap.sockets)
         snapshot.processes.update(snap.processes)

@@ -204,6 +204,9 @@ def _destroy(items: list[PlanItem], pacer: Pacer) -> list[Action]:
                 detail = "destroyed" if code == 0 else errno.errorcode.get(code, str(code))
                 if code == errno.EOPNOTSUPP:
                     detail = "this kernel was built without INET_DIAG_DESTROY"
+                elif code == errno.ENOENT:  # the kernel compares the cookie too
+                    detail = "no such socket any more (closed, or its 4-tuple now belongs " \
+                             "to another socket, which was left alone)"
                 actions.append(Action(index=item.index, status=status, detail=detail))
     finally:
         sock.close()

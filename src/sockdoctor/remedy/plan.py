@@ -14,6 +14,7 @@ the program may reuse without knowing.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import msgspec
 
@@ -28,7 +29,8 @@ EFFECTS: dict[str, tuple[str, str]] = {
             "a normal close (FIN): its read returns EOF"),
     "drain": ("nothing: the connection was never accept()ed; it is taken from the accept "
               "queue and closed, freeing a backlog slot",
-              "nothing new: it had already closed its side"),
+              "a normal close (FIN): its read returns EOF (a reset if it had sent data nobody "
+              "read); a client that has closed its socket already sees nothing"),
     "destroy": ("its next read or write fails with ECONNABORTED; the descriptor stays open",
                 "a reset (RST): ECONNRESET; data not yet sent is dropped"),
     "close": ("the descriptor is closed inside the program (like gdb's close(fd)); it may "
@@ -38,8 +40,24 @@ EFFECTS: dict[str, tuple[str, str]] = {
             "a reset (RST), if it is still there: ECONNRESET"),
 }
 
+# Where the facts differ from EFFECTS: by the socket's state and whether anyone holds it.
+_NO_PROGRAM = "nothing: no program holds it any more"
+_STILL_QUEUED = ("nothing yet: accept() still hands it out later, already ended, and its "
+                 "backlog slot stays taken until then")
+_PEER_CLOSED = "nothing: it has closed its side already"
+_PEER_HAS_OUR_FIN = ("a reset (RST); it has read our FIN already, so its next write fails "
+                     "(EPIPE)")
+_PEER_LATE_RESET = ("nothing at once: the kernel keeps an orphaned FIN-WAIT-2 as a bare timer "
+                    "and drops it without a reset; the peer's next write is answered with one")
+_LISTENER = ("it stops listening: accept() fails from now on",
+             "clients waiting in its accept queue are reset; new ones are refused")
+
+# A descriptor holds it (inode != 0) but no process we can read has it.
+_HIDDEN_OWNER = "the process holding it is not visible here (another user's? run as root)"
+
 _FIN_STATES = {TcpState.ESTABLISHED, TcpState.CLOSE_WAIT}
 _QUEUE_STATES = {TcpState.ESTABLISHED, TcpState.CLOSE_WAIT}
+_PEER_DONE_STATES = {TcpState.LAST_ACK, TcpState.CLOSING, TcpState.TIME_WAIT}
 
 
 class OwnerRef(msgspec.Struct, frozen=True):
@@ -60,6 +78,7 @@ class PlanItem(msgspec.Struct, kw_only=True):
     program_sees: str = ""
     peer_sees: str = ""
     skipped: str = ""  # the guard that refused it
+    unable: str = ""  # no method: "" (none applies), "unsupported" or "not-permitted"
     listener: OwnerRef | None = None  # for drain: the listening socket's holder
     listener_inode: int = 0
     dead_inode: int = 0  # for a dead descriptor: the inode it must still point at
@@ -99,6 +118,7 @@ class Capabilities(msgspec.Struct, kw_only=True):
     ptrace_close: bool = True
     raw: bool = True
     destroy_note: str = ""
+    destroy_denied: bool = False  # destroy failed for want of CAP_NET_ADMIN, not support
 
 
 def protected_inodes() -> set[int]:
@@ -176,72 +196,119 @@ def find_listener(sk: Socket, listeners: list[Socket]) -> Socket | None:
     return best
 
 
-def choose(sk: Socket, method: str, caps: Capabilities, has_listener_owner: bool,
-           ) -> tuple[str, str]:
-    """(method, why) for one socket; method "" means it cannot be done."""
+class Choice(NamedTuple):
+    """A method for one socket and why; method "" when none can be used."""
+
+    method: str
+    why: str
+    unable: str = ""  # with no method: "unsupported" or "not-permitted" when that is why
+
+
+def _queued(sk: Socket) -> bool:
+    """Never accept()ed: no descriptor yet, in a state only a queued connection has unowned."""
+    return not sk.owners and sk.inode == 0 and sk.state in _QUEUE_STATES
+
+
+def choose(sk: Socket, method: str, caps: Capabilities, has_listener_owner: bool) -> Choice:
+    """The method for one socket: the one asked for, or with "auto" the safest that works."""
     st = sk.state
     owned = bool(sk.owners)
-    in_queue = not owned and sk.inode == 0 and st in _QUEUE_STATES
-    if method == "auto":
-        if owned and st in _FIN_STATES and caps.pidfd:
-            return "fin", "owned, still has to send its FIN: graceful shutdown, fd kept"
-        if in_queue and has_listener_owner and caps.pidfd:
-            return "drain", ("never accept()ed: take it from the listener's accept queue "
-                             "and close it")
-        reason = _no_fin_reason(sk, caps)
-        if caps.destroy:
-            return "destroy", f"{reason}: kernel SOCK_DESTROY"
-        if caps.raw:
-            return "rst", f"{reason}, and this kernel cannot destroy sockets: forged RST"
-        return "", f"{reason}; no SOCK_DESTROY and no raw sockets here: nothing can end it"
-    return _explicit(sk, method, caps, owned, in_queue, has_listener_owner)
+    in_queue = _queued(sk)
+    if method != "auto":
+        return _explicit(sk, method, caps, owned, in_queue, has_listener_owner)
+    if owned and st in _FIN_STATES and caps.pidfd:
+        return Choice("fin", "owned, still has to send its FIN: graceful shutdown, fd kept")
+    if in_queue and has_listener_owner and caps.pidfd:
+        return Choice("drain", "never accept()ed: take it from the listener's accept queue "
+                               "and close it")
+    reason = _no_fin_reason(sk, caps)
+    if caps.destroy:
+        return Choice("destroy", f"{reason}: kernel SOCK_DESTROY")
+    no_destroy = caps.destroy_note or "this kernel cannot destroy sockets"
+    if caps.raw:
+        return Choice("rst", f"{reason}, and {no_destroy}: forged RST")
+    return Choice("", f"{reason}; {no_destroy}, and forged packets need CAP_NET_RAW",
+                  "not-permitted")
 
 
 def _no_fin_reason(sk: Socket, caps: Capabilities) -> str:
+    if sk.state == TcpState.LISTEN:
+        return "a listening socket"
     if not sk.owners:
-        return "no process holds it"
+        return _HIDDEN_OWNER if sk.inode else "no process holds it"
     if sk.state not in _FIN_STATES:
         return f"our FIN is already out ({fmt.state_name(sk.state)})"
     return "its owner cannot be reached with pidfd_getfd" if not caps.pidfd else "asked"
 
 
 def _explicit(sk: Socket, method: str, caps: Capabilities, owned: bool, in_queue: bool,
-              has_listener_owner: bool) -> tuple[str, str]:
+              has_listener_owner: bool) -> Choice:
     st = sk.state
+    if method in ("fin", "close") and not owned and sk.inode:
+        return Choice("", f"{method} needs its owner, and {_HIDDEN_OWNER}", "not-permitted")
     if method == "fin":
         if not owned:
-            return "", "fin needs a process that holds the socket; none does (try destroy)"
+            instead = "drain or destroy" if in_queue else "destroy"
+            return Choice("", f"fin needs a process that holds the socket; none does "
+                              f"(try {instead})")
         if st not in _FIN_STATES:
-            return "", (f"fin cannot end {fmt.state_name(st)}: our FIN was already sent "
-                        "(try destroy)")
+            done = "it is a listening socket" if st == TcpState.LISTEN else \
+                "our FIN was already sent"
+            return Choice("", f"fin cannot end {fmt.state_name(st)}: {done} (try destroy)")
         if not caps.pidfd:
-            return "", "this kernel has no pidfd_getfd (Linux >= 5.6 needed)"
-        return "fin", "asked: graceful shutdown through a duplicated descriptor"
+            return Choice("", "this kernel has no pidfd_getfd (Linux >= 5.6 needed)",
+                          "unsupported")
+        return Choice("fin", "asked: graceful shutdown through a duplicated descriptor")
     if method == "drain":
         if not in_queue:
-            return "", "drain only applies to connections waiting in an accept queue"
+            return Choice("", "drain only applies to connections waiting in an accept queue")
         if not has_listener_owner:
-            return "", "no visible process holds the listening socket"
-        return "drain", "asked: accept it from the listener's queue and close it"
+            return Choice("", "no visible process holds the listening socket")
+        if not caps.pidfd:
+            return Choice("", "this kernel has no pidfd_getfd (Linux >= 5.6 needed)",
+                          "unsupported")
+        return Choice("drain", "asked: accept it from the listener's queue and close it")
     if method == "close":
         if not owned:
-            return "", "close needs a process that holds the socket; none does"
+            return Choice("", "close needs a process that holds the socket; none does")
         if not caps.ptrace_close:
-            return "", "ptrace injection is only implemented for x86_64"
-        return "close", "asked: shutdown() and close() injected into the owner (ptrace)"
+            return Choice("", "ptrace injection is only implemented for x86_64", "unsupported")
+        return Choice("close", "asked: shutdown() and close() injected into the owner (ptrace)")
     if method == "destroy":
         if not caps.destroy:
-            return "", caps.destroy_note or "this kernel cannot destroy sockets"
+            return Choice("", caps.destroy_note or "this kernel cannot destroy sockets",
+                          "not-permitted" if caps.destroy_denied else "unsupported")
         note = " (its accept-queue slot stays taken until the program accepts it)" \
             if in_queue else ""
-        return "destroy", f"asked: kernel SOCK_DESTROY{note}"
+        return Choice("destroy", f"asked: kernel SOCK_DESTROY{note}")
     if method == "rst":
         if not caps.raw:
-            return "", "forged packets need CAP_NET_RAW"
+            return Choice("", "forged packets need CAP_NET_RAW", "not-permitted")
         if st == TcpState.TIME_WAIT:
-            return "rst", "asked: forged RST (TIME-WAIT honours it unless tcp_rfc1337=1)"
-        return "rst", "asked: forged RST after learning the sequence numbers"
+            return Choice("rst", "asked: forged RST (TIME-WAIT honours it unless "
+                                 "tcp_rfc1337=1)")
+        return Choice("rst", "asked: forged RST after learning the sequence numbers")
     raise ValueError(f"unknown method {method}")
+
+
+def effects(method: str, sk: Socket | None) -> tuple[str, str]:
+    """(what the owning program sees, what the peer sees) when `method` ends `sk`."""
+    program, peer = EFFECTS[method]
+    if sk is None or method in ("fin", "drain"):
+        return program, peer
+    st = sk.state
+    if st == TcpState.LISTEN:
+        return _LISTENER
+    orphan = not sk.owners and sk.inode == 0
+    if orphan:
+        program = _STILL_QUEUED if st in _QUEUE_STATES else _NO_PROGRAM
+    if method == "close":
+        return program, peer if st in _FIN_STATES else "nothing new: our FIN went out already"
+    if st in _PEER_DONE_STATES:
+        peer = _PEER_CLOSED
+    elif st == TcpState.FIN_WAIT2:
+        peer = _PEER_LATE_RESET if orphan and method == "destroy" else _PEER_HAS_OUR_FIN
+    return program, peer
 
 
 def build(snapshot: Snapshot, sockets: list[Socket], *, method: str = "auto",
@@ -264,15 +331,16 @@ def build(snapshot: Snapshot, sockets: list[Socket], *, method: str = "auto",
             item.skipped = guard
             item.why = "refused: " + guard
         else:
-            listener = find_listener(sk, listeners) if not sk.owners else None
+            listener = find_listener(sk, listeners) if _queued(sk) else None
             if listener is not None and listener.owners:
                 holder = listener.owners[0]
                 proc = snapshot.processes.get(holder.pid)
                 item.listener = OwnerRef(holder.pid, holder.fd, proc.comm if proc else "")
                 item.listener_inode = listener.inode
-            item.method, item.why = choose(sk, method, caps, item.listener is not None)
+            item.method, item.why, item.unable = choose(sk, method, caps,
+                                                        item.listener is not None)
             if item.method:
-                item.program_sees, item.peer_sees = EFFECTS[item.method]
+                item.program_sees, item.peer_sees = effects(item.method, sk)
         items.append(item)
     return Plan(items=items, method=method)
 
@@ -280,8 +348,8 @@ def build(snapshot: Snapshot, sockets: list[Socket], *, method: str = "auto",
 def dead_fd_items(snapshot: Snapshot, start: int, pids: set[int] | None,
                   caps: Capabilities) -> list[PlanItem]:
     """Descriptors of sockets in no TCP table (shut down, never closed): only `close` helps."""
-    items = []
-    for offset, dead in enumerate(snapshot.dead_fds):
+    items: list[PlanItem] = []
+    for dead in snapshot.dead_fds:
         if pids and dead.pid not in pids:
             continue
         proc = snapshot.processes.get(dead.pid)
@@ -289,8 +357,9 @@ def dead_fd_items(snapshot: Snapshot, start: int, pids: set[int] | None,
         method = "close" if caps.ptrace_close else ""
         why = ("the socket is in no TCP table any more; only closing the descriptor frees it"
                if method else "ptrace injection is only implemented for x86_64")
-        item = PlanItem(index=start + offset, socket=None, netns_name="", owners=[owner],
-                        method=method, why=why, dead_inode=dead.inode)
+        item = PlanItem(index=start + len(items), socket=None, netns_name="", owners=[owner],
+                        method=method, why=why, dead_inode=dead.inode,
+                        unable="" if method else "unsupported")
         if method:
             item.program_sees = EFFECTS["close"][0]
             item.peer_sees = "nothing: the connection is already over"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from .plan import EFFECTS, Plan, PlanItem
+from .plan import Plan, PlanItem
 from .verify import Outcome
 
 MAX_ROWS = 60
@@ -47,10 +47,12 @@ def render_plan(plan: Plan) -> Iterator[str]:
     if counts:
         yield ""
         yield "What each side will see:"
-        for method in sorted(counts):
-            program, peer = EFFECTS[method]
-            yield f"  {method}: the program: {program}"
-            yield f"  {' ' * len(method)}  the peer: {peer}"
+        effects = Counter((i.method, i.program_sees, i.peer_sees) for i in actions)
+        variants = Counter(method for method, _, _ in effects)  # by state, for some methods
+        for (method, program, peer), n in sorted(effects.items()):
+            label = method if variants[method] == 1 else f"{method} ({n})"
+            yield f"  {label}: the program: {program}"
+            yield f"  {' ' * len(label)}  the peer: {peer}"
     if skipped:
         reasons = Counter(i.why for i in skipped)
         yield ""

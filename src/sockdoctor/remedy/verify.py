@@ -50,7 +50,7 @@ def outcomes(items: list[PlanItem], actions: list[Action],
         base = Outcome(index=item.index, label=item.label, netns=item.netns_name,
                        method=item.method, outcome="", detail="")
         if not item.method:
-            base.outcome = "skipped" if item.skipped else "not-applicable"
+            base.outcome = "skipped" if item.skipped else item.unable or "not-applicable"
             base.detail = item.why
         elif action is None or action.status not in ("done", "already-gone",
                                                       "identity-changed"):
@@ -63,12 +63,15 @@ def outcomes(items: list[PlanItem], actions: list[Action],
     _settle(to_check, result, namespaces)
     for item in to_check:
         action = by_index[item.index]
-        if action.status == "identity-changed" and result[item.index].outcome != "closed":
-            result[item.index].outcome = "identity-changed"  # still there, and we held off
+        outcome = result[item.index]
+        if action.status == "identity-changed" and outcome.outcome != "closed":
+            outcome.outcome = "identity-changed"  # still there, and we held off
         elif action.status == "identity-changed":
-            result[item.index].outcome = "already-gone"
-            result[item.index].detail = ("it closed by itself; its descriptor number now "
-                                         "holds another socket, which was left alone")
+            outcome.outcome = "already-gone"
+            outcome.detail = ("it closed by itself; its descriptor number now holds another "
+                              "socket, which was left alone")
+        elif action.status == "already-gone" and outcome.outcome == "closed":
+            outcome.outcome = "already-gone"  # gone before we acted: not our doing
     return [result[item.index] for item in items]
 
 
@@ -83,7 +86,7 @@ def _settle(items: list[PlanItem], result: dict[int, Outcome],
             outcome, state = _judge(item, current.get(item.index))
             result[item.index].outcome = outcome
             result[item.index].state_after = state
-            if outcome not in ("closed", "already-gone"):
+            if outcome not in SUCCESS:  # "closing" is final: the kernel finishes it
                 still.append(item)
         pending = still
         if not pending or time.monotonic() >= deadline:
