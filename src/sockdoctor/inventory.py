@@ -53,9 +53,10 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     if missing:
         raise NotFoundError(f"no process {', '.join(map(str, missing))}")
 
-    namespaces = _namespaces(wanted, warnings)
+    namespaces, all_namespaces = _namespaces(wanted, warnings)
     need_owners = owners or query.needs_owners or evidence
-    collect_owners = procfs.socket_owners_async() if need_owners else None
+    first_pids, other_pids = _owner_pids(namespaces, all_namespaces)
+    collect_owners = procfs.socket_owners_async(first_pids) if need_owners else None
     # The doctor's evidence needs every socket of the namespace (a descriptor is
     # only "dead" if its socket is in no table at all), whatever the query says.
     dump_states = ALL_STATES_MASK if evidence else query.states
@@ -72,6 +73,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     if collect_owners is not None:
         say(f"finding owners of {len(sockets)} sockets in /proc")
         owner_map = collect_owners()
+        if other_pids and any(sk.inode and sk.inode not in owner_map.by_inode for sk in sockets):
+            owner_map.update(procfs.socket_owners(other_pids))  # held from outside the netns
         if owner_map.denied_pids and os.geteuid() != 0:  # root is refused only by odd inits
             warnings.append(
                 f"{owner_map.denied_pids} processes of other users were not readable: their "
@@ -110,7 +113,28 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     )
 
 
-def _namespaces(wanted: str, warnings: list[str]) -> list[netns_mod.NsRef]:
+def _owner_pids(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
+                ) -> tuple[list[int], list[int]]:
+    """Processes to walk for owners: those inside the scanned namespaces first.
+
+    A socket is nearly always held by a process of its own namespace, so when
+    only some namespaces are scanned the other processes are walked only if a
+    socket is still without an owner afterwards. (A socket passed to a process
+    in another namespace that also stays held inside is then listed with its
+    inside holders only.)
+    """
+    pids = procfs.list_pids()
+    if len(selected) == len(found):
+        return pids, []
+    inside = {ns.inode for ns in selected}
+    first, rest = [], []
+    for pid in pids:
+        (first if procfs.netns_inode(pid) in inside else rest).append(pid)
+    return first, rest
+
+
+def _namespaces(wanted: str, warnings: list[str]
+                ) -> tuple[list[netns_mod.NsRef], list[netns_mod.NsRef]]:
     found, _denied = netns_mod.discover()
     selected = netns_mod.select(found, wanted)
     if not selected and os.geteuid() != 0:
@@ -129,7 +153,7 @@ def _namespaces(wanted: str, warnings: list[str]) -> list[netns_mod.NsRef]:
         if not selected:
             raise PermissionDeniedError(
                 f"entering network namespace '{wanted}' needs root (CAP_SYS_ADMIN)")
-    return selected
+    return selected, found
 
 
 def _dump_all(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions,

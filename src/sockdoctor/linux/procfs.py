@@ -30,6 +30,13 @@ class OwnerMap:
     fd_counts: dict[int, int] = field(default_factory=dict)
     denied_pids: int = 0
 
+    def update(self, other: OwnerMap) -> None:
+        """Add what a walk over other processes found."""
+        for inode, holders in other.by_inode.items():
+            self.by_inode.setdefault(inode, []).extend(holders)
+        self.fd_counts.update(other.fd_counts)
+        self.denied_pids += other.denied_pids
+
 
 @dataclass
 class _Walk:
@@ -143,16 +150,16 @@ def open_files() -> int:
     return read_int_file(f"{PROC}/sys/fs/file-nr") or 0
 
 
-def socket_owners_async() -> Callable[[], OwnerMap]:
+def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]:
     """Start the owner walk now; the returned function collects its result.
 
     On a busy host the walk runs in a forked child so that it overlaps with
     the kernel dump in the parent (two cores: nearly half the wall time).
     The child only reads /proc and writes flat arrays to a pipe.
     """
+    pids = list_pids() if pids is None else pids
     if open_files() < PARALLEL_WALK_MIN_FILES:
-        return lambda: socket_owners()
-    pids = list_pids()
+        return lambda: socket_owners(pids)
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
@@ -326,7 +333,7 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int],
             continue
         for pid, fd in holders:
             if pid not in netns_of:
-                netns_of[pid] = _netns_inode(pid)
+                netns_of[pid] = netns_inode(pid)
             if netns_of[pid] not in namespaces:
                 continue
             proto = socket_protocol(pid, fd)
@@ -335,7 +342,7 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int],
     return dead
 
 
-def _netns_inode(pid: int) -> int:
+def netns_inode(pid: int) -> int:
     try:
         return os.stat(f"{PROC}/{pid}/ns/net").st_ino
     except OSError:
