@@ -13,7 +13,9 @@ import sys
 import click
 
 from .common import CONTEXT, user_errors
+from .doctor import doctor_command
 from .kill import kill_command
+from .lab import lab_command
 from .ls import ls_command
 from .snapshot import snapshot_command
 
@@ -37,7 +39,9 @@ def cli() -> None:
 
 
 cli.add_command(ls_command)
+cli.add_command(doctor_command)
 cli.add_command(kill_command)
+cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 
 

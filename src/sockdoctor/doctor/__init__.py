@@ -10,7 +10,7 @@ rules, their thresholds and the JSON schema of a report.
 
 from __future__ import annotations
 
-from .config import DoctorConfig
+from .config import DoctorConfig, config_for
 from .engine import diagnose
 from .finding import RULES, Finding, ProcessRef, Report, SnapshotMeta, Summary
 from .report import from_json, json_schema, render_text, to_json
@@ -23,6 +23,7 @@ __all__ = [
     "Report",
     "SnapshotMeta",
     "Summary",
+    "config_for",
     "diagnose",
     "from_json",
     "json_schema",

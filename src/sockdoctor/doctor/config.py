@@ -74,5 +74,59 @@ class DoctorConfig(msgspec.Struct, frozen=True, kw_only=True):
     dead_fd_persisted_warn: int = 3
     dead_fd_critical: int = 100
 
+    def with_stuck_after(self, ms: int) -> DoctorConfig:
+        """`doctor --stuck-after`: a socket is stuck after `ms` in its state.
+
+        The other durations that judge stuck sockets keep their proportion to
+        it (by default: one socket 30x older warns alone, a queued connection
+        is stale after half of it, ...), so the rules keep their shape at any
+        scale; counts, ratios and the idle thresholds do not change.
+        """
+        return _scaled(self, "stuck_age_ms", ms, _STUCK_FAMILY)
+
+    def with_idle_after(self, ms: int) -> DoctorConfig:
+        """`doctor --idle-after`: no-keepalive looks at peers silent for `ms`."""
+        return _scaled(self, "idle_ms", ms, ("idle_warn_ms",))
+
+
+# Durations measured against stuck_age_ms by with_stuck_after().
+_STUCK_FAMILY = ("long_stuck_ms", "queue_stale_ms", "queue_wait_ms", "queue_dead_ms",
+                 "half_closed_stuck_ms")
+
+
+def _scaled(cfg: DoctorConfig, name: str, ms: int, family: tuple[str, ...]) -> DoctorConfig:
+    if ms <= 0:
+        raise ValueError(f"{name} must be positive, not {ms}")
+    factor = ms / getattr(cfg, name)
+    changes = {other: max(1, round(getattr(cfg, other) * factor)) for other in family}
+    return msgspec.structs.replace(cfg, **{name: ms}, **changes)
+
 
 DEFAULT = DoctorConfig()
+
+
+def config_for(stuck_after: str | None = None, idle_after: str | None = None, *,
+               base: DoctorConfig = DEFAULT) -> DoctorConfig:
+    """The configuration of `doctor --stuck-after AGE --idle-after AGE` (AGE: 500ms, 10s, 2m).
+
+    A malformed or zero duration is a UsageError naming the option.
+    """
+    cfg = base
+    if stuck_after is not None:
+        cfg = cfg.with_stuck_after(_positive_ms("--stuck-after", stuck_after))
+    if idle_after is not None:
+        cfg = cfg.with_idle_after(_positive_ms("--idle-after", idle_after))
+    return cfg
+
+
+def _positive_ms(option: str, text: str) -> int:
+    from ..errors import UsageError
+    from ..query import parse_duration
+
+    try:
+        ms = parse_duration(text)
+    except UsageError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    if ms <= 0:
+        raise UsageError(f"{option} must be longer than 0 (e.g. 10s)")
+    return ms

@@ -5,25 +5,38 @@ from __future__ import annotations
 from collections import Counter
 
 from ..model import Snapshot, TcpState
+from ..query import Query
 from .config import DEFAULT, DoctorConfig
 from .context import Context
 from .finding import Finding, Report, SnapshotMeta, Summary, sort_key
 from .rules import PIPELINE
+from .scope import select
 
 
 def diagnose(snapshot: Snapshot, previous: Snapshot | None = None, *,
-             config: DoctorConfig | None = None) -> Report:
+             config: DoctorConfig | None = None, query: Query | None = None) -> Report:
     """Name the causes of stuck sockets in `snapshot`.
 
     `previous`, an earlier snapshot of the same host (e.g. taken `--interval`
     seconds before), adds trends: growth of CLOSE-WAIT per group, sockets seen
     in both samples (a lower bound of their age), counter deltas.
+    `query` (what `doctor FILTER --netns NS` selects) narrows the sockets
+    judged; the listeners of their namespaces stay as context (doctor/scope.py).
     """
+    scope, ages = None, False
+    if query is not None:
+        ages = any(sk.age_ms is not None for sk in snapshot.sockets)
+        snapshot, scope = select(snapshot, query)
+        if previous is not None:
+            previous, _ = select(previous, query, strict=False)
     ctx = Context.build(snapshot, previous, config or DEFAULT)
+    ctx.ages_known = ctx.ages_known or ages  # the filter may have left none with an age
     findings: list[Finding] = []
     for rule in PIPELINE:
         findings.extend(rule(ctx))
         ctx.findings = findings
+    if scope is not None:
+        findings = [f for f in findings if scope.covers(f)]
     findings.sort(key=sort_key)
     return Report(findings=findings, summary=_summary(ctx, findings),
                   snapshot=_meta(ctx), limits=_limits(ctx))

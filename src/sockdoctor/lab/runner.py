@@ -95,7 +95,8 @@ def commands(scenario: Scenario, info: RunInfo) -> list[str]:
     ns = info.netns
     ls_words = " ".join(shlex.quote(w) for w in scenario.ls_filter())
     cmds = [f"sockdoctor ls --netns {ns} {ls_words}",
-            f"sockdoctor doctor --netns {ns}",
+            " ".join(["sockdoctor doctor --netns", ns,
+                      *(shlex.quote(a) for a in scenario.doctor_args)]),
             "sockdoctor kill " + " ".join(shlex.quote(a) for a in info.kill_args),
             f"ip netns exec {ns} ss -tanpo"]
     if info.peer_netns:

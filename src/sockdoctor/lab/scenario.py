@@ -124,6 +124,9 @@ class Scenario:
     healthy_answers: probe outcomes that count as served; seed 002's server
         has one slot, held for good, so "busy" is the best it can answer.
     also_rules: other rules that may rightly fire on the same scene.
+    doctor_args: options of `sockdoctor doctor` that judge this leak, seconds
+        old, as the defaults judge one minutes or hours old on a real host.
+    doctor_after: seconds after start() from which those options see it.
     """
 
     name: str
@@ -141,6 +144,8 @@ class Scenario:
     min_stuck: int = 3
     probe_timeout: float = 2.0
     healthy_answers: frozenset[str] = frozenset({"answered"})
+    doctor_args: tuple[str, ...] = ("--stuck-after", "1s")
+    doctor_after: float = 1.2
 
     # --- the public face ---------------------------------------------------
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 
+from ..doctor.config import DEFAULT as DOCTOR
 from ..model import DeadSocketFd, Snapshot, Socket, TcpState
 from .netlab import Lab
 from .scenario import RunInfo, Scenario, ScenarioError, probe
@@ -118,7 +119,7 @@ class ShutdownWithoutClose(Scenario):
 
 
 class PeerVanished(Scenario):
-    connections = 3
+    connections = DOCTOR.idle_warn_count  # dead peers accumulating: the doctor warns
 
     def launch(self, lab: Lab, run: RunInfo) -> None:
         self.server(lab, run, "idle-server", "idle_server")
@@ -140,7 +141,8 @@ class PeerVanished(Scenario):
 
 
 class FinWait2PeerNeverCloses(Scenario):
-    connections = 5
+    # From the server alone orphaned FIN-WAIT-2 are only a pile-up from this many.
+    connections = DOCTOR.fw2_orphan_warn
 
     def launch(self, lab: Lab, run: RunInfo) -> None:
         self.server(lab, run, "fw2-server", "reply_server", "--close-first")
@@ -274,7 +276,8 @@ _SCENARIOS: list[Scenario] = [
             "with TCP_KEEPIDLE/INTVL/CNT, or an application heartbeat."),
         expected_rule="no-keepalive", expected_comm="idle-server", expected_port=5000,
         kill_filter=(*_kill(5000, "established"), "--method", "destroy"),
-        stuck_state=TcpState.ESTABLISHED),
+        stuck_state=TcpState.ESTABLISHED, min_stuck=PeerVanished.connections,
+        doctor_args=("--idle-after", "1s"), doctor_after=4.5),
     FinWait2PeerNeverCloses(
         name="fin-wait-2-peer-never-closes",
         title="our side closed, the peer's program never does",
@@ -288,7 +291,7 @@ _SCENARIOS: list[Scenario] = [
             "FIN_WAIT2 and at the client namespace for the paired CLOSE_WAIT."),
         expected_rule="fin-wait-2-pileup", expected_comm="fw2-server", expected_port=6000,
         kill_filter=_kill(6000, "fin-wait-2"), stuck_state=TcpState.FIN_WAIT2,
-        also_rules=("never-closed",), min_stuck=5),
+        also_rules=("never-closed",), min_stuck=FinWait2PeerNeverCloses.connections),
     TimeWaitExhaustion(
         name="time-wait-port-exhaustion",
         title="short connections from one address use up the ephemeral ports",

@@ -127,7 +127,10 @@ def _fw2_finding(ctx: Context, netns: int, svc: Service, socks: list[Socket],
                 "held_stuck": held_st.stuck, "oldest_held_ms": held_st.oldest,
                 "tcp_fin_timeout": fin_timeout, "peer_close_wait_found": len(peers_cw),
                 "peers": peers}
-    pids = list(holders)
+    pids = list(holders) or _listener_pids(ctx, netns, svc)
+    if pids and not holders:
+        lines.append("closed by " + ", ".join(ctx.label(p) for p in pids)
+                     + f", the listener on {svc.label}")
     relief, argv = _fw2_relief(ctx, netns, svc, held, holders, peer_owner)
     if peer_owner:
         (pns, ppid), n = peer_owner.most_common(1)[0]
@@ -150,6 +153,14 @@ def _fw2_finding(ctx: Context, netns: int, svc: Service, socks: list[Socket],
              "dropped after net.ipv4.tcp_fin_timeout; lowering it (e.g. 30) shortens "
              "their life but does not fix the peer."),
         relief=relief, relief_argv=argv)
+
+
+def _listener_pids(ctx: Context, netns: int, svc: Service) -> list[int]:
+    """Orphans have no owner: on a service port, our program is the listener's owner."""
+    if svc.side != "server":
+        return []
+    listeners = ctx.listeners.get((netns, svc.port), [])
+    return sorted({o.pid for sk in listeners for o in sk.owners})
 
 
 def _why_fw2(ctx: Context, held: list[Socket], orphans: int, holders: list[int],

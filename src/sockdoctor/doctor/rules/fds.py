@@ -159,7 +159,8 @@ def _dead_finding(ctx: Context, pid: int, fds: list[DeadSocketFd], persisted: in
         title=f"{who} holds {plural(len(fds), 'descriptor')} of TCP sockets that are "
               "already closed (shut down or reset, never close()d)",
         netns=ctx.ns_name(netns) if netns else "", netns_inode=netns,
-        processes=ctx.refs([pid]), sockets=len(fds), evidence=evidence, evidence_lines=lines,
+        processes=ctx.refs([pid]), ports=_listening_ports(ctx, pid), sockets=len(fds),
+        evidence=evidence, evidence_lines=lines,
         explanation=(
             "The connection behind each of these descriptors is over — the program called "
             "shutdown() and the peer closed too, or it was reset or destroyed — but the "
@@ -175,3 +176,9 @@ def _dead_finding(ctx: Context, pid: int, fds: list[DeadSocketFd], persisted: in
              "would (it stops one thread for a moment; the program may later reuse the fd "
              "number)."),
         relief=relief, relief_argv=argv)
+
+
+def _listening_ports(ctx: Context, pid: int) -> list[int]:
+    """The services the process offers: where its dead sockets most likely came from."""
+    return sorted({port for (_ns, port), socks in ctx.listeners.items()
+                   if any(o.pid == pid for sk in socks for o in sk.owners)})
