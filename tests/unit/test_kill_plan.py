@@ -477,7 +477,7 @@ def test_plan_text_names_every_socket_method_reason_and_effects(scene: Scene) ->
     lines = list(text.render_plan(plan))
     body = "\n".join(lines)
     assert lines[0] == ("Plan: 8 of 9 selected sockets would be ended "
-                        "(5 by destroy, 1 by drain, 2 by fin).")
+                        "(5 by destroy, 1 by drain, 2 by fin) in network namespace host.")
     assert "  note: socket destroy: not verified" in lines
     assert "#  SOCKET" in body and "METHOD" in body and "WHY" in body
     assert "CLOSE-WAIT 10.0.0.1:8080 -> 10.0.0.2:" in body

@@ -13,6 +13,7 @@ import sys
 import click
 
 from .common import CONTEXT, user_errors
+from .demo import demo_command
 from .doctor import doctor_command
 from .kill import kill_command
 from .lab import lab_command
@@ -43,6 +44,7 @@ cli.add_command(doctor_command)
 cli.add_command(kill_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
+cli.add_command(demo_command)
 
 
 @user_errors

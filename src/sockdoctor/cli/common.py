@@ -126,3 +126,14 @@ def _silence_stdout() -> None:
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def need_root(what: str) -> None:
+    """Commands that build network namespaces stop here, in one sentence, without root."""
+    import os
+
+    from ..errors import PermissionDeniedError
+
+    if os.geteuid() != 0:
+        raise PermissionDeniedError(f"{what} needs root: it creates and removes network "
+                                    "namespaces (try sudo)")

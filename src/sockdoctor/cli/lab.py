@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from .common import CONTEXT
+from .common import CONTEXT, need_root
 
 
 @click.group("lab", context_settings=CONTEXT)
@@ -51,7 +49,7 @@ def run_command(scenario: str, keep: bool, duration: float | None) -> None:
     get(scenario)  # an unknown name fails here, with the list of known ones
     if keep and duration is not None:
         raise UsageError("--keep and --duration exclude each other")
-    _need_root("lab run")
+    need_root("lab run")
     run(scenario, keep=keep, duration=duration, out=click.echo)
 
 
@@ -60,13 +58,5 @@ def clean_command() -> None:
     """Remove every lab namespace (sdlab-*) and the programs still running in them."""
     from ..lab import clean
 
-    _need_root("lab clean")
+    need_root("lab clean")
     clean(out=click.echo)
-
-
-def _need_root(what: str) -> None:
-    from ..errors import PermissionDeniedError
-
-    if os.geteuid() != 0:
-        raise PermissionDeniedError(f"{what} needs root: it creates and removes network "
-                                    "namespaces (try sudo)")

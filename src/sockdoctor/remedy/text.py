@@ -32,16 +32,22 @@ def render_plan(plan: Plan) -> Iterator[str]:
     skipped = [i for i in plan.items if not i.method]
     counts = plan.count_by_method()
     by = ", ".join(f"{n} by {m}" for m, n in sorted(counts.items()))
+    namespaces = {i.netns_name for i in plan.items if i.socket is not None}
+    where = f" in network namespace {next(iter(namespaces))}" if len(namespaces) == 1 else ""
     yield (f"Plan: {len(actions)} of {len(plan.items)} selected sockets would be ended"
-           + (f" ({by})" if by else "") + ".")
+           + (f" ({by})" if by else "") + where + ".")
     for note in plan.notes:
         yield f"  note: {note}"
     if not plan.items:
         return
     yield ""
-    rows = [[str(i.index), i.label, i.netns_name or "-", _owner_text(i), i.method or "-",
-             i.why] for i in plan.items[:MAX_ROWS]]
-    yield from _table(rows, ["#", "SOCKET", "NETNS", "OWNER", "METHOD", "WHY"])
+    # One namespace (the usual case) is named above instead of on every row.
+    netns = [[i.netns_name or "-"] if len(namespaces) > 1 else [] for i in plan.items]
+    rows = [[str(i.index), i.label, *ns, _owner_text(i), i.method or "-", i.why]
+            for i, ns in zip(plan.items[:MAX_ROWS], netns, strict=False)]
+    header = ["#", "SOCKET", *(["NETNS"] if len(namespaces) > 1 else []), "OWNER", "METHOD",
+              "WHY"]
+    yield from _table(rows, header)
     if len(plan.items) > MAX_ROWS:
         yield f"... and {len(plan.items) - MAX_ROWS} more (use --json for the full plan)"
     if counts:
