@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import NotFoundError, PermissionDeniedError
 from .linux import netns as netns_mod
 from .linux import procfs, sockdiag
-from .model import ALL_STATES_MASK, Netns, Owner, Process, Snapshot, Socket
+from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
 from .query import Query
 
 Progress = Callable[[str], None]
@@ -62,7 +62,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     dump_states = ALL_STATES_MASK if evidence else query.states
     opts = sockdiag.DumpOptions(states=dump_states, info=info,
                                 age=age or query.needs_age, mem=mem,
-                                attrs=extended or evidence, lazy_info=lazy_info)
+                                attrs=extended or evidence, lazy_info=lazy_info,
+                                bytecode=_kernel_filter(query, evidence))
     say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
     families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
     netns_records, dumped = _dump_all(namespaces, opts, families, evidence, warnings)
@@ -79,7 +80,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
             warnings.append(
                 f"{owner_map.denied_pids} processes of other users were not readable: their "
                 "sockets show no owner (run as root to see them)")
-        _join_owners(sockets, owner_map)
+        join_owners(sockets, owner_map)
         pids = {o.pid for sk in sockets for o in sk.owners}
         for pid in sorted(pids):
             proc = procfs.process_info(pid, owner_map.fd_counts.get(pid, 0), threads=evidence)
@@ -111,6 +112,17 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
         info_scanned=info,
         warnings=warnings,
     )
+
+
+def _kernel_filter(query: Query, evidence: bool) -> bytes:
+    """An in-kernel port filter for --port, so a narrow question dumps only its sockets.
+
+    Python still applies the whole query afterwards; this only saves parsing
+    sockets that cannot match. The doctor's evidence needs everything.
+    """
+    if evidence or not query.ports or len(query.ports) > sockdiag.MAX_FILTER_PORTS:
+        return b""
+    return sockdiag.port_filter(query.ports)
 
 
 def _owner_pids(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
@@ -216,13 +228,14 @@ def _reraise_user_error(exc: BaseException) -> None:
     raise exc
 
 
-def _join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
+def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
+    """Give each socket the descriptors that hold it (inode 0: none can)."""
     by_inode = owner_map.by_inode
     for sk in sockets:
         if sk.inode:
             holders = by_inode.get(sk.inode)
             if holders:
-                sk.owners = [Owner(pid, fd) for pid, fd in holders]
+                sk.owners = holders
 
 
 def _add_fd_pressure(processes: dict[int, Process], owner_map: procfs.OwnerMap) -> None:

@@ -265,3 +265,63 @@ def test_learned_attribute_layout_is_rechecked_per_message() -> None:
     data = msg(1, 10, True) + msg(2, 20, True) + msg(3, 30, False) + done()
     socks, _ = parse(data, opts=sockdiag.DumpOptions(ALL_STATES_MASK, attrs=True))
     assert [(s.shutdown, s.cgroup_id) for s in socks] == [(1, 10), (2, 20), (3, 30)]
+
+
+def _run_program(program: bytes, sport: int, dport: int) -> bool:
+    """The kernel's inet_diag_bc_run, for the ops port_filter() uses."""
+    length, pos = len(program), 0
+    while length > 0:
+        code, yes, no = sockdiag.BC_OP.unpack_from(program, pos)
+        if code == sockdiag.BC_JMP:
+            hit = False
+        else:
+            port = sockdiag.BC_OP.unpack_from(program, pos + 4)[2]
+            hit = (sport if code == sockdiag.BC_S_EQ else dport) == port
+        step = yes if hit else no
+        length -= step
+        pos += step
+    return length == 0
+
+
+def _audit_program(program: bytes) -> bool:
+    """The kernel's inet_diag_bc_audit checks, for the same ops."""
+    def reachable(target: int) -> bool:  # valid_cc: an op starts there on the yes path
+        pos = 0
+        while pos < target:
+            pos += sockdiag.BC_OP.unpack_from(program, pos)[1]
+        return pos == target
+
+    pos, length = 0, len(program)
+    while length > 0:
+        code, yes, no = sockdiag.BC_OP.unpack_from(program, pos)
+        min_len = 8 if code in (sockdiag.BC_S_EQ, sockdiag.BC_D_EQ) else 4
+        if length < min_len or no < min_len or no > length + 4 or no & 3:
+            return False
+        if no < length and not reachable(pos + no):
+            return False
+        if yes < min_len or yes > length + 4 or yes & 3:
+            return False
+        pos += yes
+        length -= yes
+    return length == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(1, 65535), min_size=1, max_size=sockdiag.MAX_FILTER_PORTS),
+       st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535)), max_size=20))
+def test_port_filter_program_accepts_exactly_the_ports(ports: set[int],
+                                                       sockets: list[tuple[int, int]]) -> None:
+    program = sockdiag.port_filter(ports)
+    assert _audit_program(program)
+    for sport, dport in [*sockets, (min(ports), 0), (0, max(ports))]:
+        assert _run_program(program, sport, dport) == (sport in ports or dport in ports)
+
+
+def test_filter_travels_as_a_request_attribute() -> None:
+    program = sockdiag.port_filter([80])
+    request = sockdiag.build_request(2, 1, 0, 1, sockdiag.SOCK_DIAG_BY_FAMILY, 0,
+                                     bytecode=program)
+    assert len(request) == 16 + 56 + 4 + len(program)
+    assert struct.unpack_from("=HH", request, 72) == (4 + len(program),
+                                                       sockdiag.INET_DIAG_REQ_BYTECODE)
+    assert sockdiag.port_filter([]) == b""

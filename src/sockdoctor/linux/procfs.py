@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..model import DeadSocketFd, Process, ThreadInfo
+from ..model import DeadSocketFd, Owner, Process, ThreadInfo
 
 PROC = "/proc"
 
@@ -26,7 +26,7 @@ PROC = "/proc"
 class OwnerMap:
     """inode -> every (pid, fd) holding it, plus what the walk could not see."""
 
-    by_inode: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    by_inode: dict[int, list[Owner]] = field(default_factory=dict)
     fd_counts: dict[int, int] = field(default_factory=dict)
     denied_pids: int = 0
 
@@ -49,8 +49,16 @@ class _Walk:
     counts: array = field(default_factory=lambda: array("q"))
     denied: int = 0
 
+    def extend(self, other: _Walk) -> None:
+        for mine, theirs in ((self.inodes, other.inodes), (self.pids, other.pids),
+                             (self.fds, other.fds), (self.count_pids, other.count_pids),
+                             (self.counts, other.counts)):
+            mine.extend(theirs)
+        self.denied += other.denied
+
     def to_map(self) -> OwnerMap:
-        holders = list(zip(self.pids, self.fds, strict=True))
+        # Owner objects are made here, once: scan() hands these lists to the sockets.
+        holders = list(map(Owner, self.pids, self.fds))
         by_inode = dict(zip(self.inodes, ([h] for h in holders), strict=True))
         if len(by_inode) < len(holders):  # shared sockets (fork, dup): collect every holder
             by_inode = {}
@@ -153,13 +161,32 @@ def open_files() -> int:
 def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]:
     """Start the owner walk now; the returned function collects its result.
 
-    On a busy host the walk runs in a forked child so that it overlaps with
-    the kernel dump in the parent (two cores: nearly half the wall time).
-    The child only reads /proc and writes flat arrays to a pipe.
+    On a busy host the walk runs in forked children, one per CPU, so that it
+    overlaps with the kernel dump in the parent and uses every core. The
+    children only read /proc and write flat arrays to a pipe each.
     """
     pids = list_pids() if pids is None else pids
     if open_files() < PARALLEL_WALK_MIN_FILES:
         return lambda: socket_owners(pids)
+    # One walker per CPU but one: the parent has the kernel dump to parse meanwhile.
+    shares = [share for share in _balanced(pids, (os.cpu_count() or 2) - 1) if share]
+    children = [_fork_walker(share) for share in shares]
+
+    def collect() -> OwnerMap:
+        total = _Walk()
+        for (child, read_end), share in zip(children, shares, strict=True):
+            chunks = []
+            with os.fdopen(read_end, "rb") as pipe:
+                while chunk := pipe.read(1 << 20):
+                    chunks.append(chunk)
+            _, status = os.waitpid(child, 0)
+            total.extend(_Walk.loads(b"".join(chunks)) if status == 0 else _walk(share))
+        return total.to_map()
+    return collect
+
+
+def _fork_walker(pids: list[int]) -> tuple[int, int]:
+    """A child that walks `pids` and writes the result to a pipe: (child pid, read end)."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
@@ -173,17 +200,28 @@ def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]
         finally:
             os._exit(status)
     os.close(write_end)
+    return child, read_end
 
-    def collect() -> OwnerMap:
-        chunks = []
-        with os.fdopen(read_end, "rb") as pipe:
-            while chunk := pipe.read(1 << 20):
-                chunks.append(chunk)
-        _, status = os.waitpid(child, 0)
-        if status != 0:
-            return socket_owners(pids)  # the child failed: do it here
-        return _Walk.loads(b"".join(chunks)).to_map()
-    return collect
+
+def _balanced(pids: list[int], parts: int) -> list[list[int]]:
+    """Split processes into `parts` shares with about as many descriptors each.
+
+    Since Linux 6.2, stat() of /proc/PID/fd reports the number of open
+    descriptors as its size; on older kernels every process weighs the same.
+    """
+    weights = []
+    for pid in pids:
+        try:
+            weights.append((os.stat(f"{PROC}/{pid}/fd").st_size + 1, pid))
+        except OSError:
+            weights.append((1, pid))
+    shares: list[list[int]] = [[] for _ in range(max(1, parts))]
+    loads = [0] * len(shares)
+    for weight, pid in sorted(weights, reverse=True):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(pid)
+        loads[lightest] += weight
+    return shares
 
 
 def _read(path: str) -> str:
@@ -331,7 +369,8 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int],
     for inode, holders in owners.by_inode.items():
         if inode in live_inodes:
             continue
-        for pid, fd in holders:
+        for holder in holders:
+            pid, fd = holder.pid, holder.fd
             if pid not in netns_of:
                 netns_of[pid] = netns_inode(pid)
             if netns_of[pid] not in namespaces:

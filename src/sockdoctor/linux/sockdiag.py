@@ -41,6 +41,7 @@ INET_DIAG_SKMEMINFO = 7
 INET_DIAG_SHUTDOWN = 8
 INET_DIAG_MARK = 15
 INET_DIAG_CGROUP_ID = 21
+INET_DIAG_REQ_BYTECODE = 1  # request attribute
 
 # Request bits in idiag_ext: bit (attribute - 1).
 EXT_INFO = 1 << (INET_DIAG_INFO - 1)
@@ -91,6 +92,7 @@ class DumpOptions:
     mem: bool = False  # skmeminfo
     attrs: bool = False  # shutdown, cgroup id, mark (always sent by the kernel)
     lazy_info: bool = False  # with info: keep tcp_info raw in Socket.info_blob
+    bytecode: bytes = b""  # an in-kernel filter (port_filter()); only matches come back
 
     @property
     def ext(self) -> int:
@@ -134,10 +136,42 @@ def open_socket() -> socket.socket:
 
 
 def build_request(family: int, states: int, ext: int, seq: int, msg_type: int,
-                  flags: int, sockid: bytes = b"\0" * 48) -> bytes:
-    """One inet_diag_req_v2 netlink message."""
+                  flags: int, sockid: bytes = b"\0" * 48, bytecode: bytes = b"") -> bytes:
+    """One inet_diag_req_v2 netlink message, with an optional filter program."""
     body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states) + sockid
+    if bytecode:
+        body += RTATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     return NLMSGHDR.pack(NLMSG_HDRLEN + len(body), msg_type, flags, seq, 0) + body
+
+
+# --- in-kernel filter programs (INET_DIAG_REQ_BYTECODE) ------------------------
+# Each op is {code u8, yes u8, no u16}: on a match the kernel moves `yes` bytes
+# on, otherwise `no` bytes; landing exactly on the end accepts the socket,
+# jumping 4 past it rejects. The kernel audits programs by walking the `yes`
+# steps, so `yes` always goes to the next op and accepting early takes a JMP.
+
+BC_JMP = 1
+BC_S_EQ = 11
+BC_D_EQ = 12
+BC_OP = struct.Struct("=BBH")
+MAX_FILTER_PORTS = 64  # beyond this a program costs more than it saves
+
+
+def port_filter(ports: Iterable[int]) -> bytes:
+    """A program accepting sockets whose local or peer port is one of `ports`."""
+    conds = [(code, port) for port in sorted(set(ports)) for code in (BC_S_EQ, BC_D_EQ)]
+    if not conds:
+        return b""
+    total = 12 * (len(conds) - 1) + 8
+    program = bytearray()
+    for i, (code, port) in enumerate(conds):
+        last = i == len(conds) - 1
+        # no match: skip this op, its operand and (unless last) the JMP after it
+        no = 8 + 4 if last else 12
+        program += BC_OP.pack(code, 8, no) + BC_OP.pack(0, 0, port)
+        if not last:  # a match lands here: jump to the end, accepting
+            program += BC_OP.pack(BC_JMP, 4, total - len(program))
+    return bytes(program)
 
 
 def dump(sock: socket.socket, opts: DumpOptions, netns: int = 0,
@@ -163,7 +197,7 @@ def _dump_family(sock: socket.socket, family: int, opts: DumpOptions,
 def _dump_once(sock: socket.socket, family: int, opts: DumpOptions, netns: int,
                seq: int) -> list[Socket]:
     request = build_request(family, opts.states, opts.ext, seq, SOCK_DIAG_BY_FAMILY,
-                            NLM_F_REQUEST | NLM_F_DUMP)
+                            NLM_F_REQUEST | NLM_F_DUMP, bytecode=opts.bytecode)
     sock.send(request)
     out: list[Socket] = []
     parser = DumpParser(opts, netns, out)

@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..linux import netns as netns_mod
 from ..linux import pidfd, procfs, sockdiag
-from ..model import Owner, Process, Snapshot, Socket, TcpState, state_mask
+from ..model import Process, Snapshot, Socket, TcpState, state_mask
 from . import methods, verify
 from .audit import DEFAULT_PATH, AuditLog
 from .plan import METHODS, Capabilities, Plan, PlanItem, build, dead_fd_items
@@ -179,11 +179,9 @@ def _ensure_owners(snapshot: Snapshot) -> None:
     """Owners decide the method; a snapshot taken without them gets them now."""
     if snapshot.owners_scanned:
         return
-    owner_map = procfs.socket_owners()
-    for sk in snapshot.sockets:
-        holders = owner_map.by_inode.get(sk.inode) if sk.inode else None
-        if holders:
-            sk.owners = [Owner(pid, fd) for pid, fd in holders]
+    from ..inventory import join_owners
+
+    join_owners(snapshot.sockets, procfs.socket_owners())
     for pid in {o.pid for sk in snapshot.sockets for o in sk.owners}:
         proc = procfs.process_info(pid)
         if proc is not None:

@@ -136,8 +136,11 @@ def _look(items: list[PlanItem]) -> dict[int, Socket | None]:
     sock = sockdiag.open_socket()
     try:
         if len(items) > 64:  # one dump is cheaper than many exact look-ups
+            ports = {i.socket.local_port for i in items}  # type: ignore[union-attr]
+            program = sockdiag.port_filter(ports) \
+                if len(ports) <= sockdiag.MAX_FILTER_PORTS else b""
             live = {sk.cookie: sk for sk in sockdiag.dump(
-                sock, sockdiag.DumpOptions(sockdiag.ALL_STATES))}
+                sock, sockdiag.DumpOptions(sockdiag.ALL_STATES, bytecode=program))}
             return {i.index: live.get(i.socket.cookie) for i in items}  # type: ignore[union-attr]
         return {i.index: sockdiag.lookup(sock, i.socket) for i in items}  # type: ignore[arg-type]
     finally:

@@ -17,7 +17,7 @@ from . import fmt
 LS_SCHEMA = "sockdoctor.ls/1"
 
 
-class OwnerRecord(msgspec.Struct):
+class OwnerRecord(msgspec.Struct, gc=False):
     pid: int
     fd: int
     comm: str  # "" when the process exited before we read its name
@@ -25,7 +25,7 @@ class OwnerRecord(msgspec.Struct):
 
 # Fields without a default are in every record; the others only when the scan
 # collected them (owners with -p, age where the kernel keeps it, ...).
-class SocketRecord(msgspec.Struct, omit_defaults=True):
+class SocketRecord(msgspec.Struct, omit_defaults=True, gc=False):
     netns: str
     family: str
     state: str
