@@ -158,7 +158,9 @@ def _namespaces(wanted: str, warnings: list[str]
         raise NotFoundError(f"no network namespace called '{wanted}' (known: {names})")
     if os.geteuid() != 0:
         own = netns_mod.current_inode()
-        if any(ns.inode != own for ns in selected):
+        # Without root other namespaces cannot even be seen reliably, so "all"
+        # always gets the note, whether or not some were found.
+        if wanted in ("all", "") or any(ns.inode != own for ns in selected):
             warnings.append("not root: only the current network namespace is scanned "
                             "(entering others needs CAP_SYS_ADMIN)")
         selected = [ns for ns in selected if ns.inode == own] or selected[:0]

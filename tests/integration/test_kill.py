@@ -483,7 +483,8 @@ def test_without_yes_the_plan_is_printed_and_nothing_changes(scene: Scene) -> No
     targets = build(scene, "close-wait")
     run = scene.kill("--port", str(PORT), as_json=False)
     assert run.rc == 0, run.err
-    assert "Plan: 3 of 3 selected sockets would be ended (3 by fin)." in run.out
+    assert (f"Plan: 3 of 3 selected sockets would be ended (3 by fin) in network namespace "
+            f"{scene.lab.server.netns}.") in run.out
     assert "Nothing was changed. Run again with --yes to apply this plan." in run.out
     assert run.out.count(f"CLOSE-WAIT {SERVER_V4}:{PORT} -> {CLIENT_V4}:") == 3
     assert "the peer: a normal close (FIN): its read returns EOF" in run.out

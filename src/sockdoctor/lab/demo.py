@@ -33,7 +33,7 @@ def run(name: str = DEFAULT_SCENARIO, out: Out = print) -> bool:
             f"client {lab.client.addr4} in {lab.client.netns}")
         # A lab leak is seconds old; the scenario's doctor options (e.g.
         # --stuck-after 1s instead of the default 10 s) say when it counts.
-        time.sleep(max(0.0, scenario.doctor_after - info.seconds))
+        time.sleep(scenario.doctor_after)
         return _cure(scenario, info, out)
     finally:
         scenario.teardown(lab)
