@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import click
+import msgspec
 import pytest
 
+import sockdoctor
 from sockdoctor.lab.netlab import Host, Lab
 
 ROOT = os.geteuid() == 0
@@ -120,3 +127,64 @@ def solo(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """One namespace with loopback only."""
     with Lab(f"t{os.getpid() % 10000}", pair=False) as made:
         yield made
+
+
+# --- running sockdoctor as an unprivileged user ------------------------------------
+
+NOBODY = 65534
+SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def _interpreter(python: str, env: dict[str, str]) -> str | None:
+    """The interpreter `nobody` really gets for `python` if it can import sockdoctor there."""
+    probe = subprocess.run(
+        [*SETPRIV, python, "-c", "import sys, sockdoctor.cli; print(sys.executable)"],
+        env=env, cwd="/", capture_output=True, text=True, timeout=30)
+    return probe.stdout.strip() or None if probe.returncode == 0 else None
+
+
+@dataclass
+class Unprivileged:
+    """How to run Python as user nobody: the interpreter and its environment."""
+
+    python: str
+    env: dict[str, str]
+
+    def sockdoctor(self, *args: str, netns: str | None = None
+                   ) -> subprocess.CompletedProcess[str]:
+        """`python -m sockdoctor ARGS` as nobody, inside `netns` if given."""
+        inside = ["ip", "netns", "exec", netns] if netns else []
+        return subprocess.run([*inside, *SETPRIV, self.python, "-m", "sockdoctor", *args],
+                              env=self.env, cwd="/", capture_output=True, text=True,
+                              timeout=60)
+
+
+@pytest.fixture(scope="session")
+def unprivileged() -> Iterator[Unprivileged]:
+    """An interpreter `nobody` may run, with msgspec and click copied where it can read them.
+
+    The test interpreter may live under /root (mode 0700); then the system
+    interpreter of the same version runs the same code (msgspec's compiled
+    module needs the same minor version).
+    """
+    deps = Path(tempfile.mkdtemp(prefix="sdt-nobody-"))
+    try:
+        # sockdoctor itself too: installed under /root it is not readable by nobody
+        for module in (sockdoctor, msgspec, click):
+            shutil.copytree(Path(module.__file__).parent, deps / module.__name__,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        for path in (deps, *deps.rglob("*")):
+            path.chmod(0o755)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
+               "PYTHONPATH": str(deps), "PYTHONDONTWRITEBYTECODE": "1"}
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+            python = os.path.exists(candidate) and _interpreter(candidate, env)
+            if python:
+                yield Unprivileged(python, env)
+                return
+        pytest.skip(f"no {version} interpreter that user nobody may run")
+    finally:
+        shutil.rmtree(deps, ignore_errors=True)
+
+

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import pytest
 
 import sockdoctor
-from conftest import Script
+from conftest import Script, Unprivileged
 from sockdoctor import inventory
 from sockdoctor.lab.netlab import CLIENT_V4, SERVER_V4, SERVER_V6, Lab
 from sockdoctor.lab.scenario import probe
@@ -617,46 +616,23 @@ def test_an_unwritable_audit_log_stops_the_kill_before_anything_is_done(scene: S
     assert scene.tell(scene.client, "seen 0") == ["nothing"] * 3
 
 
-@pytest.fixture(scope="module")
-def nobody_path() -> Iterator[Path]:
-    """sockdoctor and its dependencies copied where user nobody can read them."""
-    import click
-    import msgspec
-
-    root = Path(tempfile.mkdtemp(prefix="sockdoctor-nobody-"))
-    try:
-        root.chmod(0o755)
-        for module in (sockdoctor, click, msgspec):
-            package = Path(module.__file__).parent
-            shutil.copytree(package, root / package.name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def as_nobody(argv: list[str], pythonpath: Path, netns: str | None = None
+def as_nobody(argv: list[str], how: Unprivileged, netns: str | None = None
               ) -> subprocess.CompletedProcess[str]:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    inside = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run(
-        [*inside, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python,
-         "-m", "sockdoctor", *argv],
-        capture_output=True, text=True, timeout=60, cwd="/",
-        env={"PYTHONPATH": str(pythonpath), "PATH": os.environ.get("PATH", "/usr/bin")})
+    return how.sockdoctor(*argv, netns=netns)
 
 
 def nobody_audit_log() -> str:
     return os.path.join(tempfile.gettempdir(), f"sockdoctor-nobody-{os.getpid()}.jsonl")
 
 
-def test_without_permission_one_sentence_and_exit_4(scene: Scene, nobody_path: Path) -> None:
+def test_without_permission_one_sentence_and_exit_4(scene: Scene,
+                                                   unprivileged: Unprivileged) -> None:
     targets = build(scene, "close-wait")
     audit = nobody_audit_log()
     done = as_nobody(["kill", "--netns", scene.netns, "--port", str(PORT), "--yes",
-                      "--audit-log", audit], nobody_path)
+                      "--audit-log", audit], unprivileged)
     assert done.returncode == 4, done.stderr
     assert done.stdout == ""
     (line,) = done.stderr.strip().splitlines()
@@ -668,11 +644,11 @@ def test_without_permission_one_sentence_and_exit_4(scene: Scene, nobody_path: P
 
 @pytest.mark.parametrize("method", ["auto", "fin", "close", "destroy", "rst"])
 def test_without_permission_inside_the_namespace_nothing_is_done(
-        scene: Scene, nobody_path: Path, method: str) -> None:
+        scene: Scene, unprivileged: Unprivileged, method: str) -> None:
     targets = build(scene, "close-wait")
     audit = nobody_audit_log()
     done = as_nobody(["kill", "--netns", "self", "--port", str(PORT), "--method", method,
-                      "--yes", "--json", "--audit-log", audit], nobody_path, scene.netns)
+                      "--yes", "--json", "--audit-log", audit], unprivileged, scene.netns)
     assert done.returncode == 4, done.stderr
     report = json.loads(done.stdout)
     assert [o["outcome"] for o in report["outcomes"]] == ["not-permitted"] * 3

@@ -12,29 +12,21 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-import msgspec
 import pytest
 
-import sockdoctor
-from conftest import Remote
+from conftest import SETPRIV, Remote, Unprivileged
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.snapshot_io import load
 
 pytestmark = pytest.mark.root
 
-NOBODY = 65534
-SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-SRC = Path(sockdoctor.__file__).resolve().parents[1]
 
 
 @dataclass
@@ -180,48 +172,6 @@ def test_bad_filter_points_at_the_token(net: Net, expr: list[str], token: str | 
 
 # --- unprivileged ------------------------------------------------------------------
 
-def _interpreter(python: str, env: dict[str, str]) -> str | None:
-    """The interpreter `nobody` really gets for `python` if it can import sockdoctor there."""
-    probe = subprocess.run(
-        [*SETPRIV, python, "-c", "import sys, sockdoctor.cli; print(sys.executable)"],
-        env=env, cwd="/", capture_output=True, text=True, timeout=30)
-    return probe.stdout.strip() or None if probe.returncode == 0 else None
-
-
-@dataclass
-class Unprivileged:
-    python: str
-    env: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def unprivileged() -> Iterator[Unprivileged]:
-    """An interpreter `nobody` may run, with msgspec and click copied where it can read them.
-
-    The test interpreter may live under /root (mode 0700); then the system
-    interpreter of the same version runs the same code (msgspec's compiled
-    module needs the same minor version).
-    """
-    deps = Path(tempfile.mkdtemp(prefix="sdt-nobody-"))
-    try:
-        for module in (msgspec, click):
-            shutil.copytree(Path(module.__file__).parent, deps / module.__name__,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        for path in (deps, *deps.rglob("*")):
-            path.chmod(0o755)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
-               "PYTHONPATH": f"{SRC}:{deps}", "PYTHONDONTWRITEBYTECODE": "1"}
-        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-            python = os.path.exists(candidate) and _interpreter(candidate, env)
-            if python:
-                yield Unprivileged(python, env)
-                return
-        pytest.skip(f"no {version} interpreter that user nobody may run with {SRC}")
-    finally:
-        shutil.rmtree(deps, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def with_nobody(net: Net, unprivileged: Unprivileged) -> Net:
     if net.nobody is None:
@@ -238,9 +188,7 @@ def with_nobody(net: Net, unprivileged: Unprivileged) -> Net:
 
 
 def as_nobody(net: Net, how: Unprivileged, *args: str) -> subprocess.CompletedProcess:
-    argv = ["ip", "netns", "exec", net.ns, *SETPRIV, how.python, "-m", "sockdoctor", *args]
-    return subprocess.run(argv, env=how.env, cwd="/", capture_output=True, text=True,
-                          timeout=60)
+    return how.sockdoctor(*args, netns=net.ns)
 
 
 def test_unprivileged_ls_shows_sockets_and_own_owners(with_nobody: Net,
