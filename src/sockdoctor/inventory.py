@@ -110,6 +110,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
         dead_fds=dead_fds,
         owners_scanned=need_owners,
         info_scanned=info,
+        age_scanned=opts.age or info,
         warnings=warnings,
     )
 

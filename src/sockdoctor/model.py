@@ -330,6 +330,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     dead_fds: list[DeadSocketFd] = msgspec.field(default_factory=list)
     owners_scanned: bool = False
     info_scanned: bool = False
+    age_scanned: bool = False  # ages were asked for (a socket may still have none)
     warnings: list[str] = msgspec.field(default_factory=list)
 
     def netns(self, inode: int) -> Netns | None:

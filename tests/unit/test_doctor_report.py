@@ -192,6 +192,16 @@ def test_limits_say_what_was_not_collected():
     assert "no LISTEN sockets" in limits
 
 
+def test_ages_asked_for_count_as_known_even_when_no_socket_has_one():
+    b = SnapshotBuilder(info=False)
+    b.listener(80, pid=10)
+    snap = b.build()
+    assert not any(sk.age_ms is not None for sk in snap.sockets)
+    assert any("ages were not collected" in line for line in diagnose(snap).limits)
+    snap.age_scanned = True  # a host with nothing but listeners, scanned with ages
+    assert not any("ages were not collected" in line for line in diagnose(snap).limits)
+
+
 def test_schema_and_docs_cover_every_rule_and_field():
     schema = json_schema()
     defs = schema["$defs"]

@@ -61,7 +61,8 @@ class Context:
         ctx.by_state = _by_state(snap.sockets)
         for sk in ctx.by_state.get(TcpState.LISTEN, ()):
             ctx.listeners.setdefault((sk.netns, sk.local_port), []).append(sk)
-        ctx.ages_known = snap.info_scanned or any(sk.age_ms is not None for sk in snap.sockets)
+        ctx.ages_known = (snap.info_scanned or snap.age_scanned
+                          or any(sk.age_ms is not None for sk in snap.sockets))
         ctx.threads_known = any(p.threads is not None for p in snap.processes.values())
         if prev is not None and prev.created < snap.created:
             ctx.interval_ms = int((snap.created - prev.created) * 1000)
