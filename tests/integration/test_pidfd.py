@@ -13,12 +13,12 @@ import os
 import socket
 import time
 
+import leaky
 import pytest
 
 from conftest import Script
-from sockdoctor import inventory
 from sockdoctor.lab.netlab import SERVER_V4, SERVER_V6, Lab
-from sockdoctor.linux import netns, pidfd
+from sockdoctor.linux import pidfd
 from sockdoctor.model import TcpState
 
 pytestmark = pytest.mark.root
@@ -75,28 +75,16 @@ while True:
 """
 
 
-def in_client(lab: Lab, fn):  # type: ignore[no-untyped-def]
-    ref = netns.NsRef(lab.client.inode(), lab.client.netns, "named", lab.client.path)
-    result = netns.run_in(ref, fn)
-    if isinstance(result, BaseException):
-        raise result
-    return result
 
 
-def connect(lab: Lab) -> socket.socket:
-    return in_client(lab, lambda: socket.create_connection((SERVER_V4, PORT), timeout=10))
 
 
-def state_of(lab: Lab, inode: int) -> int | None:
-    """TCP state of the server-side socket with this inode, None once it is gone."""
-    snap = inventory.scan(netns=lab.server.netns, owners=False)
-    return next((sk.state for sk in snap.sockets if sk.inode == inode), None)
 
 
 def wait_state(lab: Lab, inode: int, wanted: set[int | None], limit: float = 10.0) -> int | None:
     deadline = time.monotonic() + limit
     while True:
-        state = state_of(lab, inode)
+        state = leaky.state_of(lab, inode)
         if state in wanted or time.monotonic() > deadline:
             return state
         time.sleep(0.02)
@@ -104,32 +92,15 @@ def wait_state(lab: Lab, inode: int, wanted: set[int | None], limit: float = 10.
 
 @pytest.fixture
 def server(lab: Lab) -> Script:
-    script = Script(lab, lab.server, SERVER)
-    assert script.read() == {"ready": True}
-    return script
+    return leaky.start(lab, SERVER)
 
 
-def open_close_wait(lab: Lab, server: Script) -> tuple[socket.socket, dict]:
-    """A connection the server leaks in CLOSE_WAIT; the peer half-closed it, can still read."""
-    peer = connect(lab)
-    conn = server.read()
-    peer.shutdown(socket.SHUT_WR)
-    assert server.read() == {"eof": conn["fd"]}  # the program saw EOF and ignores it
-    assert wait_state(lab, conn["inode"], {TcpState.CLOSE_WAIT}) == TcpState.CLOSE_WAIT
-    return peer, conn
 
 
-def assert_serves(lab: Lab, server: Script) -> None:
-    """A new client is accepted and answered: the server kept working."""
-    with connect(lab) as fresh:
-        accepted = server.read()
-        assert set(accepted) == {"fd", "inode", "port"}, accepted
-        fresh.sendall(b"ping")
-        assert fresh.recv(100) == b"pong"
 
 
 def test_fin_ends_close_wait_and_keeps_the_fd(lab: Lab, server: Script) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
     fd, inode = conn["fd"], conn["inode"]
 
     before = pidfd.graceful_shutdown(server.pid, fd, inode)
@@ -143,12 +114,12 @@ def test_fin_ends_close_wait_and_keeps_the_fd(lab: Lab, server: Script) -> None:
     # The program still holds a dead socket: visible only through its fd.
     assert pidfd.tcp_info(server.pid, fd, inode)["state"] == TcpState.CLOSE
     assert pidfd.graceful_shutdown(server.pid, fd, inode) == TcpState.CLOSE  # a no-op
-    assert_serves(lab, server)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode", "port"})
     peer.close()
 
 
 def test_fin_on_established_wakes_blocked_reader(lab: Lab, server: Script) -> None:
-    peer = connect(lab)
+    peer = leaky.connect(lab, PORT)
     conn = server.read()
     server.send(json.dumps({"op": "reader", "fd": conn["fd"]}))
     deadline = time.monotonic() + 10
@@ -160,8 +131,8 @@ def test_fin_on_established_wakes_blocked_reader(lab: Lab, server: Script) -> No
     assert before == TcpState.ESTABLISHED
     assert server.read() == {"reader_got": ""}  # the thread in recv() woke with EOF
     assert peer.recv(100) == b""
-    assert state_of(lab, conn["inode"]) in (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2)
-    assert_serves(lab, server)
+    assert leaky.state_of(lab, conn["inode"]) in (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode", "port"})
     peer.close()
 
 
@@ -175,12 +146,12 @@ def _in_syscall(pid: int, nr: int) -> bool:
 
 
 def test_wrong_inode_changes_nothing(lab: Lab, server: Script) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
 
     with pytest.raises(pidfd.IdentityChanged):
         pidfd.graceful_shutdown(server.pid, conn["fd"], conn["inode"] + 1)
 
-    assert state_of(lab, conn["inode"]) == TcpState.CLOSE_WAIT
+    assert leaky.state_of(lab, conn["inode"]) == TcpState.CLOSE_WAIT
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):
         peer.recv(100)  # no FIN came
@@ -228,7 +199,7 @@ def _listener(pid: int) -> tuple[int, int]:
 
 
 def test_tcp_info_and_duplicate_see_the_owners_socket(lab: Lab, server: Script) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
 
     info = pidfd.tcp_info(server.pid, conn["fd"], conn["inode"])
     with pidfd.duplicate(server.pid, conn["fd"], conn["inode"]) as dup:
@@ -238,12 +209,12 @@ def test_tcp_info_and_duplicate_see_the_owners_socket(lab: Lab, server: Script) 
     assert info["state"] == TcpState.CLOSE_WAIT
     assert local == (SERVER_V4, PORT)
     assert remote[1] == conn["port"] == peer.getsockname()[1]
-    assert state_of(lab, conn["inode"]) == TcpState.CLOSE_WAIT  # looking changes nothing
+    assert leaky.state_of(lab, conn["inode"]) == TcpState.CLOSE_WAIT  # looking changes nothing
     peer.close()
 
 
 def test_many_sockets_through_one_pidfd(lab: Lab, server: Script) -> None:
-    pairs = [open_close_wait(lab, server) for _ in range(20)]
+    pairs = [leaky.open_close_wait(lab, server, PORT) for _ in range(20)]
 
     with pidfd.PidFd(server.pid) as handle:
         states = [handle.shutdown(conn["fd"], conn["inode"]) for _, conn in pairs]
@@ -271,7 +242,7 @@ wait()
 def test_fin_over_ipv6(lab: Lab) -> None:
     server = Script(lab, lab.server, V6_SERVER)
     assert server.read() == {"ready": True}
-    peer = in_client(lab, lambda: socket.create_connection((SERVER_V6, PORT), timeout=10))
+    peer = leaky.connect(lab, PORT, SERVER_V6)
     conn = server.read()
     peer.shutdown(socket.SHUT_WR)
     assert wait_state(lab, conn["inode"], {TcpState.CLOSE_WAIT}) == TcpState.CLOSE_WAIT

@@ -16,15 +16,14 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
+import leaky
 import pytest
 
 from conftest import Script
-from sockdoctor import inventory
 from sockdoctor.lab.netlab import SERVER_V4, Lab
-from sockdoctor.linux import netns, ptrace
+from sockdoctor.linux import ptrace
 from sockdoctor.model import TcpState
 
 pytestmark = [
@@ -96,26 +95,10 @@ while True:
 """
 
 
-def connect(lab: Lab) -> socket.socket:
-    ref = netns.NsRef(lab.client.inode(), lab.client.netns, "named", lab.client.path)
-    sock = netns.run_in(ref, lambda: socket.create_connection((SERVER_V4, PORT), timeout=10))
-    if isinstance(sock, BaseException):
-        raise sock
-    return sock
 
 
-def state_of(lab: Lab, inode: int) -> int | None:
-    snap = inventory.scan(netns=lab.server.netns, owners=False)
-    return next((sk.state for sk in snap.sockets if sk.inode == inode), None)
 
 
-def wait_until(check, limit: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def syscall_of(pid: int, tid: int) -> str:
@@ -125,41 +108,26 @@ def syscall_of(pid: int, tid: int) -> str:
 
 @pytest.fixture
 def server(lab: Lab) -> Script:
-    script = Script(lab, lab.server, SERVER)
-    assert script.read() == {"ready": True}
-    return script
+    return leaky.start(lab, SERVER)
 
 
-def open_close_wait(lab: Lab, server: Script) -> tuple[socket.socket, dict]:
-    peer = connect(lab)
-    conn = server.read()
-    peer.shutdown(socket.SHUT_WR)
-    assert server.read() == {"eof": conn["fd"]}  # the program saw EOF and ignores it
-    assert wait_until(lambda: state_of(lab, conn["inode"]) == TcpState.CLOSE_WAIT)
-    return peer, conn
 
 
-def assert_serves(lab: Lab, server: Script) -> None:
-    """A new client is accepted and answered: the server kept working."""
-    with connect(lab) as fresh:
-        accepted = server.read()
-        assert set(accepted) == {"fd", "inode"}, accepted
-        fresh.sendall(b"ping")
-        assert fresh.recv(100) == b"pong"
 
 
 def assert_freed(lab: Lab, server: Script, peer: socket.socket, conn: dict) -> None:
     assert peer.recv(100) == b""  # our FIN reached the peer
-    assert wait_until(lambda: state_of(lab, conn["inode"]) is None)  # LAST_ACK, then gone
+    # LAST_ACK, then gone
+    assert leaky.wait_until(lambda: leaky.state_of(lab, conn["inode"]) is None)
     assert str(conn["fd"]) not in os.listdir(f"/proc/{server.pid}/fd")
 
 
 def test_close_frees_close_wait_while_other_threads_run(
         lab: Lab, server: Script, monkeypatch: pytest.MonkeyPatch) -> None:
-    healthy = connect(lab)
+    healthy = leaky.connect(lab, PORT)
     server.read()
-    peer, conn = open_close_wait(lab, server)
-    assert wait_until(lambda: syscall_of(server.pid, server.pid) in ACCEPT_CALLS)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
+    assert leaky.wait_until(lambda: syscall_of(server.pid, server.pid) in ACCEPT_CALLS)
     answers: list[bytes] = []
     check_fd = ptrace._Tracee.check_fd
 
@@ -178,7 +146,8 @@ def test_close_frees_close_wait_while_other_threads_run(
     assert result.interrupted in ("accept", "accept4")
     assert result.after == "restarts"
     assert_freed(lab, server, peer, conn)
-    assert_serves(lab, server)  # the interrupted accept() returned the next client
+    # the interrupted accept() returned the next client
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
     healthy.close()
     peer.close()
 
@@ -191,10 +160,10 @@ def test_close_frees_close_wait_while_other_threads_run(
 ])
 def test_interrupted_blocking_call_carries_on(
         lab: Lab, server: Script, kind: str, after: str) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
     server.send(json.dumps({"op": "block", "kind": kind}))
     tid = server.read()["tid"]
-    assert wait_until(lambda: syscall_of(server.pid, tid) not in ("running", "-1"))
+    assert leaky.wait_until(lambda: syscall_of(server.pid, tid) not in ("running", "-1"))
 
     result = ptrace.inject_close(server.pid, conn["fd"], conn["inode"], tid=tid)
 
@@ -206,46 +175,46 @@ def test_interrupted_blocking_call_carries_on(
     server.send(json.dumps({"op": "wake", "kind": kind}))
     assert server.read() == {"woke": kind, "data": "x"}
     assert_freed(lab, server, peer, conn)
-    assert_serves(lab, server)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
     peer.close()
 
 
 def test_stopped_process_stays_stopped(lab: Lab, server: Script) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
     os.kill(server.pid, signal.SIGSTOP)
     try:
-        assert wait_until(lambda: ptrace._task_state(server.pid, server.pid) == "T")
+        assert leaky.wait_until(lambda: ptrace._task_state(server.pid, server.pid) == "T")
 
         result = ptrace.inject_close(server.pid, conn["fd"], conn["inode"])
 
         assert (result.shutdown_rc, result.close_rc) == (0, 0)
         assert_freed(lab, server, peer, conn)
-        assert wait_until(lambda: ptrace._task_state(server.pid, server.pid) == "T")
+        assert leaky.wait_until(lambda: ptrace._task_state(server.pid, server.pid) == "T")
     finally:
         os.kill(server.pid, signal.SIGCONT)
-    assert_serves(lab, server)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
     peer.close()
 
 
 def test_wrong_inode_changes_nothing(lab: Lab, server: Script) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
 
     with pytest.raises(ptrace.IdentityChanged):
         ptrace.inject_close(server.pid, conn["fd"], conn["inode"] + 1)
 
-    assert state_of(lab, conn["inode"]) == TcpState.CLOSE_WAIT
+    assert leaky.state_of(lab, conn["inode"]) == TcpState.CLOSE_WAIT
     assert os.readlink(f"/proc/{server.pid}/fd/{conn['fd']}") == f"socket:[{conn['inode']}]"
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):
         peer.recv(100)  # no FIN came
-    assert_serves(lab, server)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
     peer.close()
 
 
 def test_missing_fd_process_and_thread(lab: Lab, server: Script) -> None:
     with pytest.raises(ptrace.FdGone):
         ptrace.inject_close(server.pid, 999, 1)
-    assert_serves(lab, server)  # detached properly after the refusal
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})  # detached properly after the refusal
     with open("/proc/sys/kernel/pid_max") as fh:
         beyond = int(fh.read()) + 1
     with pytest.raises(ptrace.ProcessGone):
@@ -256,7 +225,7 @@ def test_missing_fd_process_and_thread(lab: Lab, server: Script) -> None:
 
 def test_exited_process_is_gone(lab: Lab) -> None:
     child = lab.spawn(lab.server, ["true"])
-    assert wait_until(lambda: ptrace._task_state(child.pid, child.pid) == "Z")
+    assert leaky.wait_until(lambda: ptrace._task_state(child.pid, child.pid) == "Z")
     with pytest.raises(ptrace.ProcessGone):
         ptrace.inject_close(child.pid, 0, 1)
     child.wait()
@@ -264,7 +233,7 @@ def test_exited_process_is_gone(lab: Lab) -> None:
 
 def test_signal_arriving_while_stopped_is_delivered_after(
         lab: Lab, server: Script, monkeypatch: pytest.MonkeyPatch) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
     kept: list[int] = []
     check_fd, keep_signal = ptrace._Tracee.check_fd, ptrace._Tracee._keep_signal
 
@@ -285,7 +254,7 @@ def test_signal_arriving_while_stopped_is_delivered_after(
     assert result.close_rc == 0
     assert server.read() == {"usr1": True}  # handed back on detach, handler ran
     assert_freed(lab, server, peer, conn)
-    assert_serves(lab, server)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
     peer.close()
 
 
@@ -297,7 +266,7 @@ def _tgkill(pid: int, tid: int, sig: int) -> None:
 @pytest.mark.parametrize("when", ["at the fd check", "in the shutdown step", "in the close step"])
 def test_process_killed_during_the_operation(
         lab: Lab, server: Script, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
-    peer, conn = open_close_wait(lab, server)
+    peer, conn = leaky.open_close_wait(lab, server, PORT)
     check_fd, real_ptrace = ptrace._Tracee.check_fd, ptrace._ptrace
     steps: list[int] = []
 
@@ -338,12 +307,12 @@ def test_already_traced_is_not_permitted(lab: Lab, server: Script) -> None:
     finally:
         release.set()
         holder.join()
-    assert wait_until(lambda: ptrace._tracer_of(server.pid) == 0)
-    assert_serves(lab, server)
+    assert leaky.wait_until(lambda: ptrace._tracer_of(server.pid) == 0)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
 
 
 def test_many_fds_in_one_stop(lab: Lab, server: Script) -> None:
-    pairs = [open_close_wait(lab, server) for _ in range(10)]
+    pairs = [leaky.open_close_wait(lab, server, PORT) for _ in range(10)]
     targets = [(conn["fd"], conn["inode"]) for _, conn in pairs]
     stale = (targets[3][0], targets[3][1] + 1)  # as if fd 3's socket had been replaced
 
@@ -354,7 +323,7 @@ def test_many_fds_in_one_stop(lab: Lab, server: Script) -> None:
     for peer, conn in pairs:
         assert_freed(lab, server, peer, conn)
         peer.close()
-    assert_serves(lab, server)
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
 
 
 # A thread that spends its life inside an rseq critical section (glibc >= 2.35
@@ -430,7 +399,7 @@ def test_thread_inside_rseq_critical_section_is_aborted(lab: Lab, tmp_path: Path
             mem.seek(counter)
             return int.from_bytes(mem.read(8), "little")
 
-    assert wait_until(lambda: aborts() >= 1)
+    assert leaky.wait_until(lambda: aborts() >= 1)
 
     result = ptrace.inject_close(spinner.pid, fd, inode, shutdown_first=False)
     seen = aborts()
@@ -438,5 +407,5 @@ def test_thread_inside_rseq_critical_section_is_aborted(lab: Lab, tmp_path: Path
     assert result.close_rc == 0
     # "continues at its rseq abort handler", unless the kernel had aborted it already
     assert result.after.startswith("continues")
-    assert wait_until(lambda: aborts() > seen)  # still protected: aborts keep coming
+    assert leaky.wait_until(lambda: aborts() > seen)  # still protected: aborts keep coming
     assert str(fd) not in os.listdir(f"/proc/{spinner.pid}/fd")
