@@ -23,7 +23,7 @@ import pytest
 from conftest import Script
 from sockdoctor import inventory
 from sockdoctor.lab.netlab import Host, Lab
-from sockdoctor.linux import netns, rawtcp
+from sockdoctor.linux import capture, netns, rawtcp, tcpseg
 from sockdoctor.model import TcpState
 
 pytestmark = pytest.mark.root
@@ -306,11 +306,11 @@ def _write_sysctl(host: Host, name: str, value: int) -> None:
 
 
 def _syn_from_peer(conn: Conn) -> None:
-    seg = rawtcp.Segment(conn.peer[0], conn.local[0], conn.peer[1], conn.local[1], 12345, 0,
-                         rawtcp.TH_SYN, 1024)
+    seg = tcpseg.Segment(conn.peer[0], conn.local[0], conn.peer[1], conn.local[1], 12345, 0,
+                         tcpseg.TH_SYN, 1024)
 
     def send() -> None:
-        sender = rawtcp.RawSender(conn.family)
+        sender = capture.RawSender(conn.family)
         try:
             sender.send(seg)
         finally:

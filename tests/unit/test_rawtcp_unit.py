@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockdoctor.errors import PermissionDeniedError
-from sockdoctor.linux import rawtcp, sockdiag
-from sockdoctor.linux.rawtcp import (
+from sockdoctor.linux import capture, rawtcp, sockdiag, tcpseg
+from sockdoctor.linux.tcpseg import (
     TH_ACK,
     TH_FIN,
     TH_PSH,
@@ -24,7 +24,7 @@ from sockdoctor.linux.rawtcp import (
 )
 from sockdoctor.model import TcpState
 
-# Challenge ACKs captured by rawtcp.Capture in a lab (server side of a veth pair),
+# Challenge ACKs captured by capture.Capture in a lab (server side of a veth pair),
 # both with the timestamp option the kernel adds.
 V4_ACK = bytes.fromhex(
     "4500003498a5400040068d820a4d00010a4d0002b739e178a8c77cd3fae88b0e8010004014c30000"
@@ -40,19 +40,19 @@ V6_LOCAL, V6_PEER = ("fd77::1", 44537), ("fd77::2", 47888)
 
 def test_checksum_rfc1071_example() -> None:
     # RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
-    assert rawtcp.checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
+    assert tcpseg.checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
 
 
 def test_checksum_known_ipv4_header() -> None:
     # A classic worked example: 192.168.0.1 -> 192.168.0.199, UDP, checksum b861.
     header = bytes.fromhex("450000730000400040110000c0a80001c0a800c7")
-    assert rawtcp.checksum(header) == 0xB861
-    assert rawtcp.checksum(header[:10] + b"\xb8\x61" + header[12:]) == 0
+    assert tcpseg.checksum(header) == 0xB861
+    assert tcpseg.checksum(header[:10] + b"\xb8\x61" + header[12:]) == 0
 
 
 def test_checksum_odd_length_pads_with_zero() -> None:
-    assert rawtcp.checksum(b"\x01") == rawtcp.checksum(b"\x01\x00") == 0xFEFF
-    assert rawtcp.checksum(b"") == 0xFFFF
+    assert tcpseg.checksum(b"\x01") == tcpseg.checksum(b"\x01\x00") == 0xFEFF
+    assert tcpseg.checksum(b"") == 0xFFFF
 
 
 def _reference_checksum(data: bytes) -> int:
@@ -67,11 +67,11 @@ def _reference_checksum(data: bytes) -> int:
 
 @given(st.binary(max_size=300))
 def test_checksum_matches_reference(data: bytes) -> None:
-    assert rawtcp.checksum(data) == _reference_checksum(data)
+    assert tcpseg.checksum(data) == _reference_checksum(data)
 
 
 def test_ipv4_header_from_the_kernel_verifies() -> None:
-    assert rawtcp.checksum(V4_ACK[:20]) == 0
+    assert tcpseg.checksum(V4_ACK[:20]) == 0
 
 
 # --- building and parsing -------------------------------------------------------
@@ -98,32 +98,32 @@ def _canonical(addr: str) -> str:
 
 @given(segments())
 def test_build_parse_round_trip(seg: Segment) -> None:
-    packet = rawtcp.build(seg)
-    assert rawtcp.parse(packet) == replace(seg, src=_canonical(seg.src), dst=_canonical(seg.dst))
+    packet = tcpseg.build(seg)
+    assert tcpseg.parse(packet) == replace(seg, src=_canonical(seg.src), dst=_canonical(seg.dst))
 
 
 @given(segments())
 def test_tcp_checksum_verifies_to_zero(seg: Segment) -> None:
-    tcp = rawtcp.tcp_bytes(seg)
-    assert rawtcp.checksum(rawtcp.pseudo_header(seg.src, seg.dst, len(tcp)) + tcp) == 0
+    tcp = tcpseg.tcp_bytes(seg)
+    assert tcpseg.checksum(tcpseg.pseudo_header(seg.src, seg.dst, len(tcp)) + tcp) == 0
 
 
 def test_ipv4_packet_layout() -> None:
     seg = Segment("10.0.0.2", "10.0.0.1", 4000, 80, 7, 9, TH_RST | TH_ACK)
-    packet = rawtcp.build(seg, ident=0x1234)
+    packet = tcpseg.build(seg, ident=0x1234)
     assert len(packet) == 40
-    ver_ihl, _, total, ident, frag, ttl, proto, _, src, dst = rawtcp.IPV4_HDR.unpack_from(packet)
+    ver_ihl, _, total, ident, frag, ttl, proto, _, src, dst = tcpseg.IPV4_HDR.unpack_from(packet)
     assert (ver_ihl, total, ident, frag, ttl, proto) == (0x45, 40, 0x1234, 0x4000, 64, 6)
     assert (src, dst) == (socket.inet_aton("10.0.0.2"), socket.inet_aton("10.0.0.1"))
-    assert rawtcp.checksum(packet[:20]) == 0
-    sport, dport, sq, ak, off, flags, win, _, urg = rawtcp.TCP_HDR.unpack_from(packet, 20)
+    assert tcpseg.checksum(packet[:20]) == 0
+    sport, dport, sq, ak, off, flags, win, _, urg = tcpseg.TCP_HDR.unpack_from(packet, 20)
     assert (sport, dport, sq, ak, off, flags, win, urg) == (4000, 80, 7, 9, 0x50, 0x14, 0, 0)
 
 
 def test_ipv6_packet_layout() -> None:
     seg = Segment("fd77::2", "fd77::1", 4000, 80, 1, 2, TH_SYN, 1024, b"\x02\x04\x05\xb4")
-    packet = rawtcp.build(seg)
-    first, plen, nxt, hops, src, dst = rawtcp.IPV6_HDR.unpack_from(packet)
+    packet = tcpseg.build(seg)
+    first, plen, nxt, hops, src, dst = tcpseg.IPV6_HDR.unpack_from(packet)
     assert (first >> 28, plen, nxt, hops) == (6, 24, 6, 64)
     assert (src, dst) == (socket.inet_pton(socket.AF_INET6, "fd77::2"),
                           socket.inet_pton(socket.AF_INET6, "fd77::1"))
@@ -132,13 +132,13 @@ def test_ipv6_packet_layout() -> None:
 
 def test_options_are_padded_to_32_bits() -> None:
     seg = Segment("10.0.0.2", "10.0.0.1", 1, 2, 3, 4, TH_ACK, options=b"\x01")
-    parsed = rawtcp.parse(rawtcp.build(seg))
+    parsed = tcpseg.parse(tcpseg.build(seg))
     assert parsed.options == b"\x01\0\0\0"
 
 
 def test_sequence_numbers_wrap() -> None:
     seg = Segment("10.0.0.2", "10.0.0.1", 1, 2, 2**32 + 5, -1, TH_ACK)
-    parsed = rawtcp.parse(rawtcp.build(seg))
+    parsed = tcpseg.parse(tcpseg.build(seg))
     assert (parsed.seq, parsed.ack) == (5, 2**32 - 1)
 
 
@@ -156,7 +156,7 @@ def test_describe_names_flags() -> None:
 # --- recorded answers ------------------------------------------------------------
 
 def test_parse_recorded_ipv4_challenge_ack() -> None:
-    seg = rawtcp.parse(V4_ACK)
+    seg = tcpseg.parse(V4_ACK)
     assert (seg.src, seg.sport, seg.dst, seg.dport) == (*V4_LOCAL, *V4_PEER)
     assert (seg.seq, seg.ack, seg.flags, seg.window) == (0xA8C77CD3, 0xFAE88B0E, TH_ACK, 64)
     assert seg.options[:2] == b"\x01\x01" and seg.options[2] == 8  # NOP NOP timestamp
@@ -164,21 +164,21 @@ def test_parse_recorded_ipv4_challenge_ack() -> None:
 
 
 def test_parse_recorded_ipv6_challenge_ack() -> None:
-    seg = rawtcp.parse(V6_ACK)
+    seg = tcpseg.parse(V6_ACK)
     assert (seg.src, seg.sport, seg.dst, seg.dport) == (*V6_LOCAL, *V6_PEER)
     assert (seg.seq, seg.ack, seg.flags, seg.window) == (2558709467, 1094532749, TH_ACK, 63)
 
 
 def test_answer_in_accepts_only_local_to_peer_acks() -> None:
-    assert rawtcp.answer_in(V4_ACK, V4_LOCAL, V4_PEER) is not None
-    assert rawtcp.answer_in(V6_ACK, ("fd77:0::1", 44537), V6_PEER) is not None  # any spelling
-    assert rawtcp.answer_in(V4_ACK, V4_PEER, V4_LOCAL) is None  # wrong direction
-    assert rawtcp.answer_in(V4_ACK, V4_LOCAL, ("10.77.0.2", 1)) is None
-    assert rawtcp.answer_in(V6_ACK, V4_LOCAL, V4_PEER) is None
-    assert rawtcp.answer_in(V4_ACK[:30], V4_LOCAL, V4_PEER) is None
+    assert capture.answer_in(V4_ACK, V4_LOCAL, V4_PEER) is not None
+    assert capture.answer_in(V6_ACK, ("fd77:0::1", 44537), V6_PEER) is not None  # any spelling
+    assert capture.answer_in(V4_ACK, V4_PEER, V4_LOCAL) is None  # wrong direction
+    assert capture.answer_in(V4_ACK, V4_LOCAL, ("10.77.0.2", 1)) is None
+    assert capture.answer_in(V6_ACK, V4_LOCAL, V4_PEER) is None
+    assert capture.answer_in(V4_ACK[:30], V4_LOCAL, V4_PEER) is None
     for flags in (TH_RST | TH_ACK, TH_SYN | TH_ACK, TH_FIN):
         seg = Segment(*V4_LOCAL[:1], *V4_PEER[:1], V4_LOCAL[1], V4_PEER[1], 1, 2, flags)
-        assert rawtcp.answer_in(rawtcp.build(seg), V4_LOCAL, V4_PEER) is None
+        assert capture.answer_in(tcpseg.build(seg), V4_LOCAL, V4_PEER) is None
 
 
 # --- hostile input ------------------------------------------------------------------
@@ -187,13 +187,13 @@ def test_answer_in_accepts_only_local_to_peer_acks() -> None:
 def test_every_truncation_is_a_clean_error(packet: bytes) -> None:
     for cut in range(len(packet)):
         with pytest.raises(PacketError):
-            rawtcp.parse(packet[:cut])
+            tcpseg.parse(packet[:cut])
 
 
 @given(st.binary(max_size=120))
 def test_random_bytes_never_crash(data: bytes) -> None:
     try:
-        seg = rawtcp.parse(data)
+        seg = tcpseg.parse(data)
     except PacketError:
         return
     assert 0 <= seg.seq < 2**32 and 0 <= seg.sport < 2**16
@@ -222,16 +222,16 @@ def _patch(packet: bytes, offset: int, value: bytes) -> bytes:
 ])
 def test_malformed_headers(packet: bytes, message: str) -> None:
     with pytest.raises(PacketError, match=message):
-        rawtcp.parse(packet)
+        tcpseg.parse(packet)
 
 
 def test_ipv6_extension_header_is_skipped() -> None:
-    seg = rawtcp.parse(V6_ACK)
-    tcp = rawtcp.tcp_bytes(seg)
+    seg = tcpseg.parse(V6_ACK)
+    tcp = tcpseg.tcp_bytes(seg)
     hop_by_hop = bytes([6, 0]) + b"\x01\x04\0\0\0\0"  # next = TCP, PadN to 8 bytes
-    packet = rawtcp.ipv6_header(seg.src, seg.dst, len(tcp) + 8)
+    packet = tcpseg.ipv6_header(seg.src, seg.dst, len(tcp) + 8)
     packet = packet[:6] + b"\x00" + packet[7:] + hop_by_hop + tcp
-    assert rawtcp.parse(packet) == seg
+    assert tcpseg.parse(packet) == seg
 
 
 # --- the capture filter, run by a small classic BPF interpreter ----------------------
@@ -240,20 +240,20 @@ def run_bpf(prog: list[tuple[int, int, int, int]], pkt: bytes, ethertype: int) -
     a = x = pc = 0
     while True:
         code, jt, jf, k = prog[pc]
-        if code == rawtcp.BPF_RET:
+        if code == capture.BPF_RET:
             return k
-        if code == rawtcp.BPF_LD_H and k == rawtcp.SKF_AD_PROTOCOL:
+        if code == capture.BPF_LD_H and k == capture.SKF_AD_PROTOCOL:
             a = ethertype
-        elif code == rawtcp.BPF_JEQ:
+        elif code == capture.BPF_JEQ:
             pc += jt if a == k else jf
         else:
-            size, where = {rawtcp.BPF_LD_W: (4, k), rawtcp.BPF_LD_H: (2, k),
-                           rawtcp.BPF_LD_B: (1, k), rawtcp.BPF_LDX_MSH: (1, k),
-                           rawtcp.BPF_LD_H_IND: (2, x + k)}[code]
+            size, where = {capture.BPF_LD_W: (4, k), capture.BPF_LD_H: (2, k),
+                           capture.BPF_LD_B: (1, k), capture.BPF_LDX_MSH: (1, k),
+                           capture.BPF_LD_H_IND: (2, x + k)}[code]
             if where + size > len(pkt):
                 return 0  # the kernel drops the packet on an out-of-bounds load
             value = int.from_bytes(pkt[where:where + size], "big")
-            if code == rawtcp.BPF_LDX_MSH:
+            if code == capture.BPF_LDX_MSH:
                 x = (value & 0xF) * 4
             else:
                 a = value
@@ -261,30 +261,30 @@ def run_bpf(prog: list[tuple[int, int, int, int]], pkt: bytes, ethertype: int) -
 
 
 @pytest.mark.parametrize(("packet", "local", "peer", "ethertype"), [
-    (V4_ACK, V4_LOCAL, V4_PEER, rawtcp.ETH_P_IP),
-    (V6_ACK, V6_LOCAL, V6_PEER, rawtcp.ETH_P_IPV6),
+    (V4_ACK, V4_LOCAL, V4_PEER, capture.ETH_P_IP),
+    (V6_ACK, V6_LOCAL, V6_PEER, capture.ETH_P_IPV6),
 ])
 def test_bpf_keeps_exactly_the_4tuple(packet: bytes, local: tuple[str, int],
                                       peer: tuple[str, int], ethertype: int) -> None:
-    prog = rawtcp.bpf_program(local[0], peer[0], local[1], peer[1])
+    prog = capture.bpf_program(local[0], peer[0], local[1], peer[1])
     assert all(insn[1] <= 255 and insn[2] <= 255 for insn in prog)
-    assert run_bpf(prog, packet, ethertype) == rawtcp.BPF_ACCEPT
+    assert run_bpf(prog, packet, ethertype) == capture.BPF_ACCEPT
     assert run_bpf(prog, packet, 0x0806) == 0  # ARP, say
-    reverse = rawtcp.bpf_program(peer[0], local[0], peer[1], local[1])
+    reverse = capture.bpf_program(peer[0], local[0], peer[1], local[1])
     assert run_bpf(reverse, packet, ethertype) == 0
-    other_port = rawtcp.bpf_program(local[0], peer[0], local[1], peer[1] + 1)
+    other_port = capture.bpf_program(local[0], peer[0], local[1], peer[1] + 1)
     assert run_bpf(other_port, packet, ethertype) == 0
-    dport_end = len(packet) - len(rawtcp.parse(packet).options) - 16
+    dport_end = len(packet) - len(tcpseg.parse(packet).options) - 16
     assert run_bpf(prog, packet[:dport_end - 1], ethertype) == 0  # cut inside the port
 
 
 def test_bpf_reads_ports_after_ipv4_options() -> None:
-    seg = rawtcp.parse(V4_ACK)
-    tcp = rawtcp.tcp_bytes(seg)
-    header = rawtcp.ipv4_header(seg.src, seg.dst, len(tcp) + 4)
+    seg = tcpseg.parse(V4_ACK)
+    tcp = tcpseg.tcp_bytes(seg)
+    header = tcpseg.ipv4_header(seg.src, seg.dst, len(tcp) + 4)
     header = bytes([0x46]) + header[1:] + b"\x01\x01\x01\x00"  # IHL 6: NOPs, EOL
-    prog = rawtcp.bpf_program(*V4_LOCAL[:1], *V4_PEER[:1], V4_LOCAL[1], V4_PEER[1])
-    assert run_bpf(prog, header + tcp, rawtcp.ETH_P_IP) == rawtcp.BPF_ACCEPT
+    prog = capture.bpf_program(*V4_LOCAL[:1], *V4_PEER[:1], V4_LOCAL[1], V4_PEER[1])
+    assert run_bpf(prog, header + tcp, capture.ETH_P_IP) == capture.BPF_ACCEPT
 
 
 # --- netlink replies ------------------------------------------------------------------
@@ -294,17 +294,17 @@ def _nlmsg(msg_type: int, body: bytes) -> bytes:
 
 
 def test_route_reply_oif() -> None:
-    body = rawtcp.RTMSG.pack(2, 32, 0, 0, 254, 0, 0, 1, 0)
-    body += rawtcp._rtattr(rawtcp.RTA_DST, socket.inet_aton("10.0.0.1"))
-    body += rawtcp._rtattr(rawtcp.RTA_OIF, struct.pack("=I", 7))
-    assert rawtcp.parse_route_reply(_nlmsg(rawtcp.RTM_NEWROUTE, body)) == 7
+    body = capture.RTMSG.pack(2, 32, 0, 0, 254, 0, 0, 1, 0)
+    body += capture._rtattr(capture.RTA_DST, socket.inet_aton("10.0.0.1"))
+    body += capture._rtattr(capture.RTA_OIF, struct.pack("=I", 7))
+    assert capture.parse_route_reply(_nlmsg(capture.RTM_NEWROUTE, body)) == 7
 
 
 def test_route_reply_errors_and_garbage() -> None:
-    assert rawtcp.parse_route_reply(_nlmsg(2, struct.pack("=i", -errno.ENETUNREACH))) is None
-    assert rawtcp.parse_route_reply(b"\x01\x02") is None
-    body = rawtcp.RTMSG.pack(2, 32, 0, 0, 254, 0, 0, 1, 0) + struct.pack("=HH", 200, 4)
-    assert rawtcp.parse_route_reply(_nlmsg(rawtcp.RTM_NEWROUTE, body)) is None
+    assert capture.parse_route_reply(_nlmsg(2, struct.pack("=i", -errno.ENETUNREACH))) is None
+    assert capture.parse_route_reply(b"\x01\x02") is None
+    body = capture.RTMSG.pack(2, 32, 0, 0, 254, 0, 0, 1, 0) + struct.pack("=HH", 200, 4)
+    assert capture.parse_route_reply(_nlmsg(capture.RTM_NEWROUTE, body)) is None
 
 
 def _diag_msg(state: int, peer_port: int, peer: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Forged TCP segments (IPv4 and IPv6) and the `rst` kill method built on them.
+"""The `rst` kill method: end a TCP socket with forged segments (IPv4 and IPv6).
 
 For when nothing gentler works: the kernel lacks SOCK_DESTROY, no process owns
 the socket, or the socket to end is the far end of a connection. The method
@@ -16,14 +16,7 @@ never guesses a sequence number:
 
 Everything happens in the calling thread's network namespace: call rst_kill()
 through netns.run_in() (or rst_kill_in()). It needs CAP_NET_RAW there.
-
-IPv6 packets go out through an IPPROTO_RAW socket, which Linux treats as
-"header included" for AF_INET6 just as for AF_INET. An IPPROTO_TCP raw socket
-would have the kernel build the IPv6 header, but the kernel then takes the
-source address from bind() or IPV6_PKTINFO and refuses one that is not local
-(short of IPV6_FREEBIND or IPV6_TRANSPARENT), while step 1 must come from the
-peer's address. Writing the 40-byte header ourselves is less code and treats
-both families alike.
+Segments are built and parsed in tcpseg.py, sent and captured in capture.py.
 
 Rate limits (net/ipv4/tcp_input.c and tcp_minisocks.c, Linux 6.x):
 - Challenge ACKs, and duplicate ACKs for out-of-window segments without
@@ -41,13 +34,10 @@ Rate limits (net/ipv4/tcp_input.c and tcp_minisocks.c, Linux 6.x):
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import ipaddress
 import os
 import random
-import select
 import socket
 import struct
 import time
@@ -55,22 +45,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PermissionDeniedError
-from ..model import ALL_STATES_MASK, TcpState
+from ..model import ALL_STATES_MASK, Socket, TcpState
 from . import netns, procfs, sockdiag
-
-TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK, TH_URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-FLAG_LETTERS = ((TH_FIN, "F"), (TH_SYN, "S"), (TH_RST, "R"), (TH_PSH, "P"), (TH_ACK, "."),
-                (TH_URG, "U"))
-IPPROTO_TCP = 6
-ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
-SO_ATTACH_FILTER = 26
-
-TCP_HDR = struct.Struct("!HHIIBBHHH")  # ports, seq, ack, offset, flags, window, csum, urg
-IPV4_HDR = struct.Struct("!BBHHHBBH4s4s")
-IPV6_HDR = struct.Struct("!IHBB16s16s")
-IPV6_EXT_HEADERS = (0, 43, 60)  # hop-by-hop, routing, destination options
-IPV6_FRAGMENT = 44
+from .capture import Capture, RawSender, interface_index, route_interface
+from .tcpseg import TH_ACK, TH_RST, TH_SYN, Segment, endpoint_text
 
 # States whose sockets answer a stray segment with an ACK and accept an exact RST.
 SUPPORTED_STATES = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2,
@@ -79,397 +57,10 @@ SUPPORTED_STATES = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT1, TcpState
 SKIP_COUNTERS = ("TCPACKSkippedChallenge", "TCPACKSkippedSeq", "TCPACKSkippedPAWS",
                  "TCPACKSkippedFinWait2", "TCPACKSkippedTimeWait")
 INT_MAX = 2**31 - 1
-SEQ_MOD = 1 << 32
-
-
-class PacketError(ValueError):
-    """Bytes that are not a whole, unfragmented IPv4/IPv6 TCP segment."""
-
-
-# --- segments: build and parse ---------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One TCP segment with the addresses of the IP header around it."""
-
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    window: int = 0
-    options: bytes = b""
-    payload: bytes = b""
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.src else socket.AF_INET
-
-    @property
-    def end_seq(self) -> int:
-        """The sequence number after this segment (SYN and FIN count as one)."""
-        extra = len(self.payload) + bool(self.flags & TH_SYN) + bool(self.flags & TH_FIN)
-        return (self.seq + extra) % SEQ_MOD
-
-    def describe(self) -> str:
-        flags = "".join(c for bit, c in FLAG_LETTERS if self.flags & bit) or "none"
-        return (f"{_join(self.src, self.sport)} > {_join(self.dst, self.dport)} [{flags}] "
-                f"seq {self.seq} ack {self.ack} win {self.window} len {len(self.payload)}")
-
-
-def _join(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071): ones' complement of the ones' complement sum."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def pseudo_header(src: str, dst: str, length: int) -> bytes:
-    """What the TCP checksum covers besides the segment (RFC 793 / RFC 8200 8.1)."""
-    if ":" in src:
-        return (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
-                + struct.pack("!I3xB", length, IPPROTO_TCP))
-    return (socket.inet_pton(socket.AF_INET, src) + socket.inet_pton(socket.AF_INET, dst)
-            + struct.pack("!xBH", IPPROTO_TCP, length))
-
-
-def tcp_bytes(seg: Segment) -> bytes:
-    """The TCP header (options padded to 32 bits), payload, correct checksum."""
-    options = seg.options + b"\0" * (-len(seg.options) % 4)
-    offset = (5 + len(options) // 4) << 4
-    header = TCP_HDR.pack(seg.sport, seg.dport, seg.seq % SEQ_MOD, seg.ack % SEQ_MOD,
-                          offset, seg.flags & 0xFF, seg.window, 0, 0)
-    body = header + options + seg.payload
-    csum = checksum(pseudo_header(seg.src, seg.dst, len(body)) + body)
-    return body[:16] + struct.pack("!H", csum) + body[18:]
-
-
-def ipv4_header(src: str, dst: str, payload_len: int, ident: int = 0, ttl: int = 64) -> bytes:
-    header = IPV4_HDR.pack(0x45, 0, 20 + payload_len, ident, 0x4000, ttl, IPPROTO_TCP, 0,
-                           socket.inet_pton(socket.AF_INET, src),
-                           socket.inet_pton(socket.AF_INET, dst))
-    return header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-
-
-def ipv6_header(src: str, dst: str, payload_len: int, hop_limit: int = 64) -> bytes:
-    return IPV6_HDR.pack(6 << 28, payload_len, IPPROTO_TCP, hop_limit,
-                         socket.inet_pton(socket.AF_INET6, src),
-                         socket.inet_pton(socket.AF_INET6, dst))
-
-
-def build(seg: Segment, ident: int = 0) -> bytes:
-    """A whole IP packet carrying the segment, ready for an IPPROTO_RAW socket."""
-    tcp = tcp_bytes(seg)
-    if seg.family == socket.AF_INET6:
-        return ipv6_header(seg.src, seg.dst, len(tcp)) + tcp
-    return ipv4_header(seg.src, seg.dst, len(tcp), ident) + tcp
-
-
-def parse(data: bytes | memoryview) -> Segment:
-    """The TCP segment in an IPv4 or IPv6 packet (starting at the IP header)."""
-    data = bytes(data)
-    if not data:
-        raise PacketError("empty packet")
-    version = data[0] >> 4
-    if version == 4:
-        src, dst, body = _parse_ipv4(data)
-    elif version == 6:
-        src, dst, body = _parse_ipv6(data)
-    else:
-        raise PacketError(f"IP version {version} is neither 4 nor 6")
-    return parse_tcp(src, dst, body)
-
-
-def _parse_ipv4(data: bytes) -> tuple[str, str, bytes]:
-    if len(data) < 20:
-        raise PacketError(f"IPv4 header truncated ({len(data)} bytes)")
-    ihl = (data[0] & 0x0F) * 4
-    _, _, total, _, frag, _, proto, _, src, dst = IPV4_HDR.unpack_from(data)
-    if ihl < 20 or total < ihl or total > len(data):
-        raise PacketError(f"IPv4 lengths do not fit (header {ihl}, total {total}, "
-                          f"captured {len(data)})")
-    if frag & 0x3FFF:
-        raise PacketError("IPv4 fragment")
-    if proto != IPPROTO_TCP:
-        raise PacketError(f"not TCP (IP protocol {proto})")
-    return (socket.inet_ntop(socket.AF_INET, src), socket.inet_ntop(socket.AF_INET, dst),
-            data[ihl:total])
-
-
-def _parse_ipv6(data: bytes) -> tuple[str, str, bytes]:
-    if len(data) < 40:
-        raise PacketError(f"IPv6 header truncated ({len(data)} bytes)")
-    _, plen, nxt, _, src, dst = IPV6_HDR.unpack_from(data)
-    end = 40 + plen
-    if plen == 0 or end > len(data):
-        raise PacketError(f"IPv6 payload length {plen} does not fit {len(data)} bytes")
-    offset = 40
-    while nxt in IPV6_EXT_HEADERS:
-        if offset + 8 > end:
-            raise PacketError("IPv6 extension header truncated")
-        nxt, hdr_len = data[offset], (data[offset + 1] + 1) * 8
-        offset += hdr_len
-        if offset > end:
-            raise PacketError("IPv6 extension header runs past the packet")
-    if nxt == IPV6_FRAGMENT:
-        raise PacketError("IPv6 fragment")
-    if nxt != IPPROTO_TCP:
-        raise PacketError(f"not TCP (IPv6 next header {nxt})")
-    return (socket.inet_ntop(socket.AF_INET6, src), socket.inet_ntop(socket.AF_INET6, dst),
-            data[offset:end])
-
-
-def parse_tcp(src: str, dst: str, body: bytes) -> Segment:
-    if len(body) < 20:
-        raise PacketError(f"TCP header truncated ({len(body)} bytes)")
-    sport, dport, seq, ack, offset, flags, window, _, _ = TCP_HDR.unpack_from(body)
-    hlen = (offset >> 4) * 4
-    if hlen < 20 or hlen > len(body):
-        raise PacketError(f"TCP data offset {hlen} does not fit {len(body)} bytes")
-    return Segment(src, dst, sport, dport, seq, ack, flags, window, body[20:hlen], body[hlen:])
-
-
-# --- sending ------------------------------------------------------------------
-
-def _raw_socket(family: int, kind: int, proto: int) -> socket.socket:
-    try:
-        return socket.socket(family, kind, proto)
-    except PermissionError as exc:
-        raise PermissionDeniedError(
-            "forging TCP segments needs CAP_NET_RAW in the socket's network namespace "
-            "(run sockdoctor as root)") from exc
-
-
-class RawSender:
-    """Sends whole IP packets (our own header) through an IPPROTO_RAW socket."""
-
-    def __init__(self, family: int) -> None:
-        self.family = family
-        self.sock = _raw_socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
-
-    def send(self, seg: Segment, scope_id: int = 0) -> None:
-        """scope_id: the interface index a link-local IPv6 destination needs."""
-        if self.family == socket.AF_INET6:
-            scope = scope_id if ipaddress.IPv6Address(seg.dst).is_link_local else 0
-            self.sock.sendto(build(seg), (seg.dst, 0, 0, scope))
-        else:
-            self.sock.sendto(build(seg, random.getrandbits(16)), (seg.dst, 0))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _ifindex(ifname: str | None) -> int:
-    if not ifname:
-        return 0
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
-        return 0
-
-
-# --- capturing ----------------------------------------------------------------
-
-BPF_LD_W, BPF_LD_H, BPF_LD_B = 0x20, 0x28, 0x30  # absolute loads
-BPF_LDX_MSH, BPF_LD_H_IND = 0xB1, 0x48  # x = 4*([k]&0xf); a = half at [x+k]
-BPF_JEQ, BPF_RET = 0x15, 0x06
-BPF_ACCEPT = 0x40000
-SKF_AD_PROTOCOL = 0xFFFFF000  # SKF_AD_OFF + 0: the skb's EtherType, host order
-
-
-def bpf_program(src: str, dst: str, sport: int, dport: int) -> list[tuple[int, int, int, int]]:
-    """Classic BPF that keeps only TCP from src:sport to dst:dport.
-
-    Offsets count from the IP header: a SOCK_DGRAM packet socket hands the
-    filter the packet without its link-layer header (lo and veth alike); the
-    first test reads the EtherType from the skb, since an ETH_P_ALL socket
-    gets every protocol. IPv6 extension headers are not followed here; they
-    are rare on TCP and the Python-side check is the one that decides.
-    """
-    if ":" in src:
-        steps = [(BPF_LD_H, SKF_AD_PROTOCOL, ETH_P_IPV6), (BPF_LD_B, 6, IPPROTO_TCP)]
-        steps += _word_steps(8, socket.inet_pton(socket.AF_INET6, src))
-        steps += _word_steps(24, socket.inet_pton(socket.AF_INET6, dst))
-        steps += [(BPF_LD_H, 40, sport), (BPF_LD_H, 42, dport)]
-    else:
-        steps = [(BPF_LD_H, SKF_AD_PROTOCOL, ETH_P_IP), (BPF_LD_B, 9, IPPROTO_TCP)]
-        steps += _word_steps(12, socket.inet_pton(socket.AF_INET, src))
-        steps += _word_steps(16, socket.inet_pton(socket.AF_INET, dst))
-        steps += [(BPF_LDX_MSH, 0, None), (BPF_LD_H_IND, 0, sport), (BPF_LD_H_IND, 2, dport)]
-    return _assemble(steps)
-
-
-def _word_steps(offset: int, raw: bytes) -> list[tuple[int, int, int | None]]:
-    return [(BPF_LD_W, offset + i, int.from_bytes(raw[i:i + 4], "big"))
-            for i in range(0, len(raw), 4)]
-
-
-def _assemble(steps: list[tuple[int, int, int | None]]) -> list[tuple[int, int, int, int]]:
-    """Each step loads, then (if it has a value) jumps to the reject when unequal."""
-    length = sum(1 if value is None else 2 for _, _, value in steps)
-    reject = length + 1
-    prog: list[tuple[int, int, int, int]] = []
-    for code, k, value in steps:
-        prog.append((code, 0, 0, k))
-        if value is not None:
-            prog.append((BPF_JEQ, 0, reject - len(prog) - 1, value))
-    prog += [(BPF_RET, 0, 0, BPF_ACCEPT), (BPF_RET, 0, 0, 0)]
-    return prog
-
-
-def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
-    code = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))  # struct sock_fprog
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-class Capture:
-    """Segments one socket sends towards its peer, read off one interface (or all).
-
-    Reusable: target() swaps the filter for another 4-tuple. Opening and
-    closing a packet socket each wait for an RCU grace period in the kernel
-    (milliseconds), which dominates the cost of a kill when done per socket.
-    """
-
-    def __init__(self, ifname: str | None) -> None:
-        self.ifname = ifname
-        self.local: tuple[str, int] = ("0.0.0.0", 0)
-        self.peer: tuple[str, int] = ("0.0.0.0", 0)
-        # ETH_P_ALL: packets a host sends reach only taps registered for every
-        # protocol (dev_queue_xmit_nit); an ETH_P_IP socket sees arrivals only.
-        # With an interface, open with protocol 0 (receiving nothing) and bind
-        # once the filter is in place: no unfiltered burst, no re-registration.
-        proto = 0 if ifname else socket.htons(ETH_P_ALL)
-        self.sock = _raw_socket(socket.AF_PACKET, socket.SOCK_DGRAM, proto)
-        try:
-            attach_filter(self.sock, [(BPF_RET, 0, 0, 0)])
-            if ifname:
-                self.sock.bind((ifname, ETH_P_ALL))
-            self.sock.setblocking(False)
-        except OSError:
-            self.sock.close()
-            raise
-
-    def target(self, local: tuple[str, int], peer: tuple[str, int]) -> None:
-        """Capture local -> peer from now on (and nothing queued before)."""
-        self.local, self.peer = local, peer
-        attach_filter(self.sock, bpf_program(local[0], peer[0], local[1], peer[1]))
-        self.drain()
-
-    def drain(self) -> None:
-        """Forget what arrived so far: only answers to what we send next count."""
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.sock.recv(65536)
-
-    def next_ack(self, timeout: float) -> Segment | None:
-        """The next ACK-bearing segment local -> peer, or None after timeout seconds."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
-                break
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                continue
-            seg = answer_in(data, self.local, self.peer)
-            if seg is not None:
-                return seg
-        return None
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def answer_in(data: bytes, local: tuple[str, int], peer: tuple[str, int]) -> Segment | None:
-    """The segment in a captured packet if local sent it to peer and it carries an ACK.
-
-    Any such segment will do, not only the answer to our provocation: each
-    one carries the socket's current rcv_nxt. SYN and RST segments do not.
-    """
-    try:
-        seg = parse(data)
-    except PacketError:
-        return None
-    if (seg.sport, seg.dport) != (local[1], peer[1]):
-        return None
-    if not (_same(seg.src, local[0]) and _same(seg.dst, peer[0])):
-        return None
-    if not seg.flags & TH_ACK or seg.flags & (TH_SYN | TH_RST):
-        return None
-    return seg
-
-
-def _same(a: str, b: str) -> bool:
-    return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-
-
-# --- kernel look-ups -------------------------------------------------------------
-
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-RTA_DST, RTA_SRC, RTA_OIF = 1, 2, 4
-RTMSG = struct.Struct("=BBBBBBBBI")
 NO_COOKIE = 0xFFFFFFFFFFFFFFFF  # INET_DIAG_NOCOOKIE: match any socket
 
 
-def route_interface(dst: str, src: str) -> str | None:
-    """The interface the kernel would send dst-bound packets from src out of.
-
-    One RTM_GETROUTE (what `ip route get DST from SRC` asks); "lo" when dst is
-    an address of this namespace. None when there is no route.
-    """
-    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    raw_dst, raw_src = socket.inet_pton(family, dst), socket.inet_pton(family, src)
-    bits = len(raw_dst) * 8
-    body = (RTMSG.pack(family, bits, bits, 0, 0, 0, 0, 0, 0)
-            + _rtattr(RTA_DST, raw_dst) + _rtattr(RTA_SRC, raw_src))
-    msg = sockdiag.NLMSGHDR.pack(sockdiag.NLMSG_HDRLEN + len(body), RTM_GETROUTE,
-                                 sockdiag.NLM_F_REQUEST, 1, 0) + body
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
-        nl.settimeout(2.0)
-        nl.send(msg)
-        data = nl.recv(65536)
-    oif = parse_route_reply(data)
-    if oif is None:
-        return None
-    try:
-        return socket.if_indextoname(oif)
-    except OSError:
-        return None
-
-
-def _rtattr(kind: int, payload: bytes) -> bytes:
-    attr = sockdiag.RTATTR.pack(4 + len(payload), kind) + payload
-    return attr + b"\0" * (-len(attr) % 4)
-
-
-def parse_route_reply(data: bytes) -> int | None:
-    """RTA_OIF of the first RTM_NEWROUTE message, None for an error reply."""
-    if len(data) < sockdiag.NLMSG_HDRLEN:
-        return None
-    length, msg_type, _, _, _ = sockdiag.NLMSGHDR.unpack_from(data)
-    if msg_type != RTM_NEWROUTE or length > len(data):
-        return None
-    start = sockdiag.NLMSG_HDRLEN + RTMSG.size
-    try:
-        for kind, value in sockdiag.iter_attrs(data, start, length):
-            if kind == RTA_OIF and len(value) >= 4:
-                return int.from_bytes(value[:4], "little")
-    except sockdiag.NetlinkParseError:
-        return None
-    return None
-
+# --- is the socket still there? ----------------------------------------------
 
 def socket_state(local: tuple[str, int], peer: tuple[str, int],
                  cookie: int | None = None) -> int | None:
@@ -480,10 +71,9 @@ def socket_state(local: tuple[str, int], peer: tuple[str, int],
     cookie, a different socket that took over the 4-tuple counts as none.
     """
     family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
-    sockid = (struct.pack("!HH", local[1], peer[1])
-              + socket.inet_pton(family, local[0]).ljust(16, b"\0")
-              + socket.inet_pton(family, peer[0]).ljust(16, b"\0")
-              + sockdiag.SOCKID_TAIL.pack(0, NO_COOKIE if cookie is None else cookie))
+    wanted = Socket(0, family, 0, local[0], local[1], peer[0], peer[1], 0,
+                    NO_COOKIE if cookie is None else cookie, 0, 0, 0)
+    sockid = sockdiag.sockid(wanted)
     request = sockdiag.build_request(family, ALL_STATES_MASK, 0, 1,
                                      sockdiag.SOCK_DIAG_BY_FAMILY, sockdiag.NLM_F_REQUEST,
                                      sockid)
@@ -521,6 +111,8 @@ def parse_state_reply(data: bytes, peer_id: bytes) -> int | None:
     return data[hdr + 1]
 
 
+# --- the kill ---------------------------------------------------------------------
+
 def _tcp_ext() -> dict[str, int]:
     return procfs.read_counters().get("TcpExt", {})
 
@@ -529,8 +121,6 @@ def _sysctl(name: str, default: int) -> int:
     value = procfs.read_int_file(f"/proc/sys/net/ipv4/{name}")
     return default if value is None else value
 
-
-# --- the kill ---------------------------------------------------------------------
 
 @dataclass
 class RstResult:
@@ -625,7 +215,7 @@ class RstKiller:
             result.ifname = ifname or route_interface(peer[0], local[0])
             capture = self._capture(result.ifname)
             capture.target(local, peer)
-            tools = _Tools(sender, capture, _ifindex(result.ifname), cookie)
+            tools = _Tools(sender, capture, interface_index(result.ifname), cookie)
             _run(result, tools, also_peer, timeout, attempts)
         finally:
             result.elapsed = time.monotonic() - started
@@ -721,7 +311,7 @@ def _attempt(result: RstResult, tools: _Tools, kind: str, timeout: float,
             result.outcome = "killed"
             return True
     except OSError as exc:  # e.g. the local address is no longer configured
-        result.notes.append(f"{kind}: cannot send to {_join(*result.local)}: "
+        result.notes.append(f"{kind}: cannot send to {endpoint_text(*result.local)}: "
                             f"{exc.strerror or exc}")
         return True
     result.outcome = "survived"
