@@ -20,7 +20,15 @@ from sockdoctor import ssfilter
 from sockdoctor.errors import FilterSyntaxError, NotFoundError, PermissionDeniedError
 from sockdoctor.model import Socket, TcpState
 from sockdoctor.query import Query
-from sockdoctor.ssfilter import SS_ALL, SS_CONN, parse, read_filter_file, states_from_names
+from sockdoctor.ssfilter import (
+    SS_ALL,
+    SS_CONN,
+    evaluate,
+    leaves,
+    parse,
+    read_filter_file,
+    states_from_names,
+)
 
 LOCALHOST = [ssfilter.Prefix(socket.AF_INET, 32, 0x7F000001 << 96),
              ssfilter.Prefix(socket.AF_INET6, 128, 1)]
@@ -71,7 +79,7 @@ def test_words_are_split_again_on_spaces_and_tabs() -> None:
 
 def test_backslash_escapes_the_next_character() -> None:
     assert str(parse([r"\( sport = \:80 \)"]).expr) == "sport = :80"
-    tokens = ssfilter._split_word(r"a\ b c\\", 10)
+    tokens = ssfilter.tokens.split_word(r"a\ b c\\", 10)
     assert [(t.text, t.pos) for t in tokens] == [("a b", 10), ("c\\", 15)]
 
 
@@ -324,7 +332,7 @@ def test_match_quirks(text: str, sock: Socket, expected: bool) -> None:
 
 
 def test_autobound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ssfilter, "_ephemeral", (32768, 60999))
+    monkeypatch.setattr(leaves, "_ephemeral", (32768, 60999))
     client = sk("127.0.0.1", 40000)
     server_side = sk("127.0.0.1", 80)
     listener = sk("127.0.0.1", 40000, state=TcpState.LISTEN)
@@ -341,7 +349,7 @@ def test_dev_turns_off_the_kernel_verdict() -> None:
 
 
 def test_address_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ssfilter, "_CACHE_LIMIT", 4)
+    monkeypatch.setattr(leaves, "_CACHE_LIMIT", 4)
     expr = parse(["src", "10.0.0.0/8"]).expr
     assert expr is not None
     results = [expr.match(sk(f"10.0.0.{i}", 1)) for i in range(20)]
@@ -383,7 +391,7 @@ def test_filter_file_errors(tmp_path: pytest.TempPathFactory) -> None:
 def test_filter_file_permission(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a: object, **_k: object) -> None:
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(ssfilter, "open", refuse, raising=False)
+    monkeypatch.setattr(ssfilter.tokens, "open", refuse, raising=False)
     with pytest.raises(PermissionDeniedError):
         read_filter_file("/some/file")
 
@@ -537,6 +545,6 @@ def test_both_verdict_modes_agree_where_they_cannot_differ(data: st.DataObject) 
     cond = data.draw(expressions())
     expr = parse(cond.text.split(" ")).expr
     assert expr is not None
-    paired = ssfilter._compile_pair(expr.tree, set())  # force the two-bit path everywhere
+    paired = evaluate._compile_pair(expr.tree, set())  # force the two-bit path everywhere
     for s in data.draw(st.lists(SOCKETS, min_size=1, max_size=5)):
         assert (paired(s) == ssfilter.BOTH) is expr.match(s)

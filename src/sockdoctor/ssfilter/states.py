@@ -1,0 +1,66 @@
+"""TCP state names and groups, as ss spells them after `state`/`exclude`, plus --state's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import FilterSyntaxError
+from ..model import TcpState
+
+SS_ALL = (1 << 12) - 1  # ss's mask: bit 0 (its "unknown") up to CLOSING
+SS_CONN = SS_ALL & ~((1 << TcpState.LISTEN) | (1 << TcpState.CLOSE)
+                     | (1 << TcpState.TIME_WAIT) | (1 << TcpState.SYN_RECV))
+
+_SS_STATE_NAMES: dict[str, int] = {
+    "unknown": 1,
+    "established": 1 << TcpState.ESTABLISHED,
+    "syn-sent": 1 << TcpState.SYN_SENT,
+    "syn-recv": 1 << TcpState.SYN_RECV,
+    "syn-rcv": 1 << TcpState.SYN_RECV,
+    "fin-wait-1": 1 << TcpState.FIN_WAIT1,
+    "fin-wait-2": 1 << TcpState.FIN_WAIT2,
+    "time-wait": 1 << TcpState.TIME_WAIT,
+    "close": 1 << TcpState.CLOSE,
+    "closed": 1 << TcpState.CLOSE,
+    "unconnected": 1 << TcpState.CLOSE,
+    "close-wait": 1 << TcpState.CLOSE_WAIT,
+    "last-ack": 1 << TcpState.LAST_ACK,
+    "listening": 1 << TcpState.LISTEN,
+    "closing": 1 << TcpState.CLOSING,
+    "all": SS_ALL,
+    "connected": SS_ALL & ~((1 << TcpState.CLOSE) | (1 << TcpState.LISTEN)),
+    "synchronized": SS_ALL & ~((1 << TcpState.CLOSE) | (1 << TcpState.LISTEN)
+                               | (1 << TcpState.SYN_SENT)),
+    "bucket": (1 << TcpState.SYN_RECV) | (1 << TcpState.TIME_WAIT),
+    "big": SS_ALL & ~((1 << TcpState.SYN_RECV) | (1 << TcpState.TIME_WAIT)),
+}
+
+# Friendlier spellings for --state (not accepted after `state`, as in ss).
+_STATE_ALIASES: dict[str, int] = {
+    "estab": 1 << TcpState.ESTABLISHED,
+    "listen": 1 << TcpState.LISTEN,
+    "unconn": 1 << TcpState.CLOSE,
+    "fin-wait1": 1 << TcpState.FIN_WAIT1,
+    "fin-wait2": 1 << TcpState.FIN_WAIT2,
+}
+
+STATE_HELP = ("established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, "
+              "close-wait, last-ack, listening, closing, or a group: all, connected, "
+              "synchronized, bucket, big")
+
+
+def scan_state(name: str) -> int | None:
+    """The mask ss gives a state name after `state`/`exclude` (any case), or None."""
+    return _SS_STATE_NAMES.get(name.lower())
+
+
+def states_from_names(names: Sequence[str]) -> int:
+    """Mask for --state values: ss's names plus estab/listen/CLOSE_WAIT style spellings."""
+    mask = 0
+    for name in names:
+        key = name.strip().lower().replace("_", "-")
+        bits = _SS_STATE_NAMES.get(key, _STATE_ALIASES.get(key))
+        if bits is None:
+            raise FilterSyntaxError(f"'{name}' is not a TCP state; use one of {STATE_HELP}")
+        mask |= bits
+    return mask
