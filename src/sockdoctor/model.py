@@ -247,12 +247,6 @@ class Socket(msgspec.Struct, gc=False):
     def tcp_state(self) -> TcpState:
         return TcpState(self.state)
 
-    @property
-    def identity(self) -> tuple[int, int, str, int, str, int, int, int]:
-        """What must still match before any destructive action."""
-        return (self.netns, self.family, self.local_addr, self.local_port,
-                self.peer_addr, self.peer_port, self.inode, self.cookie)
-
     def owner_note(self) -> str:
         """Why a socket may legitimately have no owning file descriptor."""
         if self.owners:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -265,11 +265,6 @@ def _bring_up(lab: Lab) -> None:
         raise ScenarioError(f"could not build the lab network: {exc}") from exc
 
 
-def in_netns(host: Host, fn: Callable[[], Any]) -> Any:
-    """Call fn() on a thread inside the host's namespace (sockets it opens live there)."""
-    return host.run(fn)
-
-
 def probe(host: Host, addr: str, port: int, timeout: float,
           request: bytes = b"GET /health HTTP/1.0\r\n\r\n") -> str:
     """One request from inside `host`.
@@ -287,7 +282,7 @@ def probe(host: Host, addr: str, port: int, timeout: float,
         return "busy" if data.startswith(b"busy") else "answered"
 
     try:
-        return in_netns(host, attempt)
+        return host.run(attempt)
     except TimeoutError:
         return "timed out"
     except OSError as exc:

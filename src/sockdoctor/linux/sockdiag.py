@@ -300,8 +300,6 @@ class DumpParser:
     # size, and each later message only has the headers it needs re-checked.
 
     def _attributes(self, sk: Socket, data: bytes | memoryview, start: int, end: int) -> None:
-        if self.opts.only_age and not (1 << sk.state) & AGED_STATES:
-            return
         size = end - start
         layout = self._layouts.get(size)
         if layout is None or not _same_headers(layout, data, start):

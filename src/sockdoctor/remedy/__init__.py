@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..linux import netns as netns_mod
 from ..linux import pidfd, procfs, sockdiag
-from ..model import Process, Snapshot, Socket, TcpState, state_mask
+from ..model import Snapshot, Socket, TcpState, state_mask
 from . import methods, verify
 from .audit import DEFAULT_PATH, AuditLog
 from .plan import METHODS, Capabilities, Plan, PlanItem, build, dead_fd_items
@@ -224,7 +224,3 @@ def _audit_entry(item: PlanItem, outcome: Outcome) -> dict:
     else:
         entry.update(inode=item.dead_inode, state="dead-fd")
     return entry
-
-
-def owners_of(snapshot: Snapshot, sk: Socket) -> list[Process]:
-    return [snapshot.processes[o.pid] for o in sk.owners if o.pid in snapshot.processes]

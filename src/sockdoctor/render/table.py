@@ -32,18 +32,6 @@ class Columns:
         return self.info or self.mem or self.extended or self.timers
 
 
-def _endpoints(socks: list[Socket], peer: bool) -> list[str]:
-    out = []
-    for sk in socks:
-        if peer:
-            addr, port = sk.peer_addr, sk.peer_port
-            port_text = str(port) if port else "*"
-        else:
-            addr, port_text = sk.local_addr, str(sk.local_port)
-        out.append(f"[{addr}]:{port_text}" if sk.family == 10 else f"{addr}:{port_text}")
-    return out
-
-
 def render(snapshot: Snapshot, cols: Columns) -> Iterator[str]:
     """Lines of the table, header first; widths fitted to the content."""
     socks = snapshot.sockets
@@ -53,8 +41,8 @@ def render(snapshot: Snapshot, cols: Columns) -> Iterator[str]:
         [SS_COLUMN_NAMES.get(sk.state, "?") for sk in socks],
         [str(sk.recv_q) for sk in socks],
         [str(sk.send_q) for sk in socks],
-        _endpoints(socks, peer=False),
-        _endpoints(socks, peer=True),
+        [fmt.endpoint(sk.local_addr, sk.local_port, sk.family) for sk in socks],
+        [fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True) for sk in socks],
     ]
     if cols.netns:
         header.append("Netns")
