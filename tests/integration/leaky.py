@@ -15,6 +15,23 @@ from conftest import Script
 from sockdoctor import inventory
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 
+# The server programs' worker thread: answers "ping" on registered connections
+# and, on EOF, forgets the connection without closing it (the leak). It expects
+# `ep` (an epoll object), `conns` (fd -> socket) and `emit` in the program.
+SERVE = """def serve():
+    try:
+        while True:
+            for fd, _ in ep.poll():
+                data = conns[fd].recv(100)
+                if data.startswith(b"ping"):
+                    conns[fd].sendall(b"pong")
+                else:
+                    ep.unregister(fd)
+                    emit({"eof": fd})
+    except Exception as exc:
+        emit({"error": repr(exc)})
+"""
+
 
 def connect(lab: Lab, port: int, addr: str = SERVER_V4) -> socket.socket:
     """A client socket made in the client namespace, connected across the veth pair."""

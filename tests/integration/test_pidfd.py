@@ -37,19 +37,7 @@ srv.listen(64)
 conns, keep = {{}}, []
 ep = select.epoll()
 
-def serve():
-    try:
-        while True:
-            for fd, _ in ep.poll():
-                data = conns[fd].recv(100)
-                if data.startswith(b"ping"):
-                    conns[fd].sendall(b"pong")
-                else:
-                    ep.unregister(fd)  # EOF: forget it, never close it (the leak)
-                    emit({{"eof": fd}})
-    except Exception as exc:
-        emit({{"error": repr(exc)}})
-
+{leaky.SERVE}
 def reader(fd):
     emit({{"reader_got": conns[fd].recv(100).decode()}})
 

@@ -43,19 +43,7 @@ conns, keep, pairs = {{}}, [], {{}}
 ep = select.epoll()
 signal.signal(signal.SIGUSR1, lambda *_: emit({{"usr1": True}}))
 
-def serve():
-    try:
-        while True:
-            for fd, _ in ep.poll():
-                data = conns[fd].recv(100)
-                if data.startswith(b"ping"):
-                    conns[fd].sendall(b"pong")
-                else:
-                    ep.unregister(fd)  # EOF: forget it, never close it (the leak)
-                    emit({{"eof": fd}})
-    except Exception as exc:
-        emit({{"error": repr(exc)}})
-
+{leaky.SERVE}
 def blocker(kind, a):
     emit({{"blocker": kind, "tid": threading.get_native_id()}})
     try:
