@@ -312,3 +312,17 @@ def test_json_written_in_chunks_is_one_valid_document(mixed: Snapshot, chunk: in
     jsonout.write_json(mixed, pieces, chunk=chunk)
     assert json.loads(pieces.getvalue()) == json.loads(whole.getvalue())
     assert len(json.loads(pieces.getvalue())["sockets"]) == len(mixed.sockets) > 2
+
+
+def test_untrusted_text_never_reaches_the_terminal_raw() -> None:
+    from sockdoctor.render.fmt import untrusted
+
+    assert untrusted("nginx: worker") == "nginx: worker"
+    assert untrusted("café") == "café"
+    hostile = "\x1b[31mRED\nroot\tx\r\x9b\x7f"
+    escaped = untrusted(hostile)
+    assert escaped == "\\x1b[31mRED\\nroot\\tx\\r\\x9b\\x7f"
+    assert escaped.isprintable()
+    assert untrusted(b"py\xff\xfe".decode("utf-8", "surrogateescape")) == "py\\xff\\xfe"
+    assert untrusted("a\\x1b") == "a\\\\x1b"  # a literal backslash cannot fake an escape
+    assert untrusted("\u200b") == "\\u200b"
