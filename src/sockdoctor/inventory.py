@@ -9,11 +9,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import NotFoundError, PermissionDeniedError
+from .errors import PermissionDeniedError
 from .linux import netns as netns_mod
 from .linux import procfs, sockdiag
 from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
 from .query import Query
+from .render.fmt import untrusted
+from .selectors import unknown_netns, unknown_pids, unknown_process
 
 Progress = Callable[[str], None]
 
@@ -34,7 +36,6 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
     info: decode tcp_info and the congestion control for each socket.
     age: fetch only the age estimate (tcp_info's last-ACK-received).
-    attrs: shutdown state, cgroup id and mark of each socket (ls -e).
     extended: decode what `ss -e` adds: shutdown state, cgroup id, mark.
     evidence: also collect what the doctor needs: sysctls, counters, thread
         states of owning processes, descriptors of dead TCP sockets.
@@ -49,9 +50,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     say = progress or (lambda _msg: None)
     wanted = netns if netns is not None else query.netns
     warnings: list[str] = []
-    missing = [pid for pid in sorted(query.pids) if not procfs.pid_exists(pid)]
-    if missing:
-        raise NotFoundError(f"no process {', '.join(map(str, missing))}")
+    check_selection(query)
 
     namespaces, all_namespaces = _namespaces(wanted, warnings)
     need_owners = owners or query.needs_owners or evidence
@@ -115,6 +114,20 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     )
 
 
+def check_selection(query: Query) -> None:
+    """--pid and --process must name a running process: else exit 3, with a hint.
+
+    Checked before any scan, in every command (ls, doctor, kill, snapshot).
+    """
+    missing = [pid for pid in sorted(query.pids) if not procfs.pid_exists(pid)]
+    if missing:
+        raise unknown_pids(missing, " is running")
+    if query.process:
+        names = procfs.process_names()
+        if not any(query.match_process(proc) for proc in names):
+            raise unknown_process(query.process, (p.comm for p in names), " is running")
+
+
 def _kernel_filter(query: Query, evidence: bool) -> bytes:
     """An in-kernel port filter for --port, so a narrow question dumps only its sockets.
 
@@ -152,11 +165,11 @@ def _namespaces(wanted: str, warnings: list[str]
     selected = netns_mod.select(found, wanted)
     if not selected and os.geteuid() != 0:
         raise PermissionDeniedError(
-            f"no network namespace '{wanted}' is visible to this user: finding and entering "
+            f"--netns: no network namespace '{untrusted(wanted)}' is visible to this user: "
+            "finding and entering "
             "other namespaces needs root")
     if not selected:
-        names = ", ".join(ns.name for ns in found)
-        raise NotFoundError(f"no network namespace called '{wanted}' (known: {names})")
+        raise unknown_netns(wanted, found)
     if os.geteuid() != 0:
         own = netns_mod.current_inode()
         # Without root other namespaces cannot even be seen reliably, so "all"
@@ -167,7 +180,8 @@ def _namespaces(wanted: str, warnings: list[str]
         selected = [ns for ns in selected if ns.inode == own] or selected[:0]
         if not selected:
             raise PermissionDeniedError(
-                f"entering network namespace '{wanted}' needs root (CAP_SYS_ADMIN)")
+                f"--netns: entering network namespace '{untrusted(wanted)}' needs root "
+                "(CAP_SYS_ADMIN)")
     return selected, found
 
 

@@ -281,6 +281,7 @@ class Process(msgspec.Struct, kw_only=True):
     uid: int = -1
     user: str = ""
     state: str = ""
+    ppid: int = 0  # the parent: prefork workers share the listener owner as parent
     cgroup: str = ""
     container: str = ""
     netns: int = 0

@@ -225,7 +225,9 @@ def _balanced(pids: list[int], parts: int) -> list[list[int]]:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # surrogateescape: names and command lines are bytes any user chooses; bytes
+    # that are not UTF-8 survive exactly (render.fmt.untrusted, jsontext).
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
 
 
@@ -260,6 +262,19 @@ def container_id(cgroup: str) -> str:
     return ""
 
 
+def process_names() -> list[Process]:
+    """Every process's pid, name and command line (what `--process` is matched against)."""
+    out = []
+    for pid in list_pids():
+        try:
+            comm = _read(f"{PROC}/{pid}/comm").rstrip("\n")
+            cmdline = [part for part in _read(f"{PROC}/{pid}/cmdline").split("\0") if part]
+        except OSError:
+            continue
+        out.append(Process(pid=pid, comm=comm, cmdline=cmdline))
+    return out
+
+
 def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process | None:
     """Facts about one process, or None if it is gone."""
     base = f"{PROC}/{pid}"
@@ -269,9 +284,9 @@ def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process 
         uid = os.stat(base).st_uid
     except OSError:
         return None
-    state = stat[stat.rfind(")") + 2:].split(" ", 1)[0]
+    state, ppid = [*stat[stat.rfind(")") + 2:].split(" ", 2), "", ""][:2]
     proc = Process(pid=pid, comm=comm, uid=uid, user=user_name(uid), state=state,
-                   fd_count=fd_count)
+                   ppid=int(ppid) if ppid.isdigit() else 0, fd_count=fd_count)
     try:
         raw = _read(f"{base}/cmdline")
         proc.cmdline = [part for part in raw.split("\0") if part]
