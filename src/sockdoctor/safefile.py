@@ -71,6 +71,20 @@ def write(path: str, data: bytes, what: str = "the snapshot") -> None:
         raise
 
 
+def check(path: str, what: str = "the snapshot") -> None:
+    """Refuse a target `write` would refuse, before the work that produces the data."""
+    if path == STDIO:
+        return
+    _target(path, what)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise NotFoundError(f"cannot write {what} to {path}: no such directory {directory}")
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        raise _error(OSError(errno.EROFS, "read-only"), path, what, None)
+    if not os.access(directory, os.W_OK):
+        raise _error(OSError(errno.EACCES, "denied"), path, what, None)
+
+
 def read(path: str, what: str = "snapshot file") -> bytes:
     """The bytes of `path` ("-": stdin); a regular file, a pipe or stdin, nothing else."""
     if path == STDIO:

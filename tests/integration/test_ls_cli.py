@@ -87,7 +87,7 @@ def test_snapshot_then_ls_from_gives_the_same_sockets(net: Net, tmp_path: Path,
     path = tmp_path / name
     made = sockdoctor_cli("snapshot", "-o", str(path), "--netns", net.ns)
     assert made.returncode == 0, made.stderr
-    assert re.search(r"wrote \d+ sockets, \d+ processes, 1 namespaces", made.stderr)
+    assert re.search(r"wrote 3 sockets, 1 process, 1 network namespace to ", made.stderr)
     live = ls_json("-p", "--netns", net.ns)
     saved = ls_json("-p", "--from", str(path))
     assert identities(saved["sockets"]) == identities(live["sockets"])
@@ -113,7 +113,7 @@ def test_snapshot_then_ls_from_gives_the_same_sockets(net: Net, tmp_path: Path,
 
 
 def test_snapshot_output_errors(net: Net, tmp_path: Path) -> None:
-    one_sentence(sockdoctor_cli("snapshot", "-o", str(tmp_path), "--netns", net.ns), 2)
+    one_sentence(sockdoctor_cli("snapshot", "-o", str(tmp_path), "--netns", net.ns), 7)
     one_sentence(sockdoctor_cli("snapshot", "-o", str(tmp_path / "no" / "such.json"),
                                 "--netns", net.ns), 3)
     assert os.listdir(tmp_path) == []  # no temporary file left behind

@@ -129,8 +129,8 @@ def test_failed_write_leaves_no_temporary_file(tmp_path: Path,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(WriteError, match="no space left on the device.*existing file is "
-                                         "unchanged"):
+    with pytest.raises(WriteError, match=r"no space left on the device.*existing file is "
+                                         r"unchanged"):
         snapshot_io.save(full_snapshot(), str(target))
     assert os.listdir(tmp_path) == ["snap.json"]
     assert target.read_text() == "the previous snapshot"  # never half-written

@@ -47,16 +47,12 @@ def select(snapshot: Snapshot, query: Query, *, strict: bool = True,
     """The part of `snapshot` the doctor should judge for `query`.
 
     Namespaces are chosen by `query.netns` (Query.namespaces_in). strict: a
-    --netns, --pid or --process that names nothing in the snapshot is a
-    NotFoundError (the previous sample of a trend is read leniently). Without
-    a narrowing filter every socket of those namespaces is kept and the scope
-    is None.
+    --netns that names nothing in the snapshot is a NotFoundError (the
+    previous sample of a trend is read leniently). Without a narrowing filter
+    every socket of those namespaces is kept and the scope is None.
     """
-    if strict:
-        query.check_processes(snapshot)
-        namespaces = query.namespaces_in(snapshot)
-    else:
-        namespaces = _lenient_namespaces(snapshot, query)
+    namespaces = (query.namespaces_in(snapshot) if strict
+                  else _lenient_namespaces(snapshot, query))
     everywhere = len(namespaces) == len(snapshot.namespaces)
     inodes = {ns.inode for ns in namespaces}
     in_ns = snapshot.sockets if everywhere else [sk for sk in snapshot.sockets

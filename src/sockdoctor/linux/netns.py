@@ -65,9 +65,7 @@ def discover() -> tuple[list[NsRef], int]:
     Returns the namespaces and how many processes could not be inspected
     (without root, other users' namespaces are invisible).
     """
-    # Without root PID 1 and 2 are not inspectable: the namespace we run in is
-    # then the best guess at "the host" (an unprivileged user nearly always is).
-    host = host_inode() or current_inode()
+    host = host_inode()
     found: dict[int, NsRef] = {}
     for run_dir in NETNS_RUN_DIRS:
         try:
@@ -82,6 +80,10 @@ def discover() -> tuple[list[NsRef], int]:
                 continue
             if inode != host and inode not in found:
                 found[inode] = NsRef(inode, name, "named", path)
+    own = current_inode()
+    # Without root PID 1 and 2 are not inspectable: the namespace we run in is
+    # then the best guess at "the host" (unless `ip netns` names it).
+    host = own if host is None else host
     denied = 0
     for pid in procfs.list_pids():
         path = f"/proc/{pid}/ns/net"
@@ -98,7 +100,6 @@ def discover() -> tuple[list[NsRef], int]:
             found[inode] = NsRef(inode, "host", "host", path, pid)
         else:
             found[inode] = _process_ns(inode, pid, path)
-    own = current_inode()
     if own not in found:
         kind = "host" if own == host else "current"
         found[own] = NsRef(own, kind, kind, "/proc/thread-self/ns/net", os.getpid())
