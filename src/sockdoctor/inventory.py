@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import PermissionDeniedError
+from .linux import deadsock, procfs, sockdiag
 from .linux import netns as netns_mod
-from .linux import procfs, sockdiag
 from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
 from .query import Query
 from .render.fmt import untrusted
@@ -90,8 +90,9 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
             keep = {o.pid for sk in sockets for o in sk.owners}
             processes = {pid: p for pid, p in processes.items() if pid in keep}
         if evidence:
-            dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in dumped},
-                                           {ns.inode for ns in netns_records if not ns.error})
+            dead_fds = deadsock.inspect_all(procfs.dead_tcp_fds(
+                owner_map, {sk.inode for sk in dumped},
+                {ns.inode for ns in netns_records if not ns.error}))
             for pid in {d.pid for d in dead_fds} - processes.keys():
                 proc = procfs.process_info(pid, owner_map.fd_counts.get(pid, 0), threads=True)
                 if proc is not None:

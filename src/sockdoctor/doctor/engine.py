@@ -38,8 +38,38 @@ def diagnose(snapshot: Snapshot, previous: Snapshot | None = None, *,
     if scope is not None:
         findings = [f for f in findings if scope.covers(f)]
     findings.sort(key=sort_key)
-    return Report(findings=findings, summary=_summary(ctx, findings),
-                  snapshot=_meta(ctx), limits=_limits(ctx))
+    return Report(findings=causes_first(findings), summary=_summary(ctx, findings),
+                  snapshot=_meta(ctx), limits=_limits(ctx), notes=ctx.notes)
+
+
+# A finding about the other end of a connection, and the rules that name its cause.
+CONSEQUENCES = {"fin-wait-2-pileup": ("never-closed", "client-pool-dead-connections")}
+
+
+def causes_first(findings: list[Finding]) -> list[Finding]:
+    """Move each cause just before its consequence, whatever their severities.
+
+    A FIN-WAIT-2 pile-up whose other end is in the snapshot exists because
+    that end's program never closes: its never-closed finding is the one to
+    read first, and its relief (covering every worker) relieves both.
+    """
+    out = list(findings)
+    for consequence in findings:
+        causes = CONSEQUENCES.get(consequence.rule)
+        peer = consequence.evidence.get("peer_pid")
+        if not causes or not isinstance(peer, int):
+            continue
+        ns = consequence.evidence.get("peer_netns_inode")
+        cause = next((f for f in out if f.rule in causes and f.netns_inode == ns
+                      and any(p.pid == peer for p in f.processes)), None)
+        if cause is None:
+            continue
+        if cause.relief:
+            consequence.relief, consequence.relief_argv = cause.relief, list(cause.relief_argv)
+        at, was = out.index(consequence), out.index(cause)
+        if was > at:
+            out.insert(at, out.pop(was))
+    return out
 
 
 def _summary(ctx: Context, findings: list[Finding]) -> Summary:

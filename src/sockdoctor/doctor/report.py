@@ -26,6 +26,11 @@ def render_text(report: Report, color: bool = False, width: int = 100) -> str:
     for f in report.findings:
         out.extend(_finding(f, paint, width))
         out.append("")
+    if report.notes:
+        out.append("seen, not (yet) a problem:")
+        for note in report.notes:
+            out.extend(_wrapped("-", untrusted(note), width, indent="  ", label_width=2))
+        out.append("")
     if report.limits:
         out.append(paint(_DIM, "not checked or guessed:"))
         out.extend(paint(_DIM, f"  - {untrusted(line)}") for line in report.limits)
@@ -53,7 +58,8 @@ def _header(report: Report) -> str:
 def _counts(report: Report, paint) -> str:
     s = report.summary
     if not report.findings:
-        return paint(_COLORS["info"], "healthy: nothing to report")
+        tail = "nothing stuck yet (see below)" if report.notes else "nothing to report"
+        return paint(_COLORS["info"], f"healthy: {tail}")
     # "2 warnings", but "2 critical" and "2 info": those read as adjectives.
     words = [paint(_COLORS[sev], plural(n, sev) if sev == "warning" else f"{n} {sev}")
              for sev, n in
@@ -77,11 +83,12 @@ def _finding(f: Finding, paint, width: int) -> list[str]:
     return lines
 
 
-def _wrapped(label: str, text: str, width: int, hang: int = 0) -> list[str]:
+def _wrapped(label: str, text: str, width: int, hang: int = 0, indent: str = _INDENT,
+             label_width: int = _LABEL) -> list[str]:
     if not text:
         return []
-    first = _INDENT + f"{label:<{_LABEL}}"
-    rest = _INDENT + " " * (_LABEL + hang)
+    first = indent + f"{label:<{label_width}}"
+    rest = indent + " " * (label_width + hang)
     return textwrap.wrap(text, width=max(width, 40), initial_indent=first,
                          subsequent_indent=rest, break_on_hyphens=False,
                          break_long_words=False)

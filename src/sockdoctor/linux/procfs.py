@@ -408,14 +408,16 @@ def netns_inode(pid: int) -> int:
 NET_SYSCTLS = (
     "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_tw_recycle",
-    "net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_max_orphans", "net.ipv4.tcp_orphan_retries",
+    "net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_orphan_retries",
     "net.ipv4.tcp_retries2", "net.ipv4.tcp_syn_retries", "net.ipv4.tcp_synack_retries",
     "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_syncookies", "net.ipv4.tcp_abort_on_overflow",
     "net.ipv4.ip_local_port_range", "net.ipv4.ip_local_reserved_ports",
     "net.ipv4.tcp_challenge_ack_limit", "net.ipv4.tcp_invalid_ratelimit",
     "net.core.somaxconn",
 )
-GLOBAL_SYSCTLS = ("fs.file-max", "fs.nr_open", "fs.file-nr", "net.ipv4.tcp_mem")
+# Host-wide ones: a network namespace other than the first has no such file.
+GLOBAL_SYSCTLS = ("fs.file-max", "fs.nr_open", "fs.file-nr", "net.ipv4.tcp_mem",
+                  "net.ipv4.tcp_max_orphans")
 
 
 def read_sysctls(names: Iterable[str]) -> dict[str, str]:
