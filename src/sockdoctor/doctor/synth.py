@@ -26,6 +26,7 @@ from ..model import (
     Process,
     Snapshot,
     Socket,
+    TcpInfo,
     TcpState,
     ThreadInfo,
 )
@@ -152,10 +153,19 @@ class SnapshotBuilder:
         listener.recv_q += n
         return socks
 
-    def dead_fd(self, pid: int, n: int = 1, protocol: str = "TCP") -> None:
+    def dead_fd(self, pid: int, n: int = 1, protocol: str = "TCP", *, peer: str = "",
+                local: str = "10.0.0.2:40000", error: bool | None = None,
+                info: TcpInfo | None = None) -> None:
+        """Dead descriptors; with `error` given, as inspected (peer "" = never connected)."""
+        laddr, _, lport = local.rpartition(":")
+        paddr, _, pport = peer.rpartition(":")
         for _ in range(n):
-            self.dead_fds.append(DeadSocketFd(pid=pid, fd=next(self._fds[pid]),
-                                              inode=next(self._inodes), protocol=protocol))
+            self.dead_fds.append(DeadSocketFd(
+                pid=pid, fd=next(self._fds[pid]), inode=next(self._inodes), protocol=protocol,
+                family=2 if error is not None else 0, local_addr=laddr if error is not None
+                else "", local_port=int(lport) if error is not None else 0,
+                peer_addr=paddr, peer_port=int(pport) if pport else 0, error_pending=error,
+                info=info if error is not None else None))
 
     def remove(self, socks: list[Socket]) -> None:
         gone = {id(sk) for sk in socks}
