@@ -77,8 +77,13 @@ def check(path: str, what: str = "the snapshot") -> None:
         return
     _target(path, what)
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise NotFoundError(f"cannot write {what} to {path}: no such directory {directory}")
+    try:
+        if not stat.S_ISDIR(os.stat(directory).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+    except (FileNotFoundError, NotADirectoryError):
+        raise _error(OSError(errno.ENOENT, "missing"), path, what, None) from None
+    except OSError as exc:
+        raise _error(exc, path, what, None) from None
     if os.statvfs(directory).f_flag & os.ST_RDONLY:
         raise _error(OSError(errno.EROFS, "read-only"), path, what, None)
     if not os.access(directory, os.W_OK):
