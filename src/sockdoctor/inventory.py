@@ -14,7 +14,6 @@ from .linux import deadsock, procfs, sockdiag
 from .linux import netns as netns_mod
 from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
 from .query import Query
-from .render.fmt import untrusted
 from .selectors import unknown_netns, unknown_pids, unknown_process
 
 Progress = Callable[[str], None]
@@ -166,7 +165,7 @@ def _namespaces(wanted: str, warnings: list[str]
     selected = netns_mod.select(found, wanted)
     if not selected and os.geteuid() != 0:
         raise PermissionDeniedError(
-            f"--netns: no network namespace '{untrusted(wanted)}' is visible to this user: "
+            f"--netns: no network namespace '{wanted}' is visible to this user: "
             "finding and entering "
             "other namespaces needs root")
     if not selected:
@@ -181,7 +180,7 @@ def _namespaces(wanted: str, warnings: list[str]
         selected = [ns for ns in selected if ns.inode == own] or selected[:0]
         if not selected:
             raise PermissionDeniedError(
-                f"--netns: entering network namespace '{untrusted(wanted)}' needs root "
+                f"--netns: entering network namespace '{wanted}' needs root "
                 "(CAP_SYS_ADMIN)")
     return selected, found
 

@@ -17,7 +17,6 @@ import msgspec
 from . import ssfilter
 from .errors import UsageError
 from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
-from .render.fmt import untrusted
 from .selectors import (
     process_matcher,
     select_netns,
@@ -38,7 +37,7 @@ def parse_duration(text: str, option: str = "") -> int:
     m = _DURATION.match(text)
     if not m:
         lead = f"{option}: " if option else ""
-        raise UsageError(f"{lead}'{untrusted(text)}' is not a duration; write it like 30s, "
+        raise UsageError(f"{lead}'{text}' is not a duration; write it like 30s, "
                          "10m, 2h or 1d")
     return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from .errors import NotFoundError, UsageError
-from .render.fmt import untrusted
 
 COMM_LEN = 15  # the kernel keeps the first 15 bytes of a process name (TASK_COMM_LEN - 1)
 _GLOB = re.compile(r"[*?\[]")
@@ -83,9 +82,9 @@ def unknown_netns(wanted: str, namespaces: Iterable[NamespaceLike],
     """The exit-3 error for a --netns that names nothing, with what would have worked."""
     names = sorted({ns.name for ns in namespaces}, key=lambda n: (n != "host", n))
     close = difflib.get_close_matches(wanted, names, n=1)
-    hint = f"; did you mean {untrusted(close[0])}?" if close else ""
-    shown = ", ".join(untrusted(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
-    return NotFoundError(f"--netns: no network namespace '{untrusted(wanted)}'{where} "
+    hint = f"; did you mean {close[0]}?" if close else ""
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return NotFoundError(f"--netns: no network namespace '{wanted}'{where} "
                          f"(known: {shown or 'none'}){hint}")
 
 
@@ -132,10 +131,10 @@ def unknown_process(pattern: str, names: Iterable[str], where: str = "") -> NotF
         difflib.get_close_matches(pattern, known, n=3)
     hint = ""
     if close:
-        hint = "; did you mean " + " or ".join(untrusted(n) for n in close) + "?"
+        hint = "; did you mean " + " or ".join(close) + "?"
     if not is_glob(pattern):
-        hint += f" (--process takes a name or a glob: '{untrusted(pattern)}*')"
-    return NotFoundError(f"--process: no process named '{untrusted(pattern)}'{where}{hint}")
+        hint += f" (--process takes a name or a glob: '{pattern}*')"
+    return NotFoundError(f"--process: no process named '{pattern}'{where}{hint}")
 
 
 def unknown_pids(pids: Iterable[int], where: str = "") -> NotFoundError:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, EXIT_PERMISSION, SockdoctorError
+from ..errors import EXIT_INTERRUPTED, EXIT_PERMISSION, FilterSyntaxError, SockdoctorError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -186,6 +186,9 @@ def user_errors(fn: Callable[[], Any]) -> Callable[[], int]:
     def wrapper() -> int:
         try:
             fn()
+        except FilterSyntaxError as exc:  # the one error of several lines: filter and caret
+            click.echo(f"sockdoctor: {_escaped(str(exc), keep_lines=True)}", err=True)
+            return exc.exit_code
         except SockdoctorError as exc:
             click.echo(f"sockdoctor: {_escaped(str(exc))}", err=True)
             return exc.exit_code
@@ -211,11 +214,13 @@ def user_errors(fn: Callable[[], Any]) -> Callable[[], int]:
     return wrapper
 
 
-def _escaped(text: str) -> str:
-    """An error or note for the terminal: lines kept, everything else in them escaped."""
+def _escaped(text: str, keep_lines: bool = False) -> str:
+    """An error or note for the terminal, escaped whole (its names come from anywhere)."""
     from ..render.fmt import untrusted
 
-    return "\n".join(untrusted(line) for line in str(text).split("\n"))
+    if keep_lines:
+        return "\n".join(untrusted(line) for line in text.split("\n"))
+    return untrusted(text)
 
 
 def _show_click_error(exc: click.ClickException) -> int:

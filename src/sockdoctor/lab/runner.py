@@ -159,7 +159,7 @@ def clean(names: Sequence[str] = (), force: bool = False, out: Out = print) -> l
         unknown = [n for n in names if n not in known]
         if unknown:
             shown = ", ".join(sorted({lab.stem for lab in netlab.labs()})) or "none"
-            raise NotFoundError(f"no lab called '{untrusted(unknown[0])}' (labs now: {shown})")
+            raise NotFoundError(f"no lab called '{unknown[0]}' (labs now: {shown})")
     removed, spared = netlab.clean(names, force)
     out(f"removed {plural(len(removed), 'lab namespace')}"
         + (": " + ", ".join(removed) if removed else ""))
