@@ -22,21 +22,22 @@ from .ls import ls_command
 from .snapshot import snapshot_command
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT, epilog="""
+\b
+Examples:
+  sockdoctor ls --summary            who holds which sockets, on one screen
+  sockdoctor doctor                  what is wrong, why, and how to fix it
+  sockdoctor kill state close-wait --port 8080      plan; add --yes to act
+  sockdoctor demo                    see it all on a reproduced leak
+""")
 @click.version_option(package_name="sockdoctor")
 def cli() -> None:
     """Find, explain and remove stuck TCP connections (CLOSE_WAIT leaks and friends).
 
-    \b
-    Start here:
-      sockdoctor ls --summary          who holds which sockets, on one screen
-      sockdoctor doctor                what is wrong, why, and how to fix it
-      sockdoctor kill state close-wait --port 8080      plan; add --yes to act
-      sockdoctor demo                  see it all on a reproduced leak
-
     Every command that selects sockets takes an ss filter expression and the
-    flags --state, --port, --pid, --process, --older-than and --netns.
-    Run as root to see every process and network namespace.
+    flags --state, --port, --pid, --process, --older-than and --netns (-N), and
+    accepts ss's -t -a -n. Run as root to see every process and network
+    namespace. `sockdoctor COMMAND --help` has examples for each command.
     """
 
 

@@ -92,7 +92,9 @@ def doctor_command(interval: str | None, from_file: str | None, previous_file: s
         raise UsageError("--from - and --previous - cannot both read stdin")
     if from_file:
         snap, previous = _from_files(from_file, previous_file)
-        query.check_processes(snap, "stdin" if from_file == "-" else from_file)
+        source = "stdin" if from_file == "-" else from_file
+        query.check_processes(snap, source)  # exit 3 naming the file, before diagnosing
+        query.namespaces_in(snap, source)
     else:
         from ..inventory import check_selection
 

@@ -31,6 +31,14 @@ are asked whether to apply it). Methods, safest first:
 auto picks per socket. With no state given, only CLOSE-WAIT sockets are chosen.
 Exit code: 0 every chosen socket is gone, 1 some survived or were left alone,
 2 bad arguments, 4 not permitted, 5 unsupported by this kernel.
+""" + """
+\b
+Examples:
+  sockdoctor kill --port 8080                  the plan for CLOSE-WAIT on :8080
+  sockdoctor kill --pid 4242 --older-than 10m --yes
+  sockdoctor kill -N web --process 'php-fpm*' --state close-wait --older-than 30s
+  sockdoctor kill --pid 4242 --dead-fds        descriptors of sockets already dead
+  sockdoctor kill state fin-wait-2 dst 10.0.0.9 --method destroy --yes
 """
 
 
