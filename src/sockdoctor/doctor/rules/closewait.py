@@ -109,7 +109,8 @@ def _comms(pids: set[int], processes: dict[int, Process]) -> set[str]:
 
 def _pids(socks: list[Socket]) -> list[int]:
     """The processes of a group, the one with the most sockets first (0: none seen)."""
-    return [pid for pid, _ in Counter(first_pid(sk) for sk in socks).most_common()]
+    counts = Counter(first_pid(sk) for sk in socks)
+    return sorted(counts, key=lambda pid: (-counts[pid], pid))
 
 
 def _previous_counts(ctx: Context) -> dict[GroupKey, int]:
