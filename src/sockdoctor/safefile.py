@@ -44,8 +44,12 @@ _KINDS = (
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 
 
-def write(path: str, data: bytes, what: str = "the snapshot") -> None:
-    """Put `data` at `path` in one piece, or raise a one-sentence error and leave no trace."""
+def write(path: str, data: bytes, what: str = "the snapshot", mode: int = 0o600) -> None:
+    """Put `data` at `path` in one piece, or raise a one-sentence error and leave no trace.
+
+    A new file gets `mode` (snapshots hold command lines: owner only); a file
+    that is replaced keeps the mode it had.
+    """
     if path == STDIO:
         _write_stdout(data, what)
         return
@@ -58,7 +62,7 @@ def write(path: str, data: bytes, what: str = "the snapshot") -> None:
         raise _error(exc, path, what, existing) from None
     try:
         try:
-            os.fchmod(fd, existing.st_mode & 0o7777 if existing else 0o666 & ~_umask())
+            os.fchmod(fd, existing.st_mode & 0o7777 if existing else mode)
             _write_all(fd, data)
             os.fsync(fd)
         finally:
@@ -178,18 +182,6 @@ def _reason(exc: OSError) -> str:
     if exc.errno == errno.EROFS:
         return "the file system is mounted read-only"
     return (exc.strerror or str(exc)).lower()
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (Linux >= 4.7)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def _unlink_quietly(path: str) -> None:

@@ -19,15 +19,11 @@ from sockdoctor import safefile
 from sockdoctor.errors import BadSnapshotError, NotFoundError, UsageError, WriteError
 
 
-def test_a_new_path_is_created_with_the_usual_mode(tmp_path: Path) -> None:
+def test_a_new_path_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     target = tmp_path / "new.json"
-    old = os.umask(0o027)
-    try:
-        safefile.write(str(target), b"data")
-    finally:
-        os.umask(old)
+    safefile.write(str(target), b"data")  # a snapshot holds command lines
     assert target.read_bytes() == b"data"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert os.listdir(tmp_path) == ["new.json"]
 
 
