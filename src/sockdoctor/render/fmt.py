@@ -97,9 +97,13 @@ def users(sk: Socket, comms: dict[int, str]) -> str:
 
     `comms`: pid -> process name already escaped (shown_comms()).
     """
-    if not sk.owners:
+    owners = sk.owners
+    if not owners:
         return ""
-    parts = [f'("{comms.get(o.pid, "?")}",pid={o.pid},fd={o.fd})' for o in sk.owners]
+    if len(owners) == 1:  # nearly always: one f-string, no list
+        o = owners[0]
+        return f'users:(("{comms.get(o.pid, "?")}",pid={o.pid},fd={o.fd}))'
+    parts = [f'("{comms.get(o.pid, "?")}",pid={o.pid},fd={o.fd})' for o in owners]
     return "users:(" + ",".join(parts) + ")"
 
 

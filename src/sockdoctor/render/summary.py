@@ -36,21 +36,23 @@ def _is_server_side(sk: Socket, listening: set[tuple[int, int]]) -> bool:
     return not listening and sk.local_port <= sk.peer_port
 
 
-def _process_label(sk: Socket, snapshot: Snapshot) -> str:
+def _process_label(sk: Socket, snapshot: Snapshot, comms: dict[int, str]) -> str:
+    """`nginx(42)`, or several holders; `comms` holds the names already escaped."""
     if not sk.owners:
         if not snapshot.owners_scanned:
             return "-"
         return "(no owner)"
-    labels = []
-    for pid in sorted({o.pid for o in sk.owners}):
-        proc = snapshot.processes.get(pid)
-        labels.append(f"{fmt.untrusted(proc.comm) if proc else '?'}({pid})")
-    return ",".join(labels)
+    owners = sk.owners
+    if len(owners) == 1:
+        pid = owners[0].pid
+        return f"{comms.get(pid, '?')}({pid})"
+    return ",".join([f"{comms.get(pid, '?')}({pid})" for pid in sorted({o.pid for o in owners})])
 
 
 def rows(snapshot: Snapshot) -> list[SummaryRow]:
     """Counts by namespace, state, process and service, biggest first (text escaped)."""
-    names = {inode: fmt.untrusted(name) for inode, name in fmt.netns_names(snapshot).items()}
+    names = fmt.shown_netns_names(snapshot)
+    comms = fmt.shown_comms(snapshot.processes)
     listening = {(sk.netns, sk.local_port) for sk in snapshot.sockets
                  if sk.state == TcpState.LISTEN}
     counts: Counter[tuple[str, str, str, str]] = Counter()
@@ -60,7 +62,7 @@ def rows(snapshot: Snapshot) -> list[SummaryRow]:
         else:
             service = "-> " + fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)
         key = (names.get(sk.netns, str(sk.netns)), fmt.state_name(sk.state),
-               _process_label(sk, snapshot), service)
+               _process_label(sk, snapshot, comms), service)
         counts[key] += 1
     return [SummaryRow(*key, count=n) for key, n in counts.most_common()]
 
