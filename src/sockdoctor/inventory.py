@@ -14,6 +14,7 @@ from .linux import deadsock, procfs, sockdiag
 from .linux import netns as netns_mod
 from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
 from .query import Query
+from .render.fmt import plural
 from .selectors import unknown_netns, unknown_pids, unknown_process
 
 Progress = Callable[[str], None]
@@ -62,7 +63,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
                                 age=age or query.needs_age, mem=mem,
                                 attrs=extended or evidence, lazy_info=lazy_info,
                                 bytecode=_kernel_filter(query, evidence))
-    say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
+    say(f"dumping TCP sockets in {plural(len(namespaces), 'network namespace')}")
     families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
     netns_records, dumped = _dump_all(namespaces, opts, families, evidence, warnings)
     sockets = [sk for sk in dumped if query.match_socket(sk)]

@@ -73,7 +73,10 @@ class Query:
         parsed = ssfilter.parse(words)
         mask = parsed.states if parsed.states is not None else ALL_STATES_MASK
         if states:
-            mask &= ssfilter.states_from_names(states)
+            try:
+                mask &= ssfilter.states_from_names(states)
+            except UsageError as exc:
+                raise UsageError(f"--state: {exc}") from None
             if not mask:
                 raise UsageError(f"--state {' '.join(states)} and the filter's state words "
                                  "select no state in common: give the states once")

@@ -226,3 +226,14 @@ def test_unprivileged_other_namespaces_need_root(with_nobody: Net,
     refused = as_nobody(net, unprivileged, "ls", "--netns", "host")
     one_sentence(refused, 4)
     assert "root" in refused.stderr
+
+
+def test_unprivileged_the_own_namespace_is_called_host(unprivileged: Unprivileged) -> None:
+    """PID 1's namespace is not inspectable without root: ours is the host, by name too."""
+    proc = unprivileged.sockdoctor("ls", "--json", "--netns", "self", "--port", "1")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [(ns["name"], ns["kind"]) for ns in doc["namespaces"]] == [("host", "host")]
+    summary = unprivileged.sockdoctor("ls", "--summary", "--netns", "host", "--port", "1")
+    assert summary.returncode == 0, summary.stderr
+    assert "pid:" not in summary.stdout + summary.stderr
