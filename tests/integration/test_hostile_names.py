@@ -163,3 +163,10 @@ def test_process_selection_works_with_the_exact_name(scene: Scene) -> None:
     text = assert_reaches_no_terminal_raw(glob.stdout)
     assert text.count(f"pid={scene.server.pid}") == 6
     assert f"pid={scene.renamed.pid}" not in text
+
+
+def test_the_kill_plan_as_json_keeps_the_exact_bytes(scene: Scene) -> None:
+    done = run("kill", "--netns", scene.ns, "--port", str(PORT), "--json")  # a plan only
+    assert b"Traceback" not in done.stderr, done.stderr
+    assert json.dumps(list(NAME)).replace(" ", "").encode() in done.stdout.replace(b" ", b"")
+    json.loads(done.stdout)

@@ -115,9 +115,9 @@ def _confirm(report: Any, as_json: bool) -> bool:
 
 def _show(report: Any, as_json: bool, plan_shown: bool) -> None:
     if as_json:
-        import msgspec
+        from ..jsontext import encode
 
-        sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
+        sys.stdout.buffer.write(encode(report) + b"\n")  # names that are not UTF-8, exact
         return
     from ..remedy.text import render_outcomes, render_plan
 
