@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
+from leaky import wait_until
 
 from conftest import Remote, Script
 from sockdoctor.doctor import config_for, diagnose
@@ -87,15 +88,6 @@ def holders(lab: Lab) -> set[int]:
             and sk.state != TcpState.LISTEN for o in sk.owners}
 
 
-def wait_for(check, limit: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.fixture(scope="module")
 def prefork() -> Iterator[tuple[Lab, list[int], list[socket.socket]]]:
     with Lab("prefork") as lab:
@@ -103,7 +95,7 @@ def prefork() -> Iterator[tuple[Lab, list[int], list[socket.socket]]]:
         workers = server.read()["workers"]  # type: ignore[index]
         peers = [lab.client.run(lambda: socket.create_connection((SERVER_V4, PREFORK_PORT)))
                  for _ in range(5)]
-        assert wait_for(lambda: holders(lab) == set(workers)), holders(lab)
+        assert wait_until(lambda: holders(lab) == set(workers)), holders(lab)
         for peer in peers:
             peer.shutdown(socket.SHUT_WR)  # FIN: the workers' side goes to CLOSE-WAIT
         time.sleep(1.2)  # old enough for a note (a tenth of 10 s), younger than 10 s
