@@ -71,11 +71,12 @@ def _group(ctx: Context, socks: list[Socket]
            ) -> tuple[dict[GroupKey, list[Socket]], dict[GroupKey, Service]]:
     groups: dict[GroupKey, list[Socket]] = {}
     services: dict[GroupKey, Service] = {}
+    holders = _Holders(ctx, ctx.snap.processes)
     for sk in socks:
         if sk.inode == 0:
             continue  # in an accept queue: the listener rules look at those
         svc_key = ctx.service_key(sk)
-        key = (sk.netns, _holder(ctx, sk, svc_key, ctx.snap.processes), svc_key)
+        key = (sk.netns, holders.of(sk, svc_key), svc_key)
         group = groups.get(key)
         if group is None:
             groups[key] = group = []
@@ -84,27 +85,38 @@ def _group(ctx: Context, socks: list[Socket]
     return groups, services
 
 
-def _holder(ctx: Context, sk: Socket, svc_key: tuple[str, str, int],
-            processes: dict[int, Process]) -> tuple[str, str]:
+class _Holders:
     """Who a CLOSE-WAIT socket counts against: its process, or on a service port its program.
 
     The workers of a prefork server (apache, php-fpm, gunicorn, uwsgi) each
     hold a few of the service's connections: they are one program when they
-    share the name of the listener's owner or are its children.
+    share the name of the listener's owner or are its children. Decided once
+    per (namespace, port, pid): a leak has thousands of sockets and few of those.
     """
-    pid = first_pid(sk)
-    if svc_key[0] != "server" or pid == 0:
-        return ("pid", str(pid))
-    listener_pids = ctx.listener_pids(sk.netns, svc_key[2])
-    proc = processes.get(pid)
-    if listener_pids and (pid in listener_pids or (proc is not None and (
-            proc.ppid in listener_pids or proc.comm in _comms(listener_pids, processes)))):
-        return ("program", f"listener:{min(listener_pids)}")
-    return ("program", f"comm:{proc.comm}") if proc is not None else ("pid", str(pid))
 
+    def __init__(self, ctx: Context, processes: dict[int, Process]) -> None:
+        self.ctx = ctx
+        self.processes = processes
+        self.known: dict[tuple[int, int, int], tuple[str, str]] = {}
 
-def _comms(pids: set[int], processes: dict[int, Process]) -> set[str]:
-    return {processes[p].comm for p in pids if p in processes}
+    def of(self, sk: Socket, svc_key: tuple[str, str, int]) -> tuple[str, str]:
+        pid = first_pid(sk)
+        if svc_key[0] != "server" or pid == 0:
+            return ("pid", str(pid))
+        key = (sk.netns, svc_key[2], pid)
+        holder = self.known.get(key)
+        if holder is None:
+            holder = self.known[key] = self._program(sk.netns, svc_key[2], pid)
+        return holder
+
+    def _program(self, netns: int, port: int, pid: int) -> tuple[str, str]:
+        listener_pids = self.ctx.listener_pids(netns, port)
+        proc = self.processes.get(pid)
+        comms = {self.processes[p].comm for p in listener_pids if p in self.processes}
+        if listener_pids and (pid in listener_pids or (proc is not None and (
+                proc.ppid in listener_pids or proc.comm in comms))):
+            return ("program", f"listener:{min(listener_pids)}")
+        return ("program", f"comm:{proc.comm}") if proc is not None else ("pid", str(pid))
 
 
 def _pids(socks: list[Socket]) -> list[int]:
@@ -117,10 +129,11 @@ def _previous_counts(ctx: Context) -> dict[GroupKey, int]:
     if ctx.prev is None:
         return {}
     counts: dict[GroupKey, int] = defaultdict(int)
+    holders = _Holders(ctx, ctx.prev.processes)
     for sk in ctx.prev_by_state.get(TcpState.CLOSE_WAIT, ()):
         if sk.inode:
             svc_key = ctx.service_key(sk)
-            counts[(sk.netns, _holder(ctx, sk, svc_key, ctx.prev.processes), svc_key)] += 1
+            counts[(sk.netns, holders.of(sk, svc_key), svc_key)] += 1
     return counts
 
 
