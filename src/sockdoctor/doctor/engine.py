@@ -53,22 +53,29 @@ def causes_first(findings: list[Finding]) -> list[Finding]:
     that end's program never closes: its never-closed finding is the one to
     read first, and its relief (covering every worker) relieves both.
     """
-    out = list(findings)
+    holders: dict[tuple[str, int, int], Finding] = {}
+    for f in findings:
+        for p in f.processes:
+            holders.setdefault((f.rule, f.netns_inode, p.pid), f)
+    cause_of: dict[int, Finding] = {}
     for consequence in findings:
-        causes = CONSEQUENCES.get(consequence.rule)
         peer = consequence.evidence.get("peer_pid")
-        if not causes or not isinstance(peer, int):
-            continue
         ns = consequence.evidence.get("peer_netns_inode")
-        cause = next((f for f in out if f.rule in causes and f.netns_inode == ns
-                      and any(p.pid == peer for p in f.processes)), None)
-        if cause is None:
+        if not isinstance(peer, int) or not isinstance(ns, int):
             continue
-        if cause.relief:
-            consequence.relief, consequence.relief_argv = cause.relief, list(cause.relief_argv)
-        at, was = out.index(consequence), out.index(cause)
-        if was > at:
-            out.insert(at, out.pop(was))
+        cause = next((holders[key] for rule in CONSEQUENCES.get(consequence.rule, ())
+                      if (key := (rule, ns, peer)) in holders), None)
+        if cause is not None:
+            cause_of[id(consequence)] = cause
+            if cause.relief:
+                consequence.relief, consequence.relief_argv = cause.relief, list(cause.relief_argv)
+    out: list[Finding] = []
+    placed: set[int] = set()
+    for f in findings:
+        for item in (cause_of.get(id(f)), f):
+            if item is not None and id(item) not in placed:
+                out.append(item)
+                placed.add(id(item))
     return out
 
 

@@ -156,9 +156,13 @@ def _peer_evidence(ctx: Context, peer_owner: Counter, lines: list[str],
     """The programs at the other end (in CLOSE-WAIT), busiest first, in one namespace."""
     if not peer_owner:
         return []
-    (pns, ppid), _ = peer_owner.most_common(1)[0]
-    counts = Counter({pid: n for (ns, pid), n in peer_owner.items() if ns == pns})
-    pids = [pid for pid, _ in counts.most_common()]
+    if len(peer_owner) == 1:  # the usual case: one program at the other end
+        (pns, ppid), n = next(iter(peer_owner.items()))
+        counts, pids = {ppid: n}, [ppid]
+    else:
+        (pns, ppid), _ = peer_owner.most_common(1)[0]
+        counts = Counter({pid: n for (ns, pid), n in peer_owner.items() if ns == pns})
+        pids = [pid for pid, _ in counts.most_common()]
     split = ", ".join(f"{ctx.label(p)} ×{counts[p]}" for p in pids[:5])
     more = f", +{len(pids) - 5} more" if len(pids) > 5 else ""
     lines.append(f"the other end: {sum(counts.values())} of these connections are in "
