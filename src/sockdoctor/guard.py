@@ -74,7 +74,8 @@ class Guard:
     def __init__(self, *, pids: Iterable[int] | None = None, netns: str | None = None,
                  children: bool = True, grace: float = DEFAULT_GRACE, mode: Mode = "raise",
                  allow: AllowRule | Iterable[AllowRule] = (), name: str = "",
-                 trace_hint: str = guardreport.TRACEMALLOC_HINT) -> None:
+                 trace_hint: str = guardreport.TRACEMALLOC_HINT,
+                 trace_hide: tuple[str, ...] = ()) -> None:
         if mode not in MODES:
             raise UsageError(f"guard mode must be one of {', '.join(MODES)}, not {mode!r}")
         if pids is not None and netns is not None:
@@ -88,6 +89,7 @@ class Guard:
         self.mode: Mode = mode
         self.name = name
         self.trace_hint = trace_hint
+        self.trace_hide = trace_hide  # directories whose frames creation tracebacks skip
         self.report: GuardReport | None = None
         self._allow: list[Callable[[Leak], bool]] = []
         self.allow(*_as_rules(allow))
@@ -131,7 +133,7 @@ class Guard:
         leaks = [Leak(kind, held.socket, held.owners) for _key, kind, held in found
                  if held.socket is not None]
         self._reported.update((key, kind) for key, kind, _held in found)
-        guardreport.describe(leaks, self.trace_hint)
+        guardreport.describe(leaks, self.trace_hint, self.trace_hide)
         notes = []
         if self._inspector.refused:
             notes.append(f"{self._inspector.refused} sockets could not be read through a "
@@ -172,7 +174,7 @@ class Guard:
         def fresh() -> Guard:
             copy = Guard(pids=self.pids, netns=self.netns, children=self.children,
                          grace=self.grace, mode=self.mode, allow=self._allow, name=name,
-                         trace_hint=self.trace_hint)
+                         trace_hint=self.trace_hint, trace_hide=self.trace_hide)
             return copy
 
         if inspect.iscoroutinefunction(func):

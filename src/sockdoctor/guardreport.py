@@ -176,8 +176,14 @@ def _is_library(filename: str) -> bool:
     return filename.startswith(_STDLIB) and "site-packages" not in filename
 
 
-def describe(leaks: list[Leak], hint: str = TRACEMALLOC_HINT) -> None:
-    """Fill in process names, namespace names and creation tracebacks (only when reporting)."""
+MAX_FRAMES = 10  # of a creation traceback, innermost kept
+
+
+def describe(leaks: list[Leak], hint: str = TRACEMALLOC_HINT, hide: tuple[str, ...] = ()) -> None:
+    """Fill in process names, namespace names and creation tracebacks (only when reporting).
+
+    Frames of files under `hide` (a test runner's own code) are left out.
+    """
     own = os.getpid()
     objects = _socket_objects() if any(o.pid == own for leak in leaks for o in leak.owners) else {}
     names = _netns_names()
@@ -187,10 +193,11 @@ def describe(leaks: list[Leak], hint: str = TRACEMALLOC_HINT) -> None:
             leak.processes.setdefault(owner.pid, _process_name(owner.pid))
         if leak.socket.netns and leak.socket.netns != own_ns:
             leak.netns = names.get(leak.socket.netns, f"net:[{leak.socket.netns}]")
-        _find_creation(leak, own, objects, hint)
+        _find_creation(leak, own, objects, hint, hide)
 
 
-def _find_creation(leak: Leak, own: int, objects: dict[int, socket.socket], hint: str) -> None:
+def _find_creation(leak: Leak, own: int, objects: dict[int, socket.socket], hint: str,
+                   hide: tuple[str, ...]) -> None:
     mine = [o for o in leak.owners if o.pid == own]
     if not mine:
         pids = ", ".join(str(o.pid) for o in leak.owners) or "none"
@@ -209,11 +216,19 @@ def _find_creation(leak: Leak, own: int, objects: dict[int, socket.socket], hint
     if trace is None:
         leak.created_note = "created before tracemalloc started tracing"
         return
-    leak.created = [(frame.filename, frame.lineno,
-                     linecache.getline(frame.filename, frame.lineno).strip()) for frame in trace]
+    frames = [frame for frame in trace if not frame.filename.startswith(hide)] or list(trace)
+    leak.created = [(_short(frame.filename), frame.lineno,
+                     linecache.getline(frame.filename, frame.lineno).strip())
+                    for frame in frames[-MAX_FRAMES:]]
     if len(trace) == 1 and _is_library(trace[0].filename):
         leak.created_note = ("tracemalloc keeps 1 frame: start it with 20 "
                              "(PYTHONTRACEMALLOC=20) to see the caller")
+
+
+def _short(path: str) -> str:
+    """A path relative to the working directory when it lies below it (as pytest prints)."""
+    cwd = os.path.join(os.getcwd(), "")
+    return path[len(cwd):] if path.startswith(cwd) else path
 
 
 def _socket_objects() -> dict[int, socket.socket]:

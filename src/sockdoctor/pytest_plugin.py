@@ -1,0 +1,342 @@
+"""pytest plugin: fail (or warn about) tests that leak TCP sockets.
+
+Registered through the `pytest11` entry point, so installing sockdoctor is
+enough; it does nothing until asked (`--sockdoctor=fail|warn`, the ini
+option `sockdoctor`, the marker or the fixture), so installing it never
+changes anybody's results.
+
+Per test, a sockdoctor.guard() watches this process and its descendants from
+the start of setup:
+- at the end of the test body, a socket in CLOSE-WAIT, an owned FIN-WAIT-2
+  or a dead descriptor fails the test (fixtures are still up, but the peer
+  has closed and nobody answered with close() within the grace period);
+- after the test's fixtures are torn down, a socket made during the test
+  that is still open is an error at teardown, as any fixture problem is.
+Sockets made while a broader-scoped fixture is set up (a session server)
+belong to that fixture, not to the test. With `--sockdoctor-scope=module`
+there is one check per module, after its last test's teardown.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .guard import Guard
+    from .guardreport import GuardReport
+
+MODES = ("fail", "warn", "off")
+SCOPES = ("test", "module")
+BROADER = {"test": ("class", "module", "package", "session"), "module": ("package", "session")}
+HINT = ("where it was created: unknown (tracemalloc is off: run pytest with "
+        "--sockdoctor-tracemalloc=20, or set PYTHONTRACEMALLOC=20)")
+MARKER = ("sockdoctor(allow=..., mode=...): allow known TCP sockets (a port, an ss filter such "
+          "as 'sport = :8080', a socket object, or a function of a sockdoctor Leak), or set "
+          "the leak check's mode (fail, warn, off) for these tests")
+_CHECKER = pytest.StashKey["Checker"]()
+_GUARD = pytest.StashKey["Guard"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sockdoctor", "TCP socket leak checks (sockdoctor)")
+    group.addoption("--sockdoctor", choices=MODES, default=None, dest="sockdoctor",
+                    help="fail or warn when a test leaks TCP sockets (default: off, or the "
+                         "ini option sockdoctor)")
+    group.addoption("--sockdoctor-scope", choices=SCOPES, default=None,
+                    dest="sockdoctor_scope", help="check after every test (default) or once "
+                                                  "per module")
+    group.addoption("--sockdoctor-grace", type=float, default=None, metavar="MS",
+                    dest="sockdoctor_grace",
+                    help="milliseconds a closing socket gets before it counts (default 100)")
+    group.addoption("--sockdoctor-tracemalloc", type=int, default=None, metavar="FRAMES",
+                    dest="sockdoctor_tracemalloc",
+                    help="start tracemalloc with FRAMES frames so leaks show the line that "
+                         "created the socket (slows tests down)")
+    parser.addini("sockdoctor", "leak check mode: fail, warn or off", default="off")
+    parser.addini("sockdoctor_scope", "leak check scope: test or module", default="test")
+    parser.addini("sockdoctor_grace", "grace period in milliseconds", default="100")
+    parser.addini("sockdoctor_tracemalloc", "tracemalloc frames to keep (0: off)", default="0")
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    scope: str
+    grace_ms: float
+    tracemalloc: int
+
+    @classmethod
+    def of(cls, config: pytest.Config) -> Settings:
+        def pick(name: str) -> Any:
+            value = config.getoption(name)
+            return value if value is not None else config.getini(name)
+
+        mode, scope = str(pick("sockdoctor")), str(pick("sockdoctor_scope"))
+        if mode not in MODES:
+            raise pytest.UsageError(f"sockdoctor: mode must be fail, warn or off, not {mode!r}")
+        if scope not in SCOPES:
+            raise pytest.UsageError(f"sockdoctor: scope must be test or module, not {scope!r}")
+        try:
+            grace, frames = float(pick("sockdoctor_grace")), int(pick("sockdoctor_tracemalloc"))
+        except ValueError as exc:
+            raise pytest.UsageError(f"sockdoctor: {exc}") from None
+        if grace < 0 or frames < 0:
+            raise pytest.UsageError("sockdoctor: grace and tracemalloc frames cannot be negative")
+        return cls(mode, scope, grace, frames)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    settings = Settings.of(config)
+    if settings.mode != "off":
+        _register(config, settings)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    """Trace allocations only while tests run: tracing imports and collection (and the
+    imports other plugins make at the end) would cost more than the tests."""
+    frames = Settings.of(session.config).tracemalloc
+    if not frames or tracemalloc.is_tracing():
+        return (yield)
+    tracemalloc.start(frames)
+    try:
+        return (yield)
+    finally:
+        tracemalloc.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With the plugin off, a test that asks for the check (marker or fixture) still gets it."""
+    if _CHECKER not in config.stash and any(_opted_in(item) for item in items):
+        _register(config, Settings.of(config))
+
+
+def _register(config: pytest.Config, settings: Settings) -> None:
+    from . import guard  # noqa: F401  (imported now, before tracemalloc may start tracing)
+
+    checker = Checker(settings)
+    config.stash[_CHECKER] = checker
+    config.pluginmanager.register(checker, "sockdoctor-checker")
+
+
+def _opted_in(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("sockdoctor")
+    return (marker is not None and marker.kwargs.get("mode") in ("fail", "warn")) or \
+        "sockdoctor_guard" in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture
+def sockdoctor_guard(request: pytest.FixtureRequest) -> Guard:
+    """The sockdoctor Guard watching this test.
+
+    Requesting it turns the leak check on for this test even when
+    --sockdoctor is off. `sockdoctor_guard.allow(8080)` allows sockets at run
+    time; `sockdoctor_guard.check()` returns what leaked so far (those leaks
+    are then the test's business and are not reported again).
+    """
+    checker = request.config.stash[_CHECKER]
+    return checker.guard_of(request.node)
+
+
+@dataclass
+class Checker:
+    """The hooks, registered only when some test is checked."""
+
+    settings: Settings
+    module_guard: Guard | None = None
+    module_key: str = ""
+    leaks: dict[str, list[str]] = field(default_factory=dict)  # nodeid -> summaries
+    tests_seen: int = 0
+    current: pytest.Item | None = None  # the test being set up, run or torn down
+
+    def mode_of(self, item: pytest.Item) -> str:
+        marker = item.get_closest_marker("sockdoctor")
+        mode = marker.kwargs.get("mode") if marker is not None else None
+        if mode is None:
+            mode = self.settings.mode
+            if mode == "off" and "sockdoctor_guard" in getattr(item, "fixturenames", ()):
+                mode = "fail"
+        if mode not in MODES:
+            raise pytest.UsageError(f"{item.nodeid}: sockdoctor mode must be fail, warn or "
+                                    f"off, not {mode!r}")
+        return str(mode)
+
+    def guard_of(self, item: pytest.Item) -> Guard:
+        guard = item.stash.get(_GUARD, None)
+        if guard is None:
+            raise pytest.UsageError(f"{item.nodeid}: sockdoctor does not check this test "
+                                    "(its mark says mode='off')")
+        return guard
+
+    def _new_guard(self) -> Guard:
+        from .guard import Guard
+
+        return Guard(mode="return", grace=self.settings.grace_ms / 1000, trace_hint=HINT,
+                     trace_hide=_RUNNER_DIRS)
+
+    # --- hooks -----------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        self.current = item
+        if self.mode_of(item) != "off":
+            item.stash[_GUARD] = self._start(item)
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any],
+                             request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+        item = self.current
+        guard = item.stash.get(_GUARD, None) if item is not None else None
+        if guard is None or fixturedef.scope not in BROADER[self.settings.scope]:
+            return (yield)
+        try:
+            return (yield)
+        finally:
+            guard.adopt()  # what a broader fixture opens belongs to it, not to this test
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        guard = item.stash.get(_GUARD, None)
+        if guard is None or self.settings.scope != "test":
+            return (yield)
+        try:
+            result = yield
+        except BaseException:
+            self._report(item, self._check(item, guard, stuck_only=True), "call", failed=True)
+            raise
+        self._report(item, self._check(item, guard, stuck_only=True), "call", failed=False)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item,
+                                nextitem: pytest.Item | None) -> Generator[None, None, None]:
+        guard = item.stash.get(_GUARD, None)
+        if guard is None:
+            self.current = None
+            return (yield)
+        if self.settings.scope == "module":
+            if nextitem is not None and _module_key(nextitem) == self.module_key:
+                return (yield)
+            self.module_guard = None  # this was the module's last test here
+        del item.stash[_GUARD]
+        try:
+            result = yield
+        except BaseException:
+            self._report(item, self._check(item, guard), "teardown", failed=True)
+            raise
+        finally:
+            self.current = None
+        self._report(item, self._check(item, guard), "teardown", failed=False)
+        return result
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            self.tests_seen += 1
+        for name, value in report.user_properties:
+            if name == "sockdoctor" and value not in self.leaks.setdefault(report.nodeid, []):
+                self.leaks[report.nodeid].append(value)
+
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        if hasattr(config, "workerinput"):
+            return  # an xdist worker: the controller summarises
+        _summary(terminalreporter, self)
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _start(self, item: pytest.Item) -> Guard:
+        if self.settings.scope == "test":
+            return self._new_guard().start()
+        key = _module_key(item)
+        if self.module_guard is None or key != self.module_key:
+            self.module_guard, self.module_key = self._new_guard().start(), key
+        return self.module_guard
+
+    def _check(self, item: pytest.Item, guard: Guard, stuck_only: bool = False) -> GuardReport:
+        _apply_allow(item, guard)
+        return guard.check(stuck_only=stuck_only)
+
+    def _report(self, item: pytest.Item, report: GuardReport, when: str, failed: bool) -> None:
+        if report.ok:
+            return
+        where = item.nodeid if self.settings.scope == "test" else f"module {self.module_key}"
+        text = report.text(where)
+        item.user_properties.append(("sockdoctor", _oneline(report, when)))
+        if self.mode_of(item) == "warn":
+            from .guard import SocketLeakWarning
+
+            _path, lineno, _name = item.location
+            warnings.warn_explicit(SocketLeakWarning(text), SocketLeakWarning, str(item.path),
+                                   (lineno or 0) + 1)
+        elif failed:  # the test already failed: add the leak, do not hide the failure
+            item.add_report_section(when, "sockdoctor", text)
+        else:
+            pytest.fail(text, pytrace=False)
+
+
+def _apply_allow(item: pytest.Item, guard: Guard) -> None:
+    """The allow= of every sockdoctor mark on the test (fixtures may add marks in setup)."""
+    applied = item.stash.setdefault(_APPLIED, set())
+    for marker in item.iter_markers("sockdoctor"):
+        if id(marker) not in applied and "allow" in marker.kwargs:
+            applied.add(id(marker))
+            rules = marker.kwargs["allow"]
+            guard.allow(*(rules if isinstance(rules, list | tuple | set) else [rules]))
+
+
+_APPLIED = pytest.StashKey[set]()
+
+
+def _runner_dirs() -> tuple[str, ...]:
+    """pytest's and pluggy's own code: not where a test's socket was made."""
+    import os
+
+    import _pytest
+    import pluggy
+
+    return tuple(os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy))
+
+
+_RUNNER_DIRS = _runner_dirs()
+
+
+def _module_key(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def _oneline(report: GuardReport, when: str) -> str:
+    phase = "end of the test" if when == "call" else "after teardown"
+    lines = [f"{report.summary()} ({phase})"]
+    for leak in report.leaks:
+        where = f", created at {leak.created_at}" if leak.created_at else ""
+        lines.append(f"{leak.state} {leak.endpoints()}  {leak.holders()}{where}")
+    return "\n".join(lines)
+
+
+def _summary(tr: Any, checker: Checker) -> None:
+    settings = checker.settings
+    leaky = {nodeid: found for nodeid, found in checker.leaks.items() if found}
+    if not leaky and settings.mode == "off":
+        return  # only tests that asked were checked, and they said nothing
+    tr.write_sep("=", "sockdoctor")
+    scope = "per test" if settings.scope == "test" else "per module"
+    if not leaky:
+        tr.write_line(f"no TCP socket leaked ({checker.tests_seen} tests, {settings.mode} mode, "
+                      f"checked {scope})")
+        return
+    total = sum(len(entry.splitlines()) - 1 for found in leaky.values() for entry in found)
+    tr.write_line(f"{len(leaky)} test{'s' if len(leaky) != 1 else ''} leaked {total} TCP "
+                  f"socket{'s' if total != 1 else ''} ({settings.mode} mode, checked {scope}):")
+    for nodeid, found in leaky.items():
+        for entry in found:
+            head, *rest = entry.splitlines()
+            tr.write_line(f"{nodeid}: {head}")
+            for line in rest:
+                tr.write_line(f"    {line}")
