@@ -24,6 +24,8 @@ import pytest
 import sockdoctor
 from sockdoctor.lab.netlab import Host, Lab
 
+pytest_plugins = ("pytester",)  # the pytest plugin is tested in subprocess runs
+
 ROOT = os.geteuid() == 0
 
 
