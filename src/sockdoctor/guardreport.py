@@ -201,8 +201,8 @@ def _find_creation(leak: Leak, own: int, objects: dict[int, socket.socket], hint
     mine = [o for o in leak.owners if o.pid == own]
     if not mine:
         pids = ", ".join(str(o.pid) for o in leak.owners) or "none"
-        leak.created_note = (f"held by another process (pid {pids}): sockdoctor sees its "
-                             "sockets, not its Python stack")
+        leak.created_note = (f"held by process {pids}, not this Python process: sockdoctor "
+                             "sees its sockets, not its stack")
         return
     obj = next((objects[o.fd] for o in mine if o.fd in objects), None)
     if obj is None:
