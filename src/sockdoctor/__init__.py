@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checker
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_EXPORTS: dict[str, tuple[str, str | None]] = {
     "scan": ("sockdoctor.inventory", "scan"),
     "Query": ("sockdoctor.query", "Query"),
     "Snapshot": ("sockdoctor.model", "Snapshot"),
@@ -38,7 +38,9 @@ _EXPORTS = {
     "kill": ("sockdoctor.remedy", "kill"),
     "load_snapshot": ("sockdoctor.snapshot_io", "load"),
     "save_snapshot": ("sockdoctor.snapshot_io", "save"),
-    "guard": ("sockdoctor.guard", "guard"),
+    # The module itself, which is callable: `sockdoctor.guard` must be one object
+    # whether the module was imported first or not (see guard._CallableModule).
+    "guard": ("sockdoctor.guard", None),
     "Guard": ("sockdoctor.guard", "Guard"),
     "SocketLeakError": ("sockdoctor.guard", "SocketLeakError"),
     "SocketLeakWarning": ("sockdoctor.guard", "SocketLeakWarning"),
@@ -57,6 +59,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     module, attr = _EXPORTS[name]
-    value = getattr(importlib.import_module(module), attr)
+    imported = importlib.import_module(module)
+    value = imported if attr is None else getattr(imported, attr)
     globals()[name] = value
     return value

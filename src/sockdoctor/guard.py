@@ -32,7 +32,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from . import guardreport
 from .errors import NotFoundError, UsageError
@@ -263,9 +263,17 @@ def _order(finding: tuple[Hashable, str, Held]) -> tuple[int, int, int]:
     return guardreport.KINDS.index(kind), first.pid, first.fd
 
 
-def guard(**options: Any) -> Guard:
-    """A Guard; see Guard's arguments: pids, netns, children, grace, mode, allow, name."""
-    return Guard(**options)
+@overload
+def guard(func: None = None, /, **options: Any) -> Guard: ...
+@overload
+def guard(func: F, /, **options: Any) -> F: ...
+
+
+def guard(func: F | None = None, /, **options: Any) -> Guard | F:
+    """A Guard (see its arguments: pids, netns, children, grace, mode, allow, name);
+    `@guard` without parentheses decorates a function directly."""
+    checker = Guard(**options)
+    return checker if func is None else checker(func)
 
 
 def _stuck_kind(held: Held) -> str | None:
@@ -350,8 +358,8 @@ class _CallableModule(types.ModuleType):
     package attribute to the module, and `sockdoctor.guard()` must still work.
     """
 
-    def __call__(self, **options: Any) -> Guard:
-        return Guard(**options)
+    def __call__(self, func: Any = None, /, **options: Any) -> Any:
+        return guard(func, **options)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -251,7 +251,13 @@ def _process_name(pid: int) -> str:
         return "exited"
     if pid == os.getpid() or not proc.cmdline:
         return proc.comm
-    return f"{proc.comm} ({' '.join(proc.cmdline)[:120]})"
+    return f"{proc.comm} ({' '.join(_short_arg(arg) for arg in proc.cmdline)[:160]})"
+
+
+def _short_arg(arg: str) -> str:
+    """One argument of a command line, cut at its first line and at 40 characters."""
+    first = arg.strip().split("\n", 1)[0]
+    return first if len(first) <= 40 and first == arg else first[:40] + "…"
 
 
 def _netns_names() -> dict[int, str]:

@@ -31,6 +31,7 @@ from . import pidfd, procfs, sockdiag, tcpinfo
 
 SO_COOKIE = 57
 SIOCOUTQ = termios.TIOCOUTQ
+SIOCGSKNS = 0x894C  # the socket's own network namespace, as a new fd (needs CAP_NET_ADMIN)
 TCP_PROTOCOLS = ("TCP", "TCPv6")
 
 
@@ -167,10 +168,23 @@ def _describe(sock: socket.socket, pid: int, inode: int) -> tuple[Socket, int]:
     else:
         recv_q, send_q = _ioctl_int(sock, termios.FIONREAD), _ioctl_int(sock, SIOCOUTQ)
     cookie = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
-    sk = Socket(procfs.netns_inode(pid), sock.family, state, local[0], local[1], peer[0],
+    sk = Socket(_netns_of(sock, pid), sock.family, state, local[0], local[1], peer[0],
                 peer[1], inode, cookie, os.fstat(sock.fileno()).st_uid, recv_q, send_q)
     sk.info = info
     return sk, info.segs_out or 0
+
+
+def _netns_of(sock: socket.socket, pid: int) -> int:
+    """The namespace the socket lives in: not always its holder's (a thread may have
+    made it inside another namespace). Without CAP_NET_ADMIN, the holder's."""
+    try:
+        nsfd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return procfs.netns_inode(pid)
+    try:
+        return os.fstat(nsfd).st_ino
+    finally:
+        os.close(nsfd)
 
 
 def _ioctl_int(sock: socket.socket, request: int) -> int:
