@@ -97,6 +97,7 @@ class Guard:
         self._inspector = heldsockets.FdInspector()
         self._baseline: dict[Hashable, str | None] | None = None
         self._reported: set[tuple[Hashable, str]] = set()
+        self.last_view: dict[Hashable, Held] = {}  # what the last look found
         self._watched = 0  # processes (or namespace members) looked at by the last view
         self._seen = 0  # TCP sockets in the last view
 
@@ -108,9 +109,15 @@ class Guard:
         self._allow.extend(_compile(rule) for rule in rules)
         return self
 
-    def start(self) -> Guard:
-        """Record what is open now; later checks report relative to this."""
-        self._baseline = {key: _stuck_kind(held) for key, held in self._view().items()}
+    def start(self, view: dict[Hashable, Held] | None = None) -> Guard:
+        """Record what is open now; later checks report relative to this.
+
+        `view`: the `last_view` of a check that ended just now, instead of a
+        new look (the plugin chains one test's last check to the next start).
+        """
+        if view is None:
+            view = self._view()
+        self._baseline = {key: _stuck_kind(held) for key, held in view.items()}
         self._reported.clear()
         self.report = None
         return self
@@ -131,6 +138,7 @@ class Guard:
         if self._baseline is None:
             raise UsageError("guard.check() before guard.start()")
         found = sorted(self._settled(stuck_only), key=_order)
+        self._inspector.describe(held for _key, _kind, held in found)
         leaks = [Leak(kind, held.socket, held.owners) for _key, kind, held in found
                  if held.socket is not None]
         self._reported.update((key, kind) for key, kind, _held in found)
@@ -211,6 +219,7 @@ class Guard:
             self._watched = len(pids)
             view = dict(self._inspector.inspect(self._inspector.tcp_sockets(pids)))
         self._seen = len(view)
+        self.last_view = view
         return view
 
     def _findings(self, view: dict[Hashable, Held], stuck_only: bool
@@ -248,7 +257,10 @@ class Guard:
         return found
 
     def _allowed(self, kind: str, held: Held) -> bool:
-        if not self._allow or held.socket is None:
+        if not self._allow:
+            return False
+        self._inspector.describe([held])
+        if held.socket is None:
             return False
         leak = Leak(kind, held.socket, held.owners)
         return any(rule(leak) for rule in self._allow)
@@ -294,10 +306,9 @@ def _holds(held: Held) -> bool:
     Orphans (closed, the kernel finishes the handshake) and TIME-WAIT are the
     kernel's business, not a leak.
     """
-    sk = held.socket
-    if held.owners or sk is None:
-        return bool(held.owners)
-    return sk.inode == 0 and sk.state in (TcpState.ESTABLISHED, TcpState.SYN_RECV)
+    if held.owners:
+        return True
+    return held.inode == 0 and held.state in (TcpState.ESTABLISHED, TcpState.SYN_RECV)
 
 
 def _namespace_view(name: str) -> tuple[dict[Hashable, Held], int]:
@@ -308,12 +319,12 @@ def _namespace_view(name: str) -> tuple[dict[Hashable, Held], int]:
     snap = scan(netns=name, owners=True, evidence=True)
     view: dict[Hashable, Held] = {}
     for sk in snap.sockets:
-        view[("socket", sk.cookie)] = Held(sk.inode, sk.owners, sk)
+        view[("socket", sk.cookie)] = Held(sk.inode, sk.owners, sk.state, socket=sk)
     for dead in snap.dead_fds:
         family = socket.AF_INET6 if dead.protocol == "TCPv6" else socket.AF_INET
         sk = Socket(procfs.netns_inode(dead.pid), family, TcpState.CLOSE, "0.0.0.0", 0,
                     "0.0.0.0", 0, dead.inode, 0, -1, 0, 0)
-        view[("fd", dead.inode)] = Held(dead.inode, [Owner(dead.pid, dead.fd)], sk, segs_out=1)
+        view[("fd", dead.inode)] = Held(dead.inode, [Owner(dead.pid, dead.fd)], sk.state, 1, sk)
     return view, len(snap.processes)
 
 

@@ -155,6 +155,7 @@ class Checker:
     leaks: dict[str, list[str]] = field(default_factory=dict)  # nodeid -> summaries
     tests_seen: int = 0
     current: pytest.Item | None = None  # the test being set up, run or torn down
+    last_view: dict[Any, Any] | None = None  # the sockets seen by the last test's final look
 
     def mode_of(self, item: pytest.Item) -> str:
         marker = item.get_closest_marker("sockdoctor")
@@ -220,10 +221,11 @@ class Checker:
                                 nextitem: pytest.Item | None) -> Generator[None, None, None]:
         guard = item.stash.get(_GUARD, None)
         if guard is None:
-            self.current = None
+            self.current = self.last_view = None  # an unchecked test ran: nothing to reuse
             return (yield)
         if self.settings.scope == "module":
             if nextitem is not None and _module_key(nextitem) == self.module_key:
+                self.last_view = None
                 return (yield)
             self.module_guard = None  # this was the module's last test here
         del item.stash[_GUARD]
@@ -234,7 +236,9 @@ class Checker:
             raise
         finally:
             self.current = None
-        self._report(item, self._check(item, guard), "teardown", failed=False)
+        report = self._check(item, guard)
+        self.last_view = guard.last_view
+        self._report(item, report, "teardown", failed=False)
         return result
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -252,11 +256,14 @@ class Checker:
     # --- helpers ---------------------------------------------------------------
 
     def _start(self, item: pytest.Item) -> Guard:
+        # The previous test's last look ended a moment ago, with nothing run since:
+        # it serves as this test's starting point (one look per test saved).
+        view, self.last_view = self.last_view, None
         if self.settings.scope == "test":
-            return self._new_guard().start()
+            return self._new_guard().start(view)
         key = _module_key(item)
         if self.module_guard is None or key != self.module_key:
-            self.module_guard, self.module_key = self._new_guard().start(), key
+            self.module_guard, self.module_key = self._new_guard().start(view), key
         return self.module_guard
 
     def _check(self, item: pytest.Item, guard: Guard, stuck_only: bool = False) -> GuardReport:

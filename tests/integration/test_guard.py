@@ -231,6 +231,7 @@ import os, socket, sys
 srv = socket.create_server(("127.0.0.1", 0))
 print(srv.getsockname()[1], flush=True)
 conn, _ = srv.accept()
+print("accepted", flush=True)
 if sys.argv[1] == "fork":  # a grandchild holds it as well
     if os.fork() == 0:
         sys.stdin.read(); os._exit(0)
@@ -244,6 +245,7 @@ def test_children_and_grandchildren_are_watched() -> None:
                                 stdout=subprocess.PIPE, text=True)
         port = int(proc.stdout.readline())  # type: ignore[union-attr]
         socket.create_connection(("127.0.0.1", port)).close()
+        assert proc.stdout.readline() == "accepted\n"  # type: ignore[union-attr]
         time.sleep(0.1)
         report = g.check(stuck_only=True)
         family = heldsockets.descendants([os.getpid()])
@@ -265,6 +267,7 @@ def test_given_pids_only(made: list[socket.socket]) -> None:
         with sockdoctor.guard(pids=[proc.pid], mode="return") as g:
             made.append(socket.create_server(("127.0.0.1", 0)))  # ours: not watched
             socket.create_connection(("127.0.0.1", port)).close()
+            assert proc.stdout.readline() == "accepted\n"  # type: ignore[union-attr]
         assert [(leak.kind, leak.owners[0].pid) for leak in g.report.leaks] == [
             ("close-wait", proc.pid)]
     finally:
@@ -279,12 +282,17 @@ def test_dump_fallback_agrees_with_duplicates(made: list[socket.socket]) -> None
     inspector = heldsockets.FdInspector()
     mine = inspector.tcp_sockets([os.getpid()])
     direct = inspector.inspect(mine)
-    dumped = heldsockets._from_dump([heldsockets.Held(i, o) for i, o in mine.items()])
+    inspector.describe(direct.values())
+    dumped = [heldsockets.Held(inode, owners) for inode, owners in mine.items()]
+    heldsockets._from_dump(dumped)
+    by_dump = {held.inode: held for held in dumped}
     wanted = {os.fstat(s.fileno()).st_ino for s in (p.listener, p.client, p.server, q.server)}
-    assert wanted <= direct.keys() and wanted <= dumped.keys()
+    assert wanted <= direct.keys() and wanted <= by_dump.keys()
     for inode in wanted:
-        a, b = direct[inode].socket, dumped[inode].socket
+        a, b = direct[inode].socket, by_dump[inode].socket
+        assert a is not None and b is not None
         assert (a.state, a.local_port, a.peer_port) == (b.state, b.local_port, b.peer_port)
+        assert direct[inode].state == by_dump[inode].state == a.state
     assert direct[os.fstat(q.server.fileno()).st_ino].state == TcpState.CLOSE_WAIT
 
 

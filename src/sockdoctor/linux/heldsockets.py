@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 import termios
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import SockdoctorError
@@ -71,16 +71,18 @@ def _children(pid: int) -> list[int]:
 
 @dataclass
 class Held:
-    """One TCP socket, the descriptors holding it, and how the kernel sees it now."""
+    """One TCP socket, the descriptors holding it, and how the kernel sees it now.
+
+    `state` and `segs_out` come from every inspection; the full `socket`
+    (addresses, queues, namespace) only from describe(), for the few that
+    are reported.
+    """
 
     inode: int
     owners: list[Owner]
-    socket: Socket | None = None  # None: could not be inspected
+    state: int = 0
     segs_out: int = 0  # segments ever sent: tells a finished connection from a fresh socket
-
-    @property
-    def state(self) -> int:
-        return self.socket.state if self.socket is not None else 0
+    socket: Socket | None = None
 
 
 @dataclass
@@ -108,50 +110,67 @@ class FdInspector:
                 if protocols[inode] in TCP_PROTOCOLS}
 
     def inspect(self, sockets: dict[int, list[Owner]]) -> dict[int, Held]:
-        """The kernel's view of each socket; a socket closed meanwhile is left out."""
-        found: dict[int, Held] = {}
-        refused: list[Held] = []
-        by_pid: dict[int, list[tuple[int, Owner]]] = {}
-        for inode, holders in sockets.items():
-            by_pid.setdefault(holders[0].pid, []).append((inode, holders[0]))
-        for pid, wanted in by_pid.items():
-            try:
-                with pidfd.PidFd(pid) as handle:
-                    for inode, owner in wanted:
-                        held = Held(inode, sockets[inode])
-                        if _read_through_duplicate(handle, owner, held, refused):
-                            found[inode] = held
-            except pidfd.NotPermitted:
-                refused.extend(Held(inode, sockets[inode]) for inode, _ in wanted)
-            except SockdoctorError:
-                continue  # the process exited: its sockets are gone with it
+        """The state of each socket; a socket closed meanwhile is left out."""
+        helds = [Held(inode, holders) for inode, holders in sockets.items()]
+        refused = _through_duplicates(helds, _read_state)
         self.refused = len(refused)
         if refused:
-            found.update(_from_dump(refused))
-        return found
+            _from_dump(refused)
+        return {held.inode: held for held in helds if held.state}
+
+    def describe(self, helds: Iterable[Held]) -> None:
+        """Give each socket its full Socket (addresses, queues, namespace)."""
+        missing = [held for held in helds if held.socket is None]
+        for held in _through_duplicates(missing, _read_socket):
+            held.socket = _unknown(held)  # not ours to duplicate: what the walk knows
 
 
-def _read_through_duplicate(handle: pidfd.PidFd, owner: Owner, held: Held,
-                            refused: list[Held]) -> bool:
-    """Fill `held` from a duplicate of the owner's descriptor; False if it is gone."""
+def _through_duplicates(helds: list[Held], read: Callable[[socket.socket, Held], None]
+                        ) -> list[Held]:
+    """Call read() on a duplicate of each socket's first descriptor, one pidfd per
+    process; returns the sockets we were not permitted to duplicate."""
+    by_pid: dict[int, list[Held]] = {}
+    for held in helds:
+        by_pid.setdefault(held.owners[0].pid, []).append(held)
+    refused: list[Held] = []
+    for pid, wanted in by_pid.items():
+        try:
+            with pidfd.PidFd(pid) as handle:
+                for held in wanted:
+                    _read_one(handle, held, read, refused)
+        except pidfd.NotPermitted:
+            refused.extend(wanted)
+        except SockdoctorError:
+            continue  # the process exited: its sockets are gone with it
+    return refused
+
+
+def _read_one(handle: pidfd.PidFd, held: Held, read: Callable[[socket.socket, Held], None],
+              refused: list[Held]) -> None:
     try:
-        dup = handle.getfd(owner.fd, held.inode)
+        dup = handle.getfd(held.owners[0].fd, held.inode)
     except pidfd.NotPermitted:
         refused.append(held)
-        return False
+        return
     except SockdoctorError:
-        return False  # closed, or the number now holds something else
-    sock = socket.socket(fileno=dup)
+        return  # closed, or the number now holds something else
+    sock = socket.socket(fileno=dup) if read is _read_socket else \
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, dup)  # no probing: 3 syscalls less
     try:
-        held.socket, held.segs_out = _describe(sock, owner.pid, held.inode)
+        read(sock, held)
     except OSError:
-        return False
+        pass  # closed under our hands: left without a state, so left out
     finally:
         sock.close()  # our duplicate only: the program's descriptor stays open
-    return True
 
 
-def _describe(sock: socket.socket, pid: int, inode: int) -> tuple[Socket, int]:
+def _read_state(sock: socket.socket, held: Held) -> None:
+    info = tcpinfo.decode_struct(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
+                                                 pidfd.TCP_INFO_LEN))
+    held.state, held.segs_out = info.state or 0, info.segs_out or 0
+
+
+def _read_socket(sock: socket.socket, held: Held) -> None:
     """A Socket as sock_diag would report it, from a descriptor of ours."""
     info = tcpinfo.decode_struct(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
                                                  pidfd.TCP_INFO_LEN))
@@ -168,10 +187,17 @@ def _describe(sock: socket.socket, pid: int, inode: int) -> tuple[Socket, int]:
     else:
         recv_q, send_q = _ioctl_int(sock, termios.FIONREAD), _ioctl_int(sock, SIOCOUTQ)
     cookie = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
-    sk = Socket(_netns_of(sock, pid), sock.family, state, local[0], local[1], peer[0],
-                peer[1], inode, cookie, os.fstat(sock.fileno()).st_uid, recv_q, send_q)
+    sk = Socket(_netns_of(sock, held.owners[0].pid), sock.family, state, local[0], local[1],
+                peer[0], peer[1], held.inode, cookie, os.fstat(sock.fileno()).st_uid, recv_q,
+                send_q)
     sk.info = info
-    return sk, info.segs_out or 0
+    held.socket, held.state, held.segs_out = sk, state, info.segs_out or 0
+
+
+def _unknown(held: Held) -> Socket:
+    owner = held.owners[0]
+    return Socket(procfs.netns_inode(owner.pid), socket.AF_INET, held.state, "0.0.0.0", 0,
+                  "0.0.0.0", 0, held.inode, 0, -1, 0, 0)
 
 
 def _netns_of(sock: socket.socket, pid: int) -> int:
@@ -194,11 +220,12 @@ def _ioctl_int(sock: socket.socket, request: int) -> int:
         return 0  # not meaningful in this state (e.g. CLOSE)
 
 
-def _from_dump(refused: list[Held]) -> dict[int, Held]:
+def _from_dump(refused: list[Held]) -> None:
     """Sockets we may not duplicate, found in one sock_diag dump of our namespace.
 
-    A socket in another namespace is not in it and stays uninspected; one in
-    no table at all is dead (its connection is over, the descriptor open).
+    A socket in another namespace is not in it and stays without a state (so
+    it is left out); one in no table at all is dead (its connection is over,
+    the descriptor still open).
     """
     own = procfs.netns_inode(os.getpid())
     nl = sockdiag.open_socket()
@@ -207,16 +234,12 @@ def _from_dump(refused: list[Held]) -> dict[int, Held]:
                                                         netns=own)}
     finally:
         nl.close()
-    found: dict[int, Held] = {}
     for held in refused:
-        owner = held.owners[0]
-        if procfs.netns_inode(owner.pid) != own:
+        if procfs.netns_inode(held.owners[0].pid) != own:
             continue
         sk = dumped.get(held.inode)
         if sk is None:
-            sk = Socket(own, socket.AF_INET, TcpState.CLOSE, "0.0.0.0", 0, "0.0.0.0", 0,
-                        held.inode, 0, -1, 0, 0)
-            held.segs_out = 1  # in no table while held: a finished connection
-        held.socket = sk
-        found[held.inode] = held
-    return found
+            held.state, held.segs_out = TcpState.CLOSE, 1  # in no table while held: finished
+            held.socket = _unknown(held)
+        else:
+            held.state, held.socket = sk.state, sk
