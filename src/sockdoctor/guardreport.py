@@ -217,6 +217,8 @@ def _find_creation(leak: Leak, own: int, objects: dict[int, socket.socket], hint
         leak.created_note = "created before tracemalloc started tracing"
         return
     frames = [frame for frame in trace if not frame.filename.startswith(hide)] or list(trace)
+    while len(frames) > 1 and _is_library(frames[0].filename):
+        frames.pop(0)  # thread bootstrap and the like, before the first frame of the program
     leak.created = [(_short(frame.filename), frame.lineno,
                      linecache.getline(frame.filename, frame.lineno).strip())
                     for frame in frames[-MAX_FRAMES:]]

@@ -335,8 +335,9 @@ def _summary(tr: Any, checker: Checker) -> None:
     tr.write_sep("=", "sockdoctor")
     scope = "per test" if settings.scope == "test" else "per module"
     if not leaky:
-        tr.write_line(f"no TCP socket leaked ({checker.tests_seen} tests, {settings.mode} mode, "
-                      f"checked {scope})")
+        n = checker.tests_seen
+        tr.write_line(f"no TCP socket leaked ({n} test{'s' if n != 1 else ''}, {settings.mode} "
+                      f"mode, checked {scope})")
         return
     total = sum(len(entry.splitlines()) - 1 for found in leaky.values() for entry in found)
     tr.write_line(f"{len(leaky)} test{'s' if len(leaky) != 1 else ''} leaked {total} TCP "

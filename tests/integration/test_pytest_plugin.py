@@ -106,7 +106,7 @@ def test_the_fixed_server_passes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_echo=ECHO_TEST)
     result = run(pytester, "--sockdoctor=fail")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["no TCP socket leaked (1 tests, fail mode, checked per test)"])
+    result.stdout.fnmatch_lines(["no TCP socket leaked (1 test, fail mode, checked per test)"])
 
 
 def test_without_tracemalloc_the_report_says_how_to_turn_it_on(
