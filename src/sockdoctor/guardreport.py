@@ -184,6 +184,8 @@ def describe(leaks: list[Leak], hint: str = TRACEMALLOC_HINT, hide: tuple[str, .
 
     Frames of files under `hide` (a test runner's own code) are left out.
     """
+    if not leaks:
+        return
     own = os.getpid()
     objects = _socket_objects() if any(o.pid == own for leak in leaks for o in leak.owners) else {}
     names = _netns_names()
