@@ -79,6 +79,27 @@ ECHO_TEST = """
 """
 
 
+# A test that keeps the accepted end of a connection its client closed.
+KEEPS_ACCEPTED = """
+import socket
+KEEP = []
+def test_keeps_accepted():
+    srv = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    {before_keeping}
+    KEEP.append(conn)
+    client.close(); srv.close()
+"""
+
+LISTENS_AND_FORGETS = """
+import socket
+KEEP = []
+def test_listens_and_forgets():
+    KEEP.append(socket.create_server(("127.0.0.1", 0)))
+"""
+
+
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(*BASE, *args, timeout=120)
 
@@ -111,16 +132,7 @@ def test_the_fixed_server_passes(pytester: pytest.Pytester) -> None:
 
 def test_without_tracemalloc_the_report_says_how_to_turn_it_on(
         pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_keep="""
-        import socket
-        KEEP = []
-        def test_keeps_accepted():
-            srv = socket.create_server(("127.0.0.1", 0))
-            client = socket.create_connection(srv.getsockname())
-            conn, _ = srv.accept()
-            KEEP.append(conn)
-            client.close(); srv.close()
-    """)
+    pytester.makepyfile(test_keep=KEEPS_ACCEPTED.format(before_keeping=""))
     result = run(pytester, "--sockdoctor=fail")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["CLOSE-WAIT *",
@@ -129,12 +141,7 @@ def test_without_tracemalloc_the_report_says_how_to_turn_it_on(
 
 
 def test_socket_left_open_is_an_error_at_teardown(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_open="""
-        import socket
-        KEEP = []
-        def test_listens_and_forgets():
-            KEEP.append(socket.create_server(("127.0.0.1", 0)))
-    """)
+    pytester.makepyfile(test_open=LISTENS_AND_FORGETS)
     result = run(pytester, "--sockdoctor=fail", "--sockdoctor-tracemalloc=5")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_listens_and_forgets*",
@@ -146,17 +153,8 @@ def test_socket_left_open_is_an_error_at_teardown(pytester: pytest.Pytester) -> 
 
 def test_shutdown_without_close_fails_with_the_dead_descriptor(
         pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_shut="""
-        import socket
-        KEEP = []
-        def test_shutdown_only():
-            srv = socket.create_server(("127.0.0.1", 0))
-            client = socket.create_connection(srv.getsockname())
-            conn, _ = srv.accept()
-            conn.shutdown(socket.SHUT_RDWR)   # and never close()
-            KEEP.append(conn)
-            client.close(); srv.close()
-    """)
+    pytester.makepyfile(test_shut=KEEPS_ACCEPTED.format(
+        before_keeping="conn.shutdown(socket.SHUT_RDWR)   # and never close()"))
     result = run(pytester, "--sockdoctor=fail", "--sockdoctor-tracemalloc=5")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["sockdoctor: 1 TCP socket leaked: 1 dead descriptor by *",
@@ -267,12 +265,7 @@ def test_allowed_sockets_do_not_fail(pytester: pytest.Pytester) -> None:
 def test_plugin_off_changes_nothing(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(SERVER_FIXTURE.replace("{fix}", "pass"))
     pytester.makepyfile(test_echo=ECHO_TEST)
-    pytester.makepyfile(test_open="""
-        import socket
-        KEEP = []
-        def test_listens_and_forgets():
-            KEEP.append(socket.create_server(("127.0.0.1", 0)))
-    """)
+    pytester.makepyfile(test_open=LISTENS_AND_FORGETS)
     default = run(pytester)
     off = run(pytester, "--sockdoctor=off")
     unloaded = pytester.runpytest_subprocess(*QUIET, "-p", "no:sockdoctor", timeout=120)
