@@ -344,3 +344,37 @@ def test_a_namespace_is_watched_whole(solo) -> None:  # type: ignore[no-untyped-
     assert [kind for kind, _ in kinds] == ["close-wait", "close-wait"]
     assert any("accept queue" in holders for _, holders in kinds)
     assert all(leak.netns == solo.server.netns for leak in g.report.leaks)
+
+
+AS_NOBODY = """
+import os, signal, socket, time
+import sockdoctor
+keep = []
+with sockdoctor.guard(mode="return") as g:
+    srv = socket.create_server(("127.0.0.1", 0))
+    child = os.fork()
+    if child == 0:  # holds a connection to srv until killed
+        held = socket.create_connection(srv.getsockname())
+        time.sleep(60)
+        os._exit(0)
+    conn, _ = srv.accept()
+    keep.append(conn)
+    time.sleep(0.1)
+    report = g.check(stuck_only=True)       # nothing stuck yet; the child's end is open
+    os.kill(child, signal.SIGKILL); os.waitpid(child, 0)   # its end closes: ours CLOSE-WAIT
+    srv.close()
+print(report.summary())
+print(g.report.summary())
+print(sorted(leak.state for leak in g.report.leaks))
+"""
+
+
+@pytest.mark.root
+def test_without_root_own_and_child_sockets_are_seen(unprivileged) -> None:  # type: ignore[no-untyped-def]
+    from conftest import SETPRIV
+
+    proc = subprocess.run([*SETPRIV, unprivileged.python, "-c", AS_NOBODY], env=unprivileged.env,
+                          cwd="/", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["no TCP socket leaked", "1 TCP socket leaked: 1 CLOSE-WAIT",
+                                        "['CLOSE-WAIT']"]
