@@ -156,6 +156,9 @@ class Checker:
     tests_seen: int = 0
     current: pytest.Item | None = None  # the test being set up, run or torn down
     last_view: dict[Any, Any] | None = None  # the sockets seen by the last test's final look
+    session_guard: Guard | None = None  # from the first test on: what outlives every fixture
+    reported: set[int] = field(default_factory=set)  # inodes already reported on a test
+    session_leaks: list[list[str]] = field(default_factory=list)  # left open at the end
 
     def mode_of(self, item: pytest.Item) -> str:
         marker = item.get_closest_marker("sockdoctor")
@@ -248,6 +251,29 @@ class Checker:
             if name == "sockdoctor" and value not in self.leaks.setdefault(report.nodeid, []):
                 self.leaks[report.nodeid].append(value)
 
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Sockets still open once every fixture is gone, not yet blamed on a test: those
+        of session- or package-scoped fixtures that do not close what they open."""
+        config = session.config
+        if self.session_guard is not None:
+            report = self.session_guard.check()
+            report.leaks = [leak for leak in report.leaks
+                            if leak.socket.inode not in self.reported]
+            if report.leaks:
+                self.session_leaks.append(_oneline(report, "session").splitlines())
+                if hasattr(config, "workerinput"):  # an xdist worker tells the controller
+                    config.workeroutput["sockdoctor_session"] = self.session_leaks[-1]  # type: ignore[attr-defined]
+        if (self.session_leaks and self.settings.mode == "fail"
+                and session.exitstatus == pytest.ExitCode.OK):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """xdist's controller: a worker's end-of-session leaks, sent in its workeroutput."""
+        lines = getattr(node, "workeroutput", {}).get("sockdoctor_session")
+        if lines:
+            self.session_leaks.append(list(lines))
+
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if hasattr(config, "workerinput"):
             return  # an xdist worker: the controller summarises
@@ -259,6 +285,10 @@ class Checker:
         # The previous test's last look ended a moment ago, with nothing run since:
         # it serves as this test's starting point (one look per test saved).
         view, self.last_view = self.last_view, None
+        if self.session_guard is None:
+            if view is None:
+                view = self._new_guard().start().last_view
+            self.session_guard = self._new_guard().start(view)
         if self.settings.scope == "test":
             return self._new_guard().start(view)
         key = _module_key(item)
@@ -275,6 +305,7 @@ class Checker:
             return
         where = item.nodeid if self.settings.scope == "test" else f"module {self.module_key}"
         text = report.text(where)
+        self.reported.update(leak.socket.inode for leak in report.leaks)
         item.user_properties.append(("sockdoctor", _oneline(report, when)))
         if self.mode_of(item) == "warn":
             from .guard import SocketLeakWarning
@@ -319,7 +350,8 @@ def _module_key(item: pytest.Item) -> str:
 
 
 def _oneline(report: GuardReport, when: str) -> str:
-    phase = "end of the test" if when == "call" else "after teardown"
+    phase = {"call": "end of the test", "teardown": "after teardown",
+             "session": "still open at the end of the session"}[when]
     lines = [f"{report.summary()} ({phase})"]
     for leak in report.leaks:
         where = f", created at {leak.created_at}" if leak.created_at else ""
@@ -330,14 +362,20 @@ def _oneline(report: GuardReport, when: str) -> str:
 def _summary(tr: Any, checker: Checker) -> None:
     settings = checker.settings
     leaky = {nodeid: found for nodeid, found in checker.leaks.items() if found}
-    if not leaky and settings.mode == "off":
+    if not leaky and not checker.session_leaks and settings.mode == "off":
         return  # only tests that asked were checked, and they said nothing
     tr.write_sep("=", "sockdoctor")
     scope = "per test" if settings.scope == "test" else "per module"
+    for head, *rest in checker.session_leaks:
+        tr.write_line(f"the session: {head} (opened by session or package fixtures, "
+                      "or outside any test)")
+        for line in rest:
+            tr.write_line(f"    {line}")
     if not leaky:
-        n = checker.tests_seen
-        tr.write_line(f"no TCP socket leaked ({n} test{'s' if n != 1 else ''}, {settings.mode} "
-                      f"mode, checked {scope})")
+        if not checker.session_leaks:
+            n = checker.tests_seen
+            tr.write_line(f"no TCP socket leaked ({n} test{'s' if n != 1 else ''}, "
+                          f"{settings.mode} mode, checked {scope})")
         return
     total = sum(len(entry.splitlines()) - 1 for found in leaky.values() for entry in found)
     tr.write_line(f"{len(leaky)} test{'s' if len(leaky) != 1 else ''} leaked {total} TCP "

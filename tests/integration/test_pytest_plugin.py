@@ -318,6 +318,43 @@ def test_session_fixture_sockets_are_not_blamed_on_the_test(pytester: pytest.Pyt
     result.assert_outcomes(passed=2)
 
 
+SESSION_FIXTURE_LEAKS = """
+    import socket
+    import pytest
+
+    KEEP = []
+
+    @pytest.fixture(scope="session")
+    def shared_server():
+        srv = socket.create_server(("127.0.0.1", 0))
+        yield srv
+        KEEP.append(srv)        # BUG: the teardown forgets srv.close()
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
+def test_a_session_fixture_that_never_closes_is_named_at_the_end(
+        pytester: pytest.Pytester, workers: list[str]) -> None:
+    pytester.makeconftest(SESSION_FIXTURE_LEAKS)
+    pytester.makepyfile(test_session="""
+        def test_one(shared_server):
+            assert shared_server.fileno() > 0
+        def test_two(shared_server):
+            assert shared_server.fileno() > 0
+    """)
+    result = run(pytester, "--sockdoctor=fail", *workers)
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*= sockdoctor =*",
+                                 "the session: 1 TCP socket leaked: 1 still open (still open at "
+                                 "the end of the session) (opened by session or package "
+                                 "fixtures, or outside any test)",
+                                 "    LISTEN 127.0.0.1:* -> 0.0.0.0:*  python pid * fd *"])
+    warned = run(pytester, "--sockdoctor=warn", *workers)
+    assert warned.ret == pytest.ExitCode.OK
+    warned.stdout.fnmatch_lines(["the session: 1 TCP socket leaked*"])
+
+
 def test_module_scope_checks_once_after_the_module(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_mod="""
         import socket
