@@ -285,10 +285,9 @@ class Checker:
         # The previous test's last look ended a moment ago, with nothing run since:
         # it serves as this test's starting point (one look per test saved).
         view, self.last_view = self.last_view, None
-        if self.session_guard is None:
-            if view is None:
-                view = self._new_guard().start().last_view
-            self.session_guard = self._new_guard().start(view)
+        if self.session_guard is None and self.settings.mode != "off":
+            self.session_guard = self._new_guard().start(view)  # for pytest_sessionfinish
+            view = view if view is not None else self.session_guard.last_view
         if self.settings.scope == "test":
             return self._new_guard().start(view)
         key = _module_key(item)
