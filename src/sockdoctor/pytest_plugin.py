@@ -13,8 +13,10 @@ the start of setup:
 - after the test's fixtures are torn down, a socket made during the test
   that is still open is an error at teardown, as any fixture problem is.
 Sockets made while a broader-scoped fixture is set up (a session server)
-belong to that fixture, not to the test. With `--sockdoctor-scope=module`
-there is one check per module, after its last test's teardown.
+belong to that fixture, not to the test; what is still open when the session
+ends and no test was blamed for is named in the summary. With
+`--sockdoctor-scope=module` there is one check per module, after its last
+test's teardown. docs/pytest.md has the details.
 """
 
 from __future__ import annotations
