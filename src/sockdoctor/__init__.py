@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checkers
     from .doctor import diagnose
-    from .guard import Guard, SocketLeakError, SocketLeakWarning, guard
     from .inventory import scan
+    from .leakguard import Guard, SocketLeakError, SocketLeakWarning, guard
     from .model import Snapshot, Socket, TcpState
     from .query import Query
     from .remedy import kill
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checker
 
 __version__ = "0.1.0"
 
-_EXPORTS: dict[str, tuple[str, str | None]] = {
+_EXPORTS: dict[str, tuple[str, str]] = {
     "scan": ("sockdoctor.inventory", "scan"),
     "Query": ("sockdoctor.query", "Query"),
     "Snapshot": ("sockdoctor.model", "Snapshot"),
@@ -38,12 +38,10 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "kill": ("sockdoctor.remedy", "kill"),
     "load_snapshot": ("sockdoctor.snapshot_io", "load"),
     "save_snapshot": ("sockdoctor.snapshot_io", "save"),
-    # The module itself, which is callable: `sockdoctor.guard` must be one object
-    # whether the module was imported first or not (see guard._CallableModule).
-    "guard": ("sockdoctor.guard", None),
-    "Guard": ("sockdoctor.guard", "Guard"),
-    "SocketLeakError": ("sockdoctor.guard", "SocketLeakError"),
-    "SocketLeakWarning": ("sockdoctor.guard", "SocketLeakWarning"),
+    "guard": ("sockdoctor.leakguard", "guard"),
+    "Guard": ("sockdoctor.leakguard", "Guard"),
+    "SocketLeakError": ("sockdoctor.leakguard", "SocketLeakError"),
+    "SocketLeakWarning": ("sockdoctor.leakguard", "SocketLeakWarning"),
 }
 
 # Spelled out (not built from _EXPORTS) so that linters and type checkers see it.
@@ -59,7 +57,6 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     module, attr = _EXPORTS[name]
-    imported = importlib.import_module(module)
-    value = imported if attr is None else getattr(imported, attr)
+    value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value

@@ -3,7 +3,7 @@
 A leak names the socket the way `ss -tanp` would (state, local -> peer,
 process, fd), says in one line why that state is a leak, and for a socket
 of this Python process points at the line that created it, taken from
-tracemalloc. Everything here is plain data plus formatting; guard.py finds
+tracemalloc. Everything here is plain data plus formatting; leakguard.py finds
 the sockets.
 """
 

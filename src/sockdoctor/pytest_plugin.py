@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .guard import Guard
     from .guardreport import GuardReport
+    from .leakguard import Guard
 
 MODES = ("fail", "warn", "off")
 SCOPES = ("test", "module")
@@ -121,7 +121,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _register(config: pytest.Config, settings: Settings) -> None:
-    from . import guard  # noqa: F401  (imported now, before tracemalloc may start tracing)
+    from . import leakguard  # noqa: F401  (imported now, before tracemalloc may start tracing)
 
     checker = Checker(settings)
     config.stash[_CHECKER] = checker
@@ -182,7 +182,7 @@ class Checker:
         return guard
 
     def _new_guard(self) -> Guard:
-        from .guard import Guard
+        from .leakguard import Guard
 
         return Guard(mode="return", grace=self.settings.grace_ms / 1000, trace_hint=HINT,
                      trace_hide=_RUNNER_DIRS)
@@ -309,7 +309,7 @@ class Checker:
         self.reported.update(leak.socket.inode for leak in report.leaks)
         item.user_properties.append(("sockdoctor", _oneline(report, when)))
         if self.mode_of(item) == "warn":
-            from .guard import SocketLeakWarning
+            from .leakguard import SocketLeakWarning
 
             _path, lineno, _name = item.location
             warnings.warn_explicit(SocketLeakWarning(text), SocketLeakWarning, str(item.path),

@@ -18,7 +18,7 @@ import pytest
 
 import sockdoctor
 from sockdoctor.errors import FilterSyntaxError, NotFoundError, UsageError
-from sockdoctor.guard import Guard, SocketLeakError, SocketLeakWarning
+from sockdoctor.leakguard import Guard, SocketLeakError, SocketLeakWarning
 from sockdoctor.linux import heldsockets
 from sockdoctor.model import TcpState
 
@@ -208,11 +208,11 @@ def test_allow_rules(made: list[socket.socket]) -> None:
         made.append(socket.create_server(("127.0.0.1", 0)))
 
 
-def test_guard_is_callable_however_it_was_imported() -> None:
-    import sockdoctor.guard as module
+def test_guard_is_the_function_however_it_was_imported() -> None:
+    import sockdoctor.leakguard as module
 
-    assert isinstance(sockdoctor.guard(), Guard) and isinstance(module(), Guard)
-    assert module.guard is not None and "guard" in sockdoctor.__all__
+    assert isinstance(sockdoctor.guard(), Guard) and sockdoctor.guard is module.guard
+    assert "guard" in sockdoctor.__all__
 
 
 def test_bad_arguments_are_clear() -> None:

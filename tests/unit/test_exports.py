@@ -14,9 +14,9 @@ def test_all_lists_every_export_and_each_resolves() -> None:
         assert getattr(sockdoctor, name) is not None
 
 
-def test_guard_is_the_same_object_whatever_was_imported_first() -> None:
-    code = ("import sockdoctor.guard as m, sockdoctor; from sockdoctor import guard; "
-            "print(m is sockdoctor.guard is guard, type(guard()).__name__)")
+def test_guard_is_the_same_function_whatever_was_imported_first() -> None:
+    code = ("import sockdoctor.leakguard as m, sockdoctor; from sockdoctor import guard; "
+            "print(m.guard is sockdoctor.guard is guard, type(guard()).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["True", "Guard"]

@@ -29,7 +29,6 @@ import os
 import socket
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal, TypeVar, overload
@@ -359,18 +358,3 @@ def _compile(rule: AllowRule) -> Callable[[Leak], bool]:
     if callable(rule):
         return rule
     raise UsageError(f"allow= takes ports, ss filters, sockets or functions, not {rule!r}")
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable like the guard() it exports.
-
-    `sockdoctor.guard` names both this module and the function: once anything
-    imports the module (`from sockdoctor.guard import Guard`), Python binds the
-    package attribute to the module, and `sockdoctor.guard()` must still work.
-    """
-
-    def __call__(self, func: Any = None, /, **options: Any) -> Any:
-        return guard(func, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
