@@ -23,7 +23,7 @@ import msgspec
 import pytest
 from leaky import wait_until
 
-from conftest import Remote, Script
+from conftest import Remote, Script, allow_stuck_sockets_in
 from sockdoctor.doctor import config_for, diagnose
 from sockdoctor.inventory import scan
 from sockdoctor.lab.netlab import SERVER_V4, Lab
@@ -89,8 +89,10 @@ def holders(lab: Lab) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def prefork() -> Iterator[tuple[Lab, list[int], list[socket.socket]]]:
+def prefork(request: pytest.FixtureRequest
+            ) -> Iterator[tuple[Lab, list[int], list[socket.socket]]]:
     with Lab("prefork") as lab:
+        allow_stuck_sockets_in(request, lab)  # stuck and dead on purpose, in the lab
         server = Script(lab, lab.server, PREFORK)
         workers = server.read()["workers"]  # type: ignore[index]
         peers = [lab.client.run(lambda: socket.create_connection((SERVER_V4, PREFORK_PORT)))
@@ -99,7 +101,11 @@ def prefork() -> Iterator[tuple[Lab, list[int], list[socket.socket]]]:
         for peer in peers:
             peer.shutdown(socket.SHUT_WR)  # FIN: the workers' side goes to CLOSE-WAIT
         time.sleep(1.2)  # old enough for a note (a tenth of 10 s), younger than 10 s
-        yield lab, workers, peers
+        try:
+            yield lab, workers, peers
+        finally:
+            for peer in peers:
+                peer.close()
 
 
 def test_young_close_wait_is_a_note_saying_when_it_counts(prefork) -> None:
@@ -148,8 +154,9 @@ def test_the_relief_command_ends_all_five(prefork, tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def dead() -> Iterator[tuple[Lab, Remote]]:
+def dead(request: pytest.FixtureRequest) -> Iterator[tuple[Lab, Remote]]:
     with Lab("deadfd") as lab:
+        allow_stuck_sockets_in(request, lab)
         server = Script(lab, lab.server, RESETTER)
         assert server.read() == {"ready": True}
         client = Remote(lab, lab.client, "sdt-pool")

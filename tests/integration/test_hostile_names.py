@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import Script
+from conftest import Script, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 from sockdoctor.snapshot_io import load
 
@@ -67,8 +67,9 @@ class Scene:
 
 
 @pytest.fixture(scope="module")
-def scene() -> Iterator[Scene]:
+def scene(request: pytest.FixtureRequest) -> Iterator[Scene]:
     with Lab("hostile") as lab:
+        allow_stuck_sockets_in(request, lab)  # the leaking server's CLOSE-WAIT
         server = Script(lab, lab.server, SERVER)
         assert server.read() == {"ready": True}
         renamed = Script(lab, lab.server, VIA_PROC)
