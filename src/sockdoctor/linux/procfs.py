@@ -12,12 +12,14 @@ import os
 import pwd
 import re
 import struct
+import threading
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..model import DeadSocketFd, Owner, Process, ThreadInfo
+from .native import fast
 
 PROC = "/proc"
 
@@ -73,6 +75,15 @@ class _Walk:
                          self.count_pids.tobytes(), self.counts.tobytes()))
 
     @classmethod
+    def from_arrays(cls, raw: tuple[bytes, bytes, bytes, bytes, bytes, int]) -> _Walk:
+        """What the C walk returns: the five arrays as bytes, and the denied count."""
+        walk = cls(denied=raw[5])
+        for arr, data in zip((walk.inodes, walk.pids, walk.fds, walk.count_pids, walk.counts),
+                             raw[:5], strict=True):
+            arr.frombytes(data)
+        return walk
+
+    @classmethod
     def loads(cls, data: bytes) -> _Walk:
         n, m, denied = struct.unpack_from("=QQq", data)
         walk = cls(denied=denied)
@@ -93,8 +104,19 @@ def pid_exists(pid: int) -> bool:
     return pid > 0 and os.path.exists(f"{PROC}/{pid}")
 
 
-def _walk(pids: Iterable[int]) -> _Walk:
-    """One pass over /proc/PID/fd: every descriptor that points at a socket."""
+def _walk(pids: Iterable[int], threads: int = 1) -> _Walk:
+    """One pass over /proc/PID/fd: every descriptor that points at a socket.
+
+    With the C extension the walk runs in `threads` threads without the GIL;
+    the result is the same as this Python walk's, in the same order.
+    """
+    if fast is not None:
+        return _Walk.from_arrays(fast.walk(PROC, list(pids), threads))
+    return _walk_python(pids)
+
+
+def _walk_python(pids: Iterable[int]) -> _Walk:
+    """_walk() in Python: the reference for the C walk."""
     walk = _Walk()
     for pid in pids:
         try:
@@ -168,6 +190,8 @@ def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]
     pids = list_pids() if pids is None else pids
     if open_files() < PARALLEL_WALK_MIN_FILES:
         return lambda: socket_owners(pids)
+    if fast is not None:
+        return _threaded_walk(pids)
     # One walker per CPU but one: the parent has the kernel dump to parse meanwhile.
     shares = [share for share in _balanced(pids, (os.cpu_count() or 2) - 1) if share]
     children = [_fork_walker(share) for share in shares]
@@ -182,6 +206,19 @@ def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]
             _, status = os.waitpid(child, 0)
             total.extend(_Walk.loads(b"".join(chunks)) if status == 0 else _walk(share))
         return total.to_map()
+    return collect
+
+
+def _threaded_walk(pids: list[int]) -> Callable[[], OwnerMap]:
+    """The C walk in a background thread: it releases the GIL, so it overlaps the dump."""
+    result: list[_Walk] = []
+    thread = threading.Thread(target=lambda: result.append(_walk(pids, os.cpu_count() or 2)),
+                              name="sockdoctor-owner-walk", daemon=True)
+    thread.start()
+
+    def collect() -> OwnerMap:
+        thread.join()
+        return (result[0] if result else _walk(pids)).to_map()
     return collect
 
 

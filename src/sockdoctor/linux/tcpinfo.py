@@ -13,6 +13,7 @@ from functools import lru_cache
 import msgspec
 
 from ..model import Socket, TcpInfo
+from .native import fast
 
 # (name, struct code) in kernel order, which must also be TcpInfo's field order
 # (it is built positionally; a unit test holds the two together). Offsets follow
@@ -69,6 +70,13 @@ def _layout(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
 
 def decode_struct(blob: bytes | memoryview) -> TcpInfo:
     """Decode a tcp_info blob of any length into a TcpInfo (fields that fit, rest None)."""
+    if fast is not None:
+        return fast.tcp_info(blob)
+    return decode_struct_python(blob)
+
+
+def decode_struct_python(blob: bytes | memoryview) -> TcpInfo:
+    """decode_struct() in Python: the reference for the C decoder."""
     layout, names = _layout(len(blob))
     if not names:
         return TcpInfo()
