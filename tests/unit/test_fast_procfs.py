@@ -10,6 +10,7 @@ the same arrays in the same order, so the same OwnerMap.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -143,8 +144,12 @@ def test_as_nobody_root_processes_are_denied_the_same(unprivileged) -> None:
             print(json.dumps([[list(a) for a in (w.inodes, w.pids, w.fds, w.count_pids,
                                                  w.counts)] + [w.denied] for w in (python, c)]))
         """)
-        run = subprocess.run([*SETPRIV, unprivileged.python, "-c", script], env=unprivileged.env,
-                             cwd="/", capture_output=True, text=True, timeout=60)
+        # Under the CI's AddressSanitizer run the extension needs its runtime preloaded.
+        sanitizer = {k: v for k, v in os.environ.items()
+                     if k in ("LD_PRELOAD", "ASAN_OPTIONS", "PYTHONMALLOC")}
+        run = subprocess.run([*SETPRIV, unprivileged.python, "-c", script],
+                             env={**unprivileged.env, **sanitizer}, cwd="/",
+                             capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         python, c = json.loads(run.stdout)
         assert c == python

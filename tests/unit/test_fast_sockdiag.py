@@ -133,6 +133,7 @@ def diag_message(draw: st.DrawFn, layouts: list[list[tuple[int, int]]]) -> bytes
     layout = draw(st.sampled_from(layouts))
     attrs = b"".join(rtattr(kind, draw(st.binary(min_size=size, max_size=size)))
                      for kind, size in layout)
+    attrs += draw(st.binary(max_size=3))  # stray bytes: too few for an attribute header
     flags = draw(st.sampled_from([sockdiag.NLM_F_MULTI, sockdiag.NLM_F_MULTI,
                                   sockdiag.NLM_F_MULTI | sockdiag.NLM_F_DUMP_INTR]))
     return nlmsg(sockdiag.SOCK_DIAG_BY_FAMILY, bytes(head) + attrs, flags)
@@ -149,6 +150,11 @@ def dumps(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):  # errors and acks in the middle
         code = draw(st.sampled_from([0, -1, -13, -105, -4095, -4096, -(1 << 31), 7]))
         parts.insert(draw(st.integers(0, len(parts))), other_message(sockdiag.NLMSG_ERROR, code))
+    if draw(st.booleans()):  # the buffer ends exactly where the last message does
+        if not parts:
+            return b""
+        (length,) = struct.unpack_from("=I", parts[-1])
+        return b"".join(parts)[:sum(map(len, parts)) - len(parts[-1]) + length]
     code = draw(st.sampled_from([0, 0, 0, -105, -4096]))
     return b"".join(parts) + other_message(sockdiag.NLMSG_DONE, code)
 

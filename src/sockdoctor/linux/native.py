@@ -35,4 +35,5 @@ def describe() -> str:
         return "fast path: C extension (sockdoctor._fast)"
     if os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"):
         return "fast path: off (SOCKDOCTOR_PURE is set), pure Python in use"
-    return "fast path: not built (no C compiler at install time), pure Python in use"
+    return ("fast path: not installed (sockdoctor._fast was not built: no C compiler at "
+            "install time?), pure Python in use")
