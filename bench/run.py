@@ -106,6 +106,9 @@ def commands(netns: str) -> list[Command]:
     for cmd in out:
         cmd.sockdoctor = True
         cmd.via = "cli" if cmd.argv[:len(sd)] == sd else "library"
+    if "C extension" in fast_path():  # the pure Python path too, side by side (issue 12)
+        out += [Command(f"{c.key}_pure", f"{c.label} [pure]", ["env", "SOCKDOCTOR_PURE=1", *c.argv],
+                        True, c.via, c.ok_codes) for c in list(out)]
     out += [
         Command("ss_tanp", "ss -tanp", ["ss", "-tanp"]),
         Command("ss_tani", "ss -tani", ["ss", "-tani"]),
@@ -124,6 +127,22 @@ RATIOS = [
     ("sd_cw", "ss_cw", 1.5),
     ("sd_doctor", "sd_lsp", 2.0),
 ]
+
+
+# The same ratios for the pure Python path (SOCKDOCTOR_PURE=1), when the C one is in use.
+RATIOS += [(num + "_pure", den if not den.startswith("sd_") else den + "_pure", target)
+           for num, den, target in RATIOS]
+
+
+def fast_path() -> str:
+    """`sockdoctor --version`'s note on the implementation in use ("" if it has none)."""
+    try:
+        proc = subprocess.run([*sockdoctor_argv(), "--version"], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = proc.stdout.splitlines()
+    return lines[1] if proc.returncode == 0 and len(lines) > 1 else ""
 
 
 @dataclass
@@ -323,7 +342,8 @@ def machine() -> str:
 
 def markdown(sizes: list[SizeResult], help_s: list[float] | None, args: str) -> str:
     head = [f"Run: {datetime.date.today().isoformat()}, `python bench/run.py {args}`",
-            f"Machine: {machine()}", ""]
+            f"Machine: {machine()}", f"sockdoctor: {fast_path() or 'pure Python'}; "
+            "[pure] rows: the same command with SOCKDOCTOR_PURE=1", ""]
     cols = " | ".join(f"{sr.sockets} sockets" for sr in sizes)
     rule = "|---" * (len(sizes) + 1) + "|"
     lines = [*head, "Median wall time in seconds (runs), inside `ip netns exec`:", "",

@@ -3,6 +3,7 @@
  *   feed(parser, data)      one recv() worth of a sock_diag dump -> Socket objects
  *   tcp_info(blob)          struct tcp_info -> TcpInfo
  *   walk(proc, pids, n)     readlink over /proc/PID/fd in n threads -> socket holders
+ *   by_inode(...), join()   those holders as Owner lists, given to their sockets
  *
  * This file is optional. linux/sockdiag.py and linux/procfs.py hold the
  * reference implementation in Python, which documents every rule followed
@@ -47,7 +48,7 @@ enum { M_ONLY_AGE = 1, M_INFO = 2, M_LAZY_INFO = 4 };
 static PyObject *Socket_T, *SkMemInfo_T, *TcpInfo_T, *ParseError;
 static PyObject *s_out, *s_netns, *s_layouts, *s_age_at, *s_cong, *s_mode, *s_wanted,
     *s_aged, *s_done, *s_interrupted, *s_age_ms, *s_info, *s_info_blob, *s_cong_attr,
-    *s_shutdown, *s_cgroup_id, *s_mark, *s_mem;
+    *s_shutdown, *s_cgroup_id, *s_mark, *s_mem, *s_inode, *s_owners, *s_pid;
 
 static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -672,6 +673,76 @@ done:
     return result;
 }
 
+/* --- joining owners to sockets, as procfs._Walk.to_map and OwnerMap.attach ---- */
+
+/* by_inode(Owner, inodes, pids, fds) -> {inode: [Owner(pid, fd), ...]}, walk order. */
+static PyObject *fast_by_inode(PyObject *self, PyObject *args) {
+    PyObject *owner_type, *arrays[3];
+    if (!PyArg_ParseTuple(args, "OOOO", &owner_type, &arrays[0], &arrays[1], &arrays[2]))
+        return NULL;
+    Py_buffer v[3];
+    int got = 0;
+    for (; got < 3; got++)
+        if (PyObject_GetBuffer(arrays[got], &v[got], PyBUF_SIMPLE) < 0)
+            break;
+    PyObject *map = got == 3 && v[0].len == v[1].len && v[1].len == v[2].len ? PyDict_New()
+                  : (got == 3 ? PyErr_Format(PyExc_ValueError, "arrays differ in length") : NULL);
+    for (Py_ssize_t i = 0; map && i < (got == 3 ? v[0].len / 8 : 0); i++) {
+        int64_t pid, fd;
+        uint64_t inode;
+        memcpy(&inode, (char *)v[0].buf + 8 * i, 8);
+        memcpy(&pid, (char *)v[1].buf + 8 * i, 8);
+        memcpy(&fd, (char *)v[2].buf + 8 * i, 8);
+        PyObject *pair[2] = {PyLong_FromLongLong(pid), PyLong_FromLongLong(fd)};
+        PyObject *key = PyLong_FromUnsignedLongLong(inode);
+        PyObject *owner = pair[0] && pair[1] ? PyObject_Vectorcall(owner_type, pair, 2, NULL) : NULL;
+        PyObject *holders = key && owner ? PyDict_GetItemWithError(map, key) : NULL;
+        int rc = -1;
+        if (holders)
+            rc = PyList_Append(holders, owner);
+        else if (key && owner && !PyErr_Occurred() && (holders = PyList_New(1))) {
+            PyList_SET_ITEM(holders, 0, Py_NewRef(owner));
+            rc = PyDict_SetItem(map, key, holders);
+            Py_DECREF(holders);
+        }
+        Py_XDECREF(pair[0]), Py_XDECREF(pair[1]), Py_XDECREF(key), Py_XDECREF(owner);
+        if (rc < 0)
+            Py_CLEAR(map);
+    }
+    while (got--)
+        PyBuffer_Release(&v[got]);
+    return map;
+}
+
+/* join(sockets, by_inode) -> (pids of the holders given out, sockets left without) */
+static PyObject *fast_join(PyObject *self, PyObject *args) {
+    PyObject *sockets, *by_inode;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &sockets, &PyDict_Type, &by_inode))
+        return NULL;
+    PyObject *pids = PySet_New(NULL);
+    Py_ssize_t unowned = 0;
+    for (Py_ssize_t i = 0; pids && i < PyList_GET_SIZE(sockets); i++) {
+        PyObject *inode = PyObject_GetAttr(PyList_GET_ITEM(sockets, i), s_inode);
+        int some = inode ? PyObject_IsTrue(inode) : -1;
+        PyObject *holders = some == 1 ? PyDict_GetItemWithError(by_inode, inode) : NULL;
+        int rc = some < 0 || PyErr_Occurred() ? -1 : 0;
+        if (some == 1 && rc == 0 && (!holders || !PyList_Check(holders) || !PyList_GET_SIZE(holders)))
+            unowned++;
+        else if (some == 1 && rc == 0) {
+            rc = PyObject_SetAttr(PyList_GET_ITEM(sockets, i), s_owners, holders);
+            for (Py_ssize_t j = 0; rc == 0 && j < PyList_GET_SIZE(holders); j++) {
+                PyObject *pid = PyObject_GetAttr(PyList_GET_ITEM(holders, j), s_pid);
+                rc = pid ? PySet_Add(pids, pid) : -1;
+                Py_XDECREF(pid);
+            }
+        }
+        Py_XDECREF(inode);
+        if (rc < 0)
+            Py_CLEAR(pids);
+    }
+    return pids ? Py_BuildValue("(Nn)", pids, unowned) : NULL;
+}
+
 /* --- module ----------------------------------------------------------------- */
 
 /* bind(Socket, SkMemInfo, TcpInfo): the model's types, built positionally. */
@@ -692,6 +763,9 @@ static PyMethodDef methods[] = {
     {"tcp_info", fast_tcp_info, METH_O, "tcp_info(blob) -> TcpInfo: tcpinfo.decode_struct"},
     {"walk", fast_walk, METH_VARARGS,
      "walk(proc_root, pids, threads): procfs._walk in C, as flat 8-byte arrays"},
+    {"by_inode", fast_by_inode, METH_VARARGS,
+     "by_inode(Owner, inodes, pids, fds): the holder lists of procfs._Walk.to_map"},
+    {"join", fast_join, METH_VARARGS, "join(sockets, by_inode): procfs.OwnerMap.attach"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -705,7 +779,8 @@ PyMODINIT_FUNC PyInit__fast(void) {
         {&s_aged, "_aged_bits"}, {&s_done, "done"}, {&s_interrupted, "interrupted"},
         {&s_age_ms, "age_ms"}, {&s_info, "info"}, {&s_info_blob, "info_blob"},
         {&s_cong_attr, "cong"}, {&s_shutdown, "shutdown"}, {&s_cgroup_id, "cgroup_id"},
-        {&s_mark, "mark"}, {&s_mem, "mem"},
+        {&s_mark, "mark"}, {&s_mem, "mem"}, {&s_inode, "inode"}, {&s_owners, "owners"},
+        {&s_pid, "pid"},
     };
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
         if (!(*strings[i].slot = PyUnicode_InternFromString(strings[i].text)))

@@ -157,3 +157,26 @@ def test_as_nobody_root_processes_are_denied_the_same(unprivileged) -> None:
     finally:
         stop(own_proc)
         stop(root_proc)
+
+
+def test_owner_lists_and_join_are_the_python_ones(holder: dict,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """to_map's holder lists and OwnerMap.attach, in C and in Python, on a live walk."""
+    from sockdoctor.model import Socket
+
+    walk = procfs._walk_python([*holder["pids"], os.getpid()])
+    inodes = [*holder["inodes"], 0, 1 << 40]  # held, held, held, no inode, held by nobody
+
+    def sockets() -> list[Socket]:
+        return [Socket(0, 2, 8, "127.0.0.1", 1, "127.0.0.1", 2, inode, 0, 0, 0, 0)
+                for inode in inodes]
+
+    c_map, c_socks = walk.to_map(), sockets()
+    c_join = c_map.attach(c_socks)
+    monkeypatch.setattr(procfs, "fast", None)
+    py_map, py_socks = walk.to_map(), sockets()
+    py_join = py_map.attach(py_socks)
+    assert c_map == py_map and list(c_map.by_inode) == list(py_map.by_inode)
+    assert c_join == py_join == (set(holder["pids"]), 1)
+    assert c_socks == py_socks
+    assert [len(sk.owners) for sk in c_socks] == [2, 2, 4, 0, 0]

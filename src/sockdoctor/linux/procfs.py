@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..model import DeadSocketFd, Owner, Process, ThreadInfo
+from ..model import DeadSocketFd, Owner, Process, Socket, ThreadInfo
 from .native import fast
 
 PROC = "/proc"
@@ -31,6 +31,30 @@ class OwnerMap:
     by_inode: dict[int, list[Owner]] = field(default_factory=dict)
     fd_counts: dict[int, int] = field(default_factory=dict)
     denied_pids: int = 0
+
+    def attach(self, sockets: list[Socket]) -> tuple[set[int], int]:
+        """Give each socket the descriptors that hold it (inode 0: none can).
+
+        Returns the pids of the holders given out and how many sockets with
+        an inode found none. (The C join does the same, without the loop.)
+        """
+        if fast is not None:
+            return fast.join(sockets, self.by_inode)
+        by_inode = self.by_inode
+        pids: set[int] = set()
+        unowned = 0
+        for sk in sockets:
+            if sk.inode:
+                holders = by_inode.get(sk.inode)
+                if not holders:
+                    unowned += 1
+                    continue
+                sk.owners = holders
+                if len(holders) == 1:
+                    pids.add(holders[0].pid)
+                else:
+                    pids.update(holder.pid for holder in holders)
+        return pids, unowned
 
     def update(self, other: OwnerMap) -> None:
         """Add what a walk over other processes found."""
@@ -60,13 +84,16 @@ class _Walk:
 
     def to_map(self) -> OwnerMap:
         # Owner objects are made here, once: scan() hands these lists to the sockets.
+        counts = dict(zip(self.count_pids, self.counts, strict=True))
+        if fast is not None:
+            return OwnerMap(fast.by_inode(Owner, self.inodes, self.pids, self.fds), counts,
+                            self.denied)
         holders = list(map(Owner, self.pids, self.fds))
         by_inode = dict(zip(self.inodes, ([h] for h in holders), strict=True))
         if len(by_inode) < len(holders):  # shared sockets (fork, dup): collect every holder
             by_inode = {}
             for inode, holder in zip(self.inodes, holders, strict=True):
                 by_inode.setdefault(inode, []).append(holder)
-        counts = dict(zip(self.count_pids, self.counts, strict=True))
         return OwnerMap(by_inode, counts, self.denied)
 
     def dumps(self) -> bytes:
