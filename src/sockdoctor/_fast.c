@@ -25,6 +25,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -248,9 +249,10 @@ static PyObject *cong_name(Feed *f, const uint8_t *p, Py_ssize_t n) {
     return name;
 }
 
-/* One wanted attribute onto the socket, with the size checks of _attributes. */
+/* Whether the state has an age (sockdiag.AGED_STATES). */
 static inline int aged(Feed *f, int state) { return state < 64 && (f->aged >> state) & 1; }
 
+/* One wanted attribute onto the socket, with the size checks of _attributes. */
 static int attribute(Feed *f, PyObject *sk, int state, long kind, const uint8_t *body, long size) {
     switch (kind & 0x3FFF) {
     case A_INFO: {
@@ -518,7 +520,7 @@ static int push(Proc *p, uint64_t inode, long fd) {
  * readdir error discards everything (Python's listdir failed); a readlink
  * error keeps the count and nothing else (Python's readlink loop failed). */
 static void walk_one(Walk *w, Proc *p) {
-    char path[64], link[64];
+    char path[PATH_MAX], link[64];  /* a socket's link is "socket:[N]": 64 is plenty */
     snprintf(path, sizeof path, "%s/%ld/fd", w->root, p->pid);
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     DIR *dir = fd < 0 ? NULL : fdopendir(fd);
@@ -580,7 +582,7 @@ static void run_walk(Walk *w, int threads) {
     for (size_t i = 0; i < w->count; i++) {
         w->order[i] = i;
         if (by_weight) {  /* heaviest first, so that no thread ends long after the others */
-            char path[64];
+            char path[PATH_MAX];
             struct stat st;
             snprintf(path, sizeof path, "%s/%ld/fd", w->root, w->procs[i].pid);
             by_weight[i] = (Weighted){stat(path, &st) == 0 ? (long)st.st_size : 0, i};

@@ -99,8 +99,10 @@ def test_owner_map_through_the_public_calls(holder: dict) -> None:
 
 
 def test_made_up_proc_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / ("a-long-directory-name-" * 8)  # paths longer than any fixed buffer
+
     def fds(pid: int, links: dict[str, str], dirs: tuple[str, ...] = ()) -> None:
-        base = tmp_path / str(pid) / "fd"
+        base = root / str(pid) / "fd"
         base.mkdir(parents=True)
         for name, target in links.items():
             (base / name).symlink_to(target)
@@ -110,11 +112,11 @@ def test_made_up_proc_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     fds(100, {"0": "/dev/null", "3": "socket:[555]", "4": "socket:[556]", "7": "pipe:[1]",
               "9": "socket:[555]", "12": "socket:[18446744073709551615]"})
     fds(200, {"5": "socket:[555]", "6": "anon_inode:[eventpoll]"})
-    (tmp_path / "300").mkdir()
-    (tmp_path / "300" / "fd").write_text("not a directory")
+    (root / "300").mkdir()
+    (root / "300" / "fd").write_text("not a directory")
     fds(500, {})
     fds(700, {"3": "socket:[777]"}, dirs=("8",))
-    monkeypatch.setattr(procfs, "PROC", str(tmp_path))
+    monkeypatch.setattr(procfs, "PROC", str(root))
     pids = [100, 200, 300, 400, 500, 700]
     python = procfs._walk_python(pids)
     for threads in (1, 2, 4):

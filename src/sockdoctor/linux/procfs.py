@@ -194,7 +194,12 @@ def _sockets_of(pid: int, dirfd: int, names: list[str], walk: _Walk) -> None:
 
 def socket_owners(pids: Iterable[int] | None = None) -> OwnerMap:
     """Which process fds point at which socket inode (fork, dup, SCM_RIGHTS: several)."""
-    return _walk(list_pids() if pids is None else pids).to_map()
+    return _walk(list_pids() if pids is None else pids, _cpus()).to_map()
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 # Above this many open files on the host, walking /proc in a child process
@@ -239,7 +244,7 @@ def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]
 def _threaded_walk(pids: list[int]) -> Callable[[], OwnerMap]:
     """The C walk in a background thread: it releases the GIL, so it overlaps the dump."""
     result: list[_Walk] = []
-    thread = threading.Thread(target=lambda: result.append(_walk(pids, os.cpu_count() or 2)),
+    thread = threading.Thread(target=lambda: result.append(_walk(pids, _cpus())),
                               name="sockdoctor-owner-walk", daemon=True)
     thread.start()
 

@@ -70,9 +70,7 @@ def _layout(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
 
 def decode_struct(blob: bytes | memoryview) -> TcpInfo:
     """Decode a tcp_info blob of any length into a TcpInfo (fields that fit, rest None)."""
-    if fast is not None:
-        return fast.tcp_info(blob)
-    return decode_struct_python(blob)
+    return _decode(blob)
 
 
 def decode_struct_python(blob: bytes | memoryview) -> TcpInfo:
@@ -97,10 +95,14 @@ def decode_struct_python(blob: bytes | memoryview) -> TcpInfo:
     return info
 
 
+# The C decoder when the extension is in use (called once per socket by --json -i).
+_decode = fast.tcp_info if fast is not None else decode_struct_python
+
+
 def of(sk: Socket) -> TcpInfo | None:
     """The socket's tcp_info, decoding a lazily kept blob on the way."""
     if sk.info is None and sk.info_blob is not None:
-        return decode_struct(sk.info_blob)
+        return _decode(sk.info_blob)
     return sk.info
 
 
