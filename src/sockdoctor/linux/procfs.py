@@ -12,7 +12,6 @@ import os
 import pwd
 import re
 import struct
-import threading
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -243,6 +242,8 @@ def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]
 
 def _threaded_walk(pids: list[int]) -> Callable[[], OwnerMap]:
     """The C walk in a background thread: it releases the GIL, so it overlaps the dump."""
+    import threading  # only needed here: keeps `import procfs` cheap
+
     result: list[_Walk] = []
     thread = threading.Thread(target=lambda: result.append(_walk(pids, _cpus())),
                               name="sockdoctor-owner-walk", daemon=True)
