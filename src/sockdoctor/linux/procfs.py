@@ -193,13 +193,17 @@ def _sockets_of(pid: int, dirfd: int, names: list[str], walk: _Walk) -> None:
 
 def socket_owners(pids: Iterable[int] | None = None) -> OwnerMap:
     """Which process fds point at which socket inode (fork, dup, SCM_RIGHTS: several)."""
-    return _walk(list_pids() if pids is None else pids, _cpus()).to_map()
+    pids = list_pids() if pids is None else list(pids)
+    # Threads pay off for a host-wide walk, not for the few processes of a guard's look.
+    return _walk(pids, _cpus() if len(pids) >= MANY_PROCESSES else 1).to_map()
 
 
 def _cpus() -> int:
     """CPUs this process may run on (a container's share, not the host's count)."""
     return len(os.sched_getaffinity(0)) or 1
 
+
+MANY_PROCESSES = 32  # from this many processes on, the C walk uses every CPU
 
 # Above this many open files on the host, walking /proc in a child process
 # while the parent dumps sockets pays for the fork.
