@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
+from test_sockdiag_parse import recorded_chunks
 
 from sockdoctor.linux import native, sockdiag, tcpinfo
 from sockdoctor.model import ALL_STATES_MASK, TcpInfo
@@ -67,16 +68,6 @@ def assert_same(chunks: list[bytes], opts: sockdiag.DumpOptions) -> tuple[Any, .
         event(python[1][1].split(" at ")[0][:30] if python[1] else
               f"parsed, {min(len(python[0]), 5)}+ sockets")
     return python
-
-
-def recorded_chunks() -> list[bytes]:
-    raw = (DATA / "dump_v4v6.bin").read_bytes()
-    chunks, offset = [], 0
-    while offset < len(raw):
-        (n,) = struct.unpack_from("=I", raw, offset)
-        chunks.append(raw[offset + 4:offset + 4 + n])
-        offset += 4 + n
-    return chunks
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=str)
