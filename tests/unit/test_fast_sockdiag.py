@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pathlib
 import socket
 import struct
 from typing import Any
@@ -27,7 +26,6 @@ from sockdoctor.linux import native, sockdiag, tcpinfo
 from sockdoctor.model import ALL_STATES_MASK, TcpInfo
 
 fast = native.fast
-DATA = pathlib.Path(__file__).parents[1] / "data"
 # CI sets this: there a missing extension is a failure, not a skip.
 REQUIRED = os.environ.get("SOCKDOCTOR_REQUIRE_FAST") == "1"
 needs_fast = pytest.mark.skipif(fast is None and not REQUIRED,
