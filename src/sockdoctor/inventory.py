@@ -73,14 +73,14 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     if collect_owners is not None:
         say(f"finding owners of {len(sockets)} sockets in /proc")
         owner_map = collect_owners()
-        if other_pids and any(sk.inode and sk.inode not in owner_map.by_inode for sk in sockets):
+        pids, unowned = owner_map.attach(sockets)
+        if other_pids and unowned:
             owner_map.update(procfs.socket_owners(other_pids))  # held from outside the netns
+            pids, _ = owner_map.attach(sockets)
         if owner_map.denied_pids and os.geteuid() != 0:  # root is refused only by odd inits
             warnings.append(
                 f"{owner_map.denied_pids} processes of other users were not readable: their "
                 "sockets show no owner (run as root to see them)")
-        join_owners(sockets, owner_map)
-        pids = {o.pid for sk in sockets for o in sk.owners}
         for pid in sorted(pids):
             proc = procfs.process_info(pid, owner_map.fd_counts.get(pid, 0), threads=evidence)
             if proc is not None:
@@ -248,12 +248,7 @@ def _reraise_user_error(exc: BaseException) -> None:
 
 def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
     """Give each socket the descriptors that hold it (inode 0: none can)."""
-    by_inode = owner_map.by_inode
-    for sk in sockets:
-        if sk.inode:
-            holders = by_inode.get(sk.inode)
-            if holders:
-                sk.owners = holders
+    owner_map.attach(sockets)
 
 
 def _add_fd_pressure(processes: dict[int, Process], owner_map: procfs.OwnerMap) -> None:
