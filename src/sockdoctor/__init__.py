@@ -5,7 +5,8 @@ The Python API mirrors the command line:
     import sockdoctor
     snap = sockdoctor.scan("state close-wait", owners=True)   # like `sockdoctor ls -p`
     report = sockdoctor.diagnose(sockdoctor.scan(evidence=True))  # like `sockdoctor doctor`
-    plan = sockdoctor.kill(snap.sockets, method="auto", dry_run=True)  # like `sockdoctor kill`
+    plan = sockdoctor.plan_kill(snap, host=sockdoctor.host_facts())  # `sockdoctor kill`
+    report = sockdoctor.apply_plan(plan)                              # ... --yes
 
 Attributes are imported on first use so that `import sockdoctor` stays cheap.
 """
@@ -24,6 +25,11 @@ _EXPORTS = {
     "TcpState": ("sockdoctor.model", "TcpState"),
     "diagnose": ("sockdoctor.doctor", "diagnose"),
     "kill": ("sockdoctor.remedy", "kill"),
+    "KillPolicy": ("sockdoctor.remedy", "KillPolicy"),
+    "plan_kill": ("sockdoctor.remedy", "plan_kill"),
+    "apply_plan": ("sockdoctor.remedy", "apply_plan"),
+    "host_facts": ("sockdoctor.remedy", "host_facts"),
+    "scan_for_kill": ("sockdoctor.remedy", "scan_for_kill"),
     "load_snapshot": ("sockdoctor.snapshot_io", "load"),
     "save_snapshot": ("sockdoctor.snapshot_io", "save"),
 }

@@ -1,4 +1,4 @@
-"""Method `close` on real sockets: shutdown() + close() injected with ptrace.
+"""Method `close` on real sockets: shutdown() and a placeholder injected with ptrace.
 
 The server leaks half-closed connections (CLOSE_WAIT) while its main thread
 sits in accept() and a worker thread in epoll answers "ping". On request it
@@ -103,11 +103,21 @@ def server(lab: Lab) -> Script:
 
 
 
+def fd_link(pid: int, fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except FileNotFoundError:
+        return None
+
+
 def assert_freed(lab: Lab, server: Script, peer: socket.socket, conn: dict) -> None:
+    """The kernel socket is gone; the number is held by another (placeholder) socket."""
     assert peer.recv(100) == b""  # our FIN reached the peer
     # LAST_ACK, then gone
     assert leaky.wait_until(lambda: leaky.state_of(lab, conn["inode"]) is None)
-    assert str(conn["fd"]) not in os.listdir(f"/proc/{server.pid}/fd")
+    link = fd_link(server.pid, conn["fd"])
+    assert link is not None and link.startswith("socket:[")
+    assert link != f"socket:[{conn['inode']}]"
 
 
 def test_close_frees_close_wait_while_other_threads_run(
@@ -396,4 +406,4 @@ def test_thread_inside_rseq_critical_section_is_aborted(lab: Lab, tmp_path: Path
     # "continues at its rseq abort handler", unless the kernel had aborted it already
     assert result.after.startswith("continues")
     assert leaky.wait_until(lambda: aborts() > seen)  # still protected: aborts keep coming
-    assert str(fd) not in os.listdir(f"/proc/{spinner.pid}/fd")
+    assert fd_link(spinner.pid, fd) != f"socket:[{inode}]"
