@@ -15,7 +15,6 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import msgspec
 
@@ -69,30 +68,30 @@ def apply_plan(plan: Plan, *, audit_log: str | AuditLog | None = DEFAULT_PATH,
         raise UsageError("this plan was " + NOT_GATHERED + "; make it with "
                          "plan_kill(snapshot, policy, host=sockdoctor.host_facts())")
     stop = stop or threading.Event()
+    ids = _identities(plan.items)
     opened = audit_log if isinstance(audit_log, AuditLog) else \
         AuditLog(audit_log if plan.actions else None)
     with opened as log:
         namespaces = hostmod.Namespaces()
-        actions = _act(plan, log, stop, namespaces)
+        actions = _act(plan, log, stop, namespaces, ids)
         interrupted = stop.is_set()
         results = outcomes(plan.items, actions, namespaces, interrupted=interrupted)
         report = KillReport(plan=plan, applied=True, outcomes=results, interrupted=interrupted,
                             audit_error=log.error)
-        by_index = {item.index: item for item in plan.items}
-        log.write_many(_verify_entry(by_index[o.index], o) for o in results
-                       if o.index in actions)
+        log.write_many(audit_mod.Record("verify", ids[o.index], {
+            "outcome": o.outcome, "detail": o.detail, "state_after": o.state_after})
+            for o in results if o.index in actions)
         if interrupted or log.error:
             log.write({"event": "interrupted" if interrupted else "stopped",
                        **report.counts()})
     return report
 
 
-def _act(plan: Plan, log: AuditLog, stop: threading.Event,
-         namespaces: hostmod.Namespaces) -> dict[int, Action]:
+def _act(plan: Plan, log: AuditLog, stop: threading.Event, namespaces: hostmod.Namespaces,
+         ids: dict[int, bytes]) -> dict[int, Action]:
     pacer = Pacer(plan.rate, stop)
     rt = Runtime(pacer=pacer, namespaces=namespaces, host=plan.host, bare_close=plan.bare_close)
     done: dict[int, Action] = {}
-    by_index = {item.index: item for item in plan.items}
     first = True
     for name in APPLY_ORDER:
         method = BY_NAME[name]
@@ -103,19 +102,15 @@ def _act(plan: Plan, log: AuditLog, stop: threading.Event,
             first = False
             acted = method.act(batch, rt)
             done.update((a.index, a) for a in acted)
-            if not log.write_many(_act_entry(by_index[a.index], a) for a in acted):
+            if not log.write_many(audit_mod.Record("act", ids[a.index], {
+                    "action": a.status, "detail": a.detail}) for a in acted):
                 return done
     return done
 
 
-def _act_entry(item: PlanItem, action: Action) -> dict[str, Any]:
-    return {"event": "act", **audit_mod.identity(item), "action": action.status,
-            "detail": action.detail}
-
-
-def _verify_entry(item: PlanItem, outcome: Outcome) -> dict[str, Any]:
-    return {"event": "verify", **audit_mod.identity(item), "outcome": outcome.outcome,
-            "detail": outcome.detail, "state_after": outcome.state_after}
+def _identities(items: list[PlanItem]) -> dict[int, bytes]:
+    """index -> the item's identity as the audit log writes it, encoded once per run."""
+    return {item.index: audit_mod.identity_json(item) for item in items if item.method}
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -48,13 +48,14 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write_many(self, entries: Iterable[dict[str, Any]]) -> bool:
+    def write_many(self, entries: Iterable[dict[str, Any] | Record]) -> bool:
         """Append the entries in one write; False (and .error set) if that failed."""
         if self.fd < 0 or self.error:
             return not self.error
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        data = b"".join(msgspec.json.encode({"time": now, "user": self.user, **e}) + b"\n"
-                        for e in entries)
+        head = msgspec.json.encode({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                    "user": self.user})[:-1] + b","
+        data = b"".join(head + (e.encode() if isinstance(e, Record)
+                                else msgspec.json.encode(e)[1:]) + b"\n" for e in entries)
         view = memoryview(data)
         try:
             while view:
@@ -102,6 +103,21 @@ def _user() -> str:
     return f"{me} (via sudo from {sudo})" if sudo and sudo != me else me
 
 
+class Record(NamedTuple):
+    """One line about one item: its event, the item's identity (encoded once), the rest."""
+
+    event: str
+    identity: bytes  # identity_json(item)
+    fields: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return (b'"event":"' + self.event.encode() + b'",' + self.identity + b","
+                + msgspec.json.encode(self.fields)[1:])
+
+
+_STATE_NAMES = {int(s): s.name for s in TcpState}
+
+
 def identity(item: PlanItem) -> dict[str, Any]:
     """Which socket (or dead descriptor) an entry is about, and who holds it."""
     sk = item.socket
@@ -112,8 +128,14 @@ def identity(item: PlanItem) -> dict[str, Any]:
         "fd": owner.fd if owner else None,
     }
     if sk is not None:
-        entry.update(state=TcpState(sk.state).name, local=f"{sk.local_addr}:{sk.local_port}",
+        entry.update(state=_STATE_NAMES.get(sk.state, str(sk.state)),
+                     local=f"{sk.local_addr}:{sk.local_port}",
                      peer=f"{sk.peer_addr}:{sk.peer_port}", inode=sk.inode, cookie=sk.cookie)
     else:
         entry.update(state="dead-fd", inode=item.dead_inode)
     return entry
+
+
+def identity_json(item: PlanItem) -> bytes:
+    """identity(item) as the inside of a JSON object (no braces), to splice into lines."""
+    return msgspec.json.encode(identity(item))[1:-1]

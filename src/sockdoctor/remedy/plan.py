@@ -81,8 +81,9 @@ def plan_kill(snapshot: Snapshot, policy: KillPolicy | None = None, *,
     policy = policy or KillPolicy()
     host = host or Host()
     planner = _Planner(snapshot, policy, host)
+    selects = policy.selector(snapshot)
     items = [planner.item(index, sk) for index, sk in enumerate(
-        (sk for sk in snapshot.sockets if policy.selects(sk, snapshot)), 1)]
+        (sk for sk in snapshot.sockets if selects(sk)), 1)]
     items += planner.dead_fd_items(len(items) + 1)
     _limit(items, policy)
     return Plan(items=items, method=policy.label, host=host, rate=policy.rate,
@@ -96,6 +97,7 @@ class _Planner:
         self.snapshot, self.policy, self.host = snapshot, policy, host
         self.names = fmt.netns_names(snapshot)
         self._listeners: dict[tuple[int, int], list[Socket]] | None = None
+        self._decided: dict[tuple[int, bool, bool, bool], tuple[Choice, tuple[str, str]]] = {}
 
     def item(self, index: int, sk: Socket) -> PlanItem:
         item = PlanItem(index=index, socket=sk, netns_name=self._name(sk.netns),
@@ -109,12 +111,21 @@ class _Planner:
             holder = listener.owners[0]
             item.listener = OwnerRef(holder.pid, holder.fd, self._comm(holder.pid))
             item.listener_inode = listener.inode
-        target = Target(sk, self.host, item.listener, self.policy.bare_close)
-        item.method, item.why, item.unable = choose(target, self.policy)
-        if item.method:
-            item.program_sees, item.peer_sees = BY_NAME[item.method].effects(
-                sk, self.policy.bare_close)
+        (item.method, item.why, item.unable), (item.program_sees, item.peer_sees) = \
+            self.decide(sk, item.listener)
         return item
+
+    def decide(self, sk: Socket, listener: OwnerRef | None) -> tuple[Choice, tuple[str, str]]:
+        """The choice and its effects, which depend only on the socket's shape (cached:
+        a plan of 16,000 alike sockets decides once)."""
+        key = (sk.state, bool(sk.owners), sk.inode == 0, listener is not None)
+        found = self._decided.get(key)
+        if found is None:
+            choice = choose(Target(sk, self.host, listener, self.policy.bare_close), self.policy)
+            sees = BY_NAME[choice.method].effects(sk, self.policy.bare_close) \
+                if choice.method else ("", "")
+            found = self._decided[key] = (choice, sees)
+        return found
 
     def listener_of(self, sk: Socket) -> Socket | None:
         """The owned listening socket whose accept queue holds `sk`: exact address first."""
@@ -183,9 +194,8 @@ def guard_for(sk: Socket, force: bool, host: Host) -> str:
         return "a listening socket (use --force to include listeners)"
     if sk.inode and sk.inode in host.protected:
         return "held by sockdoctor or by its own session (e.g. your SSH connection)"
-    key = (_normal_addr(sk.local_addr), sk.local_port, _normal_addr(sk.peer_addr),
-           sk.peer_port)
-    if key in host.ssh:
+    if host.ssh and (_normal_addr(sk.local_addr), sk.local_port, _normal_addr(sk.peer_addr),
+                     sk.peer_port) in host.ssh:
         return "your own SSH connection ($SSH_CONNECTION)"
     return ""
 
