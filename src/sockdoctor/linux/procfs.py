@@ -391,10 +391,9 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int], namespaces: set[int],
     """
     dead: list[DeadSocketFd] = []
     netns_of: dict[int, int] = {}
-    for inode, holders in owners.by_inode.items():
-        if inode in live_inodes:
-            continue
-        for holder in holders:
+    by_inode = owners.by_inode
+    for inode in by_inode.keys() - live_inodes:
+        for holder in by_inode[inode]:
             pid, fd = holder.pid, holder.fd
             if pid not in netns_of:
                 netns_of[pid] = netns_inode(pid)
@@ -407,7 +406,7 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int], namespaces: set[int],
                     protocols[inode] = proto
             if proto in ("TCP", "TCPv6"):
                 dead.append(DeadSocketFd(pid=pid, fd=fd, inode=inode, protocol=proto))
-    return dead
+    return sorted(dead, key=lambda d: (d.pid, d.fd))
 
 
 def netns_inode(pid: int) -> int:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .. import inventory
 from ..doctor import DoctorConfig, Report, diagnose
@@ -34,6 +35,8 @@ from .identity import Identities
 
 log = logging.getLogger("sockdoctor.watch")
 FORCED_WALK_GAP = 3  # samples between two full walks that were not scheduled
+_INODE = attrgetter("inode")
+_QUEUED = attrgetter("recv_q")  # LISTEN: the accept queue; others: unread bytes
 
 
 @dataclass
@@ -162,14 +165,15 @@ class Sampler:
         namespaces, found = inventory.select_namespaces(self.netns, warnings)
         collect = inventory.start_owner_walk(namespaces, found) if full else None
         records, dumped = self._dump(namespaces, warnings, refresh=full)
-        live = {sk.inode for sk in dumped if sk.inode}
+        live = set(map(_INODE, dumped))
+        live.discard(0)  # queued and TIME-WAIT sockets: no file, no owner
         owner_map, full, readlinks = self._owner_map(collect, namespaces, found, dumped, live,
                                                      seq)
         inventory.warn_denied(owner_map, warnings)
         joined = inventory.attach_owners(
             list(dumped), dumped, owner_map, Query(), records, evidence=True,
             facts=inventory.Facts(self._facts.process, self._protocols),
-            threads=_listener_owners(dumped, owner_map))
+            threads=_listener_owners(dumped, owner_map), live=live)
         if full:
             self._refresh(joined.processes, owner_map)
         whole = inventory.assemble(joined, records, warnings, owners=True, info=self.info,
@@ -230,7 +234,7 @@ class Sampler:
             cached = self._owners.pids()
             done = self._owners.update([*first, *(p for p in other if p in cached)],
                                        live, wanted)
-            if not self._owners.missing(wanted) or seq - self._last_full < FORCED_WALK_GAP:
+            if self._owners.has_all(wanted) or seq - self._last_full < FORCED_WALK_GAP:
                 return self._owners.owner_map(), False, done.readlinks
             collect = inventory.start_owner_walk(namespaces, found)
         walked = collect(dumped)
@@ -270,8 +274,8 @@ class Sampler:
 def _listener_owners(dumped: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
     """Owners of listeners with connections waiting: the doctor reads their threads."""
     pids: set[int] = set()
-    for sk in dumped:
-        if sk.state == TcpState.LISTEN and sk.recv_q:
+    for sk in filter(_QUEUED, dumped):
+        if sk.state == TcpState.LISTEN:
             pids.update(o.pid for o in owner_map.by_inode.get(sk.inode, ()))
     return pids
 
