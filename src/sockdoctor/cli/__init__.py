@@ -19,6 +19,7 @@ from .doctor import doctor_command
 from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
+from .reap import reap_command
 from .snapshot import snapshot_command
 
 
@@ -43,6 +44,7 @@ def cli() -> None:
 cli.add_command(ls_command)
 cli.add_command(doctor_command)
 cli.add_command(kill_command)
+cli.add_command(reap_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
