@@ -16,6 +16,7 @@ import click
 from .common import CONTEXT, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
+from .keepalive import keepalive_command
 from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
@@ -45,6 +46,7 @@ cli.add_command(ls_command)
 cli.add_command(doctor_command)
 cli.add_command(kill_command)
 cli.add_command(reap_command)
+cli.add_command(keepalive_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)

@@ -258,6 +258,36 @@ def drain_queue(pid: int, fd: int, inode: int, cookies: set[int],
     return out
 
 
+KEEPALIVE_OPTIONS = (  # (name, level, option) as read back after arming
+    ("keepalive", socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    ("idle_s", socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    ("interval_s", socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    ("count", socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    ("user_timeout_ms", socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+)
+
+
+def arm_keepalive(handle: pidfd.PidFd, fd: int, inode: int, wanted: dict[str, int],
+                  ) -> tuple[dict[str, int], dict[str, int]]:
+    """Set keepalive options on the process's socket `fd`: (options before, read back after).
+
+    `wanted` maps names of KEEPALIVE_OPTIONS to values. Through a duplicate,
+    the program's own socket changes. TCP_KEEPIDLE goes last: setting it
+    re-arms the timer from the time the connection has already been idle, so
+    a connection silent for longer than `idle_s` is probed at once.
+    """
+    with handle.borrow(fd, inode) as sock:
+        before = _keepalive_options(sock)
+        for name, level, option in sorted(KEEPALIVE_OPTIONS, key=lambda o: o[0] == "idle_s"):
+            if name in wanted:
+                sock.setsockopt(level, option, wanted[name])
+        return before, _keepalive_options(sock)
+
+
+def _keepalive_options(sock: socket.socket) -> dict[str, int]:
+    return {name: sock.getsockopt(level, option) for name, level, option in KEEPALIVE_OPTIONS}
+
+
 # --- destroy ---------------------------------------------------------------------
 
 def destroy(sockets: list[Socket]) -> list[int]:

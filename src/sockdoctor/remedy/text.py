@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from ..render.fmt import untrusted
 from .apply import KillReport
+from .keepalive import KeepalivePlan
 from .plan import Plan
 from .steps import OwnerRef, PlanItem
 from .verify import SUCCESS, Outcome
@@ -55,6 +56,25 @@ def plan_header(plan: Plan, applying: bool) -> str:
 def render_plan(plan: Plan, applying: bool = False) -> Iterator[str]:
     """The plan: header, one row per socket, what each side will see, what is left alone."""
     yield plan_header(plan, applying)
+    yield from _body(plan)
+
+
+def render_keepalive_plan(plan: KeepalivePlan, applying: bool = False) -> Iterator[str]:
+    """The keepalive plan, laid out like a kill plan."""
+    namespaces = {i.netns_name for i in plan.items}
+    where = f" in network namespace {untrusted(next(iter(namespaces)))}" \
+        if len(namespaces) == 1 else ""
+    verb = "will be armed" if applying else "would be armed"
+    yield (f"Plan: keepalive ({plan.settings.text()}) on {len(plan.actions)} of "
+           f"{len(plan.items)} selected sockets: {verb}{where}." if plan.items else
+           "Plan: nothing is selected, nothing to do.")
+    if plan.actions:
+        yield (f"  a vanished peer is noticed at most {plan.settings.dead_after_s}s after it "
+               "last spoke; the kernel then resets the connection")
+    yield from _body(plan)
+
+
+def _body(plan: Plan | KeepalivePlan) -> Iterator[str]:
     for note in plan.notes:
         yield f"  note: {note}"
     if not plan.items:
@@ -89,14 +109,16 @@ def _effects(plan: Plan) -> Iterator[str]:
         yield f"  {' ' * len(label)}  the peer: {peer}"
 
 
-def render_outcomes(outcomes: list[Outcome]) -> Iterator[str]:
-    """The result line, then every socket that did not plainly close."""
+def render_outcomes(outcomes: list[Outcome], success: frozenset[str] = SUCCESS,
+                    done: str = "gone") -> Iterator[str]:
+    """The result line, then every socket that did not plainly close (or get armed)."""
     counts = Counter(o.outcome for o in outcomes)
-    ok = sum(n for name, n in counts.items() if name in SUCCESS)
-    yield (f"Result: {ok} of {len(outcomes)} gone"
+    ok = sum(n for name, n in counts.items() if name in success)
+    plain = "armed" if "armed" in success else "closed"
+    yield (f"Result: {ok} of {len(outcomes)} {done}"
            + (" (" + ", ".join(f"{n} {name}" for name, n in counts.most_common()) + ")"
               if outcomes else "") + ".")
-    interesting = [o for o in outcomes if o.outcome != "closed"][:MAX_ROWS]
+    interesting = [o for o in outcomes if o.outcome != plain][:MAX_ROWS]
     if not interesting:
         return
     yield ""
