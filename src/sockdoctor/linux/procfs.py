@@ -260,6 +260,18 @@ def container_id(cgroup: str) -> str:
     return ""
 
 
+# Kubernetes puts each pod in a cgroup named after its uid: "pod<uid>" with the
+# cgroupfs driver, "kubepods-<qos>-pod<uid with _ for ->.slice" with systemd's.
+_POD_UID = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_]"
+                      r"[0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def pod_uid(cgroup: str) -> str:
+    """The Kubernetes pod uid a cgroup path reveals ('' outside Kubernetes)."""
+    m = _POD_UID.search(cgroup)
+    return m.group(1).replace("_", "-") if m else ""
+
+
 def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process | None:
     """Facts about one process, or None if it is gone."""
     base = f"{PROC}/{pid}"

@@ -58,6 +58,7 @@ class Sample:
     full_walk: bool = False  # all of /proc was walked for owners
     doctor_ran: bool = False  # report is from this sample (else carried over, or None)
     readlinks: int = 0  # descriptors read for owners (a full walk: every one)
+    denied_pids: int = 0  # processes whose descriptors could not be read (not ours)
 
     def age_ms(self, sk: Socket) -> int | None:
         """Best lower bound of the time `sk` has been in its state, in milliseconds.
@@ -180,7 +181,8 @@ class Sampler:
                                    age=True, evidence=True, created=started,
                                    host_sysctls=self._host_sysctls)
         sample = Sample(seq, started, previous=self._prev, full_walk=full,
-                        warnings=list(warnings), readlinks=readlinks)
+                        warnings=list(warnings), readlinks=readlinks,
+                        denied_pids=owner_map.denied_pids)
         sample.new, sample.gone, sample.first_seen = self._ids.update(dumped, started)
         sample.snapshot = self.query.apply(whole) if narrows(self.query) else whole
         self._diagnose(sample, whole)
