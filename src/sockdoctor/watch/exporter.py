@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .. import __version__
 from ..errors import NotFoundError, PermissionDeniedError, UsageError
+from ..linux.netns import can_enter_others
 from . import metrics
 from .sampler import Sample, Sampler
 
@@ -48,7 +49,7 @@ class SampleCollector:
 
     def __init__(self, options: metrics.Options) -> None:
         self.options = options
-        self.health = metrics.Health(not_root=os.geteuid() != 0, version=__version__)
+        self.health = metrics.Health(not_root=not can_enter_others(), version=__version__)
         self._families: list[Metric] = []
         self.latest: Sample | None = None
 

@@ -98,6 +98,7 @@ class Sampler:
         self._sysctls: dict[int, dict[str, str]] = {}
         self._host_sysctls: dict[str, str] = {}
         self._unowned: set[int] = set()  # inodes a full walk found no owner for
+        self._sees_all = procfs.sees_every_process()
         self._full_prev: Snapshot | None = None  # the previous sample, every socket
         self._prev: Snapshot | None = None  # the previous sample, what the query selects
         self._last_full = 0  # seq of the last full walk
@@ -248,10 +249,10 @@ class Sampler:
     def _wanted(self, dumped: list[Socket], live: set[int]) -> set[int]:
         """Sockets that should have a visible owner: a miss among them is worth a walk.
 
-        Not those a full walk already found no owner for, and without root
-        not those of other users (their processes cannot be read).
+        Not those a full walk already found no owner for, and without the
+        right to read every process not those of other users.
         """
-        if os.geteuid() == 0:
+        if self._sees_all:
             return live - self._unowned if self._unowned else live
         uid = os.geteuid()
         return {sk.inode for sk in dumped if sk.inode and sk.uid == uid} - self._unowned
