@@ -135,7 +135,7 @@ def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRe
 
 
 def warn_denied(owner_map: procfs.OwnerMap, warnings: list[str]) -> None:
-    if owner_map.denied_pids and os.geteuid() != 0:  # root is refused only by odd inits
+    if owner_map.denied_pids and not procfs.sees_every_process():  # odd inits refuse root
         warnings.append(
             f"{owner_map.denied_pids} processes of other users were not readable: their "
             "sockets show no owner (run as root to see them)")
@@ -242,19 +242,21 @@ def select_namespaces(wanted: str, warnings: list[str]
                       ) -> tuple[list[netns_mod.NsRef], list[netns_mod.NsRef]]:
     found, _denied = netns_mod.discover()
     selected = netns_mod.select(found, wanted)
-    if not selected and os.geteuid() != 0:
+    may_enter = netns_mod.can_enter_others()
+    if not selected and not may_enter:
         raise PermissionDeniedError(
             f"no network namespace '{wanted}' is visible to this user: finding and entering "
             "other namespaces needs root")
     if not selected:
         names = ", ".join(ns.name for ns in found)
         raise NotFoundError(f"no network namespace called '{wanted}' (known: {names})")
-    if os.geteuid() != 0:
+    if not may_enter:
         own = netns_mod.current_inode()
-        # Without root other namespaces cannot even be seen reliably, so "all"
+        who = "not root" if os.geteuid() != 0 else "without CAP_SYS_ADMIN"
+        # Without it other namespaces cannot even be seen reliably, so "all"
         # always gets the note, whether or not some were found.
         if wanted in ("all", "") or any(ns.inode != own for ns in selected):
-            warnings.append("not root: only the current network namespace is scanned "
+            warnings.append(f"{who}: only the current network namespace is scanned "
                             "(entering others needs CAP_SYS_ADMIN)")
         selected = [ns for ns in selected if ns.inode == own] or selected[:0]
         if not selected:

@@ -16,6 +16,7 @@ import click
 from .common import CONTEXT, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
+from .exporter import exporter_command
 from .keepalive import keepalive_command
 from .kill import kill_command
 from .lab import lab_command
@@ -35,6 +36,7 @@ def cli() -> None:
       sockdoctor doctor                what is wrong, why, and how to fix it
       sockdoctor kill state close-wait --port 8080      plan; add --yes to act
       sockdoctor demo                  see it all on a reproduced leak
+      sockdoctor exporter              the same, watched, for Prometheus (:19808/metrics)
 
     Every command that selects sockets takes an ss filter expression and the
     flags --state, --port, --pid, --process, --older-than and --netns.
@@ -50,6 +52,7 @@ cli.add_command(keepalive_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
+cli.add_command(exporter_command)
 
 
 @user_errors

@@ -58,6 +58,7 @@ class Sample:
     full_walk: bool = False  # all of /proc was walked for owners
     doctor_ran: bool = False  # report is from this sample (else carried over, or None)
     readlinks: int = 0  # descriptors read for owners (a full walk: every one)
+    denied_pids: int = 0  # processes whose descriptors could not be read (not ours)
 
     def age_ms(self, sk: Socket) -> int | None:
         """Best lower bound of the time `sk` has been in its state, in milliseconds.
@@ -97,6 +98,7 @@ class Sampler:
         self._sysctls: dict[int, dict[str, str]] = {}
         self._host_sysctls: dict[str, str] = {}
         self._unowned: set[int] = set()  # inodes a full walk found no owner for
+        self._sees_all = procfs.sees_every_process()
         self._full_prev: Snapshot | None = None  # the previous sample, every socket
         self._prev: Snapshot | None = None  # the previous sample, what the query selects
         self._last_full = 0  # seq of the last full walk
@@ -180,7 +182,8 @@ class Sampler:
                                    age=True, evidence=True, created=started,
                                    host_sysctls=self._host_sysctls)
         sample = Sample(seq, started, previous=self._prev, full_walk=full,
-                        warnings=list(warnings), readlinks=readlinks)
+                        warnings=list(warnings), readlinks=readlinks,
+                        denied_pids=owner_map.denied_pids)
         sample.new, sample.gone, sample.first_seen = self._ids.update(dumped, started)
         sample.snapshot = self.query.apply(whole) if narrows(self.query) else whole
         self._diagnose(sample, whole)
@@ -246,10 +249,10 @@ class Sampler:
     def _wanted(self, dumped: list[Socket], live: set[int]) -> set[int]:
         """Sockets that should have a visible owner: a miss among them is worth a walk.
 
-        Not those a full walk already found no owner for, and without root
-        not those of other users (their processes cannot be read).
+        Not those a full walk already found no owner for, and without the
+        right to read every process not those of other users.
         """
-        if os.geteuid() == 0:
+        if self._sees_all:
             return live - self._unowned if self._unowned else live
         uid = os.geteuid()
         return {sk.inode for sk in dumped if sk.inode and sk.uid == uid} - self._unowned
