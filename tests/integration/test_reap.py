@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -161,21 +162,41 @@ def test_the_daemon_reaps_new_leaks_reloads_on_sighup_and_stops_on_sigterm(
         peer.close()
 
 
-def test_sigterm_prints_a_summary_in_text_mode(scene: Scene, tmp_path: Path) -> None:
+def test_sigterm_prints_a_summary_and_the_metrics_count_what_was_done(
+        scene: Scene, tmp_path: Path) -> None:
     build(scene, "close-wait")
     policy = write_policy(tmp_path / "reap.toml", pid=scene.server.pid, older="0s")
-    proc = subprocess.Popen(reap_argv(scene, policy, "--apply"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    metrics_dir = tmp_path / "textfile"
+    metrics_dir.mkdir()
+    proc = subprocess.Popen(reap_argv(scene, policy, "--apply", "--listen", "127.0.0.1:0",
+                                      "--textfile", str(metrics_dir)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    first = proc.stdout.readline()  # type: ignore[union-attr]
+    url = first.split("metrics on ")[1].split(";")[0]
     assert leaky.wait_until(lambda: not close_waits(scene), 30)
     time.sleep(0.5)
+    with urllib.request.urlopen(url, timeout=10) as answer:  # loopback only
+        scraped = answer.read().decode()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    lines = out.strip().splitlines()
+    lines = [first.rstrip("\n"), *out.strip().splitlines()]
     assert lines[0].startswith("reap: 1 rule(s) from") and "acting (--apply)" in lines[0]
     assert any("ended 3 of 3 (fin 3)" in line for line in lines)
-    assert lines[-1] == "reap: stopped after " + lines[-1].split("after ")[1]
+    assert lines[-1].startswith("reap: stopped after ")
     assert "ended 3 sockets (fin 3), 0 given up on." in lines[-1]
+
+    sample = ('sockdoctor_reaped_total{method="fin",outcome="closed",'
+              'rule="leaks of the test server"} 3.0')
+    assert sample in scraped and 'sockdoctor_reap_cycles_total{mode="apply"}' in scraped
+    assert "process_cpu_seconds_total" in scraped
+    textfile = (metrics_dir / "sockdoctor_reap.prom").read_text()
+    assert sample in textfile and "process_cpu_seconds_total" not in textfile
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=textfile, text=True,
+                               capture_output=True, timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.fixture

@@ -192,3 +192,22 @@ def test_a_failed_sample_is_a_cycle_with_its_error() -> None:
     r = reaper('[[rule]]\nname = "x"\nport = 80\n')
     cycle = r.cycle(Sample(seq=1, started=0.0, error="netlink said no"))
     assert cycle.error == "netlink said no" and "sample failed: netlink said no" in cycle.line()
+
+
+def test_the_metrics_start_at_zero_per_rule_and_ladder_and_count_outcomes() -> None:
+    from prometheus_client import generate_latest
+
+    from sockdoctor.reap.metrics import ReapCollector, registries
+
+    r = reaper('[[rule]]\nname = "x"\nport = 80\nmethods = ["fin", "destroy"]\n')
+    collector = ReapCollector(r)
+    text = generate_latest(registries(collector)[1]).decode()
+    assert 'sockdoctor_reaped_total{method="fin",outcome="closed",rule="x"} 0.0' in text
+    assert 'sockdoctor_reaped_total{method="destroy",outcome="closed",rule="x"} 0.0' in text
+    assert 'sockdoctor_reap_cycles_total{mode="dry-run"} 0.0' in text
+    r.totals[("x", "fin", "half-closed")] += 2
+    r.cycles = 4
+    text = generate_latest(registries(collector)[1]).decode()
+    assert 'sockdoctor_reaped_total{method="fin",outcome="half-closed",rule="x"} 2.0' in text
+    assert 'sockdoctor_reap_cycles_total{mode="dry-run"} 4.0' in text
+    assert 'sockdoctor_reap_given_up{rule="x"} 0.0' in text

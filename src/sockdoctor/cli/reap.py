@@ -44,8 +44,13 @@ Examples:
               help="Append JSON lines for every action here [default: the policy's "
                    "audit_log, else /var/log/sockdoctor/audit.jsonl].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle (NDJSON).")
+@click.option("--listen", metavar="ADDR:PORT",
+              help="Serve the reaper's metrics (sockdoctor_reaped_total...) on /metrics.")
+@click.option("--textfile", "textfile_dir", metavar="DIR",
+              help="Write DIR/sockdoctor_reap.prom after every cycle (node_exporter).")
 def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
-                 audit_log: str | None, as_json: bool, **kw: Any) -> None:
+                 audit_log: str | None, as_json: bool, listen: str | None,
+                 textfile_dir: str | None, **kw: Any) -> None:
     """Reap stuck connections by a policy, cycle after cycle: planned, audited, verified."""
     from ..reap import policy as reap_policy
 
@@ -57,15 +62,15 @@ def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
                  or kw["process"] or kw["older_than"] or kw["filter_file"])
     query = build_query(kw)
     reaper, sampler = _start(policy, apply_, audit_log, query if named else None, query.netns)
-    say = _Output(as_json)
-    if not as_json:
-        click.echo(f"reap: {len(policy.rules)} rule(s) from {policy.path}, every "
-                   f"{policy.interval_s:g}s, " + ("acting (--apply)" if apply_ else
-                                                  "dry run (add --apply to act)"))
+    say = _Output(as_json, _Metrics(reaper, listen, textfile_dir))
+    say.note(f"{len(policy.rules)} rule(s) from {policy.path}, every {policy.interval_s:g}s, "
+             + ("acting (--apply)" if apply_ else "dry run (add --apply to act)")
+             + say.metrics.where())
     if once:
         say.cycle(reaper.cycle(sampler.sample_safely()))
         return
     _daemon(policy_path, reaper, sampler, say)
+    say.metrics.close()
 
 
 def _start(policy: Any, apply_: bool, audit_log: str | None, narrow: Any, netns: str
@@ -116,13 +121,57 @@ def _daemon(path: str, reaper: Any, sampler: Any, say: _Output) -> None:
     say.stopped(reaper)
 
 
+class _Metrics:
+    """The reaper's metrics through the exporter's HTTP server and textfile writer."""
+
+    def __init__(self, reaper: Any, listen: str | None, textfile_dir: str | None) -> None:
+        self.server = self.textfile = None
+        if listen is None and textfile_dir is None:
+            return
+        from ..reap.metrics import TEXTFILE_NAME, ReapCollector, registries
+        from ..watch import exporter as ex
+
+        self.collector = ReapCollector(reaper)
+        self.served, self.textfile_registry = registries(self.collector)
+        if textfile_dir is not None:
+            ex.check_textfile_dir(textfile_dir)
+            self.textfile = f"{textfile_dir.rstrip('/')}/{TEXTFILE_NAME}"
+        if listen is not None:
+            from prometheus_client import make_wsgi_app
+
+            self.server = ex.listen(*ex.parse_listen(listen), make_wsgi_app(self.served))
+            threading.Thread(target=self.server.serve_forever, name="http",
+                             daemon=True).start()
+            self.url = ex.bound_url(self.server)
+
+    def where(self) -> str:
+        return "".join([f"; metrics on {self.url}" if self.server else "",
+                        f"; metrics in {self.textfile}" if self.textfile else ""])
+
+    def update(self, cycle: Any) -> None:
+        if self.server is None and self.textfile is None:
+            return
+        self.collector.last_cycle = cycle.started
+        if self.textfile:
+            from ..watch.exporter import write_textfile
+
+            write_textfile(self.textfile, self.textfile_registry)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
 class _Output:
     """A line (or a JSON object) per cycle, flushed at once: it is a log."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, metrics: _Metrics) -> None:
         self.as_json = as_json
+        self.metrics = metrics
 
     def cycle(self, cycle: Any) -> None:
+        self.metrics.update(cycle)
         if self.as_json:
             self._json(cycle.to_json())
         else:
