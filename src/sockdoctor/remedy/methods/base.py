@@ -104,6 +104,7 @@ class Method:
     batch: ClassVar[int] = 256
     in_netns: ClassVar[bool] = False  # acts from inside the socket's namespace
     paces_itself: ClassVar[bool] = False
+    by_state: ClassVar[bool] = False  # acts in the kernel: what each side sees varies by state
     program_sees: ClassVar[str]
     peer_sees: ClassVar[str]
 
@@ -113,6 +114,8 @@ class Method:
 
     def effects(self, sk: Socket, bare_close: bool = False) -> tuple[str, str]:
         """(what the owning program sees, what the peer sees) when this method ends sk."""
+        if self.by_state:
+            return state_effects(self, sk, (self.program_sees, self.peer_sees))
         return self.program_sees, self.peer_sees
 
     def batches(self, items: list[PlanItem], size: int) -> list[list[PlanItem]]:

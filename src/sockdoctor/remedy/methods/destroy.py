@@ -11,9 +11,8 @@ from __future__ import annotations
 import errno
 
 from ...linux import host as hostmod
-from ...model import Socket
 from ..steps import Action, PlanItem
-from .base import Choice, Method, Runtime, Target, state_effects
+from .base import Choice, Method, Runtime, Target
 
 _STATUS = {0: "done", errno.ENOENT: "already-gone", errno.ESTALE: "identity-changed",
            errno.EPERM: "not-permitted", errno.EACCES: "not-permitted",
@@ -26,6 +25,7 @@ _DETAIL = {0: "destroyed", errno.EOPNOTSUPP: hostmod.NO_DESTROY_BUILD,
 class Destroy(Method):
     name = "destroy"
     in_netns = True
+    by_state = True
     program_sees = "its next read or write fails with ECONNABORTED; the descriptor stays open"
     peer_sees = "a reset (RST): ECONNRESET; data not yet sent is dropped"
 
@@ -39,9 +39,6 @@ class Destroy(Method):
         note = " (its accept-queue slot stays taken until the program accepts it)" \
             if t.sk.queued else ""
         return Choice("destroy", f"asked: kernel SOCK_DESTROY{note}")
-
-    def effects(self, sk: Socket, bare_close: bool = False) -> tuple[str, str]:
-        return state_effects(self, sk, (self.program_sees, self.peer_sees))
 
     def run(self, batch: list[PlanItem], rt: Runtime) -> list[Action]:
         works, note = _checked(rt)

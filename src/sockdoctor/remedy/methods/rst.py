@@ -8,9 +8,9 @@ kernel's challenge-ACK rate limit and tcp_rfc1337 are detected and reported.
 from __future__ import annotations
 
 from ...linux import host as hostmod
-from ...model import Socket, TcpState
+from ...model import TcpState
 from ..steps import Action, PlanItem
-from .base import Choice, Method, Runtime, Target, one_by_one, state_effects
+from .base import Choice, Method, Runtime, Target, one_by_one
 
 _STATUS = {"killed": "done", "not-found": "already-gone", "gone": "already-gone"}
 
@@ -18,6 +18,7 @@ _STATUS = {"killed": "done", "not-found": "already-gone", "gone": "already-gone"
 class Rst(Method):
     name = "rst"
     in_netns = True
+    by_state = True
     program_sees = "its next read or write fails (ECONNRESET or EPIPE); the descriptor stays open"
     peer_sees = "a reset (RST), if it is still there: ECONNRESET"
 
@@ -30,9 +31,6 @@ class Rst(Method):
             return Choice("rst", "asked: forged RST (TIME-WAIT honours it unless "
                                  "tcp_rfc1337=1)")
         return Choice("rst", "asked: forged RST after learning the sequence numbers")
-
-    def effects(self, sk: Socket, bare_close: bool = False) -> tuple[str, str]:
-        return state_effects(self, sk, (self.program_sees, self.peer_sees))
 
     def run(self, batch: list[PlanItem], rt: Runtime) -> list[Action]:
         with hostmod.rst_killer() as killer:
