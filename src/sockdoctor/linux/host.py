@@ -18,21 +18,23 @@ Errors from the modules below reach the caller as the SockdoctorError family;
 from __future__ import annotations
 
 import errno
-import gzip
 import os
 import platform
 import select
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
 from ..errors import SockdoctorError
 from ..model import Snapshot, Socket, TcpState
 from . import netns as netns_mod
-from . import pidfd, procfs, ptrace, rawtcp, sockdiag
+from . import pidfd, procfs, sockdiag
+
+if TYPE_CHECKING:  # loaded by close and rst only: a kill by fin or destroy never needs them
+    from . import ptrace, rawtcp
 
 T = TypeVar("T")
 SO_COOKIE = 57
@@ -100,6 +102,8 @@ def _has_capability(bit: int) -> bool:
 
 def _kernel_config(option: str) -> bool | None:
     """Whether the running kernel was built with `option`; None when nothing says."""
+    import gzip
+
     paths = ("/proc/config.gz", f"/boot/config-{os.uname().release}")
     for path in paths:
         try:
@@ -338,15 +342,22 @@ def own_socket(sock: socket.socket) -> Socket:
 def close_fds(pid: int, targets: list[tuple[int, int]], placeholder: bool,
               ) -> list[ptrace.CloseResult | SockdoctorError]:
     """Method close for (fd, inode) pairs of one process, in one ptrace stop."""
+    from . import ptrace
+
     return ptrace.inject_close_many(pid, targets, placeholder=placeholder)
 
 
-CloseResult = ptrace.CloseResult
+def is_close_result(result: object) -> bool:
+    from . import ptrace
+
+    return isinstance(result, ptrace.CloseResult)
 
 
 @contextmanager
 def rst_killer() -> Iterator[rawtcp.RstKiller]:
     """Forged-RST machinery for the current namespace (raw sockets, capture)."""
+    from . import rawtcp
+
     with rawtcp.RstKiller() as killer:
         yield killer
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 from collections import defaultdict
+from typing import Any
 
 from ...linux import host as hostmod
 from ...model import Socket, TcpState
@@ -91,8 +92,8 @@ class Close(Method):
         return super().judge(item, now)
 
 
-def _action(index: int, fd: int, result: object) -> Action:
-    if not isinstance(result, hostmod.CloseResult):
+def _action(index: int, fd: int, result: Any) -> Action:
+    if not hostmod.is_close_result(result):
         exc = result if isinstance(result, BaseException) else RuntimeError(str(result))
         return Action(index=index, status=hostmod.status_of(exc), detail=hostmod.describe(exc))
     note = f"; the interrupted {result.interrupted} {result.after}" if result.interrupted else ""
