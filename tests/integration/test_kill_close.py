@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,10 @@ class Pool:
 
 
 @pytest.fixture
-def pool(lab: Lab, tmp_path: Path) -> Pool:
-    return Pool(lab, tmp_path)
+def pool(lab: Lab, tmp_path: Path) -> Iterator[Pool]:
+    made = Pool(lab, tmp_path)
+    yield made
+    made.service.close()
 
 
 def test_dead_fds_keep_the_number_taken_so_nothing_reaches_a_new_file(pool: Pool) -> None:
