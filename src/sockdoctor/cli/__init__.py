@@ -16,9 +16,12 @@ import click
 from .common import CONTEXT, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
+from .exporter import exporter_command
+from .keepalive import keepalive_command
 from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
+from .reap import reap_command
 from .snapshot import snapshot_command
 
 
@@ -40,6 +43,7 @@ Examples:
   sockdoctor doctor                  what is wrong, why, and how to fix it
   sockdoctor kill state close-wait --port 8080      plan; add --yes to act
   sockdoctor demo                    see it all on a reproduced leak
+  sockdoctor exporter                the same, watched, for Prometheus (:19808/metrics)
 """)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show the version and whether the compiled fast path is in use, and exit.")
@@ -56,9 +60,12 @@ def cli() -> None:
 cli.add_command(ls_command)
 cli.add_command(doctor_command)
 cli.add_command(kill_command)
+cli.add_command(reap_command)
+cli.add_command(keepalive_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
+cli.add_command(exporter_command)
 
 
 @user_errors

@@ -121,6 +121,31 @@ class _Walk:
         return walk
 
 
+CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 19, 21
+
+
+def has_capabilities(*caps: int) -> bool:
+    """Whether this process holds every one of these in its effective set.
+
+    A service may run as an ordinary user with just the capabilities it needs
+    (deploy/systemd), and root in a container may lack some: the uid alone
+    does not say what a scan may see.
+    """
+    try:
+        for line in _read(f"{PROC}/self/status").splitlines():
+            if line.startswith("CapEff:"):
+                effective = int(line.split()[1], 16)
+                return all(effective >> cap & 1 for cap in caps)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+def sees_every_process() -> bool:
+    """May read every process's descriptors (list them and follow the links)?"""
+    return has_capabilities(CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE)
+
+
 def list_pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
@@ -349,6 +374,18 @@ def process_names() -> list[Process]:
     return out
 
 
+# Kubernetes puts each pod in a cgroup named after its uid: "pod<uid>" with the
+# cgroupfs driver, "kubepods-<qos>-pod<uid with _ for ->.slice" with systemd's.
+_POD_UID = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_]"
+                      r"[0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def pod_uid(cgroup: str) -> str:
+    """The Kubernetes pod uid a cgroup path reveals ('' outside Kubernetes)."""
+    m = _POD_UID.search(cgroup)
+    return m.group(1).replace("_", "-") if m else ""
+
+
 def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process | None:
     """Facts about one process, or None if it is gone."""
     base = f"{PROC}/{pid}"
@@ -382,6 +419,29 @@ def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process 
     return proc
 
 
+def start_time(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, state letter) of a process; None if gone.
+
+    The start time tells a process from a later one that got the same PID.
+    """
+    try:
+        stat = _read(f"{PROC}/{pid}/stat")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split(" ")
+    try:
+        return int(fields[19]), fields[0]
+    except (IndexError, ValueError):
+        return None
+
+
+def comm(pid: int) -> str:
+    try:
+        return _read(f"{PROC}/{pid}/comm").rstrip("\n")
+    except OSError:
+        return ""
+
+
 def fd_soft_limit(pid: int) -> int:
     try:
         for line in _read(f"{PROC}/{pid}/limits").splitlines():
@@ -394,7 +454,7 @@ def fd_soft_limit(pid: int) -> int:
 
 
 # x86_64 syscall numbers a stuck network program is typically blocked in.
-_SYSCALL_NAMES = {
+SYSCALL_NAMES = {
     0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom",
     47: "recvmsg", 61: "wait4", 202: "futex", 230: "clock_nanosleep", 232: "epoll_wait",
     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
@@ -429,7 +489,7 @@ def thread_states(pid: int) -> list[ThreadInfo]:
                 syscall = "running"
             elif first.lstrip("-").isdigit():
                 nr = int(first)
-                syscall = "" if nr < 0 else _SYSCALL_NAMES.get(nr, f"syscall {nr}")
+                syscall = "" if nr < 0 else SYSCALL_NAMES.get(nr, f"syscall {nr}")
         except (OSError, IndexError):
             pass
         out.append(ThreadInfo(tid=tid, state=state, wchan=wchan, syscall=syscall))
@@ -445,29 +505,34 @@ def socket_protocol(pid: int, fd: int) -> str:
     return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
-def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int],
-                 namespaces: set[int]) -> list[DeadSocketFd]:
+def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int], namespaces: set[int],
+                 protocols: dict[int, str] | None = None) -> list[DeadSocketFd]:
     """Descriptors pointing at TCP sockets that are in no TCP table any more.
 
     Only processes inside the scanned namespaces are considered: a socket
     usually lives in its creator's namespace, and one from a namespace we did
-    not dump would otherwise look dead.
+    not dump would otherwise look dead. `protocols` (inode -> protocol name)
+    is a cache a caller that asks again and again (the sampler) keeps: a
+    socket's protocol never changes.
     """
     dead: list[DeadSocketFd] = []
     netns_of: dict[int, int] = {}
-    for inode, holders in owners.by_inode.items():
-        if inode in live_inodes:
-            continue
-        for holder in holders:
+    by_inode = owners.by_inode
+    for inode in by_inode.keys() - live_inodes:
+        for holder in by_inode[inode]:
             pid, fd = holder.pid, holder.fd
             if pid not in netns_of:
                 netns_of[pid] = netns_inode(pid)
             if netns_of[pid] not in namespaces:
                 continue
-            proto = socket_protocol(pid, fd)
+            proto = protocols.get(inode, "") if protocols is not None else ""
+            if not proto:
+                proto = socket_protocol(pid, fd)
+                if protocols is not None and proto:
+                    protocols[inode] = proto
             if proto in ("TCP", "TCPv6"):
                 dead.append(DeadSocketFd(pid=pid, fd=fd, inode=inode, protocol=proto))
-    return dead
+    return sorted(dead, key=lambda d: (d.pid, d.fd))
 
 
 def netns_inode(pid: int) -> int:
