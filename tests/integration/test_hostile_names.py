@@ -171,3 +171,15 @@ def test_the_kill_plan_as_json_keeps_the_exact_bytes(scene: Scene) -> None:
     assert b"Traceback" not in done.stderr, done.stderr
     assert json.dumps(list(NAME)).replace(" ", "").encode() in done.stdout.replace(b" ", b"")
     json.loads(done.stdout)
+
+
+def test_kill_ends_the_sockets_and_audits_the_exact_name(scene: Scene, tmp_path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    done = run("kill", "--netns", scene.ns, "--port", str(PORT), "--yes", "--audit-log",
+               str(audit))
+    assert done.returncode == 0, done.stderr
+    assert_reaches_no_terminal_raw(done.stdout)
+    assert_reaches_no_terminal_raw(done.stderr)
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    acted = [line for line in lines if line.get("comm")]
+    assert acted and all(bytes(line["comm"]) == NAME for line in acted)

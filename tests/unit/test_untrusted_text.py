@@ -132,3 +132,21 @@ def test_a_byte_array_where_it_does_not_belong_is_still_a_validation_error() -> 
                                                          b'"hostname":[1,2]')
     with pytest.raises(Exception, match="hostname"):
         snapshot_io.loads(data)
+
+
+def test_the_exporter_serves_hostile_names_as_readable_labels() -> None:
+    from sockdoctor.watch.exporter import SampleCollector, registries
+    from sockdoctor.watch.metrics import Options
+    from sockdoctor.watch.sampler import Sample
+
+    snap = hostile_snapshot()
+    collector = SampleCollector(Options())
+    collector.update(Sample(seq=1, started=snap.created, snapshot=snap, first_seen={},
+                            duration_s=0.1, cpu_s=0.1))
+    from prometheus_client import generate_latest
+
+    text = b"".join(generate_latest(r) for r in registries(collector)).decode()
+    # label values are text: the undecodable byte as \xNN (the newline and backslashes
+    # escaped by the exposition format itself)
+    assert 'netns="\x1b[31mRED\\nx\\\\xff\\\\",state="close_wait"} 5.0' in text
+    assert "\udcff" not in text

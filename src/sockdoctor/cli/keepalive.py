@@ -103,9 +103,9 @@ def _show(report: Any, as_json: bool) -> None:
 
     try:
         if as_json:
-            import msgspec
+            from ..jsontext import encode  # names that are not UTF-8, exact
 
-            sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
+            sys.stdout.buffer.write(encode(report) + b"\n")
         else:
             lines = list(render_keepalive_plan(report.plan, applying=report.applied))
             if report.applied:

@@ -192,9 +192,9 @@ class _Output:
             self._line(reaper.summary())
 
     def _json(self, obj: dict) -> None:
-        import msgspec
+        from ..jsontext import encode  # names that are not UTF-8, exact
 
-        self._line(msgspec.json.encode(obj).decode())
+        self._line(encode(obj).decode())
 
     @staticmethod
     def _line(text: str) -> None:
