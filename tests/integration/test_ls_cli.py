@@ -237,3 +237,23 @@ def test_unprivileged_the_own_namespace_is_called_host(unprivileged: Unprivilege
     summary = unprivileged.sockdoctor("ls", "--summary", "--netns", "host", "--port", "1")
     assert summary.returncode == 0, summary.stderr
     assert "pid:" not in summary.stdout + summary.stderr
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (("ls", "-p"), 0),
+    (("ls", "--json"), 0),
+    (("ls", "--summary"), 0),
+    (("snapshot", "-o", "-"), 0),
+    (("doctor", "--stuck-after", "1h"), 0),  # its own status (healthy), not click's 1
+    (("doctor", "--json", "--stuck-after", "1h"), 0),
+])
+def test_a_reader_that_went_away_ends_quietly_with_the_commands_status(
+        net: Net, args: tuple[str, ...], code: int) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `| head` after head has exited
+    try:
+        done = subprocess.run([sys.executable, "-m", "sockdoctor", *args, "--netns", net.ns],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (code, "")

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, user_errors
+from .common import CONTEXT, reader_may_leave, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
 from .exporter import exporter_command
@@ -36,7 +36,20 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     ctx.exit()
 
 
-@click.group(context_settings=CONTEXT, epilog="""
+class _Commands(click.Group):
+    """The command group; a reader that leaves early (`ls | head`) ends a listing with 0.
+
+    Commands with a status of their own (doctor, kill) print inside
+    reader_may_leave() themselves and keep it.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        with reader_may_leave():
+            return super().invoke(ctx)
+        return 0
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT, epilog="""
 \b
 Examples:
   sockdoctor ls --summary            who holds which sockets, on one screen

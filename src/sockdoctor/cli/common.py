@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -272,6 +273,21 @@ def _ss_habit(exc: click.NoSuchOption) -> click.UsageError | None:
         return click.UsageError(f"{name} is an option of `sockdoctor ls` (as in ss); "
                                 f"`sockdoctor {command}` collects what it needs itself", exc.ctx)
     return None
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Output to a reader that may go away (`| head`): stop writing, keep the exit status.
+
+    click turns a broken pipe into exit 1, which means "warnings" for doctor
+    and "some sockets survived" for kill; a command that prints inside this
+    block still exits with its own status.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _silence_stdout() -> None:

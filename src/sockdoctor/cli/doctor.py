@@ -22,6 +22,7 @@ from .common import (
     clear_progress,
     filter_options,
     progress,
+    reader_may_leave,
     warn,
 )
 
@@ -105,7 +106,8 @@ def doctor_command(interval: str | None, from_file: str | None, previous_file: s
     if previous is not None and previous.created >= snap.created:
         warn(["the previous snapshot is not older than the current one: trends not shown"])
     report = diagnose(snap, previous, config=config, query=query)
-    _write(report, as_json, no_color)
+    with reader_may_leave():
+        _write(report, as_json, no_color)
     return report.exit_code
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, build_query, filter_options
+from .common import CONTEXT, build_query, filter_options, reader_may_leave
 
 REAP_HELP = """
 \b
@@ -198,13 +198,8 @@ class _Output:
 
     @staticmethod
     def _line(text: str) -> None:
-        try:
+        with reader_may_leave():
             sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            from .common import _silence_stdout
-
-            _silence_stdout()
 
 
 def _describe(policy: Any) -> None:
