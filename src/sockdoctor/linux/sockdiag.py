@@ -525,3 +525,35 @@ def read_destroyed(sock: socket.socket, netns: int = 0) -> tuple[list[Socket], i
             break
         parser.feed(view[:n])
     return out, overflows
+
+
+INET_DIAG_NOCOOKIE = 0xFFFFFFFFFFFFFFFF  # both u32 halves ~0: "any cookie"
+
+
+def lookup_tuple(sock: socket.socket, family: int, local_addr: str, local_port: int,
+                 peer_addr: str, peer_port: int, netns: int = 0) -> Socket | None:
+    """The socket with exactly this 4-tuple in the socket's namespace, whatever its cookie.
+
+    For `trace`, which learns of a new connection from a tracepoint that gives
+    only the 4-tuple. The kernel's exact lookup falls back to a listener on
+    the local port, so anything but the very same 4-tuple is ignored.
+    """
+    probe = Socket(netns, family, 0, local_addr, local_port, peer_addr, peer_port, 0,
+                   INET_DIAG_NOCOOKIE, 0, 0, 0)
+    request = build_request(family, ALL_STATES, 0, 1, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
+                            sockid(probe))
+    sock.send(request)
+    buf = bytearray(65536)
+    n = sock.recv_into(buf)
+    out: list[Socket] = []
+    try:
+        DumpParser(DumpOptions(ALL_STATES), netns, out).feed(memoryview(buf)[:n])
+    except OSError as exc:
+        if exc.errno in (errno_mod.ENOENT, errno_mod.ESTALE):
+            return None
+        raise
+    for found in out:
+        if (found.peer_port == peer_port and found.local_port == local_port
+                and found.peer_addr == peer_addr and found.local_addr == local_addr):
+            return found
+    return None

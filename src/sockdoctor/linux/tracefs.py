@@ -374,19 +374,21 @@ class Reader:
 
     def _decode(self, page: bytes, cpu: int, out: list[StateChange]) -> None:
         event = self.event
-        unpack, wanted_id = event.struct.unpack_from, event.event_id
-        order = event.order
+        unpack, wanted_id, size = event.struct.unpack_from, event.event_id, event.size
+        (i_type, i_flags, i_pid, i_sk, i_old, i_new, i_sport, i_dport, i_family, i_saddr,
+         i_daddr, i_saddr6, i_daddr6) = (event.order.index(name) for name in event.WANTED)
+        append = out.append
         for ts, payload in iter_page(page, self.page):
-            if len(payload) < event.size:
+            if len(payload) < size:
                 continue
-            f = dict(zip(order, unpack(payload), strict=True))
-            if f["common_type"] != wanted_id:
+            f = unpack(payload)
+            if f[i_type] != wanted_id:
                 continue
-            v6 = f["family"] == 10
-            out.append(StateChange(
-                ts, cpu, f["common_pid"], bool(f["common_flags"] & IRQ_FLAGS), f["skaddr"],
-                f["oldstate"], f["newstate"], f["family"], f["sport"], f["dport"],
-                f["saddr_v6"] if v6 else f["saddr"], f["daddr_v6"] if v6 else f["daddr"]))
+            v6 = f[i_family] == 10
+            append(StateChange(
+                ts, cpu, f[i_pid], bool(f[i_flags] & IRQ_FLAGS), f[i_sk], f[i_old], f[i_new],
+                f[i_family], f[i_sport], f[i_dport], f[i_saddr6] if v6 else f[i_saddr],
+                f[i_daddr6] if v6 else f[i_daddr]))
 
     def close(self) -> None:
         for fd in self._fds:
