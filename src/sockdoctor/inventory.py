@@ -1,4 +1,9 @@
-"""scan(query) -> Snapshot: the one place that joins kernel, /proc and namespaces."""
+"""scan(query) -> Snapshot: the one place that joins kernel, /proc and namespaces.
+
+scan() is a sequence of steps that the sampler (watch/sampler.py) also calls
+one by one, with its own owner cache in place of the full /proc walk:
+select_namespaces -> dump_namespaces -> (owners) attach_owners -> Snapshot.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import NotFoundError, PermissionDeniedError
 from .linux import netns as netns_mod
 from .linux import procfs, sockdiag
-from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
+from .model import ALL_STATES_MASK, DeadSocketFd, Netns, Process, Snapshot, Socket
 from .query import Query
 
 Progress = Callable[[str], None]
@@ -25,6 +30,19 @@ class _NsResult:
     counters: dict[str, dict[str, int]]
 
 
+@dataclass
+class Facts:
+    """Where process facts come from: /proc each time, or a cache (the sampler's).
+
+    `process(pid, fd_count, threads)` gives one process (None if gone);
+    `protocols` remembers the protocol of socket inodes already looked at, so
+    that the dead-descriptor check does not ask again for the same socket.
+    """
+
+    process: Callable[[int, int, bool], Process | None] = procfs.process_info
+    protocols: dict[int, str] | None = None
+
+
 def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = False,
          mem: bool = False, age: bool = False, extended: bool = False, evidence: bool = False,
          netns: str | None = None, progress: Progress | None = None,
@@ -34,7 +52,6 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
     info: decode tcp_info and the congestion control for each socket.
     age: fetch only the age estimate (tcp_info's last-ACK-received).
-    attrs: shutdown state, cgroup id and mark of each socket (ls -e).
     extended: decode what `ss -e` adds: shutdown state, cgroup id, mark.
     evidence: also collect what the doctor needs: sysctls, counters, thread
         states of owning processes, descriptors of dead TCP sockets.
@@ -44,73 +61,146 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     netns: "all" (default), "host", a name from `ip netns`, a PID or an inode;
         overrides the query's own setting when given.
     """
-    if query is None or isinstance(query, str):
-        query = Query.build(query or ())
+    query = as_query(query)
     say = progress or (lambda _msg: None)
-    wanted = netns if netns is not None else query.netns
+    check_pids(query)
     warnings: list[str] = []
+    namespaces, all_namespaces = select_namespaces(
+        netns if netns is not None else query.netns, warnings)
+    need_owners = owners or query.needs_owners or evidence
+    collect_owners = start_owner_walk(namespaces, all_namespaces) if need_owners else None
+    opts = dump_options(query, info=info, age=age, mem=mem, extended=extended,
+                        evidence=evidence, lazy_info=lazy_info)
+    say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
+    netns_records, dumped = dump_namespaces(namespaces, opts, families(query), warnings,
+                                            sysctls=evidence, counters=evidence)
+    sockets = [sk for sk in dumped if query.match_socket(sk)]
+    joined = Joined(sockets)
+    if collect_owners is not None:
+        say(f"finding owners of {len(sockets)} sockets in /proc")
+        owner_map = collect_owners(sockets)
+        warn_denied(owner_map, warnings)
+        joined = attach_owners(sockets, dumped, owner_map, query, netns_records,
+                               evidence=evidence)
+    return assemble(joined, netns_records, warnings, owners=need_owners, info=info,
+                    age=opts.age or info, evidence=evidence)
+
+
+def as_query(query: Query | str | None) -> Query:
+    if query is None or isinstance(query, str):
+        return Query.build(query or ())
+    return query
+
+
+def check_pids(query: Query) -> None:
+    """--pid of a process that does not exist is the user's mistake, not an empty answer."""
     missing = [pid for pid in sorted(query.pids) if not procfs.pid_exists(pid)]
     if missing:
         raise NotFoundError(f"no process {', '.join(map(str, missing))}")
 
-    namespaces, all_namespaces = _namespaces(wanted, warnings)
-    need_owners = owners or query.needs_owners or evidence
-    first_pids, other_pids = _owner_pids(namespaces, all_namespaces)
-    collect_owners = procfs.socket_owners_async(first_pids) if need_owners else None
-    # The doctor's evidence needs every socket of the namespace (a descriptor is
-    # only "dead" if its socket is in no table at all), whatever the query says.
-    dump_states = ALL_STATES_MASK if evidence else query.states
-    opts = sockdiag.DumpOptions(states=dump_states, info=info,
-                                age=age or query.needs_age, mem=mem,
+
+def families(query: Query) -> tuple[int, ...]:
+    return (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
+
+
+def dump_options(query: Query, *, info: bool = False, age: bool = False, mem: bool = False,
+                 extended: bool = False, evidence: bool = False,
+                 lazy_info: bool = False) -> sockdiag.DumpOptions:
+    """What to ask the kernel for. The doctor's evidence needs every socket of the
+    namespace (a descriptor is only "dead" if its socket is in no table at all),
+    whatever the query says."""
+    return sockdiag.DumpOptions(states=ALL_STATES_MASK if evidence else query.states,
+                                info=info, age=age or query.needs_age, mem=mem,
                                 attrs=extended or evidence, lazy_info=lazy_info,
                                 bytecode=_kernel_filter(query, evidence))
-    say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
-    families = (query.family,) if query.family else (socket.AF_INET, socket.AF_INET6)
-    netns_records, dumped = _dump_all(namespaces, opts, families, evidence, warnings)
-    sockets = [sk for sk in dumped if query.match_socket(sk)]
 
-    processes: dict[int, Process] = {}
-    dead_fds = []
-    if collect_owners is not None:
-        say(f"finding owners of {len(sockets)} sockets in /proc")
-        owner_map = collect_owners()
-        if other_pids and any(sk.inode and sk.inode not in owner_map.by_inode for sk in sockets):
+
+def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
+                     ) -> Callable[[list[Socket]], procfs.OwnerMap]:
+    """Start the full /proc owner walk now; the returned function finishes it.
+
+    It takes the sockets found meanwhile: processes outside the scanned
+    namespaces are walked only if one of them is still without an owner.
+    """
+    first_pids, other_pids = owner_pids(selected, found)
+    collect = procfs.socket_owners_async(first_pids)
+
+    def finish(sockets: list[Socket]) -> procfs.OwnerMap:
+        owner_map = collect()
+        if other_pids and any(sk.inode and sk.inode not in owner_map.by_inode
+                              for sk in sockets):
             owner_map.update(procfs.socket_owners(other_pids))  # held from outside the netns
-        if owner_map.denied_pids and os.geteuid() != 0:  # root is refused only by odd inits
-            warnings.append(
-                f"{owner_map.denied_pids} processes of other users were not readable: their "
-                "sockets show no owner (run as root to see them)")
-        join_owners(sockets, owner_map)
-        pids = {o.pid for sk in sockets for o in sk.owners}
-        for pid in sorted(pids):
-            proc = procfs.process_info(pid, owner_map.fd_counts.get(pid, 0), threads=evidence)
+        return owner_map
+    return finish
+
+
+def warn_denied(owner_map: procfs.OwnerMap, warnings: list[str]) -> None:
+    if owner_map.denied_pids and os.geteuid() != 0:  # root is refused only by odd inits
+        warnings.append(
+            f"{owner_map.denied_pids} processes of other users were not readable: their "
+            "sockets show no owner (run as root to see them)")
+
+
+@dataclass
+class Joined:
+    """Sockets with their owners joined, the owning processes and dead descriptors."""
+
+    sockets: list[Socket]
+    processes: dict[int, Process] = field(default_factory=dict)
+    dead_fds: list[DeadSocketFd] = field(default_factory=list)
+
+
+def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs.OwnerMap,
+                  query: Query, records: list[Netns], *, evidence: bool,
+                  facts: Facts | None = None, threads: set[int] | None = None) -> Joined:
+    """Join owners, read their processes, apply --pid/--process, find dead descriptors.
+
+    `threads`: the processes whose thread states to read (default: with
+    evidence, every owner); `facts`: where process facts come from.
+    """
+    facts = facts or Facts()
+    join_owners(sockets, owner_map)
+    counts = owner_map.fd_counts
+    pids = {o.pid for sk in sockets for o in sk.owners}
+    processes: dict[int, Process] = {}
+    for pid in sorted(pids):
+        want_threads = evidence and (threads is None or pid in threads)
+        proc = facts.process(pid, counts.get(pid, 0), want_threads)
+        if proc is not None:
+            processes[pid] = proc
+    if query.needs_owners:
+        sockets = [sk for sk in sockets if query.match_owner(sk, processes)]
+        keep = {o.pid for sk in sockets for o in sk.owners}
+        processes = {pid: p for pid, p in processes.items() if pid in keep}
+    dead_fds: list[DeadSocketFd] = []
+    if evidence:
+        dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in dumped},
+                                       {ns.inode for ns in records if not ns.error},
+                                       facts.protocols)
+        for pid in {d.pid for d in dead_fds} - processes.keys():
+            proc = facts.process(pid, counts.get(pid, 0), True)
             if proc is not None:
                 processes[pid] = proc
-        if query.needs_owners:
-            sockets = [sk for sk in sockets if query.match_owner(sk, processes)]
-            keep = {o.pid for sk in sockets for o in sk.owners}
-            processes = {pid: p for pid, p in processes.items() if pid in keep}
-        if evidence:
-            dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in dumped},
-                                           {ns.inode for ns in netns_records if not ns.error})
-            for pid in {d.pid for d in dead_fds} - processes.keys():
-                proc = procfs.process_info(pid, owner_map.fd_counts.get(pid, 0), threads=True)
-                if proc is not None:
-                    processes[pid] = proc
-            _add_fd_pressure(processes, owner_map)
+    return Joined(sockets, processes, dead_fds)
 
+
+def assemble(joined: Joined, records: list[Netns], warnings: list[str], *, owners: bool,
+             info: bool, age: bool, evidence: bool, created: float | None = None,
+             host_sysctls: dict[str, str] | None = None) -> Snapshot:
+    if host_sysctls is None:
+        host_sysctls = procfs.read_sysctls(procfs.GLOBAL_SYSCTLS) if evidence else {}
     return Snapshot(
-        created=time.time(),
+        created=time.time() if created is None else created,
         hostname=socket.gethostname(),
         kernel=os.uname().release,
-        sockets=sockets,
-        namespaces=netns_records,
-        processes=processes,
-        sysctls=procfs.read_sysctls(procfs.GLOBAL_SYSCTLS) if evidence else {},
-        dead_fds=dead_fds,
-        owners_scanned=need_owners,
+        sockets=joined.sockets,
+        namespaces=records,
+        processes=joined.processes,
+        sysctls=host_sysctls,
+        dead_fds=joined.dead_fds,
+        owners_scanned=owners,
         info_scanned=info,
-        age_scanned=opts.age or info,
+        age_scanned=age,
         warnings=warnings,
     )
 
@@ -126,7 +216,7 @@ def _kernel_filter(query: Query, evidence: bool) -> bytes:
     return sockdiag.port_filter(query.ports)
 
 
-def _owner_pids(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
+def owner_pids(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
                 ) -> tuple[list[int], list[int]]:
     """Processes to walk for owners: those inside the scanned namespaces first.
 
@@ -146,8 +236,8 @@ def _owner_pids(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
     return first, rest
 
 
-def _namespaces(wanted: str, warnings: list[str]
-                ) -> tuple[list[netns_mod.NsRef], list[netns_mod.NsRef]]:
+def select_namespaces(wanted: str, warnings: list[str]
+                      ) -> tuple[list[netns_mod.NsRef], list[netns_mod.NsRef]]:
     found, _denied = netns_mod.discover()
     selected = netns_mod.select(found, wanted)
     if not selected and os.geteuid() != 0:
@@ -171,9 +261,14 @@ def _namespaces(wanted: str, warnings: list[str]
     return selected, found
 
 
-def _dump_all(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions,
-              families: tuple[int, ...], evidence: bool,
-              warnings: list[str]) -> tuple[list[Netns], list[Socket]]:
+def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions,
+                    families: tuple[int, ...], warnings: list[str], *, sysctls: bool = False,
+                    counters: bool = False) -> tuple[list[Netns], list[Socket]]:
+    """Dump each namespace (in parallel), with its net.* sysctls and TCP counters if asked.
+
+    A namespace that cannot be scanned gets its error in its record and a
+    warning; when it is the only one, the error is raised.
+    """
     def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
         def run() -> _NsResult:
             sock = sockdiag.open_socket()
@@ -181,10 +276,9 @@ def _dump_all(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions,
                 sockets = sockdiag.dump(sock, opts, netns=ns.inode, families=families)
             finally:
                 sock.close()
-            if not evidence:
-                return _NsResult(sockets, {}, {})
-            return _NsResult(sockets, procfs.read_sysctls(procfs.NET_SYSCTLS),
-                             procfs.read_counters())
+            return _NsResult(sockets,
+                             procfs.read_sysctls(procfs.NET_SYSCTLS) if sysctls else {},
+                             procfs.read_counters() if counters else {})
         return run
 
     if len(namespaces) == 1:
@@ -239,8 +333,3 @@ def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
             holders = by_inode.get(sk.inode)
             if holders:
                 sk.owners = holders
-
-
-def _add_fd_pressure(processes: dict[int, Process], owner_map: procfs.OwnerMap) -> None:
-    for pid, proc in processes.items():
-        proc.fd_count = owner_map.fd_counts.get(pid, proc.fd_count)

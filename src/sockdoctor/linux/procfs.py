@@ -293,6 +293,29 @@ def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process 
     return proc
 
 
+def start_time(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, state letter) of a process; None if gone.
+
+    The start time tells a process from a later one that got the same PID.
+    """
+    try:
+        stat = _read(f"{PROC}/{pid}/stat")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split(" ")
+    try:
+        return int(fields[19]), fields[0]
+    except (IndexError, ValueError):
+        return None
+
+
+def comm(pid: int) -> str:
+    try:
+        return _read(f"{PROC}/{pid}/comm").rstrip("\n")
+    except OSError:
+        return ""
+
+
 def fd_soft_limit(pid: int) -> int:
     try:
         for line in _read(f"{PROC}/{pid}/limits").splitlines():
@@ -356,13 +379,15 @@ def socket_protocol(pid: int, fd: int) -> str:
     return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
-def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int],
-                 namespaces: set[int]) -> list[DeadSocketFd]:
+def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int], namespaces: set[int],
+                 protocols: dict[int, str] | None = None) -> list[DeadSocketFd]:
     """Descriptors pointing at TCP sockets that are in no TCP table any more.
 
     Only processes inside the scanned namespaces are considered: a socket
     usually lives in its creator's namespace, and one from a namespace we did
-    not dump would otherwise look dead.
+    not dump would otherwise look dead. `protocols` (inode -> protocol name)
+    is a cache a caller that asks again and again (the sampler) keeps: a
+    socket's protocol never changes.
     """
     dead: list[DeadSocketFd] = []
     netns_of: dict[int, int] = {}
@@ -375,7 +400,11 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int],
                 netns_of[pid] = netns_inode(pid)
             if netns_of[pid] not in namespaces:
                 continue
-            proto = socket_protocol(pid, fd)
+            proto = protocols.get(inode, "") if protocols is not None else ""
+            if not proto:
+                proto = socket_protocol(pid, fd)
+                if protocols is not None and proto:
+                    protocols[inode] = proto
             if proto in ("TCP", "TCPv6"):
                 dead.append(DeadSocketFd(pid=pid, fd=fd, inode=inode, protocol=proto))
     return dead

@@ -1,0 +1,267 @@
+"""What the sampler keeps of /proc between samples, so that a steady state is cheap.
+
+OwnerCache: who holds which socket; ProcessCache: facts about the holders.
+
+A full owner walk is one readlink per open descriptor on the host (the most
+expensive part of a scan). Between two samples of a quiet host almost
+nothing changes, so the cache keeps, per process, the last listing of
+/proc/PID/fd and what each descriptor pointed at, and per sample:
+
+1. lists every process's descriptors (one getdents per process, no readlink)
+   and compares the listing with the previous one;
+2. a process whose listing is unchanged, and none of whose sockets died since
+   the last sample, keeps its descriptors as they were;
+3. in any other process only new descriptor numbers, and numbers whose
+   socket died (the number may have been reused), are read again;
+4. a socket still without an owner after that (a descriptor number that held
+   a file or another kind of socket before was reused) makes every
+   descriptor that is not a live TCP socket be read again.
+
+What remains without an owner goes back to the caller, which walks all of
+/proc (procfs.socket_owners_async) and hands the result to full(). A
+descriptor number that held a socket which is still alive elsewhere (dup,
+fork) and now holds a file shows as a stale owner until the next full walk:
+the caller walks fully every few samples for that reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ..model import Owner, Process
+from . import procfs
+
+_SOCKET = "socket:["
+
+
+@dataclass(slots=True)
+class _Fds:
+    """One process's descriptors as last seen."""
+
+    names: list[str]  # the listing of /proc/PID/fd, in the kernel's order
+    links: dict[int, int]  # fd -> socket inode, 0 when it is not a socket
+    sockets: set[int] = field(default_factory=set)  # the socket inodes among links
+
+
+@dataclass
+class Refresh:
+    """What one update() did."""
+
+    listed: int = 0  # processes listed
+    changed: int = 0  # processes whose descriptors were read again, at least in part
+    readlinks: int = 0
+    denied: int = 0
+
+
+class OwnerCache:
+    """inode -> every (pid, fd) holding it, updated incrementally (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, _Fds] = {}
+        self._by_inode: dict[int, list[Owner]] = {}
+        self._live: set[int] = set()  # TCP inodes of the previous sample
+        self.fd_counts: dict[int, int] = {}
+        self.denied = 0
+
+    def owner_map(self) -> procfs.OwnerMap:
+        """The current state as the OwnerMap scan() works with (shared, not copied).
+
+        Holder lists are replaced, never changed in place, so sockets of an
+        earlier snapshot keep the owners they had.
+        """
+        return procfs.OwnerMap(self._by_inode, self.fd_counts, self.denied)
+
+    def pids(self) -> set[int]:
+        return set(self._procs)
+
+    def full(self, walked: procfs.OwnerMap, live: set[int]) -> None:
+        """Start again from a full walk's result; `live`: the TCP inodes just dumped."""
+        per_pid: dict[int, dict[int, int]] = {pid: {} for pid in walked.fd_counts}
+        for inode, holders in walked.by_inode.items():
+            for holder in holders:
+                per_pid.setdefault(holder.pid, {})[holder.fd] = inode
+        self._procs.clear()
+        for pid, links in per_pid.items():
+            names = _list(pid)
+            if not names:
+                continue
+            for name in names:  # what the walk did not report is not a socket
+                links.setdefault(int(name), 0)
+            self._procs[pid] = _Fds(names, links, {i for i in links.values() if i})
+        self._by_inode = {inode: list(holders) for inode, holders in walked.by_inode.items()}
+        self.fd_counts = dict(walked.fd_counts)
+        self.denied = walked.denied_pids
+        self._live = set(live)
+
+    def update(self, pids: Iterable[int], live: set[int], wanted: set[int]) -> Refresh:
+        """Bring the cache up to date for these processes (steps 1-4 of the module doc).
+
+        `live`: inodes of the TCP sockets just dumped; `wanted`: those of them
+        that should have an owner. Returns what it did; missing() says which
+        wanted sockets still have none.
+        """
+        died = self._live - live
+        done = Refresh()
+        seen: set[int] = set()
+        for pid in pids:
+            seen.add(pid)
+            names = _list(pid)
+            done.listed += 1
+            if names is None or names is _DENIED:
+                done.denied += names is _DENIED
+                self._forget(pid)
+                continue
+            self.fd_counts[pid] = len(names)
+            old = self._procs.get(pid)
+            if old is not None and old.names == names and old.sockets.isdisjoint(died):
+                continue
+            done.changed += 1
+            done.readlinks += self._relist(pid, names, old, died)
+        for pid in set(self._procs) - seen:
+            self._forget(pid)
+        if not wanted.issubset(self._by_inode.keys()):
+            done.readlinks += self._reread_unsure(live)
+        self.denied = done.denied
+        self._live = set(live)
+        return done
+
+    def missing(self, wanted: set[int]) -> set[int]:
+        return wanted - self._by_inode.keys()
+
+    # --- internals -------------------------------------------------------
+
+    def _relist(self, pid: int, names: list[str], old: _Fds | None, died: set[int]) -> int:
+        """Re-read what may have changed in one process; returns the readlinks made."""
+        before = old.links if old is not None else {}
+        links: dict[int, int] = {}
+        unsure: list[int] = []
+        for name in names:
+            fd = int(name)
+            inode = before.get(fd)
+            if inode is None or inode in died:
+                unsure.append(fd)
+            else:
+                links[fd] = inode
+        links.update(_read_links(pid, unsure))
+        self._replace(pid, _Fds(names, links, {i for i in links.values() if i}), old)
+        return len(unsure)
+
+    def _reread_unsure(self, live: set[int]) -> int:
+        """Step 4: read every descriptor that is not a live TCP socket again."""
+        count = 0
+        for pid, fds in list(self._procs.items()):
+            unsure = [fd for fd, inode in fds.links.items() if inode not in live]
+            if not unsure:
+                continue
+            count += len(unsure)
+            fresh = _read_links(pid, unsure)
+            if all(fds.links.get(fd) == inode for fd, inode in fresh.items()):
+                continue
+            links = {**fds.links, **fresh}
+            self._replace(pid, _Fds(fds.names, links, {i for i in links.values() if i}), fds)
+        return count
+
+    def _replace(self, pid: int, new: _Fds, old: _Fds | None) -> None:
+        if old is not None:
+            self._drop_holders(pid, old.sockets)
+        by_inode = self._by_inode
+        for fd, inode in new.links.items():
+            if inode:
+                holders = by_inode.get(inode)
+                # a new list: snapshots already handed out keep the old one
+                by_inode[inode] = [*holders, Owner(pid, fd)] if holders else [Owner(pid, fd)]
+        self._procs[pid] = new
+
+    def _forget(self, pid: int) -> None:
+        old = self._procs.pop(pid, None)
+        self.fd_counts.pop(pid, None)
+        if old is not None:
+            self._drop_holders(pid, old.sockets)
+
+    def _drop_holders(self, pid: int, inodes: set[int]) -> None:
+        by_inode = self._by_inode
+        for inode in inodes:
+            holders = by_inode.get(inode)
+            if holders is None:
+                continue
+            kept = [h for h in holders if h.pid != pid]
+            if kept:
+                by_inode[inode] = kept
+            else:
+                del by_inode[inode]
+
+
+_DENIED: list[str] = []  # a listing we were not allowed to read (compared by identity)
+
+
+def _list(pid: int) -> list[str] | None:
+    """The names in /proc/PID/fd; None if the process is gone, _DENIED if not ours."""
+    try:
+        return os.listdir(f"{procfs.PROC}/{pid}/fd")
+    except PermissionError:
+        return _DENIED
+    except OSError:
+        return None
+
+
+def _read_links(pid: int, fds: list[int]) -> dict[int, int]:
+    """fd -> socket inode (0: not a socket) for each descriptor still open."""
+    if not fds:
+        return {}
+    try:
+        dirfd = os.open(f"{procfs.PROC}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return {}
+    out: dict[int, int] = {}
+    try:
+        for fd in fds:
+            try:
+                link = os.readlink(str(fd), dir_fd=dirfd)
+            except OSError:
+                continue  # closed meanwhile
+            out[fd] = int(link[8:-1]) if link.startswith(_SOCKET) else 0
+    finally:
+        os.close(dirfd)
+    return out
+
+
+class ProcessCache:
+    """Facts about owning processes, re-read in part each sample.
+
+    What a process is (command line, cgroup, namespace, user) changes only
+    with exec or a new process under a reused PID, both of which change its
+    start time; the state, name, descriptor count and threads are read again
+    every time, the descriptor limit on refresh().
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[int, Process]] = {}  # pid -> (start time, facts)
+
+    def refresh(self) -> None:
+        """Forget everything: the next look-up reads each process in full."""
+        self._known.clear()
+
+    def process(self, pid: int, fd_count: int = 0, threads: bool = False
+                ) -> Process | None:
+        started = procfs.start_time(pid)
+        if started is None:
+            self._known.pop(pid, None)
+            return None
+        known = self._known.get(pid)
+        if known is None or known[0] != started[0]:
+            proc = procfs.process_info(pid, fd_count, threads)
+            if proc is not None:
+                self._known[pid] = (started[0], proc)
+            return proc
+        proc = msgspec.structs.replace(
+            known[1], comm=procfs.comm(pid) or known[1].comm, state=started[1],
+            fd_count=fd_count, threads=procfs.thread_states(pid) if threads else None)
+        return proc
+
+    def forget_except(self, pids: set[int]) -> None:
+        for pid in set(self._known) - pids:
+            del self._known[pid]

@@ -1,0 +1,98 @@
+"""Which sockets a sampler has seen before, and since when each is in its state.
+
+Sockets are followed by cookie: the kernel gives every socket a cookie unique
+since boot (across namespaces too), so a cookie seen in two samples is the
+same socket, whatever happened to its 4-tuple's owner. A tracer (issue 10's
+`trace`) may note exact state changes; they replace the sampler's estimate.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from ..model import Socket
+
+NOTE_SAMPLES = 3  # a noted change waits this many samples for its socket to show up
+
+
+@dataclass(frozen=True, slots=True)
+class _Note:
+    netns: int  # 0: any namespace
+    family: int
+    local_addr: str
+    peer_addr: str
+    peer_port: int
+    state: int
+    when: float
+
+
+class Identities:
+    """cookie -> (state, since when), carried from sample to sample."""
+
+    def __init__(self) -> None:
+        self._state: dict[int, int] = {}
+        self._since: dict[int, float] = {}
+        self._notes: dict[int, list[tuple[_Note, int]]] = {}  # local port -> (note, samples left)
+        self._lock = threading.Lock()
+
+    def note(self, netns: int, family: int, local_addr: str, local_port: int, peer_addr: str,
+             peer_port: int, state: int, when: float) -> None:
+        note = _Note(netns, family, local_addr, peer_addr, peer_port, int(state), when)
+        with self._lock:
+            self._notes.setdefault(local_port, []).append((note, NOTE_SAMPLES))
+
+    def update(self, sockets: list[Socket], now: float
+               ) -> tuple[int, int, dict[int, float]]:
+        """(new, gone, cookie -> since when in its current state) for this sample.
+
+        A socket seen for the first time, or in another state than last time,
+        gets `now`: it entered its state after the previous sample, so `now`
+        gives a lower bound of zero — unless a tracer noted the exact time.
+        """
+        with self._lock:
+            notes, self._notes = self._notes, {}
+        old_state, old_since = self._state, self._since
+        state: dict[int, int] = {}
+        since: dict[int, float] = {}
+        new = 0
+        for sk in sockets:
+            cookie = sk.cookie
+            before = old_state.get(cookie)
+            if before is None:
+                new += 1
+                since[cookie] = now
+            elif before != sk.state:
+                since[cookie] = now
+            else:
+                since[cookie] = old_since[cookie]
+            state[cookie] = sk.state
+        if notes:
+            self._apply(notes, sockets, since)
+        gone = len(old_state) - (len(state) - new)
+        self._state, self._since = state, since
+        return new, gone, since
+
+    def _apply(self, notes: dict[int, list[tuple[_Note, int]]], sockets: list[Socket],
+               since: dict[int, float]) -> None:
+        """Exact entry times for the sockets the notes name; unmatched notes wait a while."""
+        matched: set[_Note] = set()
+        for sk in sockets:
+            waiting = notes.get(sk.local_port)
+            if waiting is None:
+                continue
+            for note, _left in waiting:
+                if _names(note, sk):
+                    since[sk.cookie] = note.when
+                    matched.add(note)
+        with self._lock:
+            for port, waiting in notes.items():
+                keep = [(n, left - 1) for n, left in waiting if n not in matched and left > 1]
+                if keep:
+                    self._notes.setdefault(port, []).extend(keep)
+
+
+def _names(note: _Note, sk: Socket) -> bool:
+    return (note.state == sk.state and note.peer_port == sk.peer_port
+            and note.family == sk.family and note.peer_addr == sk.peer_addr
+            and note.local_addr == sk.local_addr and note.netns in (0, sk.netns))

@@ -1,0 +1,292 @@
+"""The sampling engine: scan on an interval, cheaply, and diagnose each sample.
+
+One engine for every continuous consumer (the exporter, top, trace, the
+reaper); the contract is written in /work/team/SAMPLER.md and docs/exporter.md.
+A sample is the same evidence as `scan(evidence=True, age=True)` plus what
+only a sampler can know: which sockets are new or gone since the previous
+sample and since when each one has been in its state. The steps are
+inventory's (namespaces, dump, owners, processes, snapshot); what differs is
+that owners come from an OwnerCache (linux/ownercache.py) and a full /proc
+walk happens only on the first sample, every `full_walk_every` samples, and
+when a socket cannot be placed otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import inventory
+from ..doctor import DoctorConfig, Report, diagnose
+from ..doctor.scope import narrows
+from ..errors import SockdoctorError
+from ..linux import procfs
+from ..linux.netns import NsRef
+from ..linux.ownercache import OwnerCache, ProcessCache
+from ..model import Netns, Process, Snapshot, Socket, TcpState
+from ..query import Query
+from .identity import Identities
+
+log = logging.getLogger("sockdoctor.watch")
+FORCED_WALK_GAP = 3  # samples between two full walks that were not scheduled
+
+
+@dataclass
+class Sample:
+    """One sample: plain data, no I/O. See SAMPLER.md for each field."""
+
+    seq: int
+    started: float  # time.time() when the sample began
+    duration_s: float = 0.0  # wall time it took
+    cpu_s: float = 0.0  # CPU time of this process (and its walkers) spent on it
+    snapshot: Snapshot | None = None  # what the query selects; None if the sample failed
+    previous: Snapshot | None = None
+    report: Report | None = None  # the doctor's, on this sample (see doctor_ran)
+    error: str = ""
+    warnings: list[str] = field(default_factory=list)
+    new: int = 0  # sockets (by cookie) not in the previous sample
+    gone: int = 0  # sockets of the previous sample not in this one
+    first_seen: dict[int, float] = field(default_factory=dict)  # cookie -> since when in its state
+    full_walk: bool = False  # all of /proc was walked for owners
+    doctor_ran: bool = False  # report is from this sample (else carried over, or None)
+    readlinks: int = 0  # descriptors read for owners (a full walk: every one)
+
+    def age_ms(self, sk: Socket) -> int | None:
+        """Best lower bound of the time `sk` has been in its state, in milliseconds.
+
+        The larger of tcp_info's (docs/age.md) and the time since the sampler
+        (or trace) first saw it in this state. None when neither is known.
+        """
+        since = self.first_seen.get(sk.cookie)
+        seen = int((self.started - since) * 1000) if since is not None else None
+        if sk.age_ms is None:
+            return seen or None
+        return max(sk.age_ms, seen or 0)
+
+
+class Sampler:
+    """Takes samples of the host's TCP sockets; see the module doc and SAMPLER.md."""
+
+    def __init__(self, query: Query | str | None = None, netns: str = "all",
+                 interval: float = 15.0, doctor: bool = True,
+                 doctor_config: DoctorConfig | None = None, full_walk_every: int = 20,
+                 info: bool = False, doctor_every: int = 1) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.query = dataclasses.replace(inventory.as_query(query), netns="all")
+        self.netns = netns or "all"
+        self.interval = interval
+        self.doctor = doctor
+        self.doctor_config = doctor_config
+        self.full_walk_every = max(1, full_walk_every)
+        self.doctor_every = max(1, doctor_every)
+        self.info = info
+        self._owners = OwnerCache()
+        self._facts = ProcessCache()
+        self._protocols: dict[int, str] = {}
+        self._ids = Identities()
+        self._names: dict[int, str] = {}  # netns inode -> the name it was first given
+        self._sysctls: dict[int, dict[str, str]] = {}
+        self._host_sysctls: dict[str, str] = {}
+        self._unowned: set[int] = set()  # inodes a full walk found no owner for
+        self._full_prev: Snapshot | None = None  # the previous sample, every socket
+        self._prev: Snapshot | None = None  # the previous sample, what the query selects
+        self._last_full = 0  # seq of the last full walk
+        self._report: Report | None = None
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._latest: Sample | None = None
+
+    @property
+    def latest(self) -> Sample | None:
+        with self._lock:
+            return self._latest
+
+    def note_state_change(self, netns: int, family: int, local_addr: str, local_port: int,
+                          peer_addr: str, peer_port: int, new_state: int,
+                          when: float) -> None:
+        """An exact state change seen by a tracer (netns 0: any namespace).
+
+        The next sample takes `when` as the time the socket entered
+        `new_state`, so its age becomes exact. Thread-safe.
+        """
+        self._ids.note(netns, family, local_addr, local_port, peer_addr, peer_port,
+                       new_state, when)
+
+    def run(self, stop: threading.Event,
+            on_sample: Callable[[Sample], None] | None = None) -> None:
+        """Sample every `interval` seconds until `stop` is set.
+
+        A sample that fails does not end the loop: it is a Sample whose
+        `error` says why and whose `snapshot` is None. Samples keep a fixed
+        rhythm; one that takes longer than the interval is followed at once.
+        """
+        next_at = time.monotonic()
+        while not stop.is_set():
+            sample = self.sample_safely()
+            if on_sample is not None:
+                on_sample(sample)
+            next_at = max(next_at + self.interval, time.monotonic())
+            stop.wait(next_at - time.monotonic())
+
+    def sample_safely(self) -> Sample:
+        """sample(), but a failure becomes a Sample with `error` set instead of raising."""
+        started = time.time()
+        clock = _Clock()
+        try:
+            return self.sample()
+        except (SockdoctorError, OSError) as exc:
+            error = str(exc) or exc.__class__.__name__
+        except Exception as exc:  # an internal error must not stop a long-running watcher
+            log.exception("sample failed")
+            error = f"internal error: {exc.__class__.__name__}: {exc}"
+        with self._lock:
+            self._seq += 1
+            failed = Sample(self._seq, started, error=error, previous=self._prev)
+            failed.duration_s, failed.cpu_s = clock.spent()
+            self._latest = failed
+        return failed
+
+    def sample(self) -> Sample:
+        """Take one sample now (incremental after the first). Raises on failure."""
+        started = time.time()
+        clock = _Clock()
+        seq = self._seq + 1
+        full = seq == 1 or (seq - 1) % self.full_walk_every == 0
+        warnings: list[str] = []
+        namespaces, found = inventory.select_namespaces(self.netns, warnings)
+        collect = inventory.start_owner_walk(namespaces, found) if full else None
+        records, dumped = self._dump(namespaces, warnings, refresh=full)
+        live = {sk.inode for sk in dumped if sk.inode}
+        owner_map, full, readlinks = self._owner_map(collect, namespaces, found, dumped, live,
+                                                     seq)
+        inventory.warn_denied(owner_map, warnings)
+        joined = inventory.attach_owners(
+            list(dumped), dumped, owner_map, Query(), records, evidence=True,
+            facts=inventory.Facts(self._facts.process, self._protocols),
+            threads=_listener_owners(dumped, owner_map))
+        if full:
+            self._refresh(joined.processes, owner_map)
+        whole = inventory.assemble(joined, records, warnings, owners=True, info=self.info,
+                                   age=True, evidence=True, created=started,
+                                   host_sysctls=self._host_sysctls)
+        sample = Sample(seq, started, previous=self._prev, full_walk=full,
+                        warnings=list(warnings), readlinks=readlinks)
+        sample.new, sample.gone, sample.first_seen = self._ids.update(dumped, started)
+        sample.snapshot = self.query.apply(whole) if narrows(self.query) else whole
+        self._diagnose(sample, whole)
+        self._full_prev, self._prev = whole, sample.snapshot
+        sample.duration_s, sample.cpu_s = clock.spent()
+        with self._lock:
+            self._seq = seq
+            self._latest = sample
+        return sample
+
+    # --- the steps -------------------------------------------------------
+
+    def _dump(self, namespaces: list[NsRef], warnings: list[str], *, refresh: bool
+              ) -> tuple[list[Netns], list[Socket]]:
+        """Every socket of the namespaces (the doctor needs them all) with ages.
+
+        Sysctls change rarely: they are read on full-walk samples and reused
+        in between; the counters (for trends) are read every time.
+        """
+        query = self.query if not self.doctor else Query()
+        opts = dataclasses.replace(  # shutdown/cgroup/mark: nothing here reads them
+            inventory.dump_options(query, age=True, info=self.info, evidence=self.doctor),
+            attrs=False)
+        unknown = any(ns.inode not in self._sysctls for ns in namespaces)
+        records, dumped = inventory.dump_namespaces(
+            namespaces, opts, inventory.families(self.query), warnings,
+            sysctls=refresh or unknown, counters=True)
+        for record in records:
+            record.name = self._names.setdefault(record.inode, record.name)
+            if record.sysctls:
+                self._sysctls[record.inode] = record.sysctls
+            else:
+                record.sysctls = self._sysctls.get(record.inode, {})
+        if refresh or not self._host_sysctls:
+            self._host_sysctls = procfs.read_sysctls(procfs.GLOBAL_SYSCTLS)
+        return records, dumped
+
+    def _owner_map(self, collect: Callable[[list[Socket]], procfs.OwnerMap] | None,
+                   namespaces: list[NsRef], found: list[NsRef], dumped: list[Socket],
+                   live: set[int], seq: int) -> tuple[procfs.OwnerMap, bool, int]:
+        """Owners from the cache; a full walk when due or when the cache cannot place one.
+
+        An unscheduled walk happens at most every FORCED_WALK_GAP samples, so
+        a host where new sockets keep appearing that no process we can see
+        holds does not pay a full walk every time. Returns the owner map,
+        whether all of /proc was walked, and how many descriptors were read.
+        """
+        wanted = self._wanted(dumped, live)
+        if collect is None:
+            first, other = inventory.owner_pids(namespaces, found)
+            cached = self._owners.pids()
+            done = self._owners.update([*first, *(p for p in other if p in cached)],
+                                       live, wanted)
+            if not self._owners.missing(wanted) or seq - self._last_full < FORCED_WALK_GAP:
+                return self._owners.owner_map(), False, done.readlinks
+            collect = inventory.start_owner_walk(namespaces, found)
+        walked = collect(dumped)
+        self._owners.full(walked, live)
+        self._unowned = self._owners.missing(live)
+        self._last_full = seq
+        return self._owners.owner_map(), True, sum(walked.fd_counts.values())
+
+    def _wanted(self, dumped: list[Socket], live: set[int]) -> set[int]:
+        """Sockets that should have a visible owner: a miss among them is worth a walk.
+
+        Not those a full walk already found no owner for, and without root
+        not those of other users (their processes cannot be read).
+        """
+        if os.geteuid() == 0:
+            return live - self._unowned if self._unowned else live
+        uid = os.geteuid()
+        return {sk.inode for sk in dumped if sk.inode and sk.uid == uid} - self._unowned
+
+    def _refresh(self, processes: dict[int, Process], owner_map: procfs.OwnerMap) -> None:
+        """On a full walk: drop what is kept for processes and sockets that are gone."""
+        self._facts.forget_except(set(processes))
+        self._protocols = {inode: proto for inode, proto in self._protocols.items()
+                           if inode in owner_map.by_inode}
+
+    def _diagnose(self, sample: Sample, whole: Snapshot) -> None:
+        if not self.doctor:
+            return
+        if (sample.seq - 1) % self.doctor_every == 0 or self._report is None:
+            query = self.query if narrows(self.query) else None
+            self._report = diagnose(whole, self._full_prev, config=self.doctor_config,
+                                    query=query)
+            sample.doctor_ran = True
+        sample.report = self._report
+
+
+def _listener_owners(dumped: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
+    """Owners of listeners with connections waiting: the doctor reads their threads."""
+    pids: set[int] = set()
+    for sk in dumped:
+        if sk.state == TcpState.LISTEN and sk.recv_q:
+            pids.update(o.pid for o in owner_map.by_inode.get(sk.inode, ()))
+    return pids
+
+
+class _Clock:
+    """Wall and CPU time since it was made (CPU includes forked walkers)."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = _cpu()
+
+    def spent(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
