@@ -132,6 +132,32 @@ class OwnerCache:
     def missing(self, wanted: set[int]) -> set[int]:
         return wanted - self._by_inode.keys()
 
+    def holders(self, inode: int) -> list[Owner]:
+        return self._by_inode.get(inode, [])
+
+    def refresh_pids(self, pids: Iterable[int], died: set[int] = frozenset(),
+                     full: bool = False) -> int:
+        """Re-read just these processes: new numbers and those whose socket died, or all.
+
+        For trace, which needs the owner of a socket born a moment ago and
+        asks only the few processes that can hold it (the listener's owners,
+        the process that called connect()); `full` when a number may have been
+        reused unseen. Returns the readlinks made.
+        """
+        readlinks = 0
+        for pid in pids:
+            names = _list(pid)
+            if names is None or names is _DENIED:
+                self._forget(pid)
+                continue
+            if full:
+                self._forget(pid)
+            old = self._procs.get(pid)
+            if old is not None and old.names == names and old.sockets.isdisjoint(died):
+                continue
+            readlinks += self._relist(pid, names, old, died)
+        return readlinks
+
     # --- internals -------------------------------------------------------
 
     def _relist(self, pid: int, names: list[str], old: _Fds | None, died: set[int]) -> int:

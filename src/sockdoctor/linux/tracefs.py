@@ -71,6 +71,18 @@ class StateChange:
     daddr: bytes
 
 
+def thread_group(tid: int) -> int:
+    """The process of a thread: an event's common_pid names a thread. 0 if it is gone."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 # --- finding or mounting tracefs ----------------------------------------------
 
 def find_mount(mounts: str = "/proc/self/mounts") -> str | None:

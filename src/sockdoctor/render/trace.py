@@ -20,10 +20,7 @@ def line(rec: TraceEvent | LostEvent) -> str:
         count = "an unknown number of" if rec.count is None else str(rec.count)
         where = f" in {fmt.untrusted(rec.netns)}" if rec.netns else ""
         return f"{_clock(rec.time)}  !! lost {count} {rec.source} events{where}: {rec.detail}"
-    if rec.event == "destroy":
-        change = f"destroyed in {rec.new}"
-    else:
-        change = f"{rec.old} -> {rec.new}"
+    change = f"destroyed in {rec.new}" if rec.event == "destroy" else f"{rec.old} -> {rec.new}"
     fam = 10 if rec.family == "ipv6" else 2
     cells = (_clock(rec.time), change, fmt.endpoint(rec.local_addr, rec.local_port, fam),
              fmt.endpoint(rec.peer_addr, rec.peer_port, fam, peer=True), _owners(rec),

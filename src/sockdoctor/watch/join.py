@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..linux import procfs, sockdiag
-from ..linux.fdcache import FdCache
-from ..linux.tracefs import StateChange
+from ..linux.ownercache import OwnerCache
+from ..linux.tracefs import StateChange, thread_group
 from ..model import Owner, Snapshot, Socket, TcpState
 
 Key = tuple[int, str, int, str, int]  # family, local addr, local port, peer addr, peer port
@@ -99,14 +99,23 @@ class JoinMap:
     """Tracks by skaddr, identified from the latest sample and from sock_diag look-ups."""
 
     def __init__(self, diag_socket: Callable[[int], socket.socket | None],
-                 namespaces: Callable[[], list[int]], clock_offset: float) -> None:
+                 namespaces: Callable[[], list[int]], clock_offset: float,
+                 allowed: set[int] | None = None) -> None:
         self.diag_socket = diag_socket  # netns inode -> a sock_diag socket bound there
         self.namespaces = namespaces  # every known netns inode
+        self.allowed = allowed  # only these namespaces matter (--netns), None: all
         self.clock_offset = clock_offset  # wall time = monotonic ns / 1e9 + offset
         self.index = Index()
         self.tracks: dict[int, Track] = {}
         self.closed: OrderedDict[tuple[int, int], Track] = OrderedDict()  # (netns, cookie)
-        self.fds = FdCache()
+        # The sampler's cache class, our own instance: it runs in the sampler's
+        # thread, and here only the few processes that can hold a new socket
+        # are read, once per batch.
+        self.owners = OwnerCache()
+        self._refreshed: dict[int, int] = {}  # pid -> how far it was re-read this batch
+        self._died: set[int] = set()  # inodes of sockets closed since the last batch
+        self._round_died: set[int] = set()
+        self._tgid: dict[int, int] = {}
         self._text: dict[bytes, str] = {}
         self._netns_of: dict[int, int] = {}
         # listeners trace saw created since the sample: port -> netns -> pids
@@ -124,7 +133,7 @@ class JoinMap:
     def attach(self, changes: list[StateChange]) -> list[tuple[StateChange, Track, float | None]]:
         """Each change with its socket's Track and the time it spent in its old state."""
         out = []
-        tracks, tgid = self.tracks, self.fds.tgid
+        tracks, tgid = self.tracks, self.tgid
         for ev in changes:
             tr = tracks.get(ev.skaddr)
             born = ev.old == CLOSE or (ev.old == LISTEN and ev.new == SYN_RECV)
@@ -177,14 +186,29 @@ class JoinMap:
 
     # --- pass 2: identify the sockets of a batch -------------------------------
 
+    def tgid(self, tid: int) -> int:
+        known = self._tgid.get(tid)
+        if known is None:
+            if len(self._tgid) > 65536:
+                self._tgid.clear()
+            known = self._tgid[tid] = thread_group(tid)
+        return known
+
     def identify(self, tracks: list[Track]) -> None:
-        self.fds.new_round()
+        self._refreshed.clear()
+        self._round_died, self._died = self._died, set()
         for tr in tracks:
             if not tr.settled:
                 self._identify(tr)
 
     def _identify(self, tr: Track) -> None:
         tr.tries += 1
+        if self.allowed is not None:
+            if not tr.netns and tr.creator:
+                tr.netns = self._netns_of_pid(tr.creator)
+            if tr.netns and tr.netns not in self.allowed:
+                tr.tries = MAX_TRIES  # another namespace's socket: not ours to look up
+                return
         found = self._from_sample(tr)
         if found is None and tr.key[2] and tr.key[4]:
             found = self._look_up(tr)
@@ -232,6 +256,8 @@ class JoinMap:
             ns = self._netns_of_pid(pid) if pid else 0
             if ns and ns not in hinted:
                 hinted.append(ns)
+        if self.allowed is not None:
+            hinted = [ns for ns in hinted if ns in self.allowed]
         if hinted:
             return hinted
         for port in (tr.key[2], tr.key[4]):
@@ -264,7 +290,7 @@ class JoinMap:
             if known:
                 tr.owners = [(o.pid, o.fd) for o in known]
                 return
-            found = self.fds.find(tr.inode, self._candidate_pids(tr))
+            found = self._holders(tr.inode, self._candidate_pids(tr))
             if found:
                 tr.owners, tr.note = found, ""
                 return
@@ -288,6 +314,23 @@ class JoinMap:
                    "the process is the one that closed it")
         return True
 
+    def _holders(self, inode: int, pids: list[int]) -> list[tuple[int, int | None]]:
+        """(pid, fd) of the candidates holding `inode`; each process re-read once a batch."""
+        def held() -> list[tuple[int, int | None]]:
+            return [(o.pid, o.fd) for o in self.owners.holders(inode) if o.pid in pids]
+
+        # first the descriptor numbers new since the last look, then (a number
+        # closed and reused unseen) every descriptor: each at most once a batch
+        for level, full in ((1, False), (2, True)):
+            found = held()
+            if found:
+                return found
+            stale = [pid for pid in pids if self._refreshed.get(pid, 0) < level]
+            if stale:
+                self.owners.refresh_pids(stale, self._round_died, full=full)
+                self._refreshed.update(dict.fromkeys(stale, level))
+        return held()
+
     def _candidate_pids(self, tr: Track) -> list[int]:
         pids = [pid for pid in (tr.creator, tr.closer) if pid]
         for port in (tr.key[2], tr.key[4]):
@@ -302,9 +345,8 @@ class JoinMap:
         """The socket reached CLOSE: the kernel may reuse its address for another."""
         if self.tracks.get(skaddr) is tr:
             del self.tracks[skaddr]
-        for pid, fd in tr.owners:
-            if fd is not None:
-                self.fds.forget(pid, fd)
+        if tr.inode:
+            self._died.add(tr.inode)  # its descriptor number may be reused
         if tr.cookie:
             self.closed[(tr.netns, tr.cookie)] = tr
             if len(self.closed) > MAX_CLOSED:

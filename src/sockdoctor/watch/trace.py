@@ -37,8 +37,9 @@ ANY_STATE = 0xFFFFFFFF
 class NsSockets:
     """Per network namespace: a sock_diag socket for look-ups and a destroy listener."""
 
-    def __init__(self, destroy: bool) -> None:
+    def __init__(self, destroy: bool, allowed: set[int] | None = None) -> None:
         self.destroy = destroy
+        self.allowed = allowed  # --netns: never open sockets elsewhere
         self.diag: dict[int, socket.socket] = {}
         self.listeners: dict[int, socket.socket] = {}
         self._last_discover = 0.0
@@ -70,6 +71,8 @@ class NsSockets:
 
     def socket_for(self, inode: int) -> socket.socket | None:
         sock = self.diag.get(inode)
+        if self.allowed is not None and inode not in self.allowed:
+            return None
         if sock is None and time.monotonic() - self._last_discover > 1.0:
             self._last_discover = time.monotonic()  # a namespace born since the sample
             self.sync(set(self.diag) | {inode})
@@ -131,9 +134,10 @@ class Tracer:
         self.filter = EventFilter(query, netns_inodes)
         self.stats = Stats()
         self.session = tracefs.Session(buffer_kb)  # PermissionDenied / Unsupported here
-        self.ns = NsSockets(destroy)
+        self.ns = NsSockets(destroy, netns_inodes)
         self.clock_offset = time.time() - time.monotonic()
-        self.join = JoinMap(self.ns.socket_for, lambda: list(self.ns.diag), self.clock_offset)
+        self.join = JoinMap(self.ns.socket_for, lambda: list(self.ns.diag), self.clock_offset,
+                            netns_inodes)
         self._seq = 0
         self._lost_seen = self.session.lost()
         self._comms: dict[int, str] = {}
