@@ -20,6 +20,7 @@ from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
 from .snapshot import snapshot_command
+from .trace import trace_command
 
 
 @click.group(context_settings=CONTEXT)
@@ -46,6 +47,7 @@ cli.add_command(kill_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
+cli.add_command(trace_command)
 
 
 @user_errors

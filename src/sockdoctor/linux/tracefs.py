@@ -159,10 +159,17 @@ class Instance:
 
     def __init__(self, root: str, buffer_kb: int = 2048) -> None:
         self.root = root
-        event_dir = f"{root}/events/{SYSTEM}/{EVENT}"
-        if not os.path.isdir(event_dir):
+        if not os.access(root, os.R_OK | os.X_OK) or (
+                os.path.isdir(f"{root}/instances")
+                and not os.access(f"{root}/instances", os.W_OK | os.X_OK)):
+            raise PermissionDeniedError("tracing needs root: only root may read tracefs and "
+                                        "create a tracing instance")
+        if not os.path.isdir(f"{root}/events/{SYSTEM}/{EVENT}"):
             raise UnsupportedError(f"this kernel has no {SYSTEM}:{EVENT} tracepoint "
                                    "(it appeared in Linux 4.16)")
+        if not os.path.isdir(f"{root}/instances"):
+            raise UnsupportedError("this kernel's tracefs has no instances/ (Linux >= 3.14 "
+                                   "has them): a private ring buffer cannot be made")
         remove_stale_instances(root)
         Instance._serial += 1
         self.name = f"{INSTANCE_PREFIX}{os.getpid()}-{Instance._serial}"

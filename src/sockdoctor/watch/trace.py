@@ -31,6 +31,8 @@ from .join import CLOSE, JoinMap, Track
 
 Record = TraceEvent | LostEvent
 FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+# ss's names, except that a connection's end reads CLOSE (ss lists state 7 as UNCONN)
+STATE_NAMES = {**SS_COLUMN_NAMES, TcpState.CLOSE: "CLOSE"}
 ANY_STATE = 0xFFFFFFFF
 
 
@@ -213,8 +215,8 @@ class Tracer:
         family, laddr, lport, paddr, pport = self.join.key(ev)
         rec = self._base("state", ev.ts_ns / 1e9 + self.clock_offset, tr, family,
                          (laddr, lport, paddr, pport))
-        rec.old = SS_COLUMN_NAMES.get(ev.old, str(ev.old))
-        rec.new = SS_COLUMN_NAMES.get(ev.new, str(ev.new))
+        rec.old = STATE_NAMES.get(ev.old, str(ev.old))
+        rec.new = STATE_NAMES.get(ev.new, str(ev.new))
         rec.prev_state_ms = round(prev, 3) if prev is not None else None
         rec.task_pid = None if ev.in_irq else ev.task_pid
         return rec
@@ -277,7 +279,7 @@ class Tracer:
         rec = self._base("destroy", now, tr, sk.family,
                          (sk.local_addr, sk.local_port, sk.peer_addr, sk.peer_port))
         rec.netns_inode, rec.netns = sk.netns, self._ns_name(sk.netns, self.join.index.names)
-        rec.new = SS_COLUMN_NAMES.get(sk.state, str(sk.state))
+        rec.new = STATE_NAMES.get(sk.state, str(sk.state))
         rec.info = sk.info
         if tr.since_ns is not None:
             rec.prev_state_ms = round((time.monotonic_ns() - tr.since_ns) / 1e6, 3)
