@@ -20,6 +20,7 @@ from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
 from .snapshot import snapshot_command
+from .top import top_command
 from .trace import trace_command
 
 
@@ -48,6 +49,7 @@ cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
 cli.add_command(trace_command)
+cli.add_command(top_command)
 
 
 @user_errors
