@@ -20,6 +20,7 @@ behind by a sockdoctor that was killed with SIGKILL is removed by the next one.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
 import os
@@ -44,6 +45,7 @@ COMMIT_SIZE_MASK = (1 << 27) - 1  # the other commit bits flag missed events
 # common_flags: the event fired in interrupt context, so common_pid is whoever
 # the interrupt happened to land on (TRACE_FLAG_HARDIRQ | TRACE_FLAG_SOFTIRQ).
 IRQ_FLAGS = 0x08 | 0x10
+HOLD_BACK_NS = 2_000_000  # see Reader.read
 
 U32 = struct.Struct("<I")
 _FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);"
@@ -357,6 +359,7 @@ class Reader:
         self.page = page_layout(root)
         self.page_size = _subbuf_size(instance)
         self._fds: dict[int, int] = {}
+        self._held: list[StateChange] = []
         try:
             for cpu in instance.cpus():
                 path = f"{instance.path}/per_cpu/cpu{cpu}/trace_pipe_raw"
@@ -372,9 +375,19 @@ class Reader:
         """Sleep until some CPU has data, or the timeout."""
         self._poll.poll(max(0, int(timeout_s * 1000)))
 
-    def read(self) -> list[StateChange]:
-        """Every event waiting in the buffers now, oldest first (all CPUs merged)."""
-        out: list[StateChange] = []
+    def read(self, everything: bool = False) -> list[StateChange]:
+        """The events waiting in the buffers, oldest first, all CPUs merged.
+
+        The CPUs' buffers are read one after the other, so the last one read
+        may already hold events newer than some the first one will only get
+        next time: events after the moment the reading began (less a small
+        margin for events still being written) are held back for the next
+        read, so that every read is complete and in order. `everything`
+        returns the held-back ones too (at the end of a trace).
+        """
+        watermark = time.monotonic_ns() - HOLD_BACK_NS
+        out: list[StateChange] = self._held
+        self._held = []
         for fd, cpu in self._fds.items():
             while True:
                 try:
@@ -389,6 +402,9 @@ class Reader:
                     break
                 self._decode(page, cpu, out)
         out.sort(key=lambda ev: ev.ts_ns)
+        if not everything:
+            cut = bisect.bisect_right([ev.ts_ns for ev in out], watermark)
+            out, self._held = out[:cut], out[cut:]
         return out
 
     def _decode(self, page: bytes, cpu: int, out: list[StateChange]) -> None:

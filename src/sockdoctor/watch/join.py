@@ -118,7 +118,7 @@ class JoinMap:
         self._tgid: dict[int, int] = {}
         self._text: dict[bytes, str] = {}
         self._netns_of: dict[int, int] = {}
-        # listeners trace saw created since the sample: port -> netns -> pids
+        # listeners trace saw created (until it sees them closed): port -> netns -> pids
         self.new_listeners: dict[int, dict[int, set[int]]] = {}
         self.lookups = 0
 
@@ -126,7 +126,6 @@ class JoinMap:
         """A new sample arrived: its sockets become the first place to look."""
         self.index = Index.of(snap)
         self._netns_of.clear()
-        self.new_listeners.clear()  # the sample lists them now (or they are gone)
 
     # --- pass 1: which Track each event belongs to ---------------------------
 
@@ -138,7 +137,7 @@ class JoinMap:
             tr = tracks.get(ev.skaddr)
             born = ev.old == CLOSE or (ev.old == LISTEN and ev.new == SYN_RECV)
             key = self.key(ev)
-            if tr is None or born:
+            if tr is None or born or (tr.key != key and tr.key[2]):  # [2]: see below
                 tr = tracks[ev.skaddr] = Track(key, born_ns=ev.ts_ns if born else None)
             elif tr.key != key:  # connect() picked its port after the first event
                 tr.key, tr.tries = key, 0
@@ -304,11 +303,16 @@ class JoinMap:
         if not self.closer_fallback(tr) and not tr.owners and not tr.note:
             tr.note = "owner not known (not among the processes that could hold it)"
 
-    @staticmethod
-    def closer_fallback(tr: Track) -> bool:
-        """A socket closed before it could be looked up: its closer held it."""
+    def closer_fallback(self, tr: Track) -> bool:
+        """A socket closed before it could be looked up: its closer held it.
+
+        close() runs in the owner's context, in the owner's namespace (a
+        socket made elsewhere and passed in is the rare exception).
+        """
         if tr.owners or not tr.closer:
             return False
+        if not tr.netns:
+            tr.netns = self._netns_of_pid(tr.closer)
         tr.owners = [(tr.closer, None)]
         tr.note = ("the socket was closed before its descriptor was found: "
                    "the process is the one that closed it")
@@ -345,6 +349,8 @@ class JoinMap:
         """The socket reached CLOSE: the kernel may reuse its address for another."""
         if self.tracks.get(skaddr) is tr:
             del self.tracks[skaddr]
+        if tr.last_old == LISTEN and tr.creator:
+            self.new_listeners.get(tr.key[2], {}).get(tr.netns, set()).discard(tr.creator)
         if tr.inode:
             self._died.add(tr.inode)  # its descriptor number may be reused
         if tr.cookie:

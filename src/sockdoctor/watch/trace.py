@@ -171,7 +171,8 @@ class Tracer:
         latest = self.sampler.latest
         if latest is not None and latest.seq != self._seq:
             self._use(latest)
-        out: list[Record] = self._state_events(self.session.reader.read())
+        out: list[Record] = self._state_events(
+            self.session.reader.read(everything=self.join_delay_s == 0))
         out.extend(self._destroy_events())
         out.extend(self._lost_events())
         return out
