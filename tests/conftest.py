@@ -170,7 +170,9 @@ def unprivileged() -> Iterator[Unprivileged]:
     deps = Path(tempfile.mkdtemp(prefix="sdt-nobody-"))
     try:
         # sockdoctor itself too: installed under /root it is not readable by nobody
-        for module in (sockdoctor, msgspec, click):
+        import prometheus_client  # the exporter's
+
+        for module in (sockdoctor, msgspec, click, prometheus_client):
             shutil.copytree(Path(module.__file__).parent, deps / module.__name__,
                             ignore=shutil.ignore_patterns("__pycache__"))
         for path in (deps, *deps.rglob("*")):

@@ -135,7 +135,7 @@ def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRe
 
 
 def warn_denied(owner_map: procfs.OwnerMap, warnings: list[str]) -> None:
-    if owner_map.denied_pids and os.geteuid() != 0:  # root is refused only by odd inits
+    if owner_map.denied_pids and not procfs.sees_every_process():  # odd inits refuse root
         warnings.append(
             f"{owner_map.denied_pids} processes of other users were not readable: their "
             "sockets show no owner (run as root to see them)")
@@ -152,16 +152,17 @@ class Joined:
 
 def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs.OwnerMap,
                   query: Query, records: list[Netns], *, evidence: bool,
-                  facts: Facts | None = None, threads: set[int] | None = None) -> Joined:
+                  facts: Facts | None = None, threads: set[int] | None = None,
+                  live: set[int] | None = None) -> Joined:
     """Join owners, read their processes, apply --pid/--process, find dead descriptors.
 
     `threads`: the processes whose thread states to read (default: with
-    evidence, every owner); `facts`: where process facts come from.
+    evidence, every owner); `facts`: where process facts come from; `live`:
+    the inodes of `dumped`, if the caller has them already.
     """
     facts = facts or Facts()
-    join_owners(sockets, owner_map)
+    pids = join_owners(sockets, owner_map)
     counts = owner_map.fd_counts
-    pids = {o.pid for sk in sockets for o in sk.owners}
     processes: dict[int, Process] = {}
     for pid in sorted(pids):
         want_threads = evidence and (threads is None or pid in threads)
@@ -174,7 +175,8 @@ def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs
         processes = {pid: p for pid, p in processes.items() if pid in keep}
     dead_fds: list[DeadSocketFd] = []
     if evidence:
-        dead_fds = procfs.dead_tcp_fds(owner_map, {sk.inode for sk in dumped},
+        dead_fds = procfs.dead_tcp_fds(owner_map,
+                                       live if live is not None else {sk.inode for sk in dumped},
                                        {ns.inode for ns in records if not ns.error},
                                        facts.protocols)
         for pid in {d.pid for d in dead_fds} - processes.keys():
@@ -240,19 +242,21 @@ def select_namespaces(wanted: str, warnings: list[str]
                       ) -> tuple[list[netns_mod.NsRef], list[netns_mod.NsRef]]:
     found, _denied = netns_mod.discover()
     selected = netns_mod.select(found, wanted)
-    if not selected and os.geteuid() != 0:
+    may_enter = netns_mod.can_enter_others()
+    if not selected and not may_enter:
         raise PermissionDeniedError(
             f"no network namespace '{wanted}' is visible to this user: finding and entering "
             "other namespaces needs root")
     if not selected:
         names = ", ".join(ns.name for ns in found)
         raise NotFoundError(f"no network namespace called '{wanted}' (known: {names})")
-    if os.geteuid() != 0:
+    if not may_enter:
         own = netns_mod.current_inode()
-        # Without root other namespaces cannot even be seen reliably, so "all"
+        who = "not root" if os.geteuid() != 0 else "without CAP_SYS_ADMIN"
+        # Without it other namespaces cannot even be seen reliably, so "all"
         # always gets the note, whether or not some were found.
         if wanted in ("all", "") or any(ns.inode != own for ns in selected):
-            warnings.append("not root: only the current network namespace is scanned "
+            warnings.append(f"{who}: only the current network namespace is scanned "
                             "(entering others needs CAP_SYS_ADMIN)")
         selected = [ns for ns in selected if ns.inode == own] or selected[:0]
         if not selected:
@@ -325,11 +329,18 @@ def _reraise_user_error(exc: BaseException) -> None:
     raise exc
 
 
-def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
-    """Give each socket the descriptors that hold it (inode 0: none can)."""
-    by_inode = owner_map.by_inode
+def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
+    """Give each socket the descriptors that hold it (inode 0: none can); returns their pids."""
+    get = owner_map.by_inode.get
+    pids: set[int] = set()
+    add = pids.add
     for sk in sockets:
         if sk.inode:
-            holders = by_inode.get(sk.inode)
+            holders = get(sk.inode)
             if holders:
                 sk.owners = holders
+                if len(holders) == 1:
+                    add(holders[0].pid)
+                else:
+                    pids.update(o.pid for o in holders)
+    return pids

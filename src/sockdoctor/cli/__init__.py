@@ -16,6 +16,7 @@ import click
 from .common import CONTEXT, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
+from .exporter import exporter_command
 from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
@@ -35,6 +36,7 @@ def cli() -> None:
       sockdoctor doctor                what is wrong, why, and how to fix it
       sockdoctor kill state close-wait --port 8080      plan; add --yes to act
       sockdoctor demo                  see it all on a reproduced leak
+      sockdoctor exporter              the same, watched, for Prometheus (:19808/metrics)
 
     Every command that selects sockets takes an ss filter expression and the
     flags --state, --port, --pid, --process, --older-than and --netns.
@@ -48,6 +50,7 @@ cli.add_command(kill_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
+cli.add_command(exporter_command)
 cli.add_command(trace_command)
 cli.add_command(top_command)
 

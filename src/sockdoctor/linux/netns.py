@@ -35,6 +35,11 @@ class NsRef:
     pid: int = 0
 
 
+def can_enter_others() -> bool:
+    """setns(2) into another network namespace needs CAP_SYS_ADMIN."""
+    return procfs.has_capabilities(procfs.CAP_SYS_ADMIN)
+
+
 def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
     if _libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()

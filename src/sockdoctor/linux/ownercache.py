@@ -7,15 +7,16 @@ expensive part of a scan). Between two samples of a quiet host almost
 nothing changes, so the cache keeps, per process, the last listing of
 /proc/PID/fd and what each descriptor pointed at, and per sample:
 
-1. lists every process's descriptors (one getdents per process, no readlink)
-   and compares the listing with the previous one;
-2. a process whose listing is unchanged, and none of whose sockets died since
-   the last sample, keeps its descriptors as they were;
-3. in any other process only new descriptor numbers, and numbers whose
-   socket died (the number may have been reused), are read again;
+1. a process none of whose sockets died since the last sample and whose
+   number of descriptors is the same (one stat(), see _unchanged) keeps its
+   descriptors as they were;
+2. any other process is listed (one getdents, no readlink); if the listing
+   is the same and none of its sockets died, it keeps them too;
+3. otherwise only new descriptor numbers, and numbers whose socket died (the
+   number may have been reused), are read again (readlink);
 4. a socket still without an owner after that (a descriptor number that held
-   a file or another kind of socket before was reused) makes every
-   descriptor that is not a live TCP socket be read again.
+   a file or another kind of socket before was reused) makes every process be
+   listed again and every descriptor that is not a live TCP socket be read.
 
 What remains without an owner goes back to the caller, which walks all of
 /proc (procfs.socket_owners_async) and hands the result to full(). A
@@ -95,42 +96,48 @@ class OwnerCache:
         self._by_inode = {inode: list(holders) for inode, holders in walked.by_inode.items()}
         self.fd_counts = dict(walked.fd_counts)
         self.denied = walked.denied_pids
-        self._live = set(live)
+        self._live = live
 
     def update(self, pids: Iterable[int], live: set[int], wanted: set[int]) -> Refresh:
         """Bring the cache up to date for these processes (steps 1-4 of the module doc).
 
-        `live`: inodes of the TCP sockets just dumped; `wanted`: those of them
-        that should have an owner. Returns what it did; missing() says which
-        wanted sockets still have none.
+        `live`: inodes of the TCP sockets just dumped (kept, not copied: do
+        not change it afterwards); `wanted`: those that should have an owner.
+        Returns what it did; has_all()/missing() say whether all have one.
         """
         died = self._live - live
         done = Refresh()
         seen: set[int] = set()
         for pid in pids:
             seen.add(pid)
-            names = _list(pid)
+            old = self._procs.get(pid)
+            if old is not None and _unchanged(pid, old, died):
+                continue
             done.listed += 1
+            names = _list(pid)
             if names is None or names is _DENIED:
                 done.denied += names is _DENIED
                 self._forget(pid)
                 continue
             self.fd_counts[pid] = len(names)
-            old = self._procs.get(pid)
             if old is not None and old.names == names and old.sockets.isdisjoint(died):
                 continue
             done.changed += 1
             done.readlinks += self._relist(pid, names, old, died)
-        for pid in set(self._procs) - seen:
+        for pid in self._procs.keys() - seen:
             self._forget(pid)
-        if not wanted.issubset(self._by_inode.keys()):
+        if not self.has_all(wanted):
             done.readlinks += self._reread_unsure(live)
         self.denied = done.denied
-        self._live = set(live)
+        self._live = live
         return done
 
+    def has_all(self, wanted: set[int]) -> bool:
+        return self._by_inode.keys() >= wanted
+
     def missing(self, wanted: set[int]) -> set[int]:
-        return wanted - self._by_inode.keys()
+        by_inode = self._by_inode
+        return {inode for inode in wanted if inode not in by_inode}
 
     def holders(self, inode: int) -> list[Owner]:
         return self._by_inode.get(inode, [])
@@ -177,18 +184,21 @@ class OwnerCache:
         return len(unsure)
 
     def _reread_unsure(self, live: set[int]) -> int:
-        """Step 4: read every descriptor that is not a live TCP socket again."""
+        """Step 4: list every process again and read whatever is not a live TCP socket."""
         count = 0
         for pid, fds in list(self._procs.items()):
-            unsure = [fd for fd, inode in fds.links.items() if inode not in live]
-            if not unsure:
+            names = _list(pid)
+            if not names:
                 continue
-            count += len(unsure)
+            unsure = [int(name) for name in names
+                      if fds.links.get(int(name), 0) not in live]
             fresh = _read_links(pid, unsure)
-            if all(fds.links.get(fd) == inode for fd, inode in fresh.items()):
-                continue
-            links = {**fds.links, **fresh}
-            self._replace(pid, _Fds(fds.names, links, {i for i in links.values() if i}), fds)
+            count += len(unsure)
+            links = {fd: inode for fd, inode in fds.links.items() if inode in live}
+            links.update(fresh)
+            self.fd_counts[pid] = len(names)
+            if links != fds.links or names != fds.names:
+                self._replace(pid, _Fds(names, links, {i for i in links.values() if i}), fds)
         return count
 
     def _replace(self, pid: int, new: _Fds, old: _Fds | None) -> None:
@@ -219,6 +229,24 @@ class OwnerCache:
                 by_inode[inode] = kept
             else:
                 del by_inode[inode]
+
+
+def _unchanged(pid: int, old: _Fds, died: set[int]) -> bool:
+    """Same number of descriptors as last time and none of its sockets died.
+
+    Since Linux 6.2 the size of /proc/PID/fd is the number of open
+    descriptors: one stat() instead of listing thousands of entries. A new
+    descriptor changes the count; a closed-and-reopened one takes the same
+    number (the lowest free one), and either its socket died or the new
+    socket is found by step 4. Older kernels report 0: then the listing decides.
+    """
+    if not old.sockets.isdisjoint(died):
+        return False
+    try:
+        size = os.stat(f"{procfs.PROC}/{pid}/fd").st_size
+    except OSError:
+        return False
+    return size != 0 and size == len(old.names)
 
 
 _DENIED: list[str] = []  # a listing we were not allowed to read (compared by identity)

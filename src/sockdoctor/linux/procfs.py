@@ -84,6 +84,31 @@ class _Walk:
         return walk
 
 
+CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 2, 19, 21
+
+
+def has_capabilities(*caps: int) -> bool:
+    """Whether this process holds every one of these in its effective set.
+
+    A service may run as an ordinary user with just the capabilities it needs
+    (deploy/systemd), and root in a container may lack some: the uid alone
+    does not say what a scan may see.
+    """
+    try:
+        for line in _read(f"{PROC}/self/status").splitlines():
+            if line.startswith("CapEff:"):
+                effective = int(line.split()[1], 16)
+                return all(effective >> cap & 1 for cap in caps)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+def sees_every_process() -> bool:
+    """May read every process's descriptors (list them and follow the links)?"""
+    return has_capabilities(CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE)
+
+
 def list_pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
@@ -260,6 +285,18 @@ def container_id(cgroup: str) -> str:
     return ""
 
 
+# Kubernetes puts each pod in a cgroup named after its uid: "pod<uid>" with the
+# cgroupfs driver, "kubepods-<qos>-pod<uid with _ for ->.slice" with systemd's.
+_POD_UID = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_]"
+                      r"[0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def pod_uid(cgroup: str) -> str:
+    """The Kubernetes pod uid a cgroup path reveals ('' outside Kubernetes)."""
+    m = _POD_UID.search(cgroup)
+    return m.group(1).replace("_", "-") if m else ""
+
+
 def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process | None:
     """Facts about one process, or None if it is gone."""
     base = f"{PROC}/{pid}"
@@ -391,10 +428,9 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int], namespaces: set[int],
     """
     dead: list[DeadSocketFd] = []
     netns_of: dict[int, int] = {}
-    for inode, holders in owners.by_inode.items():
-        if inode in live_inodes:
-            continue
-        for holder in holders:
+    by_inode = owners.by_inode
+    for inode in by_inode.keys() - live_inodes:
+        for holder in by_inode[inode]:
             pid, fd = holder.pid, holder.fd
             if pid not in netns_of:
                 netns_of[pid] = netns_inode(pid)
@@ -407,7 +443,7 @@ def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int], namespaces: set[int],
                     protocols[inode] = proto
             if proto in ("TCP", "TCPv6"):
                 dead.append(DeadSocketFd(pid=pid, fd=fd, inode=inode, protocol=proto))
-    return dead
+    return sorted(dead, key=lambda d: (d.pid, d.fd))
 
 
 def netns_inode(pid: int) -> int:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from operator import attrgetter
 
 from ..model import Socket
 
+_COOKIE = attrgetter("cookie")
+_STATE = attrgetter("state")
 NOTE_SAMPLES = 3  # a noted change waits this many samples for its socket to show up
 
 
@@ -55,25 +58,23 @@ class Identities:
         with self._lock:
             notes, self._notes = self._notes, {}
         old_state, old_since = self._state, self._since
-        state: dict[int, int] = {}
-        since: dict[int, float] = {}
-        new = 0
-        for sk in sockets:
-            cookie = sk.cookie
-            before = old_state.get(cookie)
-            if before is None:
-                new += 1
+        # dict and set operations on whole samples, so a steady state costs no
+        # Python loop over every socket
+        state = dict(zip(map(_COOKIE, sockets), map(_STATE, sockets), strict=True))
+        appeared = state.keys() - old_state.keys()
+        if state == old_state:
+            since = dict(old_since) if notes else old_since  # samples never change it
+        else:
+            since = dict(old_since)
+            for cookie in old_state.keys() - state.keys():
+                del since[cookie]
+            for cookie, _st in state.items() - old_state.items():  # new, or changed state
                 since[cookie] = now
-            elif before != sk.state:
-                since[cookie] = now
-            else:
-                since[cookie] = old_since[cookie]
-            state[cookie] = sk.state
         if notes:
             self._apply(notes, sockets, since)
-        gone = len(old_state) - (len(state) - new)
+        gone = len(old_state) - (len(state) - len(appeared))
         self._state, self._since = state, since
-        return new, gone, since
+        return len(appeared), gone, since
 
     def _apply(self, notes: dict[tuple[int, int], list[tuple[_Note, int]]], sockets: list[Socket],
                since: dict[int, float]) -> None:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .. import inventory
 from ..doctor import DoctorConfig, Report, diagnose
@@ -34,6 +35,8 @@ from .identity import Identities
 
 log = logging.getLogger("sockdoctor.watch")
 FORCED_WALK_GAP = 3  # samples between two full walks that were not scheduled
+_INODE = attrgetter("inode")
+_QUEUED = attrgetter("recv_q")  # LISTEN: the accept queue; others: unread bytes
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Sample:
     full_walk: bool = False  # all of /proc was walked for owners
     doctor_ran: bool = False  # report is from this sample (else carried over, or None)
     readlinks: int = 0  # descriptors read for owners (a full walk: every one)
+    denied_pids: int = 0  # processes whose descriptors could not be read (not ours)
 
     def age_ms(self, sk: Socket) -> int | None:
         """Best lower bound of the time `sk` has been in its state, in milliseconds.
@@ -94,6 +98,7 @@ class Sampler:
         self._sysctls: dict[int, dict[str, str]] = {}
         self._host_sysctls: dict[str, str] = {}
         self._unowned: set[int] = set()  # inodes a full walk found no owner for
+        self._sees_all = procfs.sees_every_process()
         self._full_prev: Snapshot | None = None  # the previous sample, every socket
         self._prev: Snapshot | None = None  # the previous sample, what the query selects
         self._last_full = 0  # seq of the last full walk
@@ -162,21 +167,23 @@ class Sampler:
         namespaces, found = inventory.select_namespaces(self.netns, warnings)
         collect = inventory.start_owner_walk(namespaces, found) if full else None
         records, dumped = self._dump(namespaces, warnings, refresh=full)
-        live = {sk.inode for sk in dumped if sk.inode}
+        live = set(map(_INODE, dumped))
+        live.discard(0)  # queued and TIME-WAIT sockets: no file, no owner
         owner_map, full, readlinks = self._owner_map(collect, namespaces, found, dumped, live,
                                                      seq)
         inventory.warn_denied(owner_map, warnings)
         joined = inventory.attach_owners(
             list(dumped), dumped, owner_map, Query(), records, evidence=True,
             facts=inventory.Facts(self._facts.process, self._protocols),
-            threads=_listener_owners(dumped, owner_map))
+            threads=_listener_owners(dumped, owner_map), live=live)
         if full:
             self._refresh(joined.processes, owner_map)
         whole = inventory.assemble(joined, records, warnings, owners=True, info=self.info,
                                    age=True, evidence=True, created=started,
                                    host_sysctls=self._host_sysctls)
         sample = Sample(seq, started, previous=self._prev, full_walk=full,
-                        warnings=list(warnings), readlinks=readlinks)
+                        warnings=list(warnings), readlinks=readlinks,
+                        denied_pids=owner_map.denied_pids)
         sample.new, sample.gone, sample.first_seen = self._ids.update(dumped, started)
         sample.snapshot = self.query.apply(whole) if narrows(self.query) else whole
         self._diagnose(sample, whole)
@@ -230,7 +237,7 @@ class Sampler:
             cached = self._owners.pids()
             done = self._owners.update([*first, *(p for p in other if p in cached)],
                                        live, wanted)
-            if not self._owners.missing(wanted) or seq - self._last_full < FORCED_WALK_GAP:
+            if self._owners.has_all(wanted) or seq - self._last_full < FORCED_WALK_GAP:
                 return self._owners.owner_map(), False, done.readlinks
             collect = inventory.start_owner_walk(namespaces, found)
         walked = collect(dumped)
@@ -242,10 +249,10 @@ class Sampler:
     def _wanted(self, dumped: list[Socket], live: set[int]) -> set[int]:
         """Sockets that should have a visible owner: a miss among them is worth a walk.
 
-        Not those a full walk already found no owner for, and without root
-        not those of other users (their processes cannot be read).
+        Not those a full walk already found no owner for, and without the
+        right to read every process not those of other users.
         """
-        if os.geteuid() == 0:
+        if self._sees_all:
             return live - self._unowned if self._unowned else live
         uid = os.geteuid()
         return {sk.inode for sk in dumped if sk.inode and sk.uid == uid} - self._unowned
@@ -270,8 +277,8 @@ class Sampler:
 def _listener_owners(dumped: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
     """Owners of listeners with connections waiting: the doctor reads their threads."""
     pids: set[int] = set()
-    for sk in dumped:
-        if sk.state == TcpState.LISTEN and sk.recv_q:
+    for sk in filter(_QUEUED, dumped):
+        if sk.state == TcpState.LISTEN:
             pids.update(o.pid for o in owner_map.by_inode.get(sk.inode, ()))
     return pids
 

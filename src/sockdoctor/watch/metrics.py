@@ -1,0 +1,366 @@
+"""What the exporter serves, computed once per sample: plain data, no I/O.
+
+The metric names, labels and meanings are the contract of docs/exporter.md.
+Cardinality is bounded by design: no pid or peer-address label unless asked
+for (`pid=True`), and at most `max_series` series per family — the rest is
+folded into one series whose `process` (and every label that differs among
+the folded series) reads `other`, so sums stay exact. Families labelled only
+by namespace keep whole namespaces (every state) and fold the smallest.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import reduce
+from operator import attrgetter
+
+from ..doctor.context import first_pid
+from ..doctor.finding import SEVERITY_RANK, Report
+from ..linux.procfs import pod_uid
+from ..model import Netns, Snapshot, Socket, TcpState
+from .sampler import Sample
+
+OTHER = "other"
+DEFAULT_PORT_RANGE = (32768, 60999)
+# node_exporter's spelling (tcpstat collector), in kernel order
+STATE_NAMES: dict[int, str] = {
+    TcpState.ESTABLISHED: "established", TcpState.SYN_SENT: "syn_sent",
+    TcpState.SYN_RECV: "syn_recv", TcpState.FIN_WAIT1: "fin_wait1",
+    TcpState.FIN_WAIT2: "fin_wait2", TcpState.TIME_WAIT: "time_wait", TcpState.CLOSE: "close",
+    TcpState.CLOSE_WAIT: "close_wait", TcpState.LAST_ACK: "last_ack",
+    TcpState.LISTEN: "listen", TcpState.CLOSING: "closing",
+}
+_ACCEPT_QUEUE, _ORPHAN = -1, -2  # owner "pids" of sockets no process holds
+_NETNS, _STATE, _LPORT = attrgetter("netns"), attrgetter("state"), attrgetter("local_port")
+
+
+@dataclass
+class Family:
+    """One metric family: name, help, label names and (label values, value) samples."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    kind: str = "gauge"  # or "counter" (name ends in _total)
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Options:
+    max_series: int = 100  # per family
+    pid: bool = False  # add a `pid` label where there is a process (more series)
+
+
+@dataclass
+class Health:
+    """What the exporter counts across samples (its own health)."""
+
+    samples: int = 0
+    errors: int = 0
+    full_walks: int = 0
+    last_success: float = 0.0
+    not_root: bool = False
+    version: str = ""
+
+
+def build(sample: Sample, health: Health, opts: Options) -> list[Family]:
+    """Every family for one sample. A failed sample serves only the health families
+    (like a failed node_exporter collector), never data from an older sample."""
+    dropped: dict[str, int] = {}
+    families: list[Family] = []
+    snap = sample.snapshot
+    if snap is not None:
+        view = _View(snap, sample, opts)
+        families += view.namespaces(dropped)
+        families += view.close_wait(dropped)
+        families += view.listeners(dropped)
+        families += view.processes(dropped, sample.report)
+        families += view.findings(dropped, sample.report)
+    families += _health(sample, health)
+    families.append(Family("sockdoctor_series_dropped",
+                           "Series folded into process=\"other\" (or netns=\"other\") by "
+                           "--max-series, per metric family.", ("metric",),
+                           samples=[((name,), float(n)) for name, n in sorted(dropped.items())]))
+    return families
+
+
+class _View:
+    """One snapshot seen as metric rows: who holds what, labelled and bounded."""
+
+    def __init__(self, snap: Snapshot, sample: Sample, opts: Options) -> None:
+        self.snap, self.sample, self.opts = snap, sample, opts
+        self.names = {ns.inode: ns.name for ns in snap.namespaces}
+        self.listening = {(sk.netns, sk.local_port) for sk in snap.sockets
+                          if sk.state == TcpState.LISTEN}
+        self.ranges = {ns.inode: port_range(ns) for ns in snap.namespaces}
+        self.pod = {pid: pod_uid(p.cgroup) for pid, p in snap.processes.items()}
+
+    # --- labels ------------------------------------------------------------
+
+    def ns(self, inode: int) -> str:
+        return self.names.get(inode) or f"net:[{inode}]"
+
+    def who(self, pid: int) -> tuple[str, ...]:
+        """process, container, pod_uid (and pid with --label pid) of an owner."""
+        proc = self.snap.processes.get(pid) if pid > 0 else None
+        name = (proc.comm if proc else "unknown") if pid >= 0 else (
+            "accept-queue" if pid == _ACCEPT_QUEUE else "orphan")
+        labels = (name, proc.container if proc else "", self.pod.get(pid, "") if proc else "")
+        return (*labels, str(pid) if pid > 0 else "") if self.opts.pid else labels
+
+    def who_labels(self) -> tuple[str, ...]:
+        return ("process", "container", "pod_uid", *(("pid",) if self.opts.pid else ()))
+
+    def owner(self, sk: Socket) -> int:
+        if sk.owners:
+            return first_pid(sk)
+        if sk.inode:
+            return 0  # held by a process we cannot see
+        return _ACCEPT_QUEUE if (sk.netns, sk.local_port) in self.listening else _ORPHAN
+
+    # --- families ----------------------------------------------------------
+
+    def namespaces(self, dropped: dict[str, int]) -> list[Family]:
+        socks = self.snap.sockets
+        counts = Counter(zip(map(_NETNS, socks), map(_STATE, socks), strict=True))
+        totals = Counter(map(_NETNS, socks))
+        inodes = [ns.inode for ns in self.snap.namespaces if not ns.error]
+        kept = set(sorted(inodes, key=lambda i: (-totals[i], self.ns(i)))[:self.opts.max_series])
+        fold = {i: self.ns(i) if i in kept else OTHER for i in inodes}
+        states: Counter[tuple[str, str]] = Counter()
+        for inode in inodes:
+            for st, name in STATE_NAMES.items():
+                states[(fold[inode], name)] += counts[(inode, st)]
+        ratio = dict.fromkeys(fold.values(), 0.0)
+        for inode, used in self._ports_used().items():
+            if inode in fold:
+                lo, hi = self.ranges[inode]
+                name = fold[inode]
+                ratio[name] = max(ratio.get(name, 0.0), used / (hi - lo + 1))
+        folded = len(inodes) - len(kept)
+        for name, per in (("sockdoctor_tcp_sockets", len(STATE_NAMES)),
+                          ("sockdoctor_ephemeral_ports_used_ratio", 1)):
+            dropped[name] = folded * per
+        info = [((fold[i], ns.kind, str(ns.inode)), 1.0) for ns in self.snap.namespaces
+                if (i := ns.inode) in kept]
+        return [
+            Family("sockdoctor_tcp_sockets", "TCP sockets by network namespace and state "
+                   "(node_exporter's state names).", ("netns", "state"),
+                   samples=sorted((k, float(v)) for k, v in states.items())),
+            Family("sockdoctor_ephemeral_ports_used_ratio",
+                   "Local ports in net.ipv4.ip_local_port_range in use (by any socket but "
+                   "listeners) over the size of the range.", ("netns",),
+                   samples=sorted(((k,), v) for k, v in ratio.items())),
+            Family("sockdoctor_netns_info", "Scanned network namespaces: kind and inode.",
+                   ("netns", "kind", "inode"), samples=sorted(info)),
+        ]
+
+    def _ports_used(self) -> dict[int, int]:
+        """Per namespace: distinct local ports in the ephemeral range, listeners' excepted."""
+        socks = self.snap.sockets
+        used: Counter[int] = Counter()
+        for inode, port in set(zip(map(_NETNS, socks), map(_LPORT, socks), strict=True)):
+            lo, hi = self.ranges.get(inode, DEFAULT_PORT_RANGE)
+            if lo <= port <= hi and (inode, port) not in self.listening:
+                used[inode] += 1
+        return used
+
+    def close_wait(self, dropped: dict[str, int]) -> list[Family]:
+        """CLOSE-WAIT by namespace, owner and side, with the oldest age of each group."""
+        groups: dict[tuple[int, int, bool, int], list[int]] = {}
+        first_seen, started = self.sample.first_seen, self.sample.started
+        for sk in self.snap.sockets:
+            if sk.state != TcpState.CLOSE_WAIT:
+                continue
+            lo, hi = self.ranges.get(sk.netns, DEFAULT_PORT_RANGE)
+            port = sk.local_port
+            client = (sk.netns, port) not in self.listening and lo <= port <= hi
+            key = (sk.netns, self.owner(sk), client, sk.peer_port if client else port)
+            since = first_seen.get(sk.cookie)
+            age = max(sk.age_ms or 0, int((started - since) * 1000) if since else 0)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [1, age]
+            else:
+                group[0] += 1
+                group[1] = max(group[1], age)
+        rows: dict[tuple[str, ...], list[float]] = {}
+        for (inode, pid, client, port), (count, age) in groups.items():
+            who = self.who(pid)
+            key = (self.ns(inode), who[0], "client" if client else "server", str(port), *who[1:])
+            rows[key] = _add_max(rows[key], [count, age / 1000]) if key in rows else \
+                [count, age / 1000]
+        kept, folded = fold(rows, self.opts.max_series, lambda v: (v[0], v[1]), _add_max,
+                            force=1)
+        labels = ("netns", "process", "side", "port", *self.who_labels()[1:])
+        dropped["sockdoctor_close_wait_sockets"] = folded
+        dropped["sockdoctor_close_wait_oldest_seconds"] = folded
+        return [
+            Family("sockdoctor_close_wait_sockets",
+                   "CLOSE-WAIT sockets by namespace, owner and side (server: port is our "
+                   "listening port; client: port is the remote service's).", labels,
+                   samples=_column(kept, 0)),
+            Family("sockdoctor_close_wait_oldest_seconds",
+                   "Age of the oldest CLOSE-WAIT socket of each group: a lower bound of the "
+                   "time since the peer closed (docs/age.md).", labels,
+                   samples=_column(kept, 1)),
+        ]
+
+    def listeners(self, dropped: dict[str, int]) -> list[Family]:
+        rows: dict[tuple[str, ...], list[float]] = {}
+        for sk in self.snap.sockets:
+            if sk.state == TcpState.LISTEN:
+                who = self.who(self.owner(sk))
+                key = (self.ns(sk.netns), who[0], str(sk.local_port), *who[1:])
+                value = [float(sk.recv_q), float(sk.send_q)]
+                rows[key] = _add(rows[key], value) if key in rows else value
+        kept, folded = fold(rows, self.opts.max_series,
+                            lambda v: (v[0] / v[1] if v[1] else 0.0, v[0]), _add, force=1)
+        labels = ("netns", "process", "port", *self.who_labels()[1:])
+        for name in ("sockdoctor_listen_queue_length", "sockdoctor_listen_queue_limit"):
+            dropped[name] = folded
+        return [
+            Family("sockdoctor_listen_queue_length", "Connections waiting in a listener's "
+                   "accept queue (ss Recv-Q of a LISTEN socket).", labels,
+                   samples=_column(kept, 0)),
+            Family("sockdoctor_listen_queue_limit", "Size of that accept queue: the backlog "
+                   "(ss Send-Q of a LISTEN socket).", labels, samples=_column(kept, 1)),
+        ]
+
+    def processes(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
+        """Descriptors of the processes that hold stuck sockets (CLOSE-WAIT or a finding)."""
+        pids = {self.owner(sk) for sk in self.snap.sockets
+                if sk.state == TcpState.CLOSE_WAIT and sk.owners}
+        if report is not None:
+            pids.update(p.pid for f in report.findings for p in f.processes)
+        rows: dict[tuple[str, ...], list[float]] = {}
+        for pid in pids:
+            proc = self.snap.processes.get(pid)
+            if proc is None:
+                continue
+            who = self.who(pid)
+            key = (self.ns(proc.netns), *who)
+            value = [float(proc.fd_count), float(proc.fd_limit)]
+            rows[key] = _fuller(rows[key], value) if key in rows else value
+        kept, folded = fold(rows, self.opts.max_series, _fill, _fuller, force=1)
+        labels = ("netns", *self.who_labels())
+        for name in ("sockdoctor_process_open_fds", "sockdoctor_process_max_fds"):
+            dropped[name] = folded
+        return [
+            Family("sockdoctor_process_open_fds", "Open descriptors of processes holding "
+                   "stuck sockets (several with one name: the fullest).", labels,
+                   samples=_column(kept, 0)),
+            Family("sockdoctor_process_max_fds", "Their descriptor limit (soft RLIMIT_NOFILE; "
+                   "0: unlimited or unknown).", labels, samples=_column(kept, 1)),
+        ]
+
+    def findings(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
+        rows: dict[tuple[str, ...], list[float]] = {}
+        for f in report.findings if report is not None else ():
+            proc = f.processes[0] if f.processes else None
+            who = self.who(proc.pid) if proc else ("", "", "", *(("",) if self.opts.pid else ()))
+            key = (f.netns, f.rule, f.severity, who[0], str(f.ports[0]) if f.ports else "",
+                   *who[1:])
+            value = [float(f.sockets), 1.0, float(SEVERITY_RANK[f.severity])]
+            rows[key] = _add(rows[key], value) if key in rows else value
+        kept, folded = fold(rows, self.opts.max_series, lambda v: (v[2], v[0]), _add_max,
+                            force=3)
+        labels = ("netns", "rule", "severity", "process", "port", *self.who_labels()[1:])
+        dropped["sockdoctor_finding_sockets"] = dropped["sockdoctor_findings"] = folded
+        return [Family("sockdoctor_finding_sockets", "Sockets concerned by each of the "
+                       "doctor's findings on the latest sample (no series when healthy; "
+                       "`sockdoctor doctor` explains them).", labels,
+                       samples=_column(kept, 0)),
+                Family("sockdoctor_findings", "Number of the doctor's findings (some concern "
+                       "no socket: sysctls, descriptor limits).", labels,
+                       samples=_column(kept, 1))]
+
+
+def _health(sample: Sample, health: Health) -> list[Family]:
+    snap = sample.snapshot
+    failed_ns = sum(bool(ns.error) for ns in snap.namespaces) if snap else 0
+    incomplete = [(("other_namespaces_not_scanned",), float(health.not_root)),
+                  (("processes_unreadable",), float(sample.denied_pids)),
+                  (("namespaces_failed",), float(failed_ns))]
+    doctor_at = sample.report.snapshot.created if sample.report is not None else 0.0
+    return [
+        Family("sockdoctor_up", "1 if the latest sample succeeded, 0 if it failed.",
+               samples=[((), 0.0 if sample.error else 1.0)]),
+        Family("sockdoctor_scan_incomplete", "What the latest sample could not see: without "
+               "root other namespaces (1), processes whose descriptors were unreadable, "
+               "namespaces whose scan failed (counts).", ("reason",), samples=incomplete),
+        Family("sockdoctor_scan_duration_seconds", "Wall time of the latest sample.",
+               samples=[((), sample.duration_s)]),
+        Family("sockdoctor_scan_cpu_seconds", "CPU time of the latest sample (with the /proc "
+               "walkers).", samples=[((), sample.cpu_s)]),
+        Family("sockdoctor_last_scan_timestamp_seconds", "When the latest successful sample "
+               "started (Unix time).", samples=[((), health.last_success)]),
+        Family("sockdoctor_doctor_last_run_timestamp_seconds", "When the sample the findings "
+               "come from started (Unix time; 0: no doctor).", samples=[((), doctor_at)]),
+        Family("sockdoctor_samples_total", "Samples taken.", kind="counter",
+               samples=[((), float(health.samples))]),
+        Family("sockdoctor_scan_errors_total", "Samples that failed.", kind="counter",
+               samples=[((), float(health.errors))]),
+        Family("sockdoctor_full_walks_total", "Samples that walked all of /proc for owners.",
+               kind="counter", samples=[((), float(health.full_walks))]),
+        Family("sockdoctor_build_info", "Version of the running exporter.", ("version",),
+               samples=[((health.version,), 1.0)]),
+    ]
+
+
+def fold(rows: dict[tuple[str, ...], list[float]], limit: int,
+         rank: Callable[[list[float]], tuple], merge: Callable[[list[float], list[float]],
+                                                                list[float]],
+         force: int) -> tuple[dict[tuple[str, ...], list[float]], int]:
+    """Keep the `limit` highest-ranked rows and fold the rest into one.
+
+    The folded row's label at index `force` (the process) reads "other", and
+    so does every other label whose value differs among the folded rows.
+    Returns the rows and how many were folded.
+    """
+    if len(rows) <= limit:
+        return rows, 0
+    order = sorted(rows.items(), key=lambda kv: (tuple(-x for x in rank(kv[1])), kv[0]))
+    kept = dict(order[:limit])
+    rest = order[limit:]
+    width = len(rest[0][0])
+    key = tuple(OTHER if i == force or len({k[i] for k, _ in rest}) > 1 else rest[0][0][i]
+                for i in range(width))
+    value = reduce(merge, (v for _, v in rest))
+    kept[key] = merge(kept[key], value) if key in kept else value
+    return kept, len(rest)
+
+
+def port_range(ns: Netns) -> tuple[int, int]:
+    """The namespace's net.ipv4.ip_local_port_range, or the kernel default."""
+    try:
+        lo, hi = (int(x) for x in ns.sysctls.get("net.ipv4.ip_local_port_range", "").split())
+    except ValueError:
+        return DEFAULT_PORT_RANGE
+    return (lo, hi) if 0 < lo <= hi <= 65535 else DEFAULT_PORT_RANGE
+
+
+def _column(rows: dict[tuple[str, ...], list[float]], index: int
+            ) -> list[tuple[tuple[str, ...], float]]:
+    return sorted((key, float(values[index])) for key, values in rows.items())
+
+
+def _add(a: list[float], b: list[float]) -> list[float]:
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def _add_max(a: list[float], b: list[float]) -> list[float]:
+    """Counts add up, the last column (an age, a severity) takes the maximum."""
+    return [*(x + y for x, y in zip(a[:-1], b[:-1], strict=True)), max(a[-1], b[-1])]
+
+
+def _fill(v: list[float]) -> tuple[float, float]:
+    return (v[0] / v[1] if v[1] else 0.0, v[0])
+
+
+def _fuller(a: list[float], b: list[float]) -> list[float]:
+    """Of two (open, limit) pairs, the one closer to its limit: fds do not add up."""
+    return a if _fill(a) >= _fill(b) else b
+

@@ -1,0 +1,136 @@
+"""Running `sockdoctor exporter` in tests: start it, scrape it, stop it.
+
+The exporter listens on loopback, on a port the kernel picks (`--listen
+127.0.0.1:0`); it prints the URL it serves on its first line of stderr.
+Every test samples only namespaces it made itself (`--netns NAME`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Series = dict[tuple[tuple[str, str], ...], float]  # sorted label pairs -> value
+
+
+@dataclass
+class Running:
+    """An exporter process and the URL of its /metrics."""
+
+    proc: subprocess.Popen
+    url: str
+    stderr: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/metrics")
+
+    def get(self, path: str = "/metrics") -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=10) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def scrape(self) -> dict[str, Series]:
+        status, text = self.get()
+        assert status == 200, text
+        return parse(text)
+
+    def wait_for(self, check: Callable[[dict[str, Series]], bool], limit: float = 30.0
+                 ) -> dict[str, Series]:
+        """Scrape until `check(metrics)` holds; returns those metrics."""
+        deadline = time.monotonic() + limit
+        while True:
+            metrics = self.scrape()
+            if check(metrics):
+                return metrics
+            if time.monotonic() > deadline:
+                raise AssertionError(f"exporter never got there; last scrape: "
+                                     f"{ {k: v for k, v in metrics.items() if 'close' in k} }")
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.stderr += (self.proc.stderr.read() or "").splitlines()  # type: ignore[union-attr]
+
+
+def start(*args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None,
+          timeout: float = 60.0) -> Running:
+    """`sockdoctor exporter --listen 127.0.0.1:0 ARGS` until it says where it serves."""
+    argv = [*(prefix or []), sys.executable, "-m", "sockdoctor", "exporter",
+            "--listen", "127.0.0.1:0", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+        if not ready:
+            continue
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if "http://" in line:
+            url = line.split("http://", 1)[1].split(",", 1)[0]
+            return Running(proc, "http://" + url, lines)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"exporter did not start (exit {proc.returncode}): {lines}")
+
+
+@contextmanager
+def running(*args: str, stop_signal: int = signal.SIGTERM, **kw: object) -> Iterator[Running]:
+    """start(); on the way out stop it with `stop_signal` and check that it exited 0."""
+    exporter = start(*args, **kw)  # type: ignore[arg-type]
+    try:
+        yield exporter
+    except BaseException:
+        kill_group(exporter.proc)
+        raise
+    code = exporter.stop(stop_signal)
+    assert code == 0, f"exit {code}: {exporter.stderr}"
+
+
+def parse(text: str) -> dict[str, Series]:
+    """Exposition text -> {sample name: {labels: value}} (counters keep their _total)."""
+    out: dict[str, Series] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def pick(series: Series, **labels: str) -> Series:
+    """The series whose labels include all of `labels`."""
+    want = set(labels.items())
+    return {k: v for k, v in series.items() if want <= set(k)}
+
+
+def value(series: Series, **labels: str) -> float | None:
+    found = pick(series, **labels)
+    assert len(found) <= 1, found
+    return next(iter(found.values()), None)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Last resort in a finally: the exporter and whatever it forked."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
