@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from sockdoctor.linux.tracefs import StateChange
+from sockdoctor.linux.ringbuf import StateChange
 from sockdoctor.model import Netns, Owner, Process, Snapshot, Socket, TcpState
 from sockdoctor.watch import join as join_mod
 from sockdoctor.watch.join import JoinMap

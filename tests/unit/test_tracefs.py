@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sockdoctor.errors import PermissionDeniedError, UnsupportedError
-from sockdoctor.linux import tracefs
+from sockdoctor.linux import ringbuf, tracefs
 
 # The format file as Linux 6.x prints it for the tracepoint (kernel output).
 FORMAT = """name: inet_sock_set_state
@@ -40,7 +40,7 @@ HEADER_PAGE = """\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;
 \tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;
 \tfield: char data;\toffset:16;\tsize:4080;\tsigned:0;
 """
-LAYOUT = tracefs.PageLayout(commit_at=8, commit_size=8, data_at=16)
+LAYOUT = ringbuf.PageLayout(commit_at=8, commit_size=8, data_at=16)
 
 
 def payload(skaddr: int, old: int, new: int, sport: int, dport: int, v6: bool = False,
@@ -64,7 +64,7 @@ def page(events: list[bytes], ts: int = 1_000_000, extra: bytes = b"") -> bytes:
 
 
 def test_event_layout_follows_the_format_file() -> None:
-    layout = tracefs.EventLayout(FORMAT)
+    layout = ringbuf.EventLayout(FORMAT)
     assert layout.event_id == 2287 and layout.size == 72
     fields = layout.unpack(payload(0xFFFF888812345678, 1, 8, 8000, 41064))
     assert (fields["skaddr"], fields["oldstate"], fields["newstate"]) == (
@@ -75,24 +75,24 @@ def test_event_layout_follows_the_format_file() -> None:
 def test_a_format_without_a_needed_field_is_unsupported() -> None:
     broken = FORMAT.replace("skaddr", "sk")
     with pytest.raises(UnsupportedError, match="skaddr"):
-        tracefs.EventLayout(broken)
+        ringbuf.EventLayout(broken)
 
 
 def test_page_layout_is_read_from_header_page(tmp_path: Path) -> None:
     (tmp_path / "events").mkdir()
     (tmp_path / "events" / "header_page").write_text(HEADER_PAGE)
-    assert tracefs.page_layout(str(tmp_path)) == LAYOUT
+    assert ringbuf.page_layout(str(tmp_path)) == LAYOUT
 
 
 def test_iter_page_walks_data_time_extends_and_padding() -> None:
     first, second = payload(1, 7, 2, 0, 80), payload(1, 2, 1, 5000, 80)
-    extend = struct.pack("<II", tracefs.TYPE_TIME_EXTEND | (3 << 5), 1)  # + (1 << 27) + 3
-    discarded = struct.pack("<II", tracefs.TYPE_PADDING | (1 << 5), 12) + b"\0" * 8  # 4 + 12
+    extend = struct.pack("<II", ringbuf.TYPE_TIME_EXTEND | (3 << 5), 1)  # + (1 << 27) + 3
+    discarded = struct.pack("<II", ringbuf.TYPE_PADDING | (1 << 5), 12) + b"\0" * 8  # 4 + 12
     long_event = struct.pack("<II", 0 | (5 << 5), len(first) + 4) + first  # type_len 0
     data = (struct.pack("<I", (10 << 5) | 18) + first + extend + discarded + long_event
             + struct.pack("<I", (2 << 5) | 18) + second)
     raw = (struct.pack("<Qq", 1000, len(data)) + data).ljust(4096, b"\0")
-    got = [(ts, bytes(body)) for ts, body in tracefs.iter_page(raw, LAYOUT)]
+    got = [(ts, bytes(body)) for ts, body in ringbuf.iter_page(raw, LAYOUT)]
     t1 = 1000 + 10
     t2 = t1 + (1 << 27) + 3 + 5
     assert got == [(t1, first), (t2, first), (t2 + 2, second)]
@@ -102,26 +102,26 @@ def test_iter_page_stops_at_the_commit_and_at_end_padding() -> None:
     body = payload(1, 7, 2, 0, 80)
     raw = bytearray(page([body, body]))
     struct.pack_into("<q", raw, 8, 4 + len(body))  # only the first event is committed
-    assert len(list(tracefs.iter_page(bytes(raw), LAYOUT))) == 1
-    end = page([body], extra=struct.pack("<I", tracefs.TYPE_PADDING))  # delta 0: page end
-    assert list(tracefs.iter_page(end, LAYOUT)) == []
+    assert len(list(ringbuf.iter_page(bytes(raw), LAYOUT))) == 1
+    end = page([body], extra=struct.pack("<I", ringbuf.TYPE_PADDING))  # delta 0: page end
+    assert list(ringbuf.iter_page(end, LAYOUT)) == []
 
 
 def test_commit_flags_of_missed_events_do_not_inflate_the_size() -> None:
     body = payload(1, 7, 2, 0, 80)
     raw = bytearray(page([body]))
     struct.pack_into("<Q", raw, 8, (1 << 31) | (1 << 30) | (4 + len(body)))
-    assert len(list(tracefs.iter_page(bytes(raw), LAYOUT))) == 1
+    assert len(list(ringbuf.iter_page(bytes(raw), LAYOUT))) == 1
 
 
 class _Reader(tracefs.Reader):
     def __init__(self) -> None:  # no instance: only the decoder is tested
-        self.event = tracefs.EventLayout(FORMAT)
+        self.event = ringbuf.EventLayout(FORMAT)
         self.page = LAYOUT
 
 
 def test_decode_gives_state_changes_with_addresses_and_context() -> None:
-    out: list[tracefs.StateChange] = []
+    out: list[ringbuf.StateChange] = []
     raw = page([payload(0xABC, 1, 8, 8000, 41064, flags=0x10),
                 payload(0xDEF, 8, 9, 9000, 1234, v6=True, pid=77),
                 payload(0x123, 1, 8, 1, 2, event_id=999)])  # another event: skipped

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from ..linux import procfs, sockdiag
 from ..linux.ownercache import OwnerCache
-from ..linux.tracefs import StateChange, thread_group
+from ..linux.ringbuf import StateChange
+from ..linux.tracefs import thread_group
 from ..model import Owner, Snapshot, Socket, TcpState
 
 Key = tuple[int, str, int, str, int]  # family, local addr, local port, peer addr, peer port

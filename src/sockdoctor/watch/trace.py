@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import NotFoundError
 from ..linux import netns as netns_mod
-from ..linux import sockdiag, tracefs
+from ..linux import ringbuf, sockdiag, tracefs
 from ..model import SS_COLUMN_NAMES, Socket, TcpState
 from ..query import Query
 from .events import EventOwner, LostEvent, TraceEvent
@@ -131,7 +131,7 @@ class Tracer:
                  join_delay_s: float = 0.5) -> None:
         self.query = query
         self.join_delay_s = join_delay_s
-        self._pending: deque[tuple[tracefs.StateChange, Track, float | None]] = deque()
+        self._pending: deque[tuple[ringbuf.StateChange, Track, float | None]] = deque()
         self.sampler = sampler
         self.filter = EventFilter(query, netns_inodes)
         self.stats = Stats()
@@ -177,7 +177,7 @@ class Tracer:
         out.extend(self._lost_events())
         return out
 
-    def _state_events(self, changes: list[tracefs.StateChange]) -> list[Record]:
+    def _state_events(self, changes: list[ringbuf.StateChange]) -> list[Record]:
         """Join new changes; emit, in order, those whose socket is settled or waited enough.
 
         A connection's first events often come before its owner can be known
@@ -212,7 +212,7 @@ class Tracer:
             self.sampler.note_state_change(tr.netns, family, laddr, lport, paddr, pport,
                                            TcpState.CLOSE_WAIT, rec.time)
 
-    def _record(self, ev: tracefs.StateChange, tr: Track, prev: float | None) -> TraceEvent:
+    def _record(self, ev: ringbuf.StateChange, tr: Track, prev: float | None) -> TraceEvent:
         family, laddr, lport, paddr, pport = self.join.key(ev)
         rec = self._base("state", ev.ts_ns / 1e9 + self.clock_offset, tr, family,
                          (laddr, lport, paddr, pport))
