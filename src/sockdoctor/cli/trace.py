@@ -45,7 +45,7 @@ Examples:
 @click.option("--count", type=click.IntRange(1), help="Stop after N events.")
 @click.option("--refresh", default="10s", show_default=True, metavar="T",
               help="How often the sampler re-reads every socket and owner.")
-@click.option("--join-delay", default="500ms", show_default=True, metavar="T",
+@click.option("--join-delay", default="1s", show_default=True, metavar="T",
               help="How long an event may wait for its owner to be known.")
 @click.option("--no-destroy", is_flag=True, help="Do not report destroyed sockets.")
 @click.option("--buffer-kb", type=click.IntRange(64, 1 << 20), default=2048, show_default=True,
@@ -118,8 +118,11 @@ def _summary(tracer: Any) -> None:
              f"{s.close_wait} CLOSE-WAIT entries" if s.close_wait else "")
     lost = f"{s.lost} lost" + (f", destroy listener overflowed {s.destroy_overflows} times"
                                if s.destroy_overflows else "")
+    unplaced = tracer.filter.unplaced
+    left_out = (f"; {unplaced} events left out because their namespace could not be told "
+                "(--netns)" if unplaced else "")
     click.echo(f"sockdoctor: {s.changes} state changes, {s.destroyed} destroyed sockets, "
-               f"{lost}{owned}", err=True)
+               f"{lost}{owned}{left_out}", err=True)
 
 
 def _stop_on_signals() -> None:

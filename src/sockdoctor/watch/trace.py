@@ -105,12 +105,15 @@ class EventFilter:
     def __init__(self, query: Query, netns_inodes: set[int] | None) -> None:
         self.states = query.states
         self.netns = netns_inodes
+        self.unplaced = 0  # left out by --netns because their namespace was not known
         self.rest = dataclasses.replace(query, states=ANY_STATE, older_than_ms=None)
 
     def match(self, old: int, new: int, rec: TraceEvent) -> bool:
         if not ((self.states >> old) & 1 or (self.states >> new) & 1):
             return False
         if self.netns is not None and rec.netns_inode not in self.netns:
+            if rec.netns_inode is None:
+                self.unplaced += 1  # said in the summary: not hidden silently
             return False
         family = socket.AF_INET6 if rec.family == "ipv6" else socket.AF_INET
         sk = Socket(rec.netns_inode or 0, family, new, rec.local_addr, rec.local_port,
@@ -128,7 +131,7 @@ class Tracer:
 
     def __init__(self, query: Query, sampler: Any, *, buffer_kb: int = 2048,
                  destroy: bool = True, netns_inodes: set[int] | None = None,
-                 join_delay_s: float = 0.5) -> None:
+                 join_delay_s: float = 1.0) -> None:
         self.query = query
         self.join_delay_s = join_delay_s
         self._pending: deque[tuple[ringbuf.StateChange, Track, float | None]] = deque()
