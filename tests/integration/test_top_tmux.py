@@ -37,6 +37,7 @@ while True:  # accept and keep every connection: the ones whose client left stay
 CLIENT = """
 idle = [socket.create_connection(("10.77.0.1", 7200)) for _ in range(10)]
 emit({"ready": True})
+time.sleep(1.5)  # the idle ones are clearly the oldest
 while True:
     socket.create_connection(("10.77.0.1", 7200)).close()
     time.sleep(0.3)
@@ -151,7 +152,7 @@ def test_top_once_prints_one_frame_without_a_terminal(lab: Lab) -> None:
     server = Script(lab, lab.server, SERVER)
     pid = server.read()["ready"]  # type: ignore[index]
     Script(lab, lab.client, CLIENT).read()
-    time.sleep(1.0)
+    time.sleep(2.5)  # the client waits 1.5 s, then hangs up one connection every 0.3 s
     done = subprocess.run([sys.executable, "-m", "sockdoctor", "top", "--netns",
                            lab.server.netns], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
