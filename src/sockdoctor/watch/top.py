@@ -17,7 +17,7 @@ from typing import Any
 
 from ..doctor import Finding
 from ..errors import UsageError
-from ..model import Snapshot, Socket, TcpState
+from ..model import ALL_STATES_MASK, Snapshot, Socket, TcpState
 from ..query import Query
 from ..render import fmt
 
@@ -112,9 +112,11 @@ class TopModel:
     def _regroup(self) -> None:
         snap: Snapshot = self.sample.snapshot
         query = self.query
-        sockets = [sk for sk in snap.sockets if query.match_socket(sk)
-                   and (not query.needs_owners or query.match_owner(sk, snap.processes))]
-        self.groups = self._sorted(group(snap, sockets, self.sample.age_ms))
+        sockets = snap.sockets
+        if not _selects_everything(query):
+            sockets = [sk for sk in sockets if query.match_socket(sk)
+                       and (not query.needs_owners or query.match_owner(sk, snap.processes))]
+        self.groups = self._sorted(group(snap, sockets, self.sample))
 
     def _apply_deltas(self) -> None:
         first, before = self._first or {}, self._before_last
@@ -146,40 +148,71 @@ class TopModel:
         return " ".join(args)
 
 
-def group(snap: Snapshot, sockets: list[Socket], age_ms: Any) -> list[Group]:
-    """Sockets grouped by namespace x process x state x service, with oldest age and Recv-Q."""
-    names = fmt.netns_names(snap)
+def group(snap: Snapshot, sockets: list[Socket], sample: Any) -> list[Group]:
+    """Sockets grouped by namespace x process x state x service, with oldest age and Recv-Q.
+
+    The hot loop of every refresh (143k sockets a second on a big host), so
+    each socket only gets its group key here; names, sums and ages are made
+    once per group afterwards.
+    """
     listening = {(sk.netns, sk.local_port) for sk in snap.sockets
                  if sk.state == TcpState.LISTEN}
-    groups: dict[GroupKey, Group] = {}
+    buckets: dict[tuple, list[Socket]] = {}
     for sk in sockets:
-        pids = tuple(sorted({o.pid for o in sk.owners}))
-        server = _server_side(sk, listening)
-        service = f":{sk.local_port}" if server else \
-            "-> " + fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)
-        key = (sk.netns, pids, sk.state, service)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = Group(sk.netns, names.get(sk.netns, str(sk.netns)), pids,
-                                    _process(pids, snap, sk), sk.state, service,
-                                    sk.local_port if server else sk.peer_port)
-        g.sockets.append(sk)
-        if sk.state != TcpState.LISTEN:
-            g.recv_q += sk.recv_q
-        age = age_ms(sk)
-        if age is not None and (g.oldest_ms is None or age > g.oldest_ms):
-            g.oldest_ms = age
-    return list(groups.values())
+        owners = sk.owners
+        pids = () if not owners else (owners[0].pid,) if len(owners) == 1 else \
+            tuple(sorted({o.pid for o in owners}))
+        port, peer = sk.local_port, sk.peer_port
+        if peer == 0 or (sk.netns, port) in listening or (not listening and port <= peer):
+            key = (sk.netns, pids, sk.state, port, None)  # server side: its local port
+        else:  # client side: where it connects to
+            key = (sk.netns, pids, sk.state, peer, sk.peer_addr, sk.family)
+        bucket = buckets.get(key)
+        if bucket is None:
+            buckets[key] = [sk]
+        else:
+            bucket.append(sk)
+    names = fmt.netns_names(snap)
+    return [_group(key, members, names, snap, sample) for key, members in buckets.items()]
 
 
-def _server_side(sk: Socket, listening: set[tuple[int, int]]) -> bool:
-    if (sk.netns, sk.local_port) in listening or sk.peer_port == 0:
-        return True
-    return not listening and sk.local_port <= sk.peer_port
+def _group(key: tuple, members: list[Socket], names: dict[int, str], snap: Snapshot,
+           sample: Any) -> Group:
+    netns, pids, state, port = key[:4]
+    service = f":{port}" if key[4] is None else \
+        "-> " + fmt.endpoint(key[4], port, key[5], peer=True)
+    g = Group(netns, names.get(netns, str(netns)), pids, _process(pids, snap), state, service,
+              port, members)
+    if state != TcpState.LISTEN:
+        g.recv_q = sum(sk.recv_q for sk in members)
+    g.oldest_ms = _oldest(members, sample)
+    return g
 
 
-def _process(pids: tuple[int, ...], snap: Snapshot, sk: Socket) -> str:
+def _oldest(members: list[Socket], sample: Any) -> int | None:
+    """The largest of the sampler's ages (Sample.age_ms) over the group, computed in bulk.
+
+    max over sockets of max(tcp_info age, time since first seen) is the max of
+    the two maxima, so neither needs a call per socket.
+    """
+    tcp = max((a for a in (sk.age_ms for sk in members) if a is not None), default=None)
+    first_seen = getattr(sample, "first_seen", None) or {}
+    firsts = [t for t in map(first_seen.get, (sk.cookie for sk in members)) if t is not None]
+    seen = int((sample.started - min(firsts)) * 1000) if firsts else None
+    if tcp is None:
+        return seen or None
+    return max(tcp, seen or 0)
+
+
+def _process(pids: tuple[int, ...], snap: Snapshot) -> str:
     if not pids:
         return "(no owner)" if snap.owners_scanned else "-"
     comms = [(snap.processes[p].comm if p in snap.processes else "?") for p in pids]
     return ",".join(f"{fmt.untrusted(c)}({p})" for c, p in zip(comms, pids, strict=True))
+
+
+def _selects_everything(q: Query) -> bool:
+    """No filter at all: the per-socket test can be skipped."""
+    return ((q.states & ALL_STATES_MASK) == ALL_STATES_MASK and q.expr is None
+            and not (q.ports or q.pids or q.process or q.family)
+            and q.older_than_ms is None)
