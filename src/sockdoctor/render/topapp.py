@@ -96,6 +96,8 @@ class TopApp(App[int]):
         self.run_worker(self._sample_loop, thread=True, exclusive=True)
 
     def _sample_loop(self) -> None:
+        if self._stop.wait(self.refresh_s):  # the first sample was taken before the app
+            return
         self.sampler.run(self._stop, lambda sample: self.call_from_thread(self._arrived, sample))
 
     def _arrived(self, sample: Any) -> None:

@@ -34,6 +34,7 @@ FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 # ss's names, except that a connection's end reads CLOSE (ss lists state 7 as UNCONN)
 STATE_NAMES = {**SS_COLUMN_NAMES, TcpState.CLOSE: "CLOSE"}
 ANY_STATE = 0xFFFFFFFF
+RETRY_S = 0.25  # how often sockets still waiting for their owner are looked up again
 
 
 class NsSockets:
@@ -135,6 +136,8 @@ class Tracer:
         self.query = query
         self.join_delay_s = join_delay_s
         self._pending: deque[tuple[ringbuf.StateChange, Track, float | None]] = deque()
+        self._waiting: dict[int, Track] = {}  # not yet identified, events still pending
+        self._last_retry = 0.0
         self.sampler = sampler
         self.filter = EventFilter(query, netns_inodes)
         self.stats = Stats()
@@ -152,9 +155,12 @@ class Tracer:
     def start(self) -> None:
         """First sample now (events meanwhile wait in the ring buffer), then in the background."""
         self._use(self.sampler.sample())
-        self._thread = threading.Thread(target=self.sampler.run,
-                                        args=(self._stop, lambda _s: None), daemon=True)
+        self._thread = threading.Thread(target=self._sample_later, daemon=True)
         self._thread.start()
+
+    def _sample_later(self) -> None:
+        if not self._stop.wait(self.sampler.interval):  # the first sample was just taken
+            self.sampler.run(self._stop, lambda _s: None)
 
     def _use(self, sample: Any) -> None:
         self._seq = sample.seq
@@ -189,8 +195,9 @@ class Tracer:
         """
         self.stats.changes += len(changes)
         pending = self._pending
-        pending.extend(self.join.attach(changes))
-        self.join.identify(list({id(tr): tr for _, tr, _ in pending if not tr.settled}.values()))
+        attached = self.join.attach(changes)
+        pending.extend(attached)
+        self.join.identify(self._to_identify(attached))
         out: list[Record] = []
         oldest = time.monotonic_ns() - int(self.join_delay_s * 1e9)
         while pending and (pending[0][1].settled or pending[0][0].ts_ns <= oldest):
@@ -205,6 +212,24 @@ class Tracer:
             if self.filter.match(ev.old, ev.new, rec):
                 out.append(rec)
         return out
+
+    def _to_identify(self, attached: list[tuple[ringbuf.StateChange, Track, float | None]]
+                     ) -> list[Track]:
+        """Sockets with new events now; the others still waiting, a few times a second.
+
+        Asking again on every poll for each waiting socket (a second of
+        churn is tens of thousands) cost more than the events themselves.
+        """
+        fresh = {id(tr): tr for _, tr, _ in attached if not tr.settled}
+        now = time.monotonic()
+        if now - self._last_retry >= RETRY_S:
+            self._last_retry = now
+            horizon = time.monotonic_ns() - int((self.join_delay_s + 1) * 1e9)
+            self._waiting = {k: tr for k, tr in self._waiting.items() if not tr.settled
+                             and (tr.since_ns or 0) > horizon}
+            fresh = {**self._waiting, **fresh}
+        self._waiting.update(fresh)
+        return list(fresh.values())
 
     def _count_close_wait(self, rec: TraceEvent, tr: Track) -> None:
         self.stats.close_wait += 1
