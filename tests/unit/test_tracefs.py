@@ -186,3 +186,19 @@ def test_lost_sums_overruns_and_drops_per_cpu(tmp_path: Path) -> None:
         (d / "stats").write_text(f"entries: 99\noverrun: {overrun}\ncommit overrun: 1\n"
                                  f"bytes: 0\ndropped events: {dropped}\nread events: 5\n")
     assert inst.lost() == {0: 4, 1: 8}
+
+
+def test_trace_on_a_kernel_without_tracefs_is_one_sentence_and_exit_5(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+    import sys
+
+    from sockdoctor.cli import _run
+
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's handlers
+    monkeypatch.setattr(tracefs, "find_mount", lambda: None)
+    monkeypatch.setattr(tracefs, "kernel_has_tracefs", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["sockdoctor", "trace", "--duration", "1s"])
+    assert _run() == 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no tracefs" in err and "Traceback" not in err
