@@ -110,7 +110,7 @@ def _score(out: str, rate: float, seconds: float, usage: resource.struct_rusage,
                 changes += 1
                 if ev["old"] == "ESTAB" and ev["new"] == "CLOSE-WAIT":
                     seen[(ev["local_port"], ev["peer_port"])].append(
-                        (ev["time"], [o["pid"] for o in ev["owners"]]))
+                        (ev["time"], [o["pid"] for o in ev.get("owners", [])]))
     attributed = 0
     for ports, accepts in truth.items():
         for when, pid in accepts:

@@ -35,7 +35,7 @@ class TraceEvent(msgspec.Struct, omit_defaults=True, gc=False, kw_only=True):
     peer_port: int
     cookie: int | None = None
     inode: int | None = None
-    owners: list[EventOwner] = msgspec.field(default_factory=list)
+    owners: list[EventOwner]  # always present; [] when not known (owner_note says why)
     owner_note: str | None = None  # why owners is empty or incomplete
     prev_state_ms: float | None = None  # time spent in `old`, when trace saw it begin
     task_pid: int | None = None  # the task on the CPU, when the change ran in its context
