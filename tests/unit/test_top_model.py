@@ -29,6 +29,7 @@ def sk(state: int, lport: int, pport: int, pid: int | None, age: int | None = No
 class FakeSample:
     snapshot: Snapshot | None
     report: object = None
+    previous: Snapshot | None = None
     error: str = ""
     started: float = 0.0
     duration_s: float = 0.1

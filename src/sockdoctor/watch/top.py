@@ -79,6 +79,9 @@ class TopModel:
             self.sample = dataclasses.replace(self.sample, error=sample.error) \
                 if self.sample is not None else sample
             return
+        # top never looks back: the sample before last can go (this sampler is top's own,
+        # and at 143k sockets a snapshot is ~100 MB)
+        sample.previous = None
         self.sample = sample
         self._before_last = self._last
         self._regroup()
