@@ -205,11 +205,12 @@ class Tracer:
             if not tr.owners and tr.closer:
                 self.join.closer_fallback(tr)
             rec = self._record(ev, tr, prev)
-            if ev.new == TcpState.CLOSE_WAIT:
-                self._count_close_wait(rec, tr)
             if ev.new == CLOSE:
                 self.join.finish(ev.skaddr, tr)
-            if self.filter.match(ev.old, ev.new, rec):
+            shown = self.filter.match(ev.old, ev.new, rec)
+            if ev.new == TcpState.CLOSE_WAIT:
+                self._count_close_wait(rec, tr, shown)
+            if shown:
                 out.append(rec)
         return out
 
@@ -231,10 +232,10 @@ class Tracer:
         self._waiting.update(fresh)
         return list(fresh.values())
 
-    def _count_close_wait(self, rec: TraceEvent, tr: Track) -> None:
-        self.stats.close_wait += 1
-        if rec.owners:
-            self.stats.close_wait_owned += 1
+    def _count_close_wait(self, rec: TraceEvent, tr: Track, shown: bool) -> None:
+        if shown:  # the summary speaks of what was shown
+            self.stats.close_wait += 1
+            self.stats.close_wait_owned += bool(rec.owners)
         if tr.netns:
             family, laddr, lport, paddr, pport = tr.key
             self.sampler.note_state_change(tr.netns, family, laddr, lport, paddr, pport,
