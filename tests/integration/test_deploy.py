@@ -64,6 +64,17 @@ def test_the_unit_is_hardened_and_systemd_accepts_it(tmp_path: Path) -> None:
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
 
+def one_leak(lab: Lab) -> Remote:
+    """A root program holding one CLOSE-WAIT socket on PORT, in the lab's namespace."""
+    server = Remote(lab, lab.server, "sdt-leaker")
+    server(f"""
+        lst = socket.socket(); lst.bind(("127.0.0.1", {PORT})); lst.listen(8)
+        peer = socket.create_connection(("127.0.0.1", {PORT})); conn = lst.accept()[0]
+        peer.close()
+    """)
+    return server
+
+
 def as_nobody_with(caps: list[str], python: str) -> list[str]:
     names = ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
@@ -82,12 +93,7 @@ def as_root_with(caps: list[str], python: str) -> list[str]:
 def test_the_units_capabilities_are_enough_and_each_is_needed(
         unprivileged: Unprivileged, drop: str) -> None:
     with Lab(f"cap{os.getpid() % 10000}", pair=False) as lab:
-        server = Remote(lab, lab.server, "sdt-leaker")
-        server(f"""
-            lst = socket.socket(); lst.bind(("127.0.0.1", {PORT})); lst.listen(8)
-            peer = socket.create_connection(("127.0.0.1", {PORT})); conn = lst.accept()[0]
-            peer.close()
-        """)
+        one_leak(lab)
         caps = [c for c in unit_capabilities() if c != drop]
         done = subprocess.run([*as_nobody_with(caps, unprivileged.python), "-m", "sockdoctor",
                                "exporter", "--once", "--netns", lab.server.netns],
@@ -113,12 +119,7 @@ def test_the_daemonsets_capabilities_are_enough_for_root_in_a_container(
     caps = ["CAP_" + c for c in container["securityContext"]["capabilities"]["add"]]
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     with Lab(f"cap{os.getpid() % 10000}", pair=False) as lab:
-        server = Remote(lab, lab.server, "sdt-leaker")
-        server(f"""
-            lst = socket.socket(); lst.bind(("127.0.0.1", {PORT})); lst.listen(8)
-            peer = socket.create_connection(("127.0.0.1", {PORT})); conn = lst.accept()[0]
-            peer.close()
-        """)
+        one_leak(lab)
         env = dict(unprivileged.env)
         done = subprocess.run([*as_root_with(caps, unprivileged.python), "-m", "sockdoctor",
                                "exporter", "--once", "--netns", lab.server.netns],

@@ -29,16 +29,8 @@ PORT = 7411
 FAST = ("--interval", "0.5s", "--stuck-after", "1s")
 
 
-def leaking_server(lab: Lab, port: int = PORT, comm: str = "sdt-leaker") -> Remote:
-    server = Remote(lab, lab.server, comm)
-    server(f"""
-        lst = socket.socket()
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lst.bind(("0.0.0.0", {port}))
-        lst.listen(64)
-        conns = []
-    """)
-    return server
+def leaking_server(lab: Lab) -> Remote:
+    return exporting.keeping_server(lab, PORT)
 
 
 def leak(server: Remote, client: Remote, n: int, port: int = PORT) -> float:
