@@ -145,6 +145,35 @@ class OwnerCache:
             return True
         return False
 
+    def holders(self, inode: int) -> list[Owner]:
+        return self._by_inode.get(inode, [])
+
+    def refresh_pids(self, pids: Iterable[int], died: set[int] | frozenset[int] = frozenset(),
+                     full: bool = False) -> int:
+        """Re-read just these processes: new numbers and those whose socket died, or all.
+
+        For trace (issue 10), which needs the owner of a socket born a moment
+        ago and asks only the few processes that can hold it (the listener's
+        owners, the process that called connect()); `full` when a number may
+        have been reused unseen. Returns the readlinks made.
+        """
+        readlinks = 0
+        for pid in pids:
+            names = _list(pid)
+            if names is None or names is _DENIED:
+                self._forget(pid)
+                continue
+            if full:
+                self._forget(pid)
+            old = self._procs.get(pid)
+            fds = list(map(int, names))
+            self.fd_counts[pid] = len(fds)
+            if old is not None and len(fds) == len(old) and old.keys() >= fds \
+                    and died.isdisjoint(old.values()):
+                continue
+            readlinks += self._relist(pid, fds, old, set(died))
+        return readlinks
+
     def holder_pids(self, live: set[int]) -> set[int]:
         """The processes that hold at least one of these socket inodes."""
         return {pid for pid, links in self._procs.items() if not live.isdisjoint(links.values())}
