@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import NOBODY, Remote, Unprivileged
+from conftest import NOBODY, Remote, Unprivileged, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.watch.exporter import DEFAULT_PORT
 
@@ -91,8 +91,9 @@ def as_root_with(caps: list[str], python: str) -> list[str]:
 @pytest.mark.root
 @pytest.mark.parametrize("drop", ["", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"])
 def test_the_units_capabilities_are_enough_and_each_is_needed(
-        unprivileged: Unprivileged, drop: str) -> None:
+        unprivileged: Unprivileged, drop: str, request: pytest.FixtureRequest) -> None:
     with Lab(f"cap{os.getpid() % 10000}", pair=False) as lab:
+        allow_stuck_sockets_in(request, lab)
         one_leak(lab)
         caps = [c for c in unit_capabilities() if c != drop]
         done = subprocess.run([*as_nobody_with(caps, unprivileged.python), "-m", "sockdoctor",
@@ -114,11 +115,12 @@ def test_the_units_capabilities_are_enough_and_each_is_needed(
 
 @pytest.mark.root
 def test_the_daemonsets_capabilities_are_enough_for_root_in_a_container(
-        unprivileged: Unprivileged) -> None:
+        unprivileged: Unprivileged, request: pytest.FixtureRequest) -> None:
     container = daemonset()["spec"]["template"]["spec"]["containers"][0]
     caps = ["CAP_" + c for c in container["securityContext"]["capabilities"]["add"]]
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     with Lab(f"cap{os.getpid() % 10000}", pair=False) as lab:
+        allow_stuck_sockets_in(request, lab)
         one_leak(lab)
         env = dict(unprivileged.env)
         done = subprocess.run([*as_root_with(caps, unprivileged.python), "-m", "sockdoctor",

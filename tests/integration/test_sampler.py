@@ -9,7 +9,6 @@ number reused for another socket or first for a file, fork, exit.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -59,10 +58,9 @@ class Scene:
 
 
 @pytest.fixture
-def scene() -> Iterator[Scene]:
-    with Lab(f"smp{os.getpid() % 10000}") as lab:
-        server = keeping_server(lab, PORT)
-        yield Scene(lab, server, Remote(lab, lab.client, "sdt-client"))
+def scene(lab: Lab) -> Iterator[Scene]:
+    server = keeping_server(lab, PORT)
+    yield Scene(lab, server, Remote(lab, lab.client, "sdt-client"))
 
 
 def count(scene: Scene, state: int) -> int:
