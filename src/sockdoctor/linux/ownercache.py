@@ -75,21 +75,28 @@ class OwnerCache:
         return set(self._procs)
 
     def full(self, walked: procfs.OwnerMap, live: set[int]) -> None:
-        """Start again from a full walk's result; `live`: the TCP inodes just dumped."""
+        """Take a full walk's result as the truth; `live`: the TCP inodes just dumped.
+
+        Only processes whose descriptors differ from what the cache holds are
+        replaced: the others keep their holder lists, so a full walk on a
+        quiet host allocates (and leaves behind) nothing but the walk itself.
+        """
         per_pid: dict[int, Links] = {pid: {} for pid in walked.fd_counts}
         for inode, holders in walked.by_inode.items():
             for holder in holders:
                 per_pid.setdefault(holder.pid, {})[holder.fd] = inode
-        self._procs.clear()
+        for pid in self._procs.keys() - per_pid.keys():
+            self._forget(pid)
         for pid, links in per_pid.items():
             names = _list(pid)
             if not names:
+                self._forget(pid)
                 continue
             for name in names:  # what the walk did not report is not a socket
                 links.setdefault(int(name), 0)
-            self._procs[pid] = links
-        self._by_inode = {inode: list(holders) for inode, holders in walked.by_inode.items()}
-        self._owned = None
+            old = self._procs.get(pid)
+            if old != links:
+                self._replace(pid, links, old)
         self.fd_counts = dict(walked.fd_counts)
         self.denied = walked.denied_pids
         self._live = live
