@@ -6,17 +6,29 @@ The Python API mirrors the command line:
     snap = sockdoctor.scan("state close-wait", owners=True)   # like `sockdoctor ls -p`
     report = sockdoctor.diagnose(sockdoctor.scan(evidence=True))  # like `sockdoctor doctor`
     plan = sockdoctor.kill(snap.sockets, method="auto", dry_run=True)  # like `sockdoctor kill`
+    with sockdoctor.guard():  # fails code that leaks TCP sockets (also a pytest plugin)
+        ...
 
 Attributes are imported on first use so that `import sockdoctor` stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checkers
+    from .doctor import diagnose
+    from .inventory import scan
+    from .leakguard import Guard, SocketLeakError, SocketLeakWarning, guard
+    from .model import Snapshot, Socket, TcpState
+    from .query import Query
+    from .remedy import kill
+    from .snapshot_io import load as load_snapshot
+    from .snapshot_io import save as save_snapshot
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_EXPORTS: dict[str, tuple[str, str]] = {
     "scan": ("sockdoctor.inventory", "scan"),
     "Query": ("sockdoctor.query", "Query"),
     "Snapshot": ("sockdoctor.model", "Snapshot"),
@@ -26,9 +38,17 @@ _EXPORTS = {
     "kill": ("sockdoctor.remedy", "kill"),
     "load_snapshot": ("sockdoctor.snapshot_io", "load"),
     "save_snapshot": ("sockdoctor.snapshot_io", "save"),
+    "guard": ("sockdoctor.leakguard", "guard"),
+    "Guard": ("sockdoctor.leakguard", "Guard"),
+    "SocketLeakError": ("sockdoctor.leakguard", "SocketLeakError"),
+    "SocketLeakWarning": ("sockdoctor.leakguard", "SocketLeakWarning"),
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+# Spelled out (not built from _EXPORTS) so that linters and type checkers see it.
+__all__ = [
+    "Guard", "Query", "Snapshot", "Socket", "SocketLeakError", "SocketLeakWarning", "TcpState",
+    "__version__", "diagnose", "guard", "kill", "load_snapshot", "save_snapshot", "scan",
+]
 
 
 def __getattr__(name: str) -> Any:

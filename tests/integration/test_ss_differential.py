@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Script
+from conftest import Script, allow_stuck_sockets_in
 from sockdoctor import inventory
 from sockdoctor.errors import FilterSyntaxError
 from sockdoctor.lab.netlab import Lab
@@ -288,7 +288,8 @@ class Population:
 
     MAX_AGE = 40.0
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, request: pytest.FixtureRequest) -> None:
+        self.request = request  # a lab made later must be allowed its stuck sockets too
         self.labs: list[Lab] = []
         self.netns, self.ports, self.born = "", [], 0.0
         self.fill(lab)
@@ -307,6 +308,7 @@ class Population:
             lab = Lab(f"t{os.getpid() % 10000}", pair=False)
             self.labs.append(lab)
             lab.up()
+            allow_stuck_sockets_in(self.request, lab)
             self.fill(lab)
         return self.netns
 
@@ -316,8 +318,8 @@ class Population:
 
 
 @pytest.fixture
-def population(solo: Lab) -> Iterator[Population]:
-    pop = Population(solo)
+def population(solo: Lab, request: pytest.FixtureRequest) -> Iterator[Population]:
+    pop = Population(solo, request)
     yield pop
     pop.close()
 
