@@ -344,16 +344,5 @@ def _set_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
 
 def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
     """Give each socket the descriptors that hold it (inode 0: none can); returns their pids."""
-    get = owner_map.by_inode.get
-    pids: set[int] = set()
-    add = pids.add
-    for sk in sockets:
-        if sk.inode:
-            holders = get(sk.inode)
-            if holders:
-                sk.owners = holders
-                if len(holders) == 1:
-                    add(holders[0].pid)
-                else:
-                    pids.update(o.pid for o in holders)
+    pids, _unowned = owner_map.attach(sockets)  # the C join when it is built
     return pids

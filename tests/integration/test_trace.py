@@ -201,7 +201,7 @@ def test_trace_removes_its_instance_and_mount_on_a_signal(solo: Lab, sig: int) -
         assert "state changes" in err  # the closing summary
         assert _instances(look, pid) == []
         with open("/proc/self/mounts") as f:  # a tracefs trace mounted itself is gone too
-            assert not [m for m in f.read().splitlines() if "sockdoctor-tracefs-" in m]
+            assert f"sockdoctor-tracefs-{pid}-" not in f.read()
     finally:
         subprocess.run(["umount", look], check=False)
         os.rmdir(look)
@@ -220,3 +220,23 @@ def test_trace_rejects_an_unknown_namespace() -> None:
     done = subprocess.run([*SOCKDOCTOR, "trace", "--netns", f"no-such-ns-{os.getpid()}"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "no network namespace" in done.stderr
+
+
+@pytest.mark.root
+def test_trace_removes_what_a_killed_trace_left_behind(solo: Lab) -> None:
+    """A trace killed with SIGKILL cannot clean up: the next one does."""
+    dead = 2 ** 22 + os.getpid() % 1000  # above the default pid_max: no such process
+    where = tempfile.mkdtemp(prefix=f"sockdoctor-tracefs-{dead}-")
+    subprocess.run(["mount", "-t", "tracefs", "nodev", where], check=True)
+    os.mkdir(f"{where}/instances/sockdoctor-{dead}-1")
+    try:
+        done = subprocess.run([*SOCKDOCTOR, "trace", "--netns", solo.server.netns,
+                               "--duration", "1s"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        with open("/proc/self/mounts") as f:
+            assert where not in f.read()
+        assert not os.path.exists(where)
+    finally:
+        subprocess.run(["umount", where], capture_output=True)
+        if os.path.isdir(where):
+            os.rmdir(where)

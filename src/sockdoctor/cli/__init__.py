@@ -25,8 +25,20 @@ from .top import top_command
 from .trace import trace_command
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--version: the version, and whether the C fast path is in use (linux/native.py)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .. import __version__
+    from ..linux.native import describe
+
+    click.echo(f"sockdoctor, version {__version__}\n{describe()}")
+    ctx.exit()
+
+
 @click.group(context_settings=CONTEXT)
-@click.version_option(package_name="sockdoctor")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and whether the compiled fast path is in use, and exit.")
 def cli() -> None:
     """Find, explain and remove stuck TCP connections (CLOSE_WAIT leaks and friends).
 

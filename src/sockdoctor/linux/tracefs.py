@@ -22,6 +22,7 @@ behind by a sockdoctor that was killed with SIGKILL is removed by the next one.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import errno
 import os
@@ -35,6 +36,7 @@ from .ringbuf import IRQ_FLAGS, EventLayout, StateChange, iter_page, page_layout
 
 SYSTEM, EVENT = "sock", "inet_sock_set_state"
 INSTANCE_PREFIX = "sockdoctor-"
+PRIVATE_MOUNT = "sockdoctor-tracefs-"  # + PID-random: where trace mounts tracefs if need be
 IPPROTO_TCP = 6
 MNT_DETACH = 2
 HOLD_BACK_NS = 2_000_000  # see Reader.read
@@ -71,6 +73,8 @@ def find_mount(mounts: str = "/proc/self/mounts") -> str | None:
         if len(parts) < 3:
             continue
         where = parts[1].replace("\\040", " ")
+        if PRIVATE_MOUNT in where:
+            continue  # another sockdoctor's, gone when it exits
         if parts[2] == "tracefs":
             return where
         if parts[2] == "debugfs" and os.path.isdir(f"{where}/tracing/instances"):
@@ -90,6 +94,7 @@ class Mount:
     """tracefs, as found, or mounted by us on a private directory until close()."""
 
     def __init__(self) -> None:
+        remove_stale_mounts()
         self.path = find_mount()
         self._ours = ""
         if self.path is None:
@@ -103,7 +108,7 @@ class Mount:
         if os.geteuid() != 0:
             raise PermissionDeniedError("tracing needs root: tracefs is not mounted and "
                                         "only root may mount it")
-        where = tempfile.mkdtemp(prefix="sockdoctor-tracefs-")
+        where = tempfile.mkdtemp(prefix=f"{PRIVATE_MOUNT}{os.getpid()}-")
         if _libc.mount(b"nodev", where.encode(), b"tracefs", 0, None) != 0:
             err = ctypes.get_errno()
             os.rmdir(where)
@@ -121,6 +126,25 @@ class Mount:
             except OSError:
                 pass
             self._ours = ""
+
+
+def remove_stale_mounts(mounts: str = "/proc/self/mounts") -> list[str]:
+    """Unmount private tracefs mounts of sockdoctor processes that no longer exist."""
+    removed = []
+    try:
+        with open(mounts) as f:
+            points = [line.split()[1] for line in f if PRIVATE_MOUNT in line]
+    except OSError:
+        return removed
+    for where in points:
+        m = re.search(rf"{PRIVATE_MOUNT}(\d+)-", where)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            remove_stale_instances(where)
+            if _libc.umount2(where.encode(), MNT_DETACH) == 0:
+                with contextlib.suppress(OSError):
+                    os.rmdir(where)
+                removed.append(where)
+    return removed
 
 
 # --- the private instance -------------------------------------------------------
