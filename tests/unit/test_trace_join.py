@@ -211,3 +211,25 @@ def test_destroy_events_find_what_the_trace_knew(monkeypatch) -> None:
     from_sample = j.destroyed(sk(A, CLOSE, pport=40002, cookie=6))
     assert from_sample is not None and from_sample.owners == [(10, 8)]
     assert j.destroyed(sk(B, CLOSE, cookie=6)) is None  # same cookie, other namespace
+
+
+def test_owner_cache_refresh_of_a_known_process_reads_only_what_is_new(tmp_path, monkeypatch
+                                                                      ) -> None:
+    """The cache trace asks about new sockets: asked twice, the second look is cheap."""
+    import os
+
+    from sockdoctor.linux import ownercache, procfs
+
+    proc = tmp_path / "4242" / "fd"
+    proc.mkdir(parents=True)
+    os.symlink("socket:[700]", proc / "3")
+    os.symlink("/dev/null", proc / "4")
+    monkeypatch.setattr(procfs, "PROC", str(tmp_path))
+    cache = ownercache.OwnerCache()
+    assert cache.refresh_pids([4242]) == 2
+    assert [(o.pid, o.fd) for o in cache.holders(700)] == [(4242, 3)]
+    assert cache.refresh_pids([4242]) == 0  # nothing changed: no readlink
+    os.symlink("socket:[701]", proc / "5")
+    assert cache.refresh_pids([4242]) == 1
+    assert [(o.pid, o.fd) for o in cache.holders(701)] == [(4242, 5)]
+    assert cache.refresh_pids([4242], full=True) == 3

@@ -175,7 +175,7 @@ class OwnerCache:
             old = self._procs.get(pid)
             fds = list(map(int, names))
             self.fd_counts[pid] = len(fds)
-            if old is not None and len(fds) == len(old) and old.keys() >= fds \
+            if old is not None and len(fds) == len(old) and old.keys() >= set(fds) \
                     and died.isdisjoint(old.values()):
                 continue
             readlinks += self._relist(pid, fds, old, set(died))
