@@ -17,9 +17,11 @@ from .common import CONTEXT, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
 from .exporter import exporter_command
+from .keepalive import keepalive_command
 from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
+from .reap import reap_command
 from .snapshot import snapshot_command
 from .top import top_command
 from .trace import trace_command
@@ -59,6 +61,8 @@ def cli() -> None:
 cli.add_command(ls_command)
 cli.add_command(doctor_command)
 cli.add_command(kill_command)
+cli.add_command(reap_command)
+cli.add_command(keepalive_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)

@@ -439,7 +439,7 @@ def fd_soft_limit(pid: int) -> int:
 
 
 # x86_64 syscall numbers a stuck network program is typically blocked in.
-_SYSCALL_NAMES = {
+SYSCALL_NAMES = {
     0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom",
     47: "recvmsg", 61: "wait4", 202: "futex", 230: "clock_nanosleep", 232: "epoll_wait",
     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
@@ -474,7 +474,7 @@ def thread_states(pid: int) -> list[ThreadInfo]:
                 syscall = "running"
             elif first.lstrip("-").isdigit():
                 nr = int(first)
-                syscall = "" if nr < 0 else _SYSCALL_NAMES.get(nr, f"syscall {nr}")
+                syscall = "" if nr < 0 else SYSCALL_NAMES.get(nr, f"syscall {nr}")
         except (OSError, IndexError):
             pass
         out.append(ThreadInfo(tid=tid, state=state, wchan=wchan, syscall=syscall))

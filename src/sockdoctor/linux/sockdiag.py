@@ -10,6 +10,7 @@ there (see netns.py) and handing it to these functions.
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import os
 import socket
 import struct
@@ -446,11 +447,17 @@ def lookup(sock: socket.socket, sk: Socket, opts: DumpOptions | None = None) -> 
 
 def sockid(sk: Socket) -> bytes:
     """The 48-byte inet_diag_sockid that names exactly this socket (cookie included)."""
-    family = sk.family
-    src = socket.inet_pton(family, sk.local_addr).ljust(16, b"\0")
-    dst = socket.inet_pton(family, sk.peer_addr).ljust(16, b"\0")
-    return (struct.pack(">HH", sk.local_port, sk.peer_port) + src + dst
-            + SOCKID_TAIL.pack(sk.ifindex, sk.cookie))
+    return (PORTS.pack(sk.local_port, sk.peer_port) + _wire_addr(sk.family, sk.local_addr)
+            + _wire_addr(sk.family, sk.peer_addr) + SOCKID_TAIL.pack(sk.ifindex, sk.cookie))
+
+
+PORTS = struct.Struct(">HH")
+
+
+@functools.lru_cache(maxsize=4096)
+def _wire_addr(family: int, addr: str) -> bytes:
+    """An address as sockid carries it (16 bytes); the few distinct ones are cached."""
+    return socket.inet_pton(family, addr).ljust(16, b"\0")
 
 
 def destroy(sock: socket.socket, sockets: list[Socket], batch: int = 256) -> list[int]:
