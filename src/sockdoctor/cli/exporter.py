@@ -110,9 +110,11 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
         return
     stop = _stop_on_signals()
     where = ex.bound_url(exporter.server) if exporter.server else f"writing {textfile}"
+    exporter.on_sample(first)
     exporter.say(f"{where}, a sample every {seconds:g}s (first: {len(first.snapshot.sockets)} "
                  f"sockets in {first.duration_s:.2f}s)")
-    exporter.run(stop, first)
+    del first  # the sampler and the collector keep what they need; this frame must not
+    exporter.run(stop, wait_first=True)
     exporter.say("stopped")
 
 

@@ -255,7 +255,7 @@ class Sampler:
             cached = self._owners.pids()
             done = self._owners.update([*first, *(p for p in other if p in cached)],
                                        live, wanted)
-            if self._owners.has_all(wanted) or seq - self._last_full < FORCED_WALK_GAP:
+            if done.complete or seq - self._last_full < FORCED_WALK_GAP:
                 return self._owners.owner_map(), False, done.readlinks
             collect = inventory.start_owner_walk(namespaces, found)
         walked = collect(dumped)
