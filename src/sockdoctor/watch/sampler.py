@@ -38,7 +38,7 @@ log = logging.getLogger("sockdoctor.watch")
 FORCED_WALK_GAP = 3  # samples between two full walks that were not scheduled
 # doctor_every=0 ("auto"): the doctor may use this share of one CPU (of the
 # interval), and runs at least every DOCTOR_MAX_GAP samples whatever it costs
-DOCTOR_SHARE = 0.05
+DOCTOR_SHARE = 0.02
 DOCTOR_MAX_GAP = 8
 _INODE = attrgetter("inode")
 
@@ -286,7 +286,8 @@ class Sampler:
 
         Due every `doctor_every` samples; with 0 ("auto") as often as it can
         while it uses at most DOCTOR_SHARE of a CPU: a host with 143k sockets
-        needs ~1.5 s per run, which every 15 s would be 10 %.
+        needs ~1.5 s per run, which every 15 s would be 10 % of a CPU for the
+        doctor alone; an agent should stay within a few per cent.
         """
         if not self.doctor:
             return
