@@ -106,6 +106,9 @@ def commands(netns: str) -> list[Command]:
     for cmd in out:
         cmd.sockdoctor = True
         cmd.via = "cli" if cmd.argv[:len(sd)] == sd else "library"
+    if "C extension" in fast_path():  # the pure Python path too, side by side (issue 12)
+        out += [Command(f"{c.key}_pure", f"{c.label} [pure]", ["env", "SOCKDOCTOR_PURE=1", *c.argv],
+                        True, c.via, c.ok_codes) for c in list(out)]
     out += [
         Command("ss_tanp", "ss -tanp", ["ss", "-tanp"]),
         Command("ss_tani", "ss -tani", ["ss", "-tani"]),
@@ -126,15 +129,36 @@ RATIOS = [
 ]
 
 
+# The same ratios for the pure Python path (SOCKDOCTOR_PURE=1), when the C one is in use.
+RATIOS += [(num + "_pure", den if not den.startswith("sd_") else den + "_pure", target)
+           for num, den, target in RATIOS]
+
+
+def fast_path() -> str:
+    """`sockdoctor --version`'s note on the implementation in use ("" if it has none)."""
+    try:
+        proc = subprocess.run([*sockdoctor_argv(), "--version"], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = proc.stdout.splitlines()
+    return lines[1] if proc.returncode == 0 and len(lines) > 1 else ""
+
+
 @dataclass
 class Result:
     command: Command
     seconds: list[float] = field(default_factory=list)
     max_rss_kb: int = 0
+    cpu: list[float] = field(default_factory=list)  # user + sys seconds of each timed run
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else 0.0
 
 
 @dataclass
@@ -149,7 +173,13 @@ class SizeResult:
 
 
 def run_once(argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one run; stdout to /dev/null.
+    """Wall time and peak RSS (KiB) of one run (see run_measured)."""
+    elapsed, max_rss, _cpu = run_measured(argv, ok_codes)
+    return elapsed, max_rss
+
+
+def run_measured(argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, int, float]:
+    """Wall time, peak RSS (KiB) and CPU time (user + sys) of one run; stdout to /dev/null.
 
     A child forked from this Python process starts with its resident set, and
     exec keeps the high-water mark, so wait4's ru_maxrss would never show less
@@ -158,7 +188,7 @@ def run_once(argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, 
     """
     with tempfile.NamedTemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
         if GNU_TIME:
-            argv = [GNU_TIME, "-f", "%M", "-o", rss.name, *argv]
+            argv = [GNU_TIME, "-f", "%U %S %M", "-o", rss.name, *argv]
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err)
@@ -175,8 +205,10 @@ def run_once(argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, 
         if proc.returncode not in ok_codes or "Traceback (most recent call last)" in stderr:
             raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}: "
                                f"{stderr[-1500:]}")
-        max_rss = int(rss.read().split()[-1]) if GNU_TIME else usage.ru_maxrss
-    return elapsed, max_rss
+        if GNU_TIME:
+            user, system, max_rss = rss.read().split()[-3:]
+            return elapsed, int(max_rss), float(user) + float(system)
+    return elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def in_netns(netns: str, argv: list[str]) -> list[str]:
@@ -201,9 +233,10 @@ def time_commands(netns: str, cmds: list[Command], repeat: int, slow_repeat: int
     for r in range(repeat):
         for cmd in cmds:
             if r < runs[cmd.key]:
-                elapsed, rss = run_once(in_netns(netns, cmd.argv), cmd.ok_codes)
+                elapsed, rss, cpu = run_measured(in_netns(netns, cmd.argv), cmd.ok_codes)
                 res = results[cmd.key]
                 res.seconds.append(elapsed)
+                res.cpu.append(cpu)
                 res.max_rss_kb = max(res.max_rss_kb, rss)
         say(f"  round {r + 1}/{repeat} done")
     return results
@@ -275,11 +308,15 @@ def verdict(value: float, target: float) -> str:
     return "OK" if value <= target else f"MISS ({value / target:.2f}x the target)"
 
 
-def ratio_lines(sr: SizeResult) -> Iterator[tuple[str, float, float]]:
+def ratio_lines(sr: SizeResult, cpu: bool = False) -> Iterator[tuple[str, float, float]]:
+    """The ratios of medians of wall time (or, with cpu, of user + sys time)."""
     for num, den, target in RATIOS:
         if num in sr.results and den in sr.results:
             a, b = sr.results[num], sr.results[den]
-            yield f"{a.command.label} / {b.command.label}", a.median / b.median, target
+            if cpu and not b.cpu_median:
+                continue
+            value = a.cpu_median / b.cpu_median if cpu else a.median / b.median
+            yield f"{a.command.label} / {b.command.label}", value, target
 
 
 def print_report(sizes: list[SizeResult], help_s: list[float] | None) -> None:
@@ -287,13 +324,15 @@ def print_report(sizes: list[SizeResult], help_s: list[float] | None) -> None:
         print(f"\n== {sr.sockets} sockets ({sr.holders} holders; `ip netns exec` itself: "
               f"{sr.netns_exec_overhead * 1000:.1f} ms, included in every time) ==")
         print(f"{'command':34} {'runs':>4} {'median s':>9} {'min s':>8} {'max s':>8} "
-              f"{'peak RSS MiB':>12}  via")
+              f"{'CPU s':>6} {'peak RSS MiB':>12}  via")
         for res in sr.results.values():
             print(f"{res.command.label:34} {len(res.seconds):4d} {res.median:9.3f} "
-                  f"{min(res.seconds):8.3f} {max(res.seconds):8.3f} "
+                  f"{min(res.seconds):8.3f} {max(res.seconds):8.3f} {res.cpu_median:6.3f} "
                   f"{res.max_rss_kb / 1024:12.1f}  {res.command.via}")
         for label, value, target in ratio_lines(sr):
             print(f"{label} = {value:.3f} (target <= {target}) {verdict(value, target)}")
+        for label, value, target in ratio_lines(sr, cpu=True):
+            print(f"CPU time: {label} = {value:.3f} (target <= {target})")
         for res in sr.results.values():
             if res.command.sockdoctor:
                 mb = res.max_rss_kb / 1024
@@ -323,7 +362,8 @@ def machine() -> str:
 
 def markdown(sizes: list[SizeResult], help_s: list[float] | None, args: str) -> str:
     head = [f"Run: {datetime.date.today().isoformat()}, `python bench/run.py {args}`",
-            f"Machine: {machine()}", ""]
+            f"Machine: {machine()}", f"sockdoctor: {fast_path() or 'pure Python'}; "
+            "[pure] rows: the same command with SOCKDOCTOR_PURE=1", ""]
     cols = " | ".join(f"{sr.sockets} sockets" for sr in sizes)
     rule = "|---" * (len(sizes) + 1) + "|"
     lines = [*head, "Median wall time in seconds (runs), inside `ip netns exec`:", "",
@@ -345,6 +385,7 @@ def markdown(sizes: list[SizeResult], help_s: list[float] | None, args: str) -> 
     for label, value, target in ratio_lines(sizes[-1]):
         cells = " | ".join(f"{p[label]:.3f}" if label in p else "-" for p in per_size)
         lines.append(f"| {label} | {cells} | <= {target} | {verdict(value, target)} |")
+    lines += cpu_markdown(sizes, cols, rule, keys)
     lines += ["", f"Peak RSS (MiB, target <= {RSS_TARGET_MB} for sockdoctor):", "",
               f"| command | {cols} |", rule]
     for key in keys:
@@ -361,6 +402,29 @@ def markdown(sizes: list[SizeResult], help_s: list[float] | None, args: str) -> 
         f"holders' RSS {sr.holder_rss_kb / 1024:.0f} MiB, kernel slab "
         f"+{sr.slab_kb / 1024:.0f} MiB" for sr in sizes) + "."]
     return "\n".join(lines) + "\n"
+
+
+def cpu_markdown(sizes: list[SizeResult], cols: str, rule: str, keys: list[str]) -> list[str]:
+    """CPU time (user + sys) per command, and the ratios on CPU time.
+
+    On a shared machine other processes stretch wall times unevenly; CPU time
+    is far steadier. It does not show what two CPUs overlap (the owner walk
+    and the dump), which only wall time does.
+    """
+    lines = ["", "Median CPU time (user + sys) in seconds:", "", f"| command | {cols} |", rule]
+    for key in keys:
+        label = next(sr.results[key].command.label for sr in sizes if key in sr.results)
+        cells = " | ".join(f"{sr.results[key].cpu_median:.3f}" if key in sr.results else "-"
+                           for sr in sizes)
+        lines.append(f"| `{label}` | {cells} |")
+    lines += ["", "Ratios of CPU-time medians:", "", f"| ratio | {cols} | target |",
+              rule + "---|"]
+    per_size = [{label: value for label, value, _t in ratio_lines(sr, cpu=True)}
+                for sr in sizes]
+    for label, _value, target in ratio_lines(sizes[-1], cpu=True):
+        cells = " | ".join(f"{p[label]:.3f}" if label in p else "-" for p in per_size)
+        lines.append(f"| {label} | {cells} | <= {target} |")
+    return lines
 
 
 def compile_bytecode() -> None:

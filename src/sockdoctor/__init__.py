@@ -5,7 +5,8 @@ The Python API mirrors the command line:
     import sockdoctor
     snap = sockdoctor.scan("state close-wait", owners=True)   # like `sockdoctor ls -p`
     report = sockdoctor.diagnose(sockdoctor.scan(evidence=True))  # like `sockdoctor doctor`
-    plan = sockdoctor.kill(snap.sockets, method="auto", dry_run=True)  # like `sockdoctor kill`
+    plan = sockdoctor.plan_kill(snap, host=sockdoctor.host_facts())  # `sockdoctor kill`
+    report = sockdoctor.apply_plan(plan)                              # ... --yes
     with sockdoctor.guard():  # fails code that leaks TCP sockets (also a pytest plugin)
         ...
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checker
     from .leakguard import Guard, SocketLeakError, SocketLeakWarning, guard
     from .model import Snapshot, Socket, TcpState
     from .query import Query
-    from .remedy import kill
+    from .remedy import KillPolicy, apply_plan, host_facts, kill, plan_kill, scan_for_kill
     from .snapshot_io import load as load_snapshot
     from .snapshot_io import save as save_snapshot
 
@@ -36,6 +37,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TcpState": ("sockdoctor.model", "TcpState"),
     "diagnose": ("sockdoctor.doctor", "diagnose"),
     "kill": ("sockdoctor.remedy", "kill"),
+    "KillPolicy": ("sockdoctor.remedy", "KillPolicy"),
+    "plan_kill": ("sockdoctor.remedy", "plan_kill"),
+    "apply_plan": ("sockdoctor.remedy", "apply_plan"),
+    "host_facts": ("sockdoctor.remedy", "host_facts"),
+    "scan_for_kill": ("sockdoctor.remedy", "scan_for_kill"),
     "load_snapshot": ("sockdoctor.snapshot_io", "load"),
     "save_snapshot": ("sockdoctor.snapshot_io", "save"),
     "guard": ("sockdoctor.leakguard", "guard"),
@@ -46,8 +52,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 
 # Spelled out (not built from _EXPORTS) so that linters and type checkers see it.
 __all__ = [
-    "Guard", "Query", "Snapshot", "Socket", "SocketLeakError", "SocketLeakWarning", "TcpState",
-    "__version__", "diagnose", "guard", "kill", "load_snapshot", "save_snapshot", "scan",
+    "Guard", "KillPolicy", "Query", "Snapshot", "Socket", "SocketLeakError", "SocketLeakWarning",
+    "TcpState", "__version__", "apply_plan", "diagnose", "guard", "host_facts", "kill",
+    "load_snapshot", "plan_kill", "save_snapshot", "scan", "scan_for_kill",
 ]
 
 

@@ -97,6 +97,13 @@ def state_mask(*states: int) -> int:
     return mask
 
 
+# A connection without a descriptor in one of these states waits in an accept queue
+# (SYN-RECV ones are request socks, not yet in the queue); in these, it is an orphan.
+_QUEUE_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+_ORPHAN_STATES = frozenset({TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK,
+                            TcpState.CLOSING, TcpState.TIME_WAIT})
+
+
 class TcpInfo(msgspec.Struct, gc=False, omit_defaults=True):
     """struct tcp_info as this kernel filled it (include/uapi/linux/tcp.h).
 
@@ -246,6 +253,16 @@ class Socket(msgspec.Struct, gc=False):
     @property
     def tcp_state(self) -> TcpState:
         return TcpState(self.state)
+
+    @property
+    def queued(self) -> bool:
+        """Never accept()ed: no descriptor yet, waiting in a listener's accept queue."""
+        return self.inode == 0 and not self.owners and self.state in _QUEUE_STATES
+
+    @property
+    def orphaned(self) -> bool:
+        """Closed by its program; the kernel alone finishes the close (or TIME-WAIT)."""
+        return self.inode == 0 and self.state in _ORPHAN_STATES
 
     def owner_note(self) -> str:
         """Why a socket may legitimately have no owning file descriptor."""

@@ -38,8 +38,8 @@ pytestmark = pytest.mark.root
 PORT, HEALTH = 7000, 7001
 ORPHAN_STATES = {TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK, TcpState.CLOSING,
                  TcpState.TIME_WAIT}
-AUDIT_FIELDS = {"time", "user", "netns", "netns_inode", "local", "peer", "inode", "cookie",
-                "pid", "comm", "fd", "state", "method", "outcome", "detail"}
+AUDIT_FIELDS = {"time", "user", "event", "netns", "netns_inode", "local", "peer", "inode",
+                "cookie", "pid", "comm", "fd", "state", "method", "detail"}
 
 # The owner: keeps what it accepts on PORT (accepting only when told), echoes on HEALTH.
 SERVER = """
@@ -200,7 +200,9 @@ PEER_IN = {("fin-wait-2", "destroy"): ("eof", "next write is answered with"),
            ("time-wait", "destroy"): (None, "closed its side already"),
            ("time-wait", "rst"): (None, "closed its side already")}
 # What the owning program's next read shows on an ESTABLISHED socket it still holds.
-OWNER_SEES = {"fin": "eof", "destroy": "ECONNABORTED", "rst": "ECONNRESET", "close": "EBADF"}
+# close leaves an unconnected placeholder on the descriptor: reading it is ENOTCONN.
+OWNER_SEES = {"fin": "eof", "destroy": "ECONNABORTED", "rst": "ECONNRESET",
+              "close": "ENOTCONN"}
 
 
 # --- the scene -------------------------------------------------------------------
@@ -316,10 +318,11 @@ class Scene:
             run.report = json.loads(done.stdout)
         return run
 
-    def audit_lines(self) -> list[dict[str, Any]]:
+    def audit_lines(self, event: str | None = None) -> list[dict[str, Any]]:
         if not self.audit.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+        lines = [json.loads(line) for line in self.audit.read_text().splitlines()]
+        return [line for line in lines if event is None or line["event"] == event]
 
     def serves(self) -> bool:
         """A new client still gets its answer."""
@@ -418,21 +421,25 @@ def test_method_ends_the_socket(scene: Scene, case: str, method: str) -> None:
     if seen is not None:
         assert peer_view(scene, case) == [seen] * len(targets)
 
-    # the descriptor: freed by close only
+    # the descriptor: kept by every method; close parks a placeholder socket on it
     for fd in scene.fds if case in OWNED else []:
-        expected = None if chosen == "close" else f"socket:[{fd['inode']}]"
-        assert scene.fd_target(fd["fd"]) == expected
+        target = scene.fd_target(fd["fd"])
+        assert target is not None and target.startswith("socket:[")
+        assert (target == f"socket:[{fd['inode']}]") == (chosen != "close")
     if case == "established":
         assert scene.tell(scene.server, "look") == [OWNER_SEES[chosen]] * len(targets)
 
-    # one audit line per action
-    lines = scene.audit_lines()
-    assert len(lines) == len(targets)
-    for line, outcome in zip(lines, run.outcomes, strict=True):
-        assert set(line) >= AUDIT_FIELDS
-        assert (line["method"], line["outcome"]) == (chosen, outcome["outcome"])
+    # an audit line per action as it was taken, then one with its verified outcome
+    acts, verified = scene.audit_lines("act"), scene.audit_lines("verify")
+    assert len(acts) == len(verified) == len(targets)
+    assert scene.audit_lines()[:len(acts)] == acts  # every action logged before verifying
+    for line in acts:
+        assert set(line) >= AUDIT_FIELDS | {"action"}
+        assert (line["method"], line["action"]) == (chosen, "done")
         assert line["netns"] == scene.netns and line["state"] == STATE[case].name
-    assert {line["cookie"] for line in lines} == {sk.cookie for sk in targets}
+    outcomes = {o["index"]: o["outcome"] for o in run.outcomes}
+    assert sorted(line["outcome"] for line in verified) == sorted(outcomes.values())
+    assert {line["cookie"] for line in acts} == {sk.cookie for sk in targets}
 
 
 NOT_APPLICABLE = {case: sorted({"fin", "drain", "close", "destroy", "rst"} - methods)
@@ -473,7 +480,7 @@ def test_the_python_api_on_a_list_of_sockets_over_ipv6(lab: Lab, tmp_path: Path,
     assert traffic.errors == [] and traffic.count > 0 and sc.serves()
     assert peer_view(sc, "close-wait") == [PEER[chosen][0]] * 3
     assert all(sc.fd_target(fd["fd"]) == f"socket:[{fd['inode']}]" for fd in sc.fds)
-    assert len(sc.audit_lines()) == 3
+    assert len(sc.audit_lines("act")) == len(sc.audit_lines("verify")) == 3
 
 
 # --- plan first, guards ---------------------------------------------------------------
@@ -542,7 +549,7 @@ def test_the_callers_own_ssh_connection_is_refused(scene: Scene) -> None:
     (left,) = scene.ours()
     assert left.peer_port == mine and left.state == TcpState.CLOSE_WAIT
     assert left.cookie in {sk.cookie for sk in targets}
-    assert len(scene.audit_lines()) == 2
+    assert len(scene.audit_lines("act")) == 2
     seen = scene.tell(scene.client, "seen 1")  # the others saw theirs before kill returned
     assert seen == ["nothing" if port == mine else "eof" for port in scene.ports]
 
@@ -574,9 +581,9 @@ def test_a_socket_replaced_after_planning_is_left_alone(scene: Scene, method: st
     tell(scene.client, "shutwr")
     (old,) = scene.wait_for(TcpState.CLOSE_WAIT, 1, owned=True)
     snap = sockdoctor.scan(f"state close-wait sport = :{PORT}", netns=scene.netns)
-    plan = sockdoctor.kill(snap, method=method, dry_run=True)
-    assert not plan.applied and [i.method for i in plan.plan.items] == [
-        "fin" if method == "auto" else method]
+    plan = sockdoctor.plan_kill(snap, sockdoctor.KillPolicy(methods=(method,)),
+                                host=sockdoctor.host_facts())
+    assert [i.method for i in plan.items] == ["fin" if method == "auto" else method]
 
     # the same 4-tuple, a new connection (and the same descriptor number in the owner)
     tell(scene.client, "reset")
@@ -589,7 +596,8 @@ def test_a_socket_replaced_after_planning_is_left_alone(scene: Scene, method: st
     assert (new.peer_port, new_fd["fd"]) == (old.peer_port, old_fd["fd"])
     assert (new.cookie, new.inode) != (old.cookie, old.inode)
 
-    report = sockdoctor.kill(snap, method=method, dry_run=False, audit_log=str(scene.audit))
+    report = sockdoctor.apply_plan(plan, audit_log=str(scene.audit))  # the stale plan itself
+    assert report.plan is plan
     (outcome,) = report.outcomes
     assert outcome.outcome in ("identity-changed", "already-gone"), outcome
     assert outcome.detail
@@ -597,8 +605,9 @@ def test_a_socket_replaced_after_planning_is_left_alone(scene: Scene, method: st
     assert unchanged([new], scene.ours())  # untouched, and its peer heard nothing
     assert scene.fd_target(new_fd["fd"]) == f"socket:[{new_fd['inode']}]"
     assert tell(scene.client, "seen 0") == ["nothing"]
-    (line,) = scene.audit_lines()
-    assert (line["outcome"], line["cookie"]) == (outcome.outcome, old.cookie)
+    (act,), (verified,) = scene.audit_lines("act"), scene.audit_lines("verify")
+    assert act["action"] in ("identity-changed", "already-gone")
+    assert (verified["outcome"], verified["cookie"]) == (outcome.outcome, old.cookie)
 
 
 # --- errors a user can cause -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Method `close` on real sockets: shutdown() + close() injected with ptrace.
+"""Method `close` on real sockets: shutdown() and a placeholder injected with ptrace.
 
 The server leaks half-closed connections (CLOSE_WAIT) while its main thread
 sits in accept() and a worker thread in epoll answers "ping". On request it
@@ -9,6 +9,7 @@ that a call interrupted by our stop carries on correctly after we detach.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 import leaky
 import pytest
 
-from conftest import Script
+from conftest import Remote, Script
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 from sockdoctor.linux import ptrace
 from sockdoctor.model import TcpState
@@ -103,11 +104,21 @@ def server(lab: Lab) -> Script:
 
 
 
+def fd_link(pid: int, fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except FileNotFoundError:
+        return None
+
+
 def assert_freed(lab: Lab, server: Script, peer: socket.socket, conn: dict) -> None:
+    """The kernel socket is gone; the number is held by another (placeholder) socket."""
     assert peer.recv(100) == b""  # our FIN reached the peer
     # LAST_ACK, then gone
     assert leaky.wait_until(lambda: leaky.state_of(lab, conn["inode"]) is None)
-    assert str(conn["fd"]) not in os.listdir(f"/proc/{server.pid}/fd")
+    link = fd_link(server.pid, conn["fd"])
+    assert link is not None and link.startswith("socket:[")
+    assert link != f"socket:[{conn['inode']}]"
 
 
 def test_close_frees_close_wait_while_other_threads_run(
@@ -314,6 +325,58 @@ def test_many_fds_in_one_stop(lab: Lab, server: Script) -> None:
     leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
 
 
+def fd_flags(pid: int, fd: int) -> int:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+        return next(int(line.split()[1], 8) for line in fh if line.startswith("flags:"))
+
+
+def test_the_placeholder_keeps_the_number_and_close_on_exec_a_bare_close_frees_it(
+        lab: Lab, server: Script) -> None:
+    (peer1, kept), (peer2, freed) = (leaky.open_close_wait(lab, server, PORT) for _ in "ab")
+    assert fd_flags(server.pid, kept["fd"]) & ptrace.O_CLOEXEC  # Python's sockets have it
+
+    swapped = ptrace.inject_close(server.pid, kept["fd"], kept["inode"])
+    bare = ptrace.inject_close(server.pid, freed["fd"], freed["inode"], placeholder=False)
+
+    assert (swapped.placeholder, swapped.close_rc, bare.placeholder, bare.close_rc) == \
+        (True, 0, False, 0)
+    assert_freed(lab, server, peer1, kept)
+    assert fd_flags(server.pid, kept["fd"]) & ptrace.O_CLOEXEC  # an exec() still drops it
+    assert peer2.recv(100) == b""
+    assert fd_link(server.pid, freed["fd"]) is None  # the number is free for reuse
+    leaky.assert_serves(lab, server, PORT, {"fd", "inode"})
+    peer1.close()
+    peer2.close()
+
+
+def test_a_process_at_its_descriptor_limit_gets_no_placeholder(lab: Lab) -> None:
+    full = Remote(lab, lab.server, "sd-full")
+    full(f"""
+        import resource
+        srv = socket.create_server(("{SERVER_V4}", {PORT + 1}))
+        result = None
+    """)
+    peer = leaky.connect(lab, PORT + 1)
+    conn = full("""
+        c, _ = srv.accept()
+        fd = c.fileno()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd + 16, hard))
+        fill = []
+        try:
+            while True:
+                fill.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        result = {"fd": fd, "inode": os.fstat(fd).st_ino, "pid": os.getpid()}
+    """)
+    result = ptrace.inject_close(conn["pid"], conn["fd"], conn["inode"])  # type: ignore[index]
+    assert result.close_rc == -errno.EMFILE  # socket() failed: nothing was swapped
+    assert fd_link(conn["pid"], conn["fd"]) == f"socket:[{conn['inode']}]"  # type: ignore[index]
+    assert peer.recv(100) == b""  # the shutdown went out all the same
+    peer.close()
+
+
 # A thread that spends its life inside an rseq critical section (glibc >= 2.35
 # registers rseq for every thread) and counts how often the kernel aborts it.
 RSEQ_SPINNER = r"""
@@ -396,4 +459,4 @@ def test_thread_inside_rseq_critical_section_is_aborted(lab: Lab, tmp_path: Path
     # "continues at its rseq abort handler", unless the kernel had aborted it already
     assert result.after.startswith("continues")
     assert leaky.wait_until(lambda: aborts() > seen)  # still protected: aborts keep coming
-    assert str(fd) not in os.listdir(f"/proc/{spinner.pid}/fd")
+    assert fd_link(spinner.pid, fd) != f"socket:[{inode}]"

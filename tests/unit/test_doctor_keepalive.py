@@ -30,8 +30,8 @@ def test_many_long_silent_connections_without_keepalive_warn():
     assert f.peers == ["10.0.0.7"]
     assert f.evidence["tcp_keepalive_time"] == "7200"
     assert "TCP_KEEPIDLE" in f.fix and "SO_KEEPALIVE" in f.fix and "TCP_KEEPCNT" in f.fix
-    assert f.relief == ("sockdoctor kill --netns host --pid 10 --port 7000 "
-                        "--state established --older-than 30m --method destroy")
+    assert f.relief == ("sockdoctor keepalive --netns host --pid 10 --port 7000 "
+                        "--idle 30m --interval 30s --count 3")
 
 
 def test_a_few_idle_connections_are_information():

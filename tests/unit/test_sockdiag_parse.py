@@ -198,13 +198,19 @@ def test_generated_dumps_round_trip(entries: list[tuple[int, int, int]]) -> None
     assert [(s.local_port, s.peer_port, s.state) for s in socks] == entries
 
 
-def test_recorded_kernel_dump_decodes_to_the_recorded_sockets() -> None:
+def recorded_chunks() -> list[bytes]:
+    """The recv() chunks of tests/data/dump_v4v6.bin (length-prefixed), IPv4 dump first."""
     raw = (DATA / "dump_v4v6.bin").read_bytes()
     chunks, offset = [], 0
     while offset < len(raw):
         (n,) = struct.unpack_from("=I", raw, offset)
         chunks.append(raw[offset + 4:offset + 4 + n])
         offset += 4 + n
+    return chunks
+
+
+def test_recorded_kernel_dump_decodes_to_the_recorded_sockets() -> None:
+    chunks = recorded_chunks()
     out: list[Socket] = []
     for _family in (socket.AF_INET, socket.AF_INET6):
         parser = sockdiag.DumpParser(OPTS, 0, out)

@@ -17,14 +17,28 @@ from .common import CONTEXT, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
 from .exporter import exporter_command
+from .keepalive import keepalive_command
 from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
+from .reap import reap_command
 from .snapshot import snapshot_command
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--version: the version, and whether the C fast path is in use (linux/native.py)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .. import __version__
+    from ..linux.native import describe
+
+    click.echo(f"sockdoctor, version {__version__}\n{describe()}")
+    ctx.exit()
+
+
 @click.group(context_settings=CONTEXT)
-@click.version_option(package_name="sockdoctor")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and whether the compiled fast path is in use, and exit.")
 def cli() -> None:
     """Find, explain and remove stuck TCP connections (CLOSE_WAIT leaks and friends).
 
@@ -45,6 +59,8 @@ def cli() -> None:
 cli.add_command(ls_command)
 cli.add_command(doctor_command)
 cli.add_command(kill_command)
+cli.add_command(reap_command)
+cli.add_command(keepalive_command)
 cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)

@@ -1,4 +1,4 @@
-"""`sockdoctor kill`: plan, confirm, act, verify, log."""
+"""`sockdoctor kill`: build the policy, scan, plan, show, confirm, apply that same plan."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from .common import (
     CONTEXT,
     FILTER_HELP,
+    _silence_stdout,
     build_query,
     clear_progress,
     filter_options,
@@ -26,25 +27,31 @@ are asked whether to apply it). Methods, safest first:
            our FIN goes out, the program's fd stays valid
   drain    take never-accepted connections out of a listener's accept queue
   destroy  kernel SOCK_DESTROY: the peer gets RST (needs CAP_NET_ADMIN)
-  close    inject shutdown()+close() into the owner with ptrace (frees the fd)
+  close    inject shutdown() into the owner with ptrace and swap its fd for a
+           placeholder (the number is never reused behind its back)
   rst      forged RST after learning the sequence numbers (needs CAP_NET_RAW)
 auto picks per socket. With no state given, only CLOSE-WAIT sockets are chosen.
-Exit code: 0 every chosen socket is gone, 1 some survived or were left alone,
-2 bad arguments, 4 not permitted, 5 unsupported by this kernel.
+Exit code: 0 every chosen socket is (or would be) gone, 1 some were left
+alone or survived, 2 bad arguments, 4 not permitted, 5 unsupported by this
+kernel, 130 interrupted (what was done so far is printed and logged).
+
+\b
+Examples:
+  sockdoctor kill --port 8080                  the plan for CLOSE-WAIT on :8080
+  sockdoctor kill --pid 4242 --older-than 10m --yes
+  sockdoctor kill --netns web --state fin-wait-2 --method destroy --yes
+  sockdoctor kill --dead-fds --pid 4242 --yes  release shut-down, never-closed fds
 """
 
 
-def _rate(text: str | None) -> float:
-    if not text:
-        return 0.0
-    value = text.removesuffix("/s")
+def _rate_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float:
+    from ..errors import UsageError
+    from ..remedy.policy import parse_rate
+
     try:
-        rate = float(value)
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a rate; write it like 50/s") from None
-    if rate <= 0:
-        raise click.BadParameter("the rate must be above zero")
-    return rate
+        return parse_rate(value)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("kill", context_settings=CONTEXT, epilog=KILL_HELP)
@@ -56,69 +63,106 @@ def _rate(text: str | None) -> float:
               help="Also act on listeners, your own SSH session and sockdoctor's sockets.")
 @click.option("--max", "max_count", type=click.IntRange(1), default=1000, show_default=True,
               help="Refuse to act on more sockets than this.")
-@click.option("--rate", metavar="N/s", help="At most N actions per second.")
+@click.option("--rate", metavar="N/s", callback=_rate_option, help="At most N actions per second.")
 @click.option("--dead-fds", is_flag=True,
-              help="Also close descriptors whose TCP socket is in no table any more "
-                   "(shutdown() without close()); combine with --pid.")
+              help="Also release descriptors whose TCP socket is in no table any more "
+                   "(shutdown() without close()); alone, only those. Combine with --pid.")
+@click.option("--bare-close", is_flag=True,
+              help="close: free the descriptor number itself instead of parking a placeholder "
+                   "socket on it (the program may then reuse it unknowingly).")
 @click.option("--audit-log", metavar="FILE", default=None,
-              help="Append one JSON line per action here "
+              help="Append JSON lines for every action here "
                    "[default: /var/log/sockdoctor/audit.jsonl].")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan/report as JSON.")
-def kill_command(method: str, yes: bool, force: bool, max_count: int, rate: str | None,
-                 dead_fds: bool, audit_log: str | None, as_json: bool, **kw: Any) -> None:
+def kill_command(method: str, yes: bool, force: bool, max_count: int, rate: float,
+                 dead_fds: bool, bare_close: bool, audit_log: str | None, as_json: bool,
+                 **kw: Any) -> None:
     """End stuck connections without restarting their owner: planned, verified, logged."""
-    from ..inventory import scan
-    from ..remedy import DEFAULT_PATH, kill
+    from ..remedy import (
+        DEFAULT_PATH,
+        KillPolicy,
+        apply_plan,
+        host_facts,
+        plan_kill,
+        scan_for_kill,
+        stop_on_signals,
+    )
+    from ..remedy.audit import AuditLog
 
-    explicit = bool(kw["states"]) or any(w in ("state", "exclude") for w in kw["filter_words"])
-    if not explicit:
-        kw["states"] = ("close-wait",)
-    pids = set(kw["pids"])
+    named = bool(kw["states"]) or any(w in ("state", "exclude") for w in kw["filter_words"])
     query = build_query(kw)
-    snapshot = scan(query, owners=True, evidence=dead_fds, progress=progress(not as_json))
+    policy = KillPolicy(states=query.states if named else None, where=query,
+                        methods=(method,), force=force, max_count=max_count, rate=rate,
+                        dead_fds=("also" if named else "only") if dead_fds else "no",
+                        bare_close=bare_close)
+    snapshot = scan_for_kill(policy, progress=progress(not as_json))
     clear_progress(not as_json)
     warn(snapshot.warnings)
-    if dead_fds and not explicit:
-        snapshot.sockets = []  # --dead-fds alone: only the dead descriptors
-    options = {"method": method, "force": force, "max_count": max_count,
-               "rate": _rate(rate), "audit_log": audit_log or DEFAULT_PATH,
-               "dead_fds": dead_fds, "pids": pids}
-    prompted = False
-    if yes:  # planned and applied in one go: the plan is printed with the results
-        report = kill(snapshot, dry_run=False, **options)
-    else:
-        report = kill(snapshot, dry_run=True, **options)
-        prompted = _confirm(report, as_json)
-        if prompted:
-            report = kill(snapshot, dry_run=False, **options)
-    _show(report, as_json, plan_shown=prompted)
+    plan = plan_kill(snapshot, policy, host=host_facts())
+    if not (yes or _confirmed(plan, as_json)):
+        sys.exit(plan.exit_code)
+    # Opened before anything is shown or done: an unwritable log stops us here.
+    log = AuditLog((audit_log or DEFAULT_PATH) if plan.actions else None)
+    if yes and not as_json:
+        _out(_plan_lines(plan, applying=True))
+    with stop_on_signals() as stop:
+        report = apply_plan(plan, audit_log=log, stop=stop)
+    _out_report(report, as_json)
     sys.exit(report.exit_code)
 
 
-def _confirm(report: Any, as_json: bool) -> bool:
-    """On a terminal, show the plan and ask; elsewhere a plan is all we print."""
-    if as_json or not report.plan.actions or not (sys.stdin.isatty() and sys.stdout.isatty()):
-        return False
+def _plan_lines(plan: Any, applying: bool) -> list[str]:
     from ..remedy.text import render_plan
 
-    write_lines(sys.stdout, render_plan(report.plan))
-    return click.confirm("\nApply this plan?", default=False)
+    return [*render_plan(plan, applying=applying), ""]
 
 
-def _show(report: Any, as_json: bool, plan_shown: bool) -> None:
+def _confirmed(plan: Any, as_json: bool) -> bool:
+    """Show the plan once; on a terminal ask whether to apply it. False: nothing changes."""
     if as_json:
-        import msgspec
+        from ..remedy import KillReport
 
+        _out_json(KillReport(plan=plan, applied=False))
+        return False
+    _out(_plan_lines(plan, applying=False)[:-1])
+    if not plan.actions:
+        return False
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        if click.confirm("\nApply this plan?", default=False):
+            click.echo()
+            return True
+        click.echo("Nothing was changed.")
+        return False
+    _out(["", "Nothing was changed. Run again with --yes to apply this plan."])
+    return False
+
+
+def _out_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        _out_json(report)
+        return
+    from ..remedy.text import render_report
+
+    _out(render_report(report))
+
+
+def _out(lines: Any) -> None:
+    """Print, surviving a reader that went away (`kill | head`): the kill still
+    runs to its end and exits with its real status."""
+    try:
+        write_lines(sys.stdout, lines)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _out_json(report: Any) -> None:
+    import msgspec
+
+    try:
+        sys.stdout.flush()
         sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
-        return
-    from ..remedy.text import render_outcomes, render_plan
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
 
-    if not report.applied:
-        write_lines(sys.stdout, render_plan(report.plan))
-        if report.plan.actions:
-            click.echo("\nNothing was changed. Run again with --yes to apply this plan.")
-        return
-    if not plan_shown:
-        write_lines(sys.stdout, render_plan(report.plan))
-        click.echo()
-    write_lines(sys.stdout, render_outcomes(report.outcomes))

@@ -229,6 +229,27 @@ class Context:
         return command(argv), argv
 
 
+    def keepalive(self, netns: int, *, pid: int = 0, port: int = 0, idle_ms: int,
+                  ) -> tuple[str, list[str]]:
+        """The `sockdoctor keepalive` command line that arms a service's idle sockets.
+
+        Probes start after the doctor's own idle threshold (these sockets are
+        past it already, so the first probe goes out at once), every 1/60 of
+        it (1 s to 1 min), three times: a vanished peer is reset within about
+        three intervals, a live one answers from its kernel.
+        """
+        idle_s = max(1, min(32767, idle_ms // 1000))
+        interval_s = max(1, min(60, idle_s // 60))
+        argv = ["sockdoctor", "keepalive", "--netns", self.ns_selector(netns)]
+        if pid > 0:
+            argv += ["--pid", str(pid)]
+        if port:
+            argv += ["--port", str(port)]
+        argv += ["--idle", duration_arg(idle_s * 1000), "--interval", f"{interval_s}s",
+                 "--count", "3"]
+        return command(argv), argv
+
+
 def _by_state(sockets: list[Socket]) -> dict[int, list[Socket]]:
     out: dict[int, list[Socket]] = defaultdict(list)
     for sk in sockets:

@@ -182,10 +182,6 @@ class OwnerCache:
             readlinks += self._relist(pid, fds, old, set(died))
         return readlinks
 
-    def holder_pids(self, live: set[int]) -> set[int]:
-        """The processes that hold at least one of these socket inodes."""
-        return {pid for pid, links in self._procs.items() if not live.isdisjoint(links.values())}
-
     def missing(self, wanted: set[int]) -> set[int]:
         by_inode = self._by_inode
         return {inode for inode in wanted if inode not in by_inode}

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..model import DeadSocketFd, Owner, Process, ThreadInfo
+from ..model import DeadSocketFd, Owner, Process, Socket, ThreadInfo
+from .native import fast
 
 PROC = "/proc"
 
@@ -29,6 +30,30 @@ class OwnerMap:
     by_inode: dict[int, list[Owner]] = field(default_factory=dict)
     fd_counts: dict[int, int] = field(default_factory=dict)
     denied_pids: int = 0
+
+    def attach(self, sockets: list[Socket]) -> tuple[set[int], int]:
+        """Give each socket the descriptors that hold it (inode 0: none can).
+
+        Returns the pids of the holders given out and how many sockets with
+        an inode found none. (The C join does the same, without the loop.)
+        """
+        if fast is not None:
+            return fast.join(sockets, self.by_inode)
+        by_inode = self.by_inode
+        pids: set[int] = set()
+        unowned = 0
+        for sk in sockets:
+            if sk.inode:
+                holders = by_inode.get(sk.inode)
+                if not holders:
+                    unowned += 1
+                    continue
+                sk.owners = holders
+                if len(holders) == 1:
+                    pids.add(holders[0].pid)
+                else:
+                    pids.update(holder.pid for holder in holders)
+        return pids, unowned
 
     def update(self, other: OwnerMap) -> None:
         """Add what a walk over other processes found."""
@@ -58,19 +83,31 @@ class _Walk:
 
     def to_map(self) -> OwnerMap:
         # Owner objects are made here, once: scan() hands these lists to the sockets.
+        counts = dict(zip(self.count_pids, self.counts, strict=True))
+        if fast is not None:
+            return OwnerMap(fast.by_inode(Owner, self.inodes, self.pids, self.fds), counts,
+                            self.denied)
         holders = list(map(Owner, self.pids, self.fds))
         by_inode = dict(zip(self.inodes, ([h] for h in holders), strict=True))
         if len(by_inode) < len(holders):  # shared sockets (fork, dup): collect every holder
             by_inode = {}
             for inode, holder in zip(self.inodes, holders, strict=True):
                 by_inode.setdefault(inode, []).append(holder)
-        counts = dict(zip(self.count_pids, self.counts, strict=True))
         return OwnerMap(by_inode, counts, self.denied)
 
     def dumps(self) -> bytes:
         head = struct.pack("=QQq", len(self.inodes), len(self.counts), self.denied)
         return b"".join((head, self.inodes.tobytes(), self.pids.tobytes(), self.fds.tobytes(),
                          self.count_pids.tobytes(), self.counts.tobytes()))
+
+    @classmethod
+    def from_arrays(cls, raw: tuple[bytes, bytes, bytes, bytes, bytes, int]) -> _Walk:
+        """What the C walk returns: the five arrays as bytes, and the denied count."""
+        walk = cls(denied=raw[5])
+        for arr, data in zip((walk.inodes, walk.pids, walk.fds, walk.count_pids, walk.counts),
+                             raw[:5], strict=True):
+            arr.frombytes(data)
+        return walk
 
     @classmethod
     def loads(cls, data: bytes) -> _Walk:
@@ -118,8 +155,19 @@ def pid_exists(pid: int) -> bool:
     return pid > 0 and os.path.exists(f"{PROC}/{pid}")
 
 
-def _walk(pids: Iterable[int]) -> _Walk:
-    """One pass over /proc/PID/fd: every descriptor that points at a socket."""
+def _walk(pids: Iterable[int], threads: int = 1) -> _Walk:
+    """One pass over /proc/PID/fd: every descriptor that points at a socket.
+
+    With the C extension the walk runs in `threads` threads without the GIL;
+    the result is the same as this Python walk's, in the same order.
+    """
+    if fast is not None:
+        return _Walk.from_arrays(fast.walk(PROC, list(pids), threads))
+    return _walk_python(pids)
+
+
+def _walk_python(pids: Iterable[int]) -> _Walk:
+    """_walk() in Python: the reference for the C walk."""
     walk = _Walk()
     for pid in pids:
         try:
@@ -170,8 +218,17 @@ def _sockets_of(pid: int, dirfd: int, names: list[str], walk: _Walk) -> None:
 
 def socket_owners(pids: Iterable[int] | None = None) -> OwnerMap:
     """Which process fds point at which socket inode (fork, dup, SCM_RIGHTS: several)."""
-    return _walk(list_pids() if pids is None else pids).to_map()
+    pids = list_pids() if pids is None else list(pids)
+    # Threads pay off for a host-wide walk, not for the few processes of a guard's look.
+    return _walk(pids, _cpus() if len(pids) >= MANY_PROCESSES else 1).to_map()
 
+
+def _cpus() -> int:
+    """CPUs this process may run on (a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+MANY_PROCESSES = 32  # from this many processes on, the C walk uses every CPU
 
 # Above this many open files on the host, walking /proc in a child process
 # while the parent dumps sockets pays for the fork.
@@ -193,6 +250,8 @@ def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]
     pids = list_pids() if pids is None else pids
     if open_files() < PARALLEL_WALK_MIN_FILES:
         return lambda: socket_owners(pids)
+    if fast is not None:
+        return _threaded_walk(pids)
     # One walker per CPU but one: the parent has the kernel dump to parse meanwhile.
     shares = [share for share in _balanced(pids, (os.cpu_count() or 2) - 1) if share]
     children = [_fork_walker(share) for share in shares]
@@ -207,6 +266,21 @@ def socket_owners_async(pids: list[int] | None = None) -> Callable[[], OwnerMap]
             _, status = os.waitpid(child, 0)
             total.extend(_Walk.loads(b"".join(chunks)) if status == 0 else _walk(share))
         return total.to_map()
+    return collect
+
+
+def _threaded_walk(pids: list[int]) -> Callable[[], OwnerMap]:
+    """The C walk in a background thread: it releases the GIL, so it overlaps the dump."""
+    import threading  # only needed here: keeps `import procfs` cheap
+
+    result: list[_Walk] = []
+    thread = threading.Thread(target=lambda: result.append(_walk(pids, _cpus())),
+                              name="sockdoctor-owner-walk", daemon=True)
+    thread.start()
+
+    def collect() -> OwnerMap:
+        thread.join()
+        return (result[0] if result else _walk(pids)).to_map()
     return collect
 
 
@@ -365,7 +439,7 @@ def fd_soft_limit(pid: int) -> int:
 
 
 # x86_64 syscall numbers a stuck network program is typically blocked in.
-_SYSCALL_NAMES = {
+SYSCALL_NAMES = {
     0: "read", 7: "poll", 23: "select", 35: "nanosleep", 43: "accept", 45: "recvfrom",
     47: "recvmsg", 61: "wait4", 202: "futex", 230: "clock_nanosleep", 232: "epoll_wait",
     270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2",
@@ -400,7 +474,7 @@ def thread_states(pid: int) -> list[ThreadInfo]:
                 syscall = "running"
             elif first.lstrip("-").isdigit():
                 nr = int(first)
-                syscall = "" if nr < 0 else _SYSCALL_NAMES.get(nr, f"syscall {nr}")
+                syscall = "" if nr < 0 else SYSCALL_NAMES.get(nr, f"syscall {nr}")
         except (OSError, IndexError):
             pass
         out.append(ThreadInfo(tid=tid, state=state, wchan=wchan, syscall=syscall))

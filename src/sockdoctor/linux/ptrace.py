@@ -1,4 +1,4 @@
-"""Run shutdown() and close() inside another process, as gdb would: the `close` method.
+"""Run system calls inside another process, as gdb would: the `close` method.
 
 What `gdb -p PID -batch -ex 'print (int)close(FD)'` does, without gdb:
 PTRACE_SEIZE + PTRACE_INTERRUPT one thread (the others keep running), save
@@ -18,6 +18,18 @@ that returned -ERESTART* restarts; epoll_wait and a few others return EINTR
 (the kernel's rule for any stop, gdb's attach included); a thread stopped
 inside an rseq critical section resumes at its abort handler. Signals that
 arrive while we hold the thread are handed back when we detach.
+
+Why a placeholder and not a bare close(fd): POSIX hands out the lowest free
+descriptor number, so after close(fd) the program's next open()/accept()
+gets that number while the program still believes it is the old connection;
+its next write on that object lands in the new file or in another client's
+socket. So by default the descriptor is not freed but swapped: the stopped
+thread runs socket() (a fresh, unconnected TCP socket), dup3(placeholder,
+fd) and close(placeholder). The kernel socket is released, the number stays
+taken until the program closes it itself, and its reads and writes on it fail
+(ENOTCONN, EPIPE) as on any dead connection. A bare close stays available as
+an explicit choice (`placeholder=False`) for when the descriptor itself must
+be freed (a process at its descriptor limit).
 
 The session runs on a thread of its own: when that thread ends the kernel
 detaches whatever it still traces, so a target is never left stopped.
@@ -41,7 +53,7 @@ from dataclasses import dataclass
 
 from ..errors import SockdoctorError
 from .pidfd import FdGone, IdentityChanged, NotPermitted, ProcessGone, Unsupported
-from .procfs import _SYSCALL_NAMES
+from .procfs import SYSCALL_NAMES
 
 __all__ = [
     "CloseResult",
@@ -69,9 +81,13 @@ WALL = 0x40000000  # __WALL: wait for threads too
 SIGINFO_SIZE = 128
 
 SYS_CLOSE = 3
+SYS_SOCKET = 41
 SYS_SHUTDOWN = 48
 SYS_TGKILL = 234
+SYS_DUP3 = 292
 SHUT_RDWR = 2
+AF_INET, SOCK_STREAM = 2, 1
+O_CLOEXEC = 0o2000000  # also SOCK_CLOEXEC on x86_64
 SYSCALL_INSN = b"\x0f\x05"
 USER_CS_64 = 0x33  # a 64-bit task's code segment; compat (32-bit) tasks have 0x23
 
@@ -113,9 +129,10 @@ class CloseResult:
     fd: int
     inode: int
     shutdown_rc: int | None  # None: shutdown was not asked for
-    close_rc: int
+    close_rc: int  # 0, or -errno of close() (bare) / socket() or dup3() (placeholder)
     interrupted: str  # the system call the thread was in, "" when it was running
     after: str  # what that call does once we detach
+    placeholder: bool = False  # the number now holds an unconnected socket, not freed
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -142,7 +159,7 @@ def describe_interrupted(orig_rax: int, rax: int) -> tuple[str, str]:
     nr, ret = signed(orig_rax), signed(rax)
     if nr < 0:
         return "", "continues"
-    name = _SYSCALL_NAMES.get(nr, f"syscall {nr}")
+    name = SYSCALL_NAMES.get(nr, f"syscall {nr}")
     if -ret in (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK):
         return name, "restarts"
     if ret == -errno.EINTR:
@@ -444,30 +461,62 @@ def _require_x86_64() -> None:
                           f"not {machine}")
 
 
-def _close_one(tracee: _Tracee, fd: int, inode: int, shutdown_first: bool) -> CloseResult:
+def _close_one(tracee: _Tracee, fd: int, inode: int, shutdown_first: bool,
+               placeholder: bool) -> CloseResult:
     tracee.check_fd(fd, inode)
     shutdown_rc = None
     if shutdown_first:
         shutdown_rc = tracee.inject(SYS_SHUTDOWN, fd, SHUT_RDWR)
         tracee.check_fd(fd, inode)
-    close_rc = tracee.inject(SYS_CLOSE, fd)
+    close_rc = _swap(tracee, fd, inode) if placeholder else tracee.inject(SYS_CLOSE, fd)
     if close_rc == -errno.EBADF:
         raise FdGone(f"file descriptor {fd} of process {tracee.pid} was closed meanwhile")
     name, after = describe_interrupted(tracee.saved.orig_rax, tracee.saved.rax)
     if tracee.resume_rip != tracee.saved.rip:
         after = "continues at its rseq abort handler (as after a preemption)"
-    return CloseResult(tracee.pid, tracee.tid, fd, inode, shutdown_rc, close_rc, name, after)
+    return CloseResult(tracee.pid, tracee.tid, fd, inode, shutdown_rc, close_rc, name, after,
+                       placeholder)
 
 
-def _session(pid: int, targets: list[tuple[int, int]], shutdown_first: bool, tid: int | None,
-             timeout: float) -> list[CloseResult | SockdoctorError]:
+def _swap(tracee: _Tracee, fd: int, inode: int) -> int:
+    """Put an unconnected socket in place of `fd`: 0, or the -errno that stopped us.
+
+    dup3() replaces the descriptor atomically (no moment where the number is
+    free), releasing the program's reference to the old socket. FD_CLOEXEC
+    is kept as it was, so an exec() still does not inherit the number.
+    """
+    cloexec = O_CLOEXEC if _fd_flags(tracee.pid, fd) & O_CLOEXEC else 0
+    spare = tracee.inject(SYS_SOCKET, AF_INET, SOCK_STREAM | cloexec, 0)
+    if spare < 0:
+        return spare  # e.g. -EMFILE: the process is at its descriptor limit
+    try:
+        tracee.check_fd(fd, inode)
+        rc = tracee.inject(SYS_DUP3, spare, fd, cloexec)
+    finally:
+        tracee.inject(SYS_CLOSE, spare)
+    return 0 if rc == fd else rc
+
+
+def _fd_flags(pid: int, fd: int) -> int:
+    """The open flags of a descriptor (fdinfo's octal `flags:`), 0 if unreadable."""
+    try:
+        for line in _read_text(f"/proc/{pid}/fdinfo/{fd}").splitlines():
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _session(pid: int, targets: list[tuple[int, int]], shutdown_first: bool, placeholder: bool,
+             tid: int | None, timeout: float) -> list[CloseResult | SockdoctorError]:
     tracee = _Tracee(pid, pick_thread(pid, tid))
     results: list[CloseResult | SockdoctorError] = []
     try:
         tracee.attach(timeout)
         for fd, inode in targets:
             try:
-                results.append(_close_one(tracee, fd, inode, shutdown_first))
+                results.append(_close_one(tracee, fd, inode, shutdown_first, placeholder))
             except (FdGone, IdentityChanged) as exc:
                 results.append(exc)
     finally:
@@ -503,9 +552,13 @@ def _as_tracer_thread(fn: Callable[[], list]) -> list:
 
 
 def inject_close_many(pid: int, targets: Iterable[tuple[int, int]], *,
-                      shutdown_first: bool = True, tid: int | None = None,
-                      timeout: float = 5.0) -> list[CloseResult | SockdoctorError]:
+                      shutdown_first: bool = True, placeholder: bool = True,
+                      tid: int | None = None, timeout: float = 5.0,
+                      ) -> list[CloseResult | SockdoctorError]:
     """Method `close` for many (fd, inode) of one process, in one stop of one thread.
+
+    placeholder: swap each descriptor for an unconnected socket instead of
+    freeing its number (see the module docstring); False is a bare close().
 
     Each target gets a CloseResult, or the FdGone / IdentityChanged error that
     made us leave it alone. Raises ProcessGone, NotPermitted, Unsupported or
@@ -515,20 +568,23 @@ def inject_close_many(pid: int, targets: Iterable[tuple[int, int]], *,
     if pid == os.getpid():
         raise NotPermitted("cannot inject system calls into sockdoctor's own process")
     todo = list(targets)
-    return _as_tracer_thread(lambda: _session(pid, todo, shutdown_first, tid, timeout))
+    return _as_tracer_thread(lambda: _session(pid, todo, shutdown_first, placeholder, tid,
+                                              timeout))
 
 
 def inject_close(pid: int, fd: int, inode: int, *, shutdown_first: bool = True,
-                 tid: int | None = None, timeout: float = 5.0) -> CloseResult:
-    """Method `close`: shutdown(fd, SHUT_RDWR) then close(fd) inside process `pid`.
+                 placeholder: bool = True, tid: int | None = None,
+                 timeout: float = 5.0) -> CloseResult:
+    """Method `close`: shutdown(fd, SHUT_RDWR), then the socket released, inside `pid`.
 
     Only thread `tid` (default: the main thread) is stopped, for the time of
-    the two calls. The fd must still name socket `inode`, as the stopped
-    thread sees it, or nothing is done (IdentityChanged). The program may
-    later reuse the freed fd number.
+    the calls. The fd must still name socket `inode`, as the stopped thread
+    sees it, or nothing is done (IdentityChanged). With `placeholder` (the
+    default) the number stays taken by an unconnected socket; with
+    placeholder=False it is freed and the program may reuse it unknowingly.
     """
-    (result,) = inject_close_many(pid, [(fd, inode)], shutdown_first=shutdown_first, tid=tid,
-                                  timeout=timeout)
+    (result,) = inject_close_many(pid, [(fd, inode)], shutdown_first=shutdown_first,
+                                  placeholder=placeholder, tid=tid, timeout=timeout)
     if isinstance(result, SockdoctorError):
         raise result
     return result

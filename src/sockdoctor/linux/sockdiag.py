@@ -10,6 +10,7 @@ there (see netns.py) and handing it to these functions.
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import os
 import socket
 import struct
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from ..model import SkMemInfo, Socket, TcpState, state_mask
 from . import tcpinfo
+from .native import fast
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -65,6 +67,7 @@ DIAG_MSG_LEN = DIAG_MSG.size  # 72
 RECV_BUFSIZE = 1 << 20
 
 MAX_DUMP_RETRIES = 3
+MAX_ERRNO = 4095  # the kernel's: a negative code below -MAX_ERRNO is no errno
 ALL_STATES = 0xFFFFFFFF
 
 # States in which "time since the peer's last ACK" is meaningful: the peer has
@@ -214,7 +217,12 @@ def _dump_once(sock: socket.socket, family: int, opts: DumpOptions, netns: int,
 
 
 class DumpParser:
-    """Turns the chunks of one sock_diag dump into Socket objects."""
+    """Turns the chunks of one sock_diag dump into Socket objects.
+
+    feed() runs the C parser of sockdoctor._fast when it is installed (see
+    native.py) and this Python one otherwise: the Python code is the
+    reference, and the C code keeps its state in this object's attributes.
+    """
 
     def __init__(self, opts: DumpOptions, netns: int, out: list[Socket]) -> None:
         self.opts = opts
@@ -229,9 +237,20 @@ class DumpParser:
         self._cong: dict[bytes, str] = {}
         # message length -> (offset of the tcp_info attribute, its expected header)
         self._age_at: dict[int, tuple[int, tuple[int, int]]] = {}
+        # The same options as plain integers, for the C parser.
+        self._fast_mode = (opts.only_age | opts.info << 1 | opts.lazy_info << 2)
+        self._wanted_bits = sum(1 << kind for kind in self._wanted)
+        self._aged_bits = AGED_STATES
 
     def feed(self, data: bytes | memoryview) -> None:
-        """Parse one recv() worth of messages; raises NetlinkParseError on garbage.
+        """Parse one recv() worth of messages; raises NetlinkParseError on garbage."""
+        if fast is not None:
+            fast.feed(self, data)
+        else:
+            self.feed_python(data)
+
+    def feed_python(self, data: bytes | memoryview) -> None:
+        """feed() in Python: the reference for the C parser.
 
         The hot loop of every scan: header and inet_diag_msg are unpacked in
         one call, addresses are converted once per distinct value, and the
@@ -267,7 +286,12 @@ class DumpParser:
                     raise NetlinkParseError(
                         f"inet_diag_msg of {length - NLMSG_HDRLEN} bytes is too short")
                 # Separate caches: an IPv4 field and an IPv6 one can hold the same bytes.
-                names = names4 if family == socket.AF_INET else names6
+                if family == socket.AF_INET:
+                    names = names4
+                elif family == socket.AF_INET6:
+                    names = names6
+                else:
+                    raise NetlinkParseError(f"unknown address family {family} at byte {offset}")
                 local = names.get(src) or _address(names, family, src)
                 peer = names.get(dst) or _address(names, family, dst)
                 sk = Socket(netns, family, state, local, ((sport & 0xFF) << 8) | (sport >> 8),
@@ -386,6 +410,8 @@ def _raise_if_error(data: bytes | memoryview, offset: int, length: int) -> None:
     if length < NLMSG_HDRLEN + 4:
         return
     (code,) = struct.unpack_from("=i", data, offset + NLMSG_HDRLEN)
+    if code < -MAX_ERRNO:
+        raise NetlinkParseError(f"netlink error code {code} at byte {offset} is not an errno")
     if code < 0:
         raise OSError(-code, os.strerror(-code))
 
@@ -421,11 +447,17 @@ def lookup(sock: socket.socket, sk: Socket, opts: DumpOptions | None = None) -> 
 
 def sockid(sk: Socket) -> bytes:
     """The 48-byte inet_diag_sockid that names exactly this socket (cookie included)."""
-    family = sk.family
-    src = socket.inet_pton(family, sk.local_addr).ljust(16, b"\0")
-    dst = socket.inet_pton(family, sk.peer_addr).ljust(16, b"\0")
-    return (struct.pack(">HH", sk.local_port, sk.peer_port) + src + dst
-            + SOCKID_TAIL.pack(sk.ifindex, sk.cookie))
+    return (PORTS.pack(sk.local_port, sk.peer_port) + _wire_addr(sk.family, sk.local_addr)
+            + _wire_addr(sk.family, sk.peer_addr) + SOCKID_TAIL.pack(sk.ifindex, sk.cookie))
+
+
+PORTS = struct.Struct(">HH")
+
+
+@functools.lru_cache(maxsize=4096)
+def _wire_addr(family: int, addr: str) -> bytes:
+    """An address as sockid carries it (16 bytes); the few distinct ones are cached."""
+    return socket.inet_pton(family, addr).ljust(16, b"\0")
 
 
 def destroy(sock: socket.socket, sockets: list[Socket], batch: int = 256) -> list[int]:

@@ -13,6 +13,7 @@ from functools import lru_cache
 import msgspec
 
 from ..model import Socket, TcpInfo
+from .native import fast
 
 # (name, struct code) in kernel order, which must also be TcpInfo's field order
 # (it is built positionally; a unit test holds the two together). Offsets follow
@@ -69,6 +70,11 @@ def _layout(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
 
 def decode_struct(blob: bytes | memoryview) -> TcpInfo:
     """Decode a tcp_info blob of any length into a TcpInfo (fields that fit, rest None)."""
+    return _decode(blob)
+
+
+def decode_struct_python(blob: bytes | memoryview) -> TcpInfo:
+    """decode_struct() in Python: the reference for the C decoder."""
     layout, names = _layout(len(blob))
     if not names:
         return TcpInfo()
@@ -89,10 +95,14 @@ def decode_struct(blob: bytes | memoryview) -> TcpInfo:
     return info
 
 
+# The C decoder when the extension is in use (called once per socket by --json -i).
+_decode = fast.tcp_info if fast is not None else decode_struct_python
+
+
 def of(sk: Socket) -> TcpInfo | None:
     """The socket's tcp_info, decoding a lazily kept blob on the way."""
     if sk.info is None and sk.info_blob is not None:
-        return decode_struct(sk.info_blob)
+        return _decode(sk.info_blob)
     return sk.info
 
 

@@ -1,49 +1,97 @@
-"""The audit log: one JSON line per action, appended, never rewritten."""
+"""The audit log: JSON lines, appended as things happen, never rewritten.
+
+Per acted-on socket there is an `act` line, written right after its batch
+was carried out and before anything is verified, and a `verify` line with
+what became of it. An interrupted run ends with an `interrupted` line that
+counts what was ended, left and not tried. Each batch is one write(2) on a
+descriptor opened with O_APPEND, so lines of concurrent runs never mix.
+
+The file is opened without following a symbolic link planted in its place
+(O_NOFOLLOW) and must be a regular file: the default path is in a directory
+other users may be able to prepare.
+"""
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
+import stat
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import msgspec
 
 from ..errors import PermissionDeniedError
+from ..model import TcpState
+from .steps import PlanItem
 
 DEFAULT_PATH = "/var/log/sockdoctor/audit.jsonl"
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class AuditLog:
-    """Opened before anything is done, so an unwritable log stops the kill up front."""
+    """Opened before anything is done, so an unwritable log stops a kill up front."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self._file = None
-        if path is None:
-            return
-        try:
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, mode=0o750, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._file = os.fdopen(fd, "ab")
-        except OSError as exc:
-            raise PermissionDeniedError(
-                f"cannot write the audit log {path} ({exc.strerror}); run as root or "
-                "choose another file with --audit-log") from exc
+        self.fd = -1
+        self.error = ""  # set when a write failed: the caller stops acting
         self.user = _user()
+        if path is not None:
+            self.fd = _open(path)
 
-    def write(self, entry: dict[str, Any]) -> None:
-        if self._file is None:
-            return
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": self.user, **entry}
-        self._file.write(msgspec.json.encode(record) + b"\n")
-        self._file.flush()
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_many(self, entries: Iterable[dict[str, Any] | Record]) -> bool:
+        """Append the entries in one write; False (and .error set) if that failed."""
+        if self.fd < 0 or self.error:
+            return not self.error
+        head = msgspec.json.encode({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                    "user": self.user})[:-1] + b","
+        data = b"".join(head + (e.encode() if isinstance(e, Record)
+                                else msgspec.json.encode(e)[1:]) + b"\n" for e in entries)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            self.error = f"writing the audit log {self.path} failed ({exc.strerror})"
+            return False
+        return True
+
+    def write(self, entry: dict[str, Any]) -> bool:
+        return self.write_many([entry])
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _open(path: str) -> int:
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
+        fd = os.open(path, _FLAGS, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PermissionDeniedError(
+                f"refusing to write the audit log {path}: it is a symbolic link (remove it, "
+                "or choose another file with --audit-log)") from exc
+        raise PermissionDeniedError(
+            f"cannot write the audit log {path} ({exc.strerror}); run as root or choose "
+            "another file with --audit-log") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise PermissionDeniedError(f"refusing to write the audit log {path}: it is not a "
+                                    "regular file (choose another file with --audit-log)")
+    return fd
 
 
 def _user() -> str:
@@ -53,3 +101,41 @@ def _user() -> str:
     except (KeyError, OSError):
         me = str(os.getuid())
     return f"{me} (via sudo from {sudo})" if sudo and sudo != me else me
+
+
+class Record(NamedTuple):
+    """One line about one item: its event, the item's identity (encoded once), the rest."""
+
+    event: str
+    identity: bytes  # identity_json(item)
+    fields: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return (b'"event":"' + self.event.encode() + b'",' + self.identity + b","
+                + msgspec.json.encode(self.fields)[1:])
+
+
+_STATE_NAMES = {int(s): s.name for s in TcpState}
+
+
+def identity(item: PlanItem) -> dict[str, Any]:
+    """Which socket (or dead descriptor) an entry is about, and who holds it."""
+    sk = item.socket
+    owner = item.owners[0] if item.owners else item.listener
+    entry: dict[str, Any] = {
+        "netns": item.netns_name, "netns_inode": item.netns_inode, "method": item.method,
+        "pid": owner.pid if owner else None, "comm": owner.comm if owner else None,
+        "fd": owner.fd if owner else None,
+    }
+    if sk is not None:
+        entry.update(state=_STATE_NAMES.get(sk.state, str(sk.state)),
+                     local=f"{sk.local_addr}:{sk.local_port}",
+                     peer=f"{sk.peer_addr}:{sk.peer_port}", inode=sk.inode, cookie=sk.cookie)
+    else:
+        entry.update(state="dead-fd", inode=item.dead_inode)
+    return entry
+
+
+def identity_json(item: PlanItem) -> bytes:
+    """identity(item) as the inside of a JSON object (no braces), to splice into lines."""
+    return msgspec.json.encode(identity(item))[1:-1]

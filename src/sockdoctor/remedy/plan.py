@@ -1,102 +1,45 @@
-"""Deciding, per socket, whether to act, by which method, and what everyone will see.
+"""plan_kill(snapshot, policy, host) -> Plan: what will be done to which socket, and why.
 
-Planning reads only model objects: it changes nothing, so a dry run is the
-plan itself. The order of preference (safest first) is:
-  fin      owned socket that still has to send its FIN (CLOSE-WAIT, ESTABLISHED)
-  drain    never-accept()ed connection waiting in a listener's accept queue
-  destroy  everything else the kernel can abort (no owner, FIN-WAIT-*, LAST-ACK,
-           TIME-WAIT), or when fin is impossible
-  rst      when the kernel has no SOCK_DESTROY
-`close` is never chosen automatically: it frees the descriptor number, which
-the program may reuse without knowing.
+Pure: it reads the snapshot, the policy and the host's facts and changes
+nothing, not even its input, so a plan can be shown, confirmed, saved as
+JSON and then applied as the very same object. Per selected socket:
+1. the guards (listeners, the caller's own session, $SSH_CONNECTION) refuse
+   it unless the policy says force;
+2. the policy's methods are asked in order whether they can end it (auto:
+   fin, drain, destroy, rst — the safest that works);
+3. the chosen method says what the program and the peer will see.
 """
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
+from collections import defaultdict
 
 import msgspec
 
-from ..model import Process, Snapshot, Socket, TcpState
+from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_PERMISSION, EXIT_UNSUPPORTED, UsageError
+from ..linux.host import Host
+from ..model import DeadSocketFd, Owner, Snapshot, Socket, TcpState
 from ..render import fmt
+from .methods import BY_NAME, Choice, Method, Target
+from .methods.base import FIN_STATES, HIDDEN_OWNER
+from .policy import KillPolicy
+from .steps import OwnerRef, PlanItem
 
-METHODS = ("auto", "fin", "drain", "destroy", "close", "rst")
-
-# What the owning program and the peer observe, per method.
-EFFECTS: dict[str, tuple[str, str]] = {
-    "fin": ("its descriptor stays open; the next read returns 0 (EOF), writes fail with EPIPE",
-            "a normal close (FIN): its read returns EOF"),
-    "drain": ("nothing: the connection was never accept()ed; it is taken from the accept "
-              "queue and closed, freeing a backlog slot",
-              "a normal close (FIN): its read returns EOF (a reset if it had sent data nobody "
-              "read); a client that has closed its socket already sees nothing"),
-    "destroy": ("its next read or write fails with ECONNABORTED; the descriptor stays open",
-                "a reset (RST): ECONNRESET; data not yet sent is dropped"),
-    "close": ("the descriptor is closed inside the program (like gdb's close(fd)); it may "
-              "later reuse that number for something else",
-              "a normal close (FIN): its read returns EOF"),
-    "rst": ("its next read or write fails (ECONNRESET or EPIPE); the descriptor stays open",
-            "a reset (RST), if it is still there: ECONNRESET"),
-}
-
-# Where the facts differ from EFFECTS: by the socket's state and whether anyone holds it.
-_NO_PROGRAM = "nothing: no program holds it any more"
-_STILL_QUEUED = ("nothing yet: accept() still hands it out later, already ended, and its "
-                 "backlog slot stays taken until then")
-_PEER_CLOSED = "nothing: it has closed its side already"
-_PEER_HAS_OUR_FIN = ("a reset (RST); it has read our FIN already, so its next write fails "
-                     "(EPIPE)")
-_PEER_LATE_RESET = ("nothing at once: the kernel keeps an orphaned FIN-WAIT-2 as a bare timer "
-                    "and drops it without a reset; the peer's next write is answered with one")
-_LISTENER = ("it stops listening: accept() fails from now on",
-             "clients waiting in its accept queue are reset; new ones are refused")
-
-# A descriptor holds it (inode != 0) but no process we can read has it.
-_HIDDEN_OWNER = "the process holding it is not visible here (another user's? run as root)"
-
-_FIN_STATES = {TcpState.ESTABLISHED, TcpState.CLOSE_WAIT}
-_QUEUE_STATES = {TcpState.ESTABLISHED, TcpState.CLOSE_WAIT}
-_PEER_DONE_STATES = {TcpState.LAST_ACK, TcpState.CLOSING, TcpState.TIME_WAIT}
-
-
-class OwnerRef(msgspec.Struct, frozen=True):
-    pid: int
-    fd: int
-    comm: str = ""
-
-
-class PlanItem(msgspec.Struct, kw_only=True):
-    """One socket (or one dead descriptor) and what will be done to it."""
-
-    index: int
-    socket: Socket | None
-    netns_name: str
-    owners: list[OwnerRef]
-    method: str  # "" when skipped
-    why: str
-    program_sees: str = ""
-    peer_sees: str = ""
-    skipped: str = ""  # the guard that refused it
-    unable: str = ""  # no method: "" (none applies), "unsupported" or "not-permitted"
-    listener: OwnerRef | None = None  # for drain: the listening socket's holder
-    listener_inode: int = 0
-    dead_inode: int = 0  # for a dead descriptor: the inode it must still point at
-
-    @property
-    def label(self) -> str:
-        sk = self.socket
-        if sk is None:
-            owner = self.owners[0]
-            return f"dead fd {owner.fd} of {owner.comm}({owner.pid})"
-        return (f"{fmt.state_name(sk.state)} "
-                f"{fmt.endpoint(sk.local_addr, sk.local_port, sk.family)} -> "
-                f"{fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)}")
+NOT_GATHERED = ("made without this host's facts (privileges, kernel features, the caller's own "
+                "sockets): for reading, not for applying")
+DESTROY_UNKNOWN = ("socket destroy: not verified yet; it is tried first on a connection of "
+                   "sockdoctor's own, right before the first destroy; if this kernel cannot, "
+                   "those sockets are left alone (then try --method rst)")
 
 
 class Plan(msgspec.Struct, kw_only=True):
+    """Every selected socket with its method (or why none), and how to apply them."""
+
     items: list[PlanItem]
-    method: str
+    method: str  # the policy's methods, e.g. "auto" or "fin,destroy"
+    host: Host
+    rate: float = 0.0
+    bare_close: bool = False
     notes: list[str] = msgspec.field(default_factory=list)
 
     @property
@@ -109,259 +52,225 @@ class Plan(msgspec.Struct, kw_only=True):
             counts[item.method] = counts.get(item.method, 0) + 1
         return counts
 
-
-class Capabilities(msgspec.Struct, kw_only=True):
-    """What this kernel and these privileges allow; probed, never assumed."""
-
-    pidfd: bool = True
-    destroy: bool = True
-    ptrace_close: bool = True
-    raw: bool = True
-    destroy_note: str = ""
-    destroy_denied: bool = False  # destroy failed for want of CAP_NET_ADMIN, not support
+    @property
+    def exit_code(self) -> int:
+        """What a dry run answers: 0 when it would end every selected socket."""
+        return exit_code_for({i.unable or "left" for i in self.items if not i.method})
 
 
-def protected_inodes() -> set[int]:
-    """Sockets held by sockdoctor itself or by any of its ancestors (the SSH session).
+def exit_code_for(failed: set[str]) -> int:
+    """0 nothing failed; 4 or 5 when all failed for want of permission or of a feature."""
+    if not failed:
+        return EXIT_OK
+    if failed == {"not-permitted"}:
+        return EXIT_PERMISSION
+    if failed == {"unsupported"}:
+        return EXIT_UNSUPPORTED
+    return EXIT_FINDINGS
 
-    Walking up the parent chain finds the sshd (or terminal server) process
-    holding the operator's own connection, whatever the environment says.
+
+def plan_kill(snapshot: Snapshot, policy: KillPolicy | None = None, *,
+              host: Host | None = None) -> Plan:
+    """The plan for the sockets of `snapshot` that `policy` selects (default: CLOSE-WAIT).
+
+    host: this machine's facts (sockdoctor.host_facts()); without them the
+    plan assumes every method works and nothing is protected, and can only
+    be read. Raises UsageError when more than policy.max_count sockets would
+    be acted on and the policy says refuse.
     """
-    from ..linux import procfs
-
-    pids = []
-    pid = os.getpid()
-    while pid > 1 and len(pids) < 64:
-        pids.append(pid)
-        pid = _parent(pid)
-    owners = procfs.socket_owners(pids)
-    return set(owners.by_inode)
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            stat = f.read()
-        return int(stat[stat.rfind(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
+    policy = policy or KillPolicy()
+    host = host or Host()
+    planner = _Planner(snapshot, policy, host)
+    selects = policy.selector(snapshot)
+    items = [planner.item(index, sk) for index, sk in enumerate(
+        (sk for sk in snapshot.sockets if selects(sk)), 1)]
+    items += planner.dead_fd_items(len(items) + 1)
+    _limit(items, policy)
+    return Plan(items=items, method=policy.label, host=host, rate=policy.rate,
+                bare_close=policy.bare_close, notes=_notes(items, policy, host))
 
 
-def ssh_endpoints() -> set[tuple[str, int, str, int]]:
-    """(local addr, local port, peer addr, peer port) of $SSH_CONNECTION, if any."""
-    parts = os.environ.get("SSH_CONNECTION", "").split()
-    if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit():
-        return set()
-    client, cport, server, sport = parts
-    return {(server, int(sport), client, int(cport))}
+class _Planner:
+    """What planning one snapshot needs at hand: names, listeners, the guards' facts."""
+
+    def __init__(self, snapshot: Snapshot, policy: KillPolicy, host: Host) -> None:
+        self.snapshot, self.policy, self.host = snapshot, policy, host
+        self.names = fmt.netns_names(snapshot)
+        self._listeners: dict[tuple[int, int], list[Socket]] | None = None
+        self._decided: dict[tuple[int, bool, bool, bool], tuple[Choice, tuple[str, str]]] = {}
+
+    def item(self, index: int, sk: Socket) -> PlanItem:
+        item = PlanItem(index=index, socket=sk, netns_name=self._name(sk.netns),
+                        netns_inode=sk.netns, owners=self._refs(sk), method="", why="")
+        guard = guard_for(sk, self.policy.force, self.host)
+        if guard:
+            item.skipped, item.why = guard, "refused: " + guard
+            return item
+        listener = self.listener_of(sk) if sk.queued else None
+        if listener is not None:
+            holder = listener.owners[0]
+            item.listener = OwnerRef(holder.pid, holder.fd, self._comm(holder.pid))
+            item.listener_inode = listener.inode
+        (item.method, item.why, item.unable), (item.program_sees, item.peer_sees) = \
+            self.decide(sk, item.listener)
+        return item
+
+    def decide(self, sk: Socket, listener: OwnerRef | None) -> tuple[Choice, tuple[str, str]]:
+        """The choice and its effects, which depend only on the socket's shape (cached:
+        a plan of 16,000 alike sockets decides once)."""
+        key = (sk.state, bool(sk.owners), sk.inode == 0, listener is not None)
+        found = self._decided.get(key)
+        if found is None:
+            choice = choose(Target(sk, self.host, listener, self.policy.bare_close), self.policy)
+            sees = BY_NAME[choice.method].effects(sk, self.policy.bare_close) \
+                if choice.method else ("", "")
+            found = self._decided[key] = (choice, sees)
+        return found
+
+    def listener_of(self, sk: Socket) -> Socket | None:
+        """The owned listening socket whose accept queue holds `sk`: exact address first."""
+        if self._listeners is None:
+            self._listeners = defaultdict(list)
+            for ls in self.snapshot.sockets:
+                if ls.state == TcpState.LISTEN and ls.owners:
+                    self._listeners[(ls.netns, ls.local_port)].append(ls)
+        candidates = self._listeners.get((sk.netns, sk.local_port), [])
+        exact = [ls for ls in candidates if ls.local_addr == sk.local_addr]
+        wild = [ls for ls in candidates if ls.local_addr in ("0.0.0.0", "::")]
+        return (exact or wild or [None])[0]
+
+    def dead_fd_items(self, start: int) -> list[PlanItem]:
+        """Descriptors of sockets in no TCP table (shut down, never closed)."""
+        if self.policy.dead_fds == "no":
+            return []
+        where, close = self.policy.where, BY_NAME["close"]
+        choice = close.choose_dead(self.host)  # type: ignore[attr-defined]
+        items: list[PlanItem] = []
+        for dead in self.snapshot.dead_fds:
+            if where is not None and where.needs_owners and not where.match_owner(
+                    _holder_only(dead), self.snapshot.processes):
+                continue
+            proc = self.snapshot.processes.get(dead.pid)
+            netns = proc.netns if proc else 0
+            item = PlanItem(index=start + len(items), socket=None, netns_name=self._name(netns),
+                            netns_inode=netns, owners=[OwnerRef(dead.pid, dead.fd,
+                                                                self._comm(dead.pid))],
+                            method=choice.method, why=choice.why, unable=choice.unable,
+                            dead_inode=dead.inode)
+            if dead.inode in self.host.protected and not self.policy.force:
+                item.method, item.skipped = "", "held by sockdoctor or by its own session"
+                item.why = "refused: " + item.skipped
+            elif item.method:
+                item.program_sees, item.peer_sees = close.effects(None, self.policy.bare_close)
+            items.append(item)
+        return items
+
+    def _name(self, netns: int) -> str:
+        return self.names.get(netns, str(netns) if netns else "")
+
+    def _comm(self, pid: int) -> str:
+        proc = self.snapshot.processes.get(pid)
+        return proc.comm if proc else ""
+
+    def _refs(self, sk: Socket) -> list[OwnerRef]:
+        return [OwnerRef(o.pid, o.fd, self._comm(o.pid)) for o in sk.owners]
 
 
-def _owner_refs(sk: Socket, processes: dict[int, Process]) -> list[OwnerRef]:
-    refs = []
-    for owner in sk.owners:
-        proc = processes.get(owner.pid)
-        refs.append(OwnerRef(owner.pid, owner.fd, proc.comm if proc else ""))
-    return refs
+def _holder_only(dead: DeadSocketFd) -> Socket:
+    """A stand-in socket held by the dead descriptor, for the --pid/--process match."""
+    return Socket(0, 0, 0, "", 0, "", 0, dead.inode, 0, 0, 0, 0,
+                  owners=[Owner(dead.pid, dead.fd)])
 
 
 def _normal_addr(addr: str) -> str:
     return addr[7:] if addr.startswith("::ffff:") else addr
 
 
-def _guard(sk: Socket, force: bool, protected: set[int],
-           ssh: set[tuple[str, int, str, int]]) -> str:
+def guard_for(sk: Socket, force: bool, host: Host) -> str:
+    """Why this socket is off limits ("" when it is not), unless forced."""
     if force:
         return ""
     if sk.state == TcpState.LISTEN:
         return "a listening socket (use --force to include listeners)"
-    if sk.inode and sk.inode in protected:
+    if sk.inode and sk.inode in host.protected:
         return "held by sockdoctor or by its own session (e.g. your SSH connection)"
-    key = (_normal_addr(sk.local_addr), sk.local_port, _normal_addr(sk.peer_addr),
-           sk.peer_port)
-    if key in ssh:
+    if host.ssh and (_normal_addr(sk.local_addr), sk.local_port, _normal_addr(sk.peer_addr),
+                     sk.peer_port) in host.ssh:
         return "your own SSH connection ($SSH_CONNECTION)"
     return ""
 
 
-def find_listener(sk: Socket, listeners: list[Socket]) -> Socket | None:
-    """The listening socket whose accept queue holds `sk`."""
-    best = None
-    for ls in listeners:
-        if ls.netns != sk.netns or ls.local_port != sk.local_port:
-            continue
-        if ls.local_addr == sk.local_addr:
-            return ls
-        if ls.local_addr in ("0.0.0.0", "::") and best is None:
-            best = ls
-    return best
+def choose(t: Target, policy: KillPolicy) -> Choice:
+    """The first of the policy's methods that can end the socket, and why."""
+    refusals: list[tuple[Method, Choice]] = []
+    for name in policy.order:
+        method = BY_NAME[name]
+        choice = method.choose(t, policy.asked)
+        if choice.method:
+            if method.graceful or not refusals:
+                return choice
+            return Choice(choice.method, f"{_because(t, refusals)}: {choice.why}")
+        refusals.append((method, choice))
+    if policy.asked:
+        return refusals[0][1]
+    unables = {c.unable for _, c in refusals if c.unable}
+    unable = "not-permitted" if "not-permitted" in unables else next(iter(unables), "")
+    return Choice("", _because(t, refusals, "; ") if unables else
+                  f"{_no_fin_reason(t)}; {', '.join(policy.order)} cannot end it", unable)
 
 
-class Choice(NamedTuple):
-    """A method for one socket and why; method "" when none can be used."""
-
-    method: str
-    why: str
-    unable: str = ""  # with no method: "unsupported" or "not-permitted" when that is why
+def _because(t: Target, refusals: list[tuple[Method, Choice]], joiner: str = ", and ") -> str:
+    """Why the safer methods were passed over, for the socket `t`."""
+    extra = [c.why for m, c in refusals if c.unable and not m.graceful]
+    return _no_fin_reason(t) + (joiner + "; ".join(extra) if extra else "")
 
 
-def _queued(sk: Socket) -> bool:
-    """Never accept()ed: no descriptor yet, in a state only a queued connection has unowned."""
-    return not sk.owners and sk.inode == 0 and sk.state in _QUEUE_STATES
-
-
-def choose(sk: Socket, method: str, caps: Capabilities, has_listener_owner: bool) -> Choice:
-    """The method for one socket: the one asked for, or with "auto" the safest that works."""
-    st = sk.state
-    owned = bool(sk.owners)
-    in_queue = _queued(sk)
-    if method != "auto":
-        return _explicit(sk, method, caps, owned, in_queue, has_listener_owner)
-    if owned and st in _FIN_STATES and caps.pidfd:
-        return Choice("fin", "owned, still has to send its FIN: graceful shutdown, fd kept")
-    if in_queue and has_listener_owner and caps.pidfd:
-        return Choice("drain", "never accept()ed: take it from the listener's accept queue "
-                               "and close it")
-    reason = _no_fin_reason(sk, caps)
-    if caps.destroy:
-        return Choice("destroy", f"{reason}: kernel SOCK_DESTROY")
-    no_destroy = caps.destroy_note or "this kernel cannot destroy sockets"
-    if caps.raw:
-        return Choice("rst", f"{reason}, and {no_destroy}: forged RST")
-    return Choice("", f"{reason}; {no_destroy}, and forged packets need CAP_NET_RAW",
-                  "not-permitted")
-
-
-def _no_fin_reason(sk: Socket, caps: Capabilities) -> str:
+def _no_fin_reason(t: Target) -> str:
+    sk = t.sk
     if sk.state == TcpState.LISTEN:
         return "a listening socket"
     if not sk.owners:
-        return _HIDDEN_OWNER if sk.inode else "no process holds it"
-    if sk.state not in _FIN_STATES:
+        return HIDDEN_OWNER if sk.inode else "no process holds it"
+    if sk.state not in FIN_STATES:
         return f"our FIN is already out ({fmt.state_name(sk.state)})"
-    return "its owner cannot be reached with pidfd_getfd" if not caps.pidfd else "asked"
+    if not t.host.pidfd:
+        return "its owner cannot be reached with pidfd_getfd"
+    return "a graceful shutdown was not among the methods allowed"
 
 
-def _explicit(sk: Socket, method: str, caps: Capabilities, owned: bool, in_queue: bool,
-              has_listener_owner: bool) -> Choice:
-    st = sk.state
-    if method in ("fin", "close") and not owned and sk.inode:
-        return Choice("", f"{method} needs its owner, and {_HIDDEN_OWNER}", "not-permitted")
-    if method == "fin":
-        if not owned:
-            instead = "drain or destroy" if in_queue else "destroy"
-            return Choice("", f"fin needs a process that holds the socket; none does "
-                              f"(try {instead})")
-        if st not in _FIN_STATES:
-            done = "it is a listening socket" if st == TcpState.LISTEN else \
-                "our FIN was already sent"
-            return Choice("", f"fin cannot end {fmt.state_name(st)}: {done} (try destroy)")
-        if not caps.pidfd:
-            return Choice("", "this kernel has no pidfd_getfd (Linux >= 5.6 needed)",
-                          "unsupported")
-        return Choice("fin", "asked: graceful shutdown through a duplicated descriptor")
-    if method == "drain":
-        if not in_queue:
-            return Choice("", "drain only applies to connections waiting in an accept queue")
-        if not has_listener_owner:
-            return Choice("", "no visible process holds the listening socket")
-        if not caps.pidfd:
-            return Choice("", "this kernel has no pidfd_getfd (Linux >= 5.6 needed)",
-                          "unsupported")
-        return Choice("drain", "asked: accept it from the listener's queue and close it")
-    if method == "close":
-        if not owned:
-            return Choice("", "close needs a process that holds the socket; none does")
-        if not caps.ptrace_close:
-            return Choice("", "ptrace injection is only implemented for x86_64", "unsupported")
-        return Choice("close", "asked: shutdown() and close() injected into the owner (ptrace)")
-    if method == "destroy":
-        if not caps.destroy:
-            return Choice("", caps.destroy_note or "this kernel cannot destroy sockets",
-                          "not-permitted" if caps.destroy_denied else "unsupported")
-        note = " (its accept-queue slot stays taken until the program accepts it)" \
-            if in_queue else ""
-        return Choice("destroy", f"asked: kernel SOCK_DESTROY{note}")
-    if method == "rst":
-        if not caps.raw:
-            return Choice("", "forged packets need CAP_NET_RAW", "not-permitted")
-        if st == TcpState.TIME_WAIT:
-            return Choice("rst", "asked: forged RST (TIME-WAIT honours it unless "
-                                 "tcp_rfc1337=1)")
-        return Choice("rst", "asked: forged RST after learning the sequence numbers")
-    raise ValueError(f"unknown method {method}")
+def _limit(items: list[PlanItem], policy: KillPolicy) -> None:
+    """--max: refuse the whole plan, or leave the rest for a later run (the reaper)."""
+    actions = [item for item in items if item.method]
+    if len(actions) <= policy.max_count:
+        return
+    if policy.over_max == "refuse":
+        raise UsageError(
+            f"this would act on {len(actions)} sockets, more than --max {policy.max_count}; "
+            "narrow the filter or raise --max")
+    for item in actions[policy.max_count:]:
+        item.method = item.program_sees = item.peer_sees = ""
+        item.skipped = f"over the limit of {policy.max_count} per run: left for later"
+        item.why = "deferred: " + item.skipped
 
 
-def effects(method: str, sk: Socket | None) -> tuple[str, str]:
-    """(what the owning program sees, what the peer sees) when `method` ends `sk`."""
-    program, peer = EFFECTS[method]
-    if sk is None or method in ("fin", "drain"):
-        return program, peer
-    st = sk.state
-    if st == TcpState.LISTEN:
-        return _LISTENER
-    orphan = not sk.owners and sk.inode == 0
-    if orphan:
-        program = _STILL_QUEUED if st in _QUEUE_STATES else _NO_PROGRAM
-    if method == "close":
-        return program, peer if st in _FIN_STATES else "nothing new: our FIN went out already"
-    if st in _PEER_DONE_STATES:
-        peer = _PEER_CLOSED
-    elif st == TcpState.FIN_WAIT2:
-        peer = _PEER_LATE_RESET if orphan and method == "destroy" else _PEER_HAS_OUR_FIN
-    return program, peer
+def _notes(items: list[PlanItem], policy: KillPolicy, host: Host) -> list[str]:
+    notes = []
+    if not host.gathered:
+        notes.append(NOT_GATHERED)
+    methods = {item.method for item in items}
+    if "destroy" in methods and host.destroy is None:
+        notes.append(DESTROY_UNKNOWN)
+    if host.destroy is False and "destroy" in policy.order and host.destroy_note:
+        notes.append(f"socket destroy: {host.destroy_note}")
+    if "fin" in methods:
+        notes.append(_fin_note([i for i in items if i.method == "fin"]))
+    return notes
 
 
-def build(snapshot: Snapshot, sockets: list[Socket], *, method: str = "auto",
-          caps: Capabilities | None = None, force: bool = False,
-          listeners: list[Socket] | None = None,
-          protected: set[int] | None = None) -> Plan:
-    """The plan for `sockets` (taken from `snapshot`, whose processes name the owners)."""
-    caps = caps or Capabilities()
-    protected = protected_inodes() if protected is None else protected
-    ssh = ssh_endpoints()
-    names = fmt.netns_names(snapshot)
-    listeners = listeners if listeners is not None else [
-        sk for sk in snapshot.sockets if sk.state == TcpState.LISTEN]
-    items = []
-    for index, sk in enumerate(sockets, 1):
-        item = PlanItem(index=index, socket=sk, netns_name=names.get(sk.netns, str(sk.netns)),
-                        owners=_owner_refs(sk, snapshot.processes), method="", why="")
-        guard = _guard(sk, force, protected, ssh)
-        if guard:
-            item.skipped = guard
-            item.why = "refused: " + guard
-        else:
-            listener = find_listener(sk, listeners) if _queued(sk) else None
-            if listener is not None and listener.owners:
-                holder = listener.owners[0]
-                proc = snapshot.processes.get(holder.pid)
-                item.listener = OwnerRef(holder.pid, holder.fd, proc.comm if proc else "")
-                item.listener_inode = listener.inode
-            item.method, item.why, item.unable = choose(sk, method, caps,
-                                                        item.listener is not None)
-            if item.method:
-                item.program_sees, item.peer_sees = effects(item.method, sk)
-        items.append(item)
-    return Plan(items=items, method=method)
-
-
-def dead_fd_items(snapshot: Snapshot, start: int, pids: set[int] | None,
-                  caps: Capabilities) -> list[PlanItem]:
-    """Descriptors of sockets in no TCP table (shut down, never closed): only `close` helps."""
-    items: list[PlanItem] = []
-    for dead in snapshot.dead_fds:
-        if pids and dead.pid not in pids:
-            continue
-        proc = snapshot.processes.get(dead.pid)
-        owner = OwnerRef(dead.pid, dead.fd, proc.comm if proc else "")
-        method = "close" if caps.ptrace_close else ""
-        why = ("the socket is in no TCP table any more; only closing the descriptor frees it"
-               if method else "ptrace injection is only implemented for x86_64")
-        item = PlanItem(index=start + len(items), socket=None, netns_name="", owners=[owner],
-                        method=method, why=why, dead_inode=dead.inode,
-                        unable="" if method else "unsupported")
-        if method:
-            item.program_sees = EFFECTS["close"][0]
-            item.peer_sees = "nothing: the connection is already over"
-        items.append(item)
-    return items
+def _fin_note(items: list[PlanItem]) -> str:
+    pids = sorted({i.owners[0].pid for i in items})
+    after = "sockdoctor kill --dead-fds " + " ".join(f"--pid {p}" for p in pids[:3]) + \
+        (" ..." if len(pids) > 3 else "")
+    return ("fin leaves each descriptor open: the program keeps it, and the socket's memory, "
+            "until it closes it itself. To release them in the same step use --method close; "
+            f"afterwards: {after}")

@@ -181,8 +181,7 @@ class Sampler:
         joined = inventory.attach_owners(
             list(dumped), dumped, owner_map, Query(), records, evidence=True,
             facts=inventory.Facts(self._facts.process, self._protocols),
-            threads=_listener_owners(dumped, owner_map), live=live,
-            owner_pids=self._owners.holder_pids(live))
+            threads=_listener_owners(dumped, owner_map), live=live)
         if full:
             self._refresh(joined.processes, owner_map)
         whole = inventory.assemble(joined, records, warnings, owners=True, info=self.info,

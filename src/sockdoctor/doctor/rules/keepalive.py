@@ -64,9 +64,9 @@ def _finding(ctx: Context, netns: int, pid: int, svc: Service, socks: list[Socke
                for name in ("time", "intvl", "probes")}
     peers = top((sk.peer_addr for sk in socks), 5)
     where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
-    # destroy, not fin: a vanished peer would never acknowledge our FIN.
-    relief, argv = ctx.kill(netns, ["established"], pid=pid, port=svc.port,
-                            older_than_ms=ctx.cfg.idle_ms, words=["--method", "destroy"])
+    # Armed live through the owner's descriptors: the dead ones end by themselves,
+    # the live ones are left alone (a kill could not tell them apart).
+    relief, argv = ctx.keepalive(netns, pid=pid, port=svc.port, idle_ms=ctx.cfg.idle_ms)
     ka = ", ".join(f"tcp_keepalive_{k}={v}" for k, v in sysctls.items() if v is not None)
     return Finding(
         rule="no-keepalive", severity=_severity(ctx, socks),
@@ -89,6 +89,8 @@ def _finding(ctx: Context, netns: int, pid: int, svc: Service, socks: list[Socke
             "or RST, the connection stays ESTABLISHED forever: nothing is sent, so nothing "
             "can fail, and the program waits for data that will never come."),
         fix=_RECIPE + " The net.ipv4.tcp_keepalive_* sysctls only set defaults for sockets "
-            "that enable SO_KEEPALIVE; the relief command below drops idle connections "
-            "that may still be alive, so use it only when the peers are known to be gone.",
+            "that enable SO_KEEPALIVE. The relief command below arms keepalive on these "
+            "very sockets now, through their owner's descriptors (no restart): live peers "
+            "answer the probes and notice nothing, vanished ones are reset within three "
+            "probe intervals and the program's next read fails with ETIMEDOUT.",
         relief=relief, relief_argv=argv)

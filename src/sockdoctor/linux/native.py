@@ -1,0 +1,39 @@
+"""The optional C fast path for the hot loops (sockdoctor._fast), if it is in use.
+
+sockdiag.py and procfs.py hold the reference implementation in Python and
+call the C one instead when `fast` is not None: the extension was built at
+install time (it needs a C compiler; without one the install still works)
+and SOCKDOCTOR_PURE=1 is not set. Both give identical results; the tests
+compare them.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from .. import _fast
+    except ImportError:
+        return None
+    from ..model import SkMemInfo, Socket, TcpInfo
+
+    _fast.bind(Socket, SkMemInfo, TcpInfo)
+    return _fast
+
+
+fast = _load()
+
+
+def describe() -> str:
+    """One line for `sockdoctor --version`: which implementation the hot loops use."""
+    if fast is not None:
+        return "fast path: C extension (sockdoctor._fast)"
+    if os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"):
+        return "fast path: off (SOCKDOCTOR_PURE is set), pure Python in use"
+    return ("fast path: not installed (sockdoctor._fast was not built: no C compiler at "
+            "install time?), pure Python in use")

@@ -1,0 +1,252 @@
+"""Arm TCP keepalive on a live program's sockets: seed 003's fourth fix, without a restart.
+
+SO_KEEPALIVE with TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT (and optionally
+TCP_USER_TIMEOUT) are set through a pidfd_getfd duplicate, so the
+program's own socket changes. A peer that has vanished stops answering
+the probes and the kernel resets the connection: the program's next read
+or write fails with ETIMEDOUT, which it handles as it handles any dead
+connection. A live peer answers from its kernel and notices nothing.
+
+Like a kill: selected by filters (ESTABLISHED unless states are given),
+planned as a value (plan_keepalive is pure), applied with --yes
+(apply_keepalive), audited, and verified by reading the options back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import msgspec
+
+from ..errors import EXIT_INTERRUPTED, UsageError
+from ..linux import host as hostmod
+from ..linux.host import Host
+from ..model import Snapshot, Socket, TcpState, state_mask
+from ..query import Query
+from . import audit as audit_mod
+from .audit import DEFAULT_PATH, AuditLog
+from .methods.base import HIDDEN_OWNER, Pacer
+from .plan import exit_code_for, guard_for
+from .policy import DEFAULT_MAX, KillPolicy
+from .steps import Action, OwnerRef, PlanItem
+from .verify import Outcome
+
+DEFAULT_STATES = state_mask(TcpState.ESTABLISHED)
+CONNECTED = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+LIMITS = {"idle_s": 32767, "interval_s": 32767, "count": 127}  # the kernel's maxima
+
+
+class Keepalive(msgspec.Struct, frozen=True, kw_only=True):
+    """The timings to arm: probe after idle_s of silence, every interval_s, count times."""
+
+    idle_s: int
+    interval_s: int
+    count: int
+    user_timeout_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, top in LIMITS.items():
+            value = getattr(self, name)
+            if not 1 <= value <= top:
+                what = "--count" if name == "count" else f"--{name[:-2].replace('_', '-')}"
+                raise UsageError(f"{what} must be between 1 and {top}"
+                                 + ("" if name == "count" else " seconds"))
+        if self.user_timeout_ms is not None and self.user_timeout_ms < 0:
+            raise UsageError("--user-timeout cannot be negative")
+
+    @property
+    def wanted(self) -> dict[str, int]:
+        out = {"keepalive": 1, "idle_s": self.idle_s, "interval_s": self.interval_s,
+               "count": self.count}
+        if self.user_timeout_ms is not None:
+            out["user_timeout_ms"] = self.user_timeout_ms
+        return out
+
+    @property
+    def dead_after_s(self) -> int:
+        """How long a vanished peer goes unnoticed at most (from the last word heard)."""
+        return self.idle_s + self.interval_s * self.count
+
+    def text(self) -> str:
+        extra = f", user timeout {self.user_timeout_ms} ms" if self.user_timeout_ms else ""
+        return f"idle {self.idle_s}s, interval {self.interval_s}s, count {self.count}{extra}"
+
+
+class KeepalivePlan(msgspec.Struct, kw_only=True):
+    items: list[PlanItem]  # method "keepalive", or "" with the reason
+    settings: Keepalive
+    host: Host
+    notes: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def actions(self) -> list[PlanItem]:
+        return [item for item in self.items if item.method]
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for({i.unable or "left" for i in self.items if not i.method})
+
+
+class KeepaliveReport(msgspec.Struct, kw_only=True):
+    plan: KeepalivePlan
+    applied: bool
+    outcomes: list[Outcome] = msgspec.field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if not self.applied:
+            return self.plan.exit_code
+        return exit_code_for({o.outcome for o in self.outcomes
+                              if o.outcome not in ("armed", "already-gone")})
+
+
+def scan_for_keepalive(where: Query | None, states: int | None) -> Snapshot:
+    """The sockets a keepalive run may select, with their owners."""
+    import dataclasses
+
+    from ..inventory import scan
+
+    query = where or Query()
+    return scan(dataclasses.replace(query, states=query.states & (states or DEFAULT_STATES)),
+                owners=True)
+
+
+def plan_keepalive(snapshot: Snapshot, settings: Keepalive, *, where: Query | None = None,
+                   states: int | None = None, force: bool = False,
+                   max_count: int = DEFAULT_MAX, host: Host | None = None) -> KeepalivePlan:
+    """Which selected sockets get keepalive (pure, like plan_kill; ESTABLISHED by default)."""
+    host = host or Host()
+    selection = KillPolicy(states=states or DEFAULT_STATES, where=where, force=force)
+    selects = selection.selector(snapshot)
+    names = {ns.inode: ns.name for ns in snapshot.namespaces}
+    items = []
+    for sk in snapshot.sockets:
+        if selects(sk):
+            items.append(_item(len(items) + 1, sk, snapshot, names, settings, host, force))
+    acting = [i for i in items if i.method]
+    if len(acting) > max_count:
+        raise UsageError(f"this would change {len(acting)} sockets, more than --max "
+                         f"{max_count}; narrow the filter or raise --max")
+    notes = [] if host.gathered else ["made without this host's facts: for reading only"]
+    return KeepalivePlan(items=items, settings=settings, host=host, notes=notes)
+
+
+def _item(index: int, sk: Socket, snapshot: Snapshot, names: dict[int, str],
+          settings: Keepalive, host: Host, force: bool) -> PlanItem:
+    owners = [OwnerRef(o.pid, o.fd, getattr(snapshot.processes.get(o.pid), "comm", ""))
+              for o in sk.owners]
+    item = PlanItem(index=index, socket=sk, netns_name=names.get(sk.netns, str(sk.netns)),
+                    netns_inode=sk.netns, owners=owners, method="", why="")
+    guard = guard_for(sk, force, host)
+    if guard:
+        item.skipped, item.why = guard, "refused: " + guard
+    elif sk.state not in CONNECTED:
+        item.why = "keepalive only matters on a connected socket (ESTABLISHED, CLOSE-WAIT)"
+    elif not owners:
+        item.why, item.unable = (f"it is set through its owner's descriptor, and {HIDDEN_OWNER}",
+                                 "not-permitted") if sk.inode else (
+            "no process holds it: keepalive is set through the owner's descriptor", "")
+    elif not host.pidfd:
+        item.why, item.unable = "this kernel has no pidfd_getfd (Linux >= 5.6 needed)", \
+            "unsupported"
+    else:
+        item.method = "keepalive"
+        item.why = ("keepalive timer already running: new timings" if sk.timer == 2 else
+                    "no keepalive yet") + f"; set through a duplicate of fd {owners[0].fd}"
+        item.program_sees = (f"nothing while the peer answers; if it has vanished, within "
+                             f"{settings.interval_s * settings.count}s of the first probe its "
+                             "next read or write fails with ETIMEDOUT")
+        item.peer_sees = (f"an empty probe after {settings.idle_s}s of silence, then every "
+                          f"{settings.interval_s}s until answered (its kernel answers)")
+    return item
+
+
+def apply_keepalive(plan: KeepalivePlan, *, audit_log: str | AuditLog | None = DEFAULT_PATH,
+                    stop: threading.Event | None = None) -> KeepaliveReport:
+    """Arm every planned socket, read the options back, log it; exactly that plan."""
+    if plan.actions and not plan.host.gathered:
+        raise UsageError("this plan was made without the host's facts; make it with "
+                         "host=sockdoctor.host_facts()")
+    stop = stop or threading.Event()
+    log = audit_log if isinstance(audit_log, AuditLog) else \
+        AuditLog(audit_log if plan.actions else None)
+    results: dict[int, Outcome] = {}
+    with log:
+        by_pid: dict[int, list[PlanItem]] = defaultdict(list)
+        for item in plan.actions:
+            by_pid[item.owners[0].pid].append(item)
+        pacer = Pacer(0, stop)
+        for pid, group in by_pid.items():
+            if not pacer.wait() or log.error:
+                break
+            done = _arm(pid, group, plan.settings, pacer)
+            log.write_many(audit_mod.Record("keepalive", audit_mod.identity_json(item),
+                                            {"outcome": o.outcome, "detail": o.detail,
+                                             "settings": plan.settings.wanted})
+                           for item, o in zip(group, done, strict=False))
+            results.update((o.index, o) for o in done)
+    outcomes = [results.get(i.index) or _left(i, stop.is_set()) for i in plan.items]
+    return KeepaliveReport(plan=plan, applied=True, outcomes=outcomes,
+                           interrupted=stop.is_set())
+
+
+def _arm(pid: int, group: list[PlanItem], settings: Keepalive, pacer: Pacer) -> list[Outcome]:
+    out: list[Outcome] = []
+    try:
+        with hostmod.open_process(pid) as handle:
+            for item in group:
+                if out and not pacer.wait():
+                    break
+                out.append(_arm_one(handle, item, settings))
+    except hostmod.Errors as exc:
+        out += [_outcome(i, Action(index=i.index, status=hostmod.status_of(exc),
+                                   detail=hostmod.describe(exc))) for i in group[len(out):]]
+    return out
+
+
+def _arm_one(handle: object, item: PlanItem, settings: Keepalive) -> Outcome:
+    assert item.socket is not None
+    wanted = settings.wanted
+    try:
+        before, after = hostmod.arm_keepalive(handle, item.owners[0].fd,  # type: ignore[arg-type]
+                                              item.socket.inode, wanted)
+    except hostmod.Errors as exc:
+        return _outcome(item, Action(index=item.index, status=hostmod.status_of(exc),
+                                     detail=hostmod.describe(exc)))
+    wrong = {k: after.get(k) for k, v in wanted.items() if after.get(k) != v}
+    outcome = _outcome(item, Action(index=item.index, status="armed" if not wrong else "failed",
+                                    detail=f"read back: {_options(after)}; before: "
+                                           f"{_options(before)}"
+                                           + (f"; not as asked: {wrong}" if wrong else "")))
+    outcome.state_after = settings.text() if not wrong else ""
+    return outcome
+
+
+def _options(values: dict[str, int]) -> str:
+    if not values.get("keepalive"):
+        return "keepalive off"
+    return (f"keepalive on, idle {values['idle_s']}s, interval {values['interval_s']}s, count "
+            f"{values['count']}, user timeout {values['user_timeout_ms']} ms")
+
+
+def _outcome(item: PlanItem, action: Action) -> Outcome:
+    return Outcome(index=item.index, label=item.label, netns=item.netns_name, method="keepalive",
+                   outcome=action.status, detail=action.detail)
+
+
+def _left(item: PlanItem, interrupted: bool) -> Outcome:
+    if item.method:
+        return Outcome(index=item.index, label=item.label, netns=item.netns_name,
+                       method=item.method, outcome="not-tried",
+                       detail="interrupted before it was tried" if interrupted else "")
+    return Outcome(index=item.index, label=item.label, netns=item.netns_name, method="",
+                   outcome="skipped" if item.skipped else item.unable or "not-applicable",
+                   detail=item.why)
+
+
+__all__ = ["Keepalive", "KeepalivePlan", "KeepaliveReport", "apply_keepalive",
+           "plan_keepalive", "scan_for_keepalive"]

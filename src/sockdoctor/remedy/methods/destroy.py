@@ -1,0 +1,60 @@
+"""destroy: the kernel's SOCK_DESTROY over sock_diag, the socket named with its cookie.
+
+The peer gets a reset, the program's next call fails with ECONNABORTED, and
+an orphan (FIN-WAIT, LAST-ACK, TIME-WAIT) or a never-accepted connection is
+dropped. The kernel compares the cookie: a 4-tuple reused by another socket
+is left alone (ENOENT). 256 requests go out per sendmsg.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ...linux import host as hostmod
+from ..steps import Action, PlanItem
+from .base import Choice, Method, Runtime, Target
+
+_STATUS = {0: "done", errno.ENOENT: "already-gone", errno.ESTALE: "identity-changed",
+           errno.EPERM: "not-permitted", errno.EACCES: "not-permitted",
+           errno.EOPNOTSUPP: "unsupported"}
+_DETAIL = {0: "destroyed", errno.EOPNOTSUPP: hostmod.NO_DESTROY_BUILD,
+           errno.ENOENT: "no such socket any more (closed, or its 4-tuple now belongs to "
+                         "another socket, which was left alone)"}
+
+
+class Destroy(Method):
+    name = "destroy"
+    in_netns = True
+    by_state = True
+    program_sees = "its next read or write fails with ECONNABORTED; the descriptor stays open"
+    peer_sees = "a reset (RST): ECONNRESET; data not yet sent is dropped"
+
+    def choose(self, t: Target, asked: bool) -> Choice:
+        host = t.host
+        if host.destroy is False:
+            return Choice("", host.destroy_note or "this kernel cannot destroy sockets",
+                          "unsupported" if host.net_admin else "not-permitted")
+        if not asked:
+            return Choice("destroy", "kernel SOCK_DESTROY")
+        note = " (its accept-queue slot stays taken until the program accepts it)" \
+            if t.sk.queued else ""
+        return Choice("destroy", f"asked: kernel SOCK_DESTROY{note}")
+
+    def run(self, batch: list[PlanItem], rt: Runtime) -> list[Action]:
+        works, note = _checked(rt)
+        if not works:
+            status = "not-permitted" if note == hostmod.NO_NET_ADMIN else "unsupported"
+            return [Action(index=i.index, status=status, detail=note) for i in batch]
+        codes = hostmod.destroy([i.socket for i in batch])  # type: ignore[misc]
+        return [Action(index=item.index, status=_STATUS.get(code, "failed"),
+                       detail=_DETAIL.get(code, errno.errorcode.get(code, str(code))))
+                for item, code in zip(batch, codes, strict=True)]
+
+
+def _checked(rt: Runtime) -> tuple[bool, str]:
+    """Whether SOCK_DESTROY works, tried once on a connection of our own if not known."""
+    if rt.host.destroy is not None:
+        return rt.host.destroy, rt.host.destroy_note
+    if rt.destroy_checked is None:
+        rt.destroy_checked = hostmod.probe_destroy()
+    return rt.destroy_checked
