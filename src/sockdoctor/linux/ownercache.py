@@ -132,7 +132,7 @@ class OwnerCache:
             fds = list(map(int, names))
             self.fd_counts[pid] = len(fds)
             if old is not None and pid not in touched and len(fds) == len(old) \
-                    and old.keys() >= fds:
+                    and old.keys() >= set(fds):
                 continue
             done.changed += 1
             done.readlinks += self._relist(pid, fds, old, died)
@@ -176,7 +176,7 @@ class OwnerCache:
             old = self._procs.get(pid)
             fds = list(map(int, names))
             self.fd_counts[pid] = len(fds)
-            if old is not None and len(fds) == len(old) and old.keys() >= fds \
+            if old is not None and len(fds) == len(old) and old.keys() >= set(fds) \
                     and died.isdisjoint(old.values()):
                 continue
             readlinks += self._relist(pid, fds, old, set(died))
