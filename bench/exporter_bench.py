@@ -11,8 +11,8 @@ Targets (issue 8), all at 143k sockets:
   - RSS after 100 samples within 10 % of RSS after 10, and <= 300 MB.
 
 Three configurations are timed: the defaults at the default 15 s interval
-(the doctor then runs as often as its cost allows: every 3rd sample at this
-size), the doctor on every sample, and no doctor.
+(the doctor then runs as often as its cost allows within 2 % of a CPU: every
+5th-6th sample at this size), the doctor on every sample, and no doctor.
 
 The population is population.py's, in its own namespace. Every sockdoctor
 command runs in the root namespace with `--netns NS`, so the exporter and

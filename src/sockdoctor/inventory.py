@@ -153,20 +153,15 @@ class Joined:
 def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs.OwnerMap,
                   query: Query, records: list[Netns], *, evidence: bool,
                   facts: Facts | None = None, threads: set[int] | None = None,
-                  live: set[int] | None = None, owner_pids: set[int] | None = None) -> Joined:
+                  live: set[int] | None = None) -> Joined:
     """Join owners, read their processes, apply --pid/--process, find dead descriptors.
 
     `threads`: the processes whose thread states to read (default: with
-    evidence, every owner); `facts`: where process facts come from; `live`
-    and `owner_pids`: the inodes of `dumped` and the processes holding them,
-    if the caller knows them already (the sampler's cache does).
+    evidence, every owner); `facts`: where process facts come from; `live`:
+    the inodes of `dumped`, if the caller has them already.
     """
     facts = facts or Facts()
-    if owner_pids is None:
-        pids = join_owners(sockets, owner_map)
-    else:
-        pids = owner_pids
-        _set_owners(sockets, owner_map)
+    pids = join_owners(sockets, owner_map)
     counts = owner_map.fd_counts
     processes: dict[int, Process] = {}
     for pid in sorted(pids):
@@ -332,14 +327,6 @@ def _reraise_user_error(exc: BaseException) -> None:
     if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EPERM:
         raise PermissionDeniedError(f"cannot scan that namespace: {_describe(exc)}") from exc
     raise exc
-
-
-def _set_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> None:
-    get = owner_map.by_inode.get  # no inode 0 in it: queued sockets get None
-    for sk in sockets:
-        holders = get(sk.inode)
-        if holders:
-            sk.owners = holders
 
 
 def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:

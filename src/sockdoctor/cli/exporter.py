@@ -55,7 +55,7 @@ Stops cleanly (exit 0) on SIGTERM or SIGINT.
               help="Take one sample, write it (--textfile) or print it, and exit.")
 @click.option("--doctor-every", default="auto", show_default=True, metavar="N|auto",
               help="Run the doctor (findings metrics) on every N-th sample; auto: on every "
-                   "sample while it costs under 5% of a CPU, less often on a big host.")
+                   "sample while it costs under 2% of a CPU, less often on a big host.")
 @click.option("--no-doctor", is_flag=True, help="No findings metrics at all.")
 @click.option("--full-walk-every", default=20, show_default=True, type=click.IntRange(1),
               metavar="N", help="Walk all of /proc for owners every N samples.")
@@ -110,9 +110,11 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
         return
     stop = _stop_on_signals()
     where = ex.bound_url(exporter.server) if exporter.server else f"writing {textfile}"
+    exporter.on_sample(first)
     exporter.say(f"{where}, a sample every {seconds:g}s (first: {len(first.snapshot.sockets)} "
                  f"sockets in {first.duration_s:.2f}s)")
-    exporter.run(stop, first)
+    del first  # the sampler and the collector keep what they need; this frame must not
+    exporter.run(stop, wait_first=True)
     exporter.say("stopped")
 
 

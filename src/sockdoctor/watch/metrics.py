@@ -177,12 +177,14 @@ class _View:
         groups: dict[tuple[int, int, bool, int], list[int]] = {}
         first_seen, started = self.sample.first_seen, self.sample.started
         ranges, listening, default = self.ranges, self.listening, DEFAULT_PORT_RANGE
+        last_ns, (lo, hi) = None, default
         for sk in [sk for sk in self.snap.sockets if sk.state == TcpState.CLOSE_WAIT]:
             owners = sk.owners
             pid = (owners[0].pid if len(owners) == 1 else first_pid(sk)) if owners \
                 else self.owner(sk)
             netns, port = sk.netns, sk.local_port
-            lo, hi = ranges.get(netns, default)
+            if netns != last_ns:  # a namespace's sockets come one after another
+                last_ns, (lo, hi) = netns, ranges.get(netns, default)
             client = lo <= port <= hi and (netns, port) not in listening
             key = (netns, pid, client, sk.peer_port if client else port)
             age = sk.age_ms or 0

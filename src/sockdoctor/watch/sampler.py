@@ -38,7 +38,7 @@ log = logging.getLogger("sockdoctor.watch")
 FORCED_WALK_GAP = 3  # samples between two full walks that were not scheduled
 # doctor_every=0 ("auto"): the doctor may use this share of one CPU (of the
 # interval), and runs at least every DOCTOR_MAX_GAP samples whatever it costs
-DOCTOR_SHARE = 0.05
+DOCTOR_SHARE = 0.02
 DOCTOR_MAX_GAP = 8
 _INODE = attrgetter("inode")
 
@@ -181,8 +181,7 @@ class Sampler:
         joined = inventory.attach_owners(
             list(dumped), dumped, owner_map, Query(), records, evidence=True,
             facts=inventory.Facts(self._facts.process, self._protocols),
-            threads=_listener_owners(dumped, owner_map), live=live,
-            owner_pids=self._owners.holder_pids(live))
+            threads=_listener_owners(dumped, owner_map), live=live)
         if full:
             self._refresh(joined.processes, owner_map)
         whole = inventory.assemble(joined, records, warnings, owners=True, info=self.info,
@@ -255,7 +254,7 @@ class Sampler:
             cached = self._owners.pids()
             done = self._owners.update([*first, *(p for p in other if p in cached)],
                                        live, wanted)
-            if self._owners.has_all(wanted) or seq - self._last_full < FORCED_WALK_GAP:
+            if done.complete or seq - self._last_full < FORCED_WALK_GAP:
                 return self._owners.owner_map(), False, done.readlinks
             collect = inventory.start_owner_walk(namespaces, found)
         walked = collect(dumped)
@@ -286,7 +285,8 @@ class Sampler:
 
         Due every `doctor_every` samples; with 0 ("auto") as often as it can
         while it uses at most DOCTOR_SHARE of a CPU: a host with 143k sockets
-        needs ~1.5 s per run, which every 15 s would be 10 %.
+        needs ~1.5 s per run, which every 15 s would be 10 % of a CPU for the
+        doctor alone; an agent should stay within a few per cent.
         """
         if not self.doctor:
             return
