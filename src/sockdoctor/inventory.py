@@ -339,5 +339,5 @@ def _reraise_user_error(exc: BaseException) -> None:
 
 def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
     """Give each socket the descriptors that hold it (inode 0: none can); returns their pids."""
-    pids, _unowned = owner_map.attach(sockets)
+    pids, _unowned = owner_map.attach(sockets)  # the C join when it is built
     return pids

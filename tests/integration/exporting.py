@@ -2,7 +2,8 @@
 
 The exporter listens on loopback, on a port the kernel picks (`--listen
 127.0.0.1:0`); it prints the URL it serves on its first line of stderr.
-Every test samples only namespaces it made itself (`--netns NAME`).
+Every test samples only namespaces it made itself (`--netns NAME`). Also the
+leaking server several exporter and sampler tests share.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Remote
+from sockdoctor.lab.netlab import Lab
 
 Series = dict[tuple[tuple[str, str], ...], float]  # sorted label pairs -> value
 
@@ -106,6 +110,20 @@ def running(*args: str, stop_signal: int = signal.SIGTERM, **kw: object) -> Iter
         raise
     code = exporter.stop(stop_signal)
     assert code == 0, f"exit {code}: {exporter.stderr}"
+
+
+def keeping_server(lab: Lab, port: int, comm: str = "sdt-leaker") -> Remote:
+    """A program in the lab's server namespace listening on `port`: `conns` keeps
+    whatever it accepts, so the connections its clients close stay in CLOSE-WAIT."""
+    server = Remote(lab, lab.server, comm)
+    server(f"""
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("0.0.0.0", {port}))
+        lst.listen(64)
+        conns = []
+    """)
+    return server
 
 
 def parse(text: str) -> dict[str, Series]:

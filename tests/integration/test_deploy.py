@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import NOBODY, Remote, Unprivileged
+from conftest import NOBODY, Remote, Unprivileged, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.watch.exporter import DEFAULT_PORT
 
@@ -64,6 +64,17 @@ def test_the_unit_is_hardened_and_systemd_accepts_it(tmp_path: Path) -> None:
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
 
+def one_leak(lab: Lab) -> Remote:
+    """A root program holding one CLOSE-WAIT socket on PORT, in the lab's namespace."""
+    server = Remote(lab, lab.server, "sdt-leaker")
+    server(f"""
+        lst = socket.socket(); lst.bind(("127.0.0.1", {PORT})); lst.listen(8)
+        peer = socket.create_connection(("127.0.0.1", {PORT})); conn = lst.accept()[0]
+        peer.close()
+    """)
+    return server
+
+
 def as_nobody_with(caps: list[str], python: str) -> list[str]:
     names = ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
@@ -80,14 +91,10 @@ def as_root_with(caps: list[str], python: str) -> list[str]:
 @pytest.mark.root
 @pytest.mark.parametrize("drop", ["", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"])
 def test_the_units_capabilities_are_enough_and_each_is_needed(
-        unprivileged: Unprivileged, drop: str) -> None:
+        unprivileged: Unprivileged, drop: str, request: pytest.FixtureRequest) -> None:
     with Lab(f"cap{os.getpid() % 10000}", pair=False) as lab:
-        server = Remote(lab, lab.server, "sdt-leaker")
-        server(f"""
-            lst = socket.socket(); lst.bind(("127.0.0.1", {PORT})); lst.listen(8)
-            peer = socket.create_connection(("127.0.0.1", {PORT})); conn = lst.accept()[0]
-            peer.close()
-        """)
+        allow_stuck_sockets_in(request, lab)
+        one_leak(lab)
         caps = [c for c in unit_capabilities() if c != drop]
         done = subprocess.run([*as_nobody_with(caps, unprivileged.python), "-m", "sockdoctor",
                                "exporter", "--once", "--netns", lab.server.netns],
@@ -108,17 +115,13 @@ def test_the_units_capabilities_are_enough_and_each_is_needed(
 
 @pytest.mark.root
 def test_the_daemonsets_capabilities_are_enough_for_root_in_a_container(
-        unprivileged: Unprivileged) -> None:
+        unprivileged: Unprivileged, request: pytest.FixtureRequest) -> None:
     container = daemonset()["spec"]["template"]["spec"]["containers"][0]
     caps = ["CAP_" + c for c in container["securityContext"]["capabilities"]["add"]]
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     with Lab(f"cap{os.getpid() % 10000}", pair=False) as lab:
-        server = Remote(lab, lab.server, "sdt-leaker")
-        server(f"""
-            lst = socket.socket(); lst.bind(("127.0.0.1", {PORT})); lst.listen(8)
-            peer = socket.create_connection(("127.0.0.1", {PORT})); conn = lst.accept()[0]
-            peer.close()
-        """)
+        allow_stuck_sockets_in(request, lab)
+        one_leak(lab)
         env = dict(unprivileged.env)
         done = subprocess.run([*as_root_with(caps, unprivileged.python), "-m", "sockdoctor",
                                "exporter", "--once", "--netns", lab.server.netns],

@@ -14,14 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import exporting
 import pytest
 from exporting import pick, value
 
-from conftest import SETPRIV, Remote, Unprivileged
+from conftest import SETPRIV, Remote, Script, Unprivileged
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 
 pytestmark = pytest.mark.root
@@ -29,16 +28,8 @@ PORT = 7411
 FAST = ("--interval", "0.5s", "--stuck-after", "1s")
 
 
-def leaking_server(lab: Lab, port: int = PORT, comm: str = "sdt-leaker") -> Remote:
-    server = Remote(lab, lab.server, comm)
-    server(f"""
-        lst = socket.socket()
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lst.bind(("0.0.0.0", {port}))
-        lst.listen(64)
-        conns = []
-    """)
-    return server
+def leaking_server(lab: Lab) -> Remote:
+    return exporting.keeping_server(lab, PORT)
 
 
 def leak(server: Remote, client: Remote, n: int, port: int = PORT) -> float:
@@ -47,12 +38,6 @@ def leak(server: Remote, client: Remote, n: int, port: int = PORT) -> float:
     server(f"conns += [lst.accept()[0] for _ in range({n})]")
     client("for c in cs: c.close()")
     return time.time()
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab(f"exp{os.getpid() % 10000}") as made:
-        yield made
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -141,28 +126,27 @@ wait()
 """
 
 
-def test_150_leaking_processes_and_max_series_50_give_51_series_with_an_exact_sum() -> None:
-    with Lab(f"exq{os.getpid() % 10000}", pair=False) as lab:
-        from conftest import Script
-
-        script = Script(lab, lab.server, FORKER.format(port=PORT, n=150))
-        total = script.read(timeout=60)["total"]  # type: ignore[index]
-        ns = lab.server.netns
-        with exporting.running("--netns", ns, "--max-series", "50", *FAST) as exporter:
-            got = exporter.wait_for(lambda m: sum(
-                pick(m.get("sockdoctor_close_wait_sockets", {}), netns=ns).values()) == total)
-            series = got["sockdoctor_close_wait_sockets"]
-            assert len(series) == 51
-            other = pick(series, process="other")
-            assert len(other) == 1
-            # the 50 kept are the biggest (4 sockets each: 37 processes; then 3s)
-            kept = sorted((v for k, v in series.items() if k not in other), reverse=True)
-            assert kept[:37] == [4.0] * 37 and kept[37:] == [3.0] * 13
-            assert sum(series.values()) == total == 373
-            assert value(got["sockdoctor_series_dropped"],
-                         metric="sockdoctor_close_wait_sockets") == 100
-            assert len(got["sockdoctor_close_wait_oldest_seconds"]) == 51
-            assert len(got["sockdoctor_process_open_fds"]) <= 51
+def test_150_leaking_processes_and_max_series_50_give_51_series_with_an_exact_sum(
+        solo: Lab) -> None:
+    lab = solo
+    script = Script(lab, lab.server, FORKER.format(port=PORT, n=150))
+    total = script.read(timeout=60)["total"]  # type: ignore[index]
+    ns = lab.server.netns
+    with exporting.running("--netns", ns, "--max-series", "50", *FAST) as exporter:
+        got = exporter.wait_for(lambda m: sum(
+            pick(m.get("sockdoctor_close_wait_sockets", {}), netns=ns).values()) == total)
+        series = got["sockdoctor_close_wait_sockets"]
+        assert len(series) == 51
+        other = pick(series, process="other")
+        assert len(other) == 1
+        # the 50 kept are the biggest (4 sockets each: 37 processes; then 3s)
+        kept = sorted((v for k, v in series.items() if k not in other), reverse=True)
+        assert kept[:37] == [4.0] * 37 and kept[37:] == [3.0] * 13
+        assert sum(series.values()) == total == 373
+        assert value(got["sockdoctor_series_dropped"],
+                     metric="sockdoctor_close_wait_sockets") == 100
+        assert len(got["sockdoctor_close_wait_oldest_seconds"]) == 51
+        assert len(got["sockdoctor_process_open_fds"]) <= 51
 
 
 def test_textfile_mode_writes_a_file_the_prometheus_parser_reads(lab: Lab,

@@ -24,7 +24,7 @@ from pathlib import Path
 import exporting
 import pytest
 
-from conftest import Remote
+from conftest import Remote, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 
 pytestmark = pytest.mark.root
@@ -100,9 +100,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp(f"prometheus-{os.getpid()}")
     with Lab(f"prm{os.getpid() % 10000}") as lab:
+        allow_stuck_sockets_in(request, lab)  # the module's tests: the leak is the point
         server = Remote(lab, lab.server, "sdt-leaker")
         server(f"""
             lst = socket.socket()

@@ -9,13 +9,14 @@ number reused for another socket or first for a file, fork, exit.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from exporting import keeping_server
+from leaky import wait_until
 
 from conftest import Remote
 from sockdoctor import inventory
@@ -23,6 +24,7 @@ from sockdoctor.doctor import config_for
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 from sockdoctor.model import Snapshot, TcpState
 from sockdoctor.watch import Sample, Sampler
+from sockdoctor.watch.sampler import DOCTOR_MAX_GAP
 
 pytestmark = pytest.mark.root
 PORT = 7311
@@ -52,35 +54,18 @@ class Scene:
         """The client closes every connection: the server's side sits in CLOSE_WAIT."""
         self.client("for c in cs: c.close()\ncs = []")
         held = self.server("result = len(conns)")
-        assert wait_for(lambda: count(self, TcpState.CLOSE_WAIT) == held)
+        assert wait_until(lambda: count(self, TcpState.CLOSE_WAIT) == held)
 
 
 @pytest.fixture
-def scene() -> Iterator[Scene]:
-    with Lab(f"smp{os.getpid() % 10000}") as lab:
-        server = Remote(lab, lab.server, "sdt-leaker")
-        server(f"""
-            lst = socket.socket()
-            lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lst.bind(("0.0.0.0", {PORT}))
-            lst.listen(64)
-            conns = []
-        """)
-        yield Scene(lab, server, Remote(lab, lab.client, "sdt-client"))
+def scene(lab: Lab) -> Iterator[Scene]:
+    server = keeping_server(lab, PORT)
+    yield Scene(lab, server, Remote(lab, lab.client, "sdt-client"))
 
 
 def count(scene: Scene, state: int) -> int:
     snap = inventory.scan(netns=scene.ns, owners=False)
     return sum(sk.state == state for sk in snap.sockets)
-
-
-def wait_for(check, limit: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def owners(snap: Snapshot) -> dict[int, set[tuple[int, int]]]:
@@ -140,7 +125,7 @@ def test_new_closed_and_reused_descriptors_keep_owners_right_without_a_full_walk
     assert_same_owners_as_a_full_scan(sample, scene.ns)
     # close one connection and open another one: it gets the same descriptor number
     closed = scene.server("c = conns.pop(0); result = c.fileno(); c.close()")
-    assert wait_for(lambda: count(scene, TcpState.FIN_WAIT1) + count(scene, TcpState.FIN_WAIT2)
+    assert wait_until(lambda: count(scene, TcpState.FIN_WAIT1) + count(scene, TcpState.FIN_WAIT2)
                     + count(scene, TcpState.TIME_WAIT) >= 1)
     assert scene.connect(1) == [closed]
     sample = sampler.sample()
@@ -194,7 +179,7 @@ def test_gone_sockets_are_counted_and_a_full_walk_comes_every_n_samples(scene: S
             c.close()
         conns.clear()
     """)
-    assert wait_for(lambda: count(scene, TcpState.ESTABLISHED) == 0)
+    assert wait_until(lambda: count(scene, TcpState.ESTABLISHED) == 0)
     third = sampler.sample()
     walks.append(third.full_walk)
     walks += [sampler.sample().full_walk for _ in range(3)]
@@ -257,3 +242,19 @@ def test_a_noted_state_change_makes_the_age_exact(scene: Scene) -> None:
     mine = next(s for s in sample.snapshot.sockets if s.cookie == sk.cookie)
     assert sample.first_seen[sk.cookie] == when
     assert 42_000 <= sample.age_ms(mine) < 50_000
+
+
+def test_the_doctor_runs_every_n_samples_or_as_its_cost_allows(scene: Scene) -> None:
+    scene.connect(2)
+    every_2nd = Sampler(netns=scene.ns, doctor_every=2)
+    ran = [every_2nd.sample().doctor_ran for _ in range(5)]
+    assert ran == [True, False, True, False, True]
+    # auto, with an interval so short that any doctor run is over its share of a CPU:
+    # the longest gap; the report is carried over in between
+    auto = Sampler(netns=scene.ns, doctor_every=0, interval=0.0001)
+    samples = [auto.sample() for _ in range(DOCTOR_MAX_GAP + 1)]
+    assert [s.doctor_ran for s in samples] == [True] + [False] * (DOCTOR_MAX_GAP - 1) + [True]
+    assert samples[1].report is samples[0].report and samples[-1].report is not None
+    # a long interval leaves room for it every time
+    roomy = Sampler(netns=scene.ns, doctor_every=0, interval=3600)
+    assert all(roomy.sample().doctor_ran for _ in range(3))

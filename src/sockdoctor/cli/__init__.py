@@ -23,6 +23,8 @@ from .lab import lab_command
 from .ls import ls_command
 from .reap import reap_command
 from .snapshot import snapshot_command
+from .top import top_command
+from .trace import trace_command
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -79,6 +81,8 @@ cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
 cli.add_command(exporter_command)
+cli.add_command(trace_command)
+cli.add_command(top_command)
 
 
 @user_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -52,9 +53,9 @@ Examples:
                    "node_exporter's textfile collector.")
 @click.option("--once", is_flag=True,
               help="Take one sample, write it (--textfile) or print it, and exit.")
-@click.option("--doctor-every", default=1, show_default=True, type=click.IntRange(1),
-              metavar="N", help="Run the doctor on every N-th sample (findings metrics); "
-                                "it is the costliest part of a sample on a big host.")
+@click.option("--doctor-every", default="auto", show_default=True, metavar="N|auto",
+              help="Run the doctor (findings metrics) on every N-th sample; auto: on every "
+                   "sample while it costs under 2% of a CPU, less often on a big host.")
 @click.option("--no-doctor", is_flag=True, help="No findings metrics at all.")
 @click.option("--full-walk-every", default=20, show_default=True, type=click.IntRange(1),
               metavar="N", help="Walk all of /proc for owners every N samples.")
@@ -64,7 +65,7 @@ Examples:
 @click.option("--idle-after", metavar="AGE", help="The doctor's idle threshold [default: 30m]")
 def exporter_command(listen: str | None, interval: str, max_series: int,
                      labels: tuple[str, ...], textfile_dir: str | None, once: bool,
-                     doctor_every: int, no_doctor: bool, full_walk_every: int,
+                     doctor_every: str, no_doctor: bool, full_walk_every: int,
                      stuck_after: str | None, idle_after: str | None, **kw: Any) -> None:
     """Export stuck TCP sockets (CLOSE-WAIT by process, port and age) to Prometheus.
 
@@ -82,17 +83,25 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
     seconds = parse_duration(interval) / 1000
     if seconds <= 0:
         raise UsageError("--interval must be longer than 0 (e.g. 15s)")
+    if doctor_every != "auto" and not (doctor_every.isdigit() and int(doctor_every) >= 1):
+        raise UsageError(f"--doctor-every {doctor_every}: give a number of samples (1, 4) "
+                         "or auto")
     query = build_query(kw)
     textfile = ex.check_textfile_dir(textfile_dir) if textfile_dir else None
     sampler = Sampler(query, netns=query.netns, interval=seconds, doctor=not no_doctor,
                       doctor_config=config_for(stuck_after, idle_after),
-                      full_walk_every=full_walk_every, doctor_every=doctor_every)
+                      full_walk_every=full_walk_every,
+                      doctor_every=0 if doctor_every == "auto" else int(doctor_every))
     collector = ex.SampleCollector(metrics.Options(max_series=max_series,
                                                    pid="pid" in labels))
     exporter = ex.Exporter(sampler, collector, textfile=textfile)
     if not once and (listen is not None or textfile is None):
         host, port = ex.parse_listen(listen or DEFAULT_LISTEN)  # bound before the first
         exporter.server = ex.listen(host, port, ex.Site(exporter.served, collector, seconds))
+    # main() turned the cyclic collector off for short commands; a daemon needs it
+    # (what start-up made is frozen: it is never garbage, no need to re-scan it)
+    gc.freeze()
+    gc.enable()
     first = sampler.sample()  # the user's mistakes (unknown namespace...) end here, in one line
     if once:
         exporter.on_sample(first)
@@ -101,9 +110,11 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
         return
     stop = _stop_on_signals()
     where = ex.bound_url(exporter.server) if exporter.server else f"writing {textfile}"
+    exporter.on_sample(first)
     exporter.say(f"{where}, a sample every {seconds:g}s (first: {len(first.snapshot.sockets)} "
                  f"sockets in {first.duration_s:.2f}s)")
-    exporter.run(stop, first)
+    del first  # the sampler and the collector keep what they need; this frame must not
+    exporter.run(stop, wait_first=True)
     exporter.say("stopped")
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
@@ -39,13 +39,7 @@ from . import procfs
 _SOCKET = "socket:["
 
 
-@dataclass(slots=True)
-class _Fds:
-    """One process's descriptors as last seen."""
-
-    names: list[str]  # the listing of /proc/PID/fd, in the kernel's order
-    links: dict[int, int]  # fd -> socket inode, 0 when it is not a socket
-    sockets: set[int] = field(default_factory=set)  # the socket inodes among links
+Links = dict[int, int]  # one process's descriptors as last seen: fd -> socket inode, 0: no socket
 
 
 @dataclass
@@ -56,15 +50,17 @@ class Refresh:
     changed: int = 0  # processes whose descriptors were read again, at least in part
     readlinks: int = 0
     denied: int = 0
+    complete: bool = False  # every wanted socket has an owner now
 
 
 class OwnerCache:
     """inode -> every (pid, fd) holding it, updated incrementally (see the module doc)."""
 
     def __init__(self) -> None:
-        self._procs: dict[int, _Fds] = {}
+        self._procs: dict[int, Links] = {}
         self._by_inode: dict[int, list[Owner]] = {}
         self._live: set[int] = set()  # TCP inodes of the previous sample
+        self._complete = False  # the last update ended with every wanted socket owned
         self.fd_counts: dict[int, int] = {}
         self.denied = 0
 
@@ -80,23 +76,32 @@ class OwnerCache:
         return set(self._procs)
 
     def full(self, walked: procfs.OwnerMap, live: set[int]) -> None:
-        """Start again from a full walk's result; `live`: the TCP inodes just dumped."""
-        per_pid: dict[int, dict[int, int]] = {pid: {} for pid in walked.fd_counts}
+        """Take a full walk's result as the truth; `live`: the TCP inodes just dumped.
+
+        Only processes whose descriptors differ from what the cache holds are
+        replaced: the others keep their holder lists, so a full walk on a
+        quiet host allocates (and leaves behind) nothing but the walk itself.
+        """
+        per_pid: dict[int, Links] = {pid: {} for pid in walked.fd_counts}
         for inode, holders in walked.by_inode.items():
             for holder in holders:
                 per_pid.setdefault(holder.pid, {})[holder.fd] = inode
-        self._procs.clear()
+        for pid in self._procs.keys() - per_pid.keys():
+            self._forget(pid)
         for pid, links in per_pid.items():
             names = _list(pid)
             if not names:
+                self._forget(pid)
                 continue
             for name in names:  # what the walk did not report is not a socket
                 links.setdefault(int(name), 0)
-            self._procs[pid] = _Fds(names, links, {i for i in links.values() if i})
-        self._by_inode = {inode: list(holders) for inode, holders in walked.by_inode.items()}
+            old = self._procs.get(pid)
+            if old != links:
+                self._replace(pid, links, old)
         self.fd_counts = dict(walked.fd_counts)
         self.denied = walked.denied_pids
         self._live = live
+        self._complete = False
 
     def update(self, pids: Iterable[int], live: set[int], wanted: set[int]) -> Refresh:
         """Bring the cache up to date for these processes (steps 1-4 of the module doc).
@@ -106,12 +111,17 @@ class OwnerCache:
         Returns what it did; has_all()/missing() say whether all have one.
         """
         died = self._live - live
+        # a steady state (no socket came or went, no process changed) keeps the
+        # last answer to "does every wanted socket have an owner?"
+        quiet = not died and not live - self._live and len(self._procs) > 0
+        # the processes that held a socket which died: their numbers may be reused
+        touched = {o.pid for inode in died for o in self._by_inode.get(inode, ())}
         done = Refresh()
         seen: set[int] = set()
         for pid in pids:
             seen.add(pid)
             old = self._procs.get(pid)
-            if old is not None and _unchanged(pid, old, died):
+            if old is not None and pid not in touched and _same_count(pid, old):
                 continue
             done.listed += 1
             names = _list(pid)
@@ -119,67 +129,102 @@ class OwnerCache:
                 done.denied += names is _DENIED
                 self._forget(pid)
                 continue
-            self.fd_counts[pid] = len(names)
-            if old is not None and old.names == names and old.sockets.isdisjoint(died):
+            fds = list(map(int, names))
+            self.fd_counts[pid] = len(fds)
+            if old is not None and pid not in touched and len(fds) == len(old) \
+                    and old.keys() >= set(fds):
                 continue
             done.changed += 1
-            done.readlinks += self._relist(pid, names, old, died)
-        for pid in self._procs.keys() - seen:
+            done.readlinks += self._relist(pid, fds, old, died)
+        gone = self._procs.keys() - seen
+        for pid in gone:
             self._forget(pid)
-        if not self.has_all(wanted):
-            done.readlinks += self._reread_unsure(live)
+        if not (quiet and self._complete and not done.changed and not gone):
+            self._complete = self.has_all(wanted)
+            if not self._complete:
+                done.readlinks += self._reread_unsure(live)
+                self._complete = self.has_all(wanted)
+        done.complete = self._complete
         self.denied = done.denied
         self._live = live
         return done
 
     def has_all(self, wanted: set[int]) -> bool:
-        return self._by_inode.keys() >= wanted
+        """Whether every one of these inodes has an owner."""
+        return not wanted - self._by_inode.keys()  # a set difference: 2x faster than >=
+
+    def holders(self, inode: int) -> list[Owner]:
+        return self._by_inode.get(inode, [])
+
+    def refresh_pids(self, pids: Iterable[int], died: set[int] | frozenset[int] = frozenset(),
+                     full: bool = False) -> int:
+        """Re-read just these processes: new numbers and those whose socket died, or all.
+
+        For trace (issue 10), which needs the owner of a socket born a moment
+        ago and asks only the few processes that can hold it (the listener's
+        owners, the process that called connect()); `full` when a number may
+        have been reused unseen. Returns the readlinks made.
+        """
+        readlinks = 0
+        for pid in pids:
+            names = _list(pid)
+            if names is None or names is _DENIED:
+                self._forget(pid)
+                continue
+            if full:
+                self._forget(pid)
+            old = self._procs.get(pid)
+            fds = list(map(int, names))
+            self.fd_counts[pid] = len(fds)
+            if old is not None and len(fds) == len(old) and old.keys() >= set(fds) \
+                    and died.isdisjoint(old.values()):
+                continue
+            readlinks += self._relist(pid, fds, old, set(died))
+        return readlinks
 
     def missing(self, wanted: set[int]) -> set[int]:
         by_inode = self._by_inode
         return {inode for inode in wanted if inode not in by_inode}
 
+
     # --- internals -------------------------------------------------------
 
-    def _relist(self, pid: int, names: list[str], old: _Fds | None, died: set[int]) -> int:
+    def _relist(self, pid: int, fds: list[int], old: Links | None, died: set[int]) -> int:
         """Re-read what may have changed in one process; returns the readlinks made."""
-        before = old.links if old is not None else {}
-        links: dict[int, int] = {}
+        before = old if old is not None else {}
+        links: Links = {}
         unsure: list[int] = []
-        for name in names:
-            fd = int(name)
+        for fd in fds:
             inode = before.get(fd)
             if inode is None or inode in died:
                 unsure.append(fd)
             else:
                 links[fd] = inode
         links.update(_read_links(pid, unsure))
-        self._replace(pid, _Fds(names, links, {i for i in links.values() if i}), old)
+        self._replace(pid, links, old)
         return len(unsure)
 
     def _reread_unsure(self, live: set[int]) -> int:
         """Step 4: list every process again and read whatever is not a live TCP socket."""
         count = 0
-        for pid, fds in list(self._procs.items()):
+        for pid, old in list(self._procs.items()):
             names = _list(pid)
             if not names:
                 continue
-            unsure = [int(name) for name in names
-                      if fds.links.get(int(name), 0) not in live]
-            fresh = _read_links(pid, unsure)
+            unsure = [fd for fd in map(int, names) if old.get(fd, 0) not in live]
             count += len(unsure)
-            links = {fd: inode for fd, inode in fds.links.items() if inode in live}
-            links.update(fresh)
+            links = {fd: inode for fd, inode in old.items() if inode in live}
+            links.update(_read_links(pid, unsure))
             self.fd_counts[pid] = len(names)
-            if links != fds.links or names != fds.names:
-                self._replace(pid, _Fds(names, links, {i for i in links.values() if i}), fds)
+            if links != old:
+                self._replace(pid, links, old)
         return count
 
-    def _replace(self, pid: int, new: _Fds, old: _Fds | None) -> None:
+    def _replace(self, pid: int, new: Links, old: Links | None) -> None:
         if old is not None:
-            self._drop_holders(pid, old.sockets)
+            self._drop_holders(pid, old)
         by_inode = self._by_inode
-        for fd, inode in new.links.items():
+        for fd, inode in new.items():
             if inode:
                 holders = by_inode.get(inode)
                 # a new list: snapshots already handed out keep the old one
@@ -190,12 +235,12 @@ class OwnerCache:
         old = self._procs.pop(pid, None)
         self.fd_counts.pop(pid, None)
         if old is not None:
-            self._drop_holders(pid, old.sockets)
+            self._drop_holders(pid, old)
 
-    def _drop_holders(self, pid: int, inodes: set[int]) -> None:
+    def _drop_holders(self, pid: int, links: Links) -> None:
         by_inode = self._by_inode
-        for inode in inodes:
-            holders = by_inode.get(inode)
+        for inode in links.values():
+            holders = by_inode.get(inode) if inode else None
             if holders is None:
                 continue
             kept = [h for h in holders if h.pid != pid]
@@ -205,22 +250,21 @@ class OwnerCache:
                 del by_inode[inode]
 
 
-def _unchanged(pid: int, old: _Fds, died: set[int]) -> bool:
-    """Same number of descriptors as last time and none of its sockets died.
+def _same_count(pid: int, old: Links) -> bool:
+    """Whether the process has as many descriptors open as last time (one stat()).
 
     Since Linux 6.2 the size of /proc/PID/fd is the number of open
-    descriptors: one stat() instead of listing thousands of entries. A new
-    descriptor changes the count; a closed-and-reopened one takes the same
-    number (the lowest free one), and either its socket died or the new
-    socket is found by step 4. Older kernels report 0: then the listing decides.
+    descriptors: no need to list thousands of entries. A new descriptor
+    changes the count; a closed-and-reopened one takes the same number (the
+    lowest free one), and either its socket died (the caller re-reads that
+    process) or the new socket is found by step 4. Older kernels report 0:
+    then the listing decides.
     """
-    if not old.sockets.isdisjoint(died):
-        return False
     try:
         size = os.stat(f"{procfs.PROC}/{pid}/fd").st_size
     except OSError:
         return False
-    return size != 0 and size == len(old.names)
+    return size != 0 and size == len(old)
 
 
 _DENIED: list[str] = []  # a listing we were not allowed to read (compared by identity)

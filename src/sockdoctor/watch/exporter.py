@@ -278,17 +278,19 @@ class Exporter:
             except OSError as exc:
                 self.say(f"cannot write {self.textfile}: {exc.strerror or exc}")
 
-    def run(self, stop: threading.Event, first: Sample | None = None) -> None:
-        """Serve (if there is a server) and sample until `stop` is set."""
-        if first is not None:
-            self.on_sample(first)
+    def run(self, stop: threading.Event, wait_first: bool = False) -> None:
+        """Serve (if there is a server) and sample until `stop` is set.
+
+        `wait_first`: a sample was just taken (and given to on_sample): wait
+        one interval before the next.
+        """
         thread = None
         if self.server is not None:
             thread = threading.Thread(target=self.server.serve_forever, name="http",
                                       daemon=True)
             thread.start()
         try:
-            if first is not None:
+            if wait_first:
                 stop.wait(self.sampler.interval)
             self.sampler.run(stop, self.on_sample)
         finally:

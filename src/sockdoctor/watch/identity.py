@@ -36,14 +36,16 @@ class Identities:
     def __init__(self) -> None:
         self._state: dict[int, int] = {}
         self._since: dict[int, float] = {}
-        self._notes: dict[int, list[tuple[_Note, int]]] = {}  # local port -> (note, samples left)
+        # (local port, peer port) -> [(note, samples left)]: a busy server port gets
+        # thousands of notes, so both ports key them (one look-up per socket)
+        self._notes: dict[tuple[int, int], list[tuple[_Note, int]]] = {}
         self._lock = threading.Lock()
 
     def note(self, netns: int, family: int, local_addr: str, local_port: int, peer_addr: str,
              peer_port: int, state: int, when: float) -> None:
         note = _Note(netns, family, local_addr, peer_addr, peer_port, int(state), when)
         with self._lock:
-            self._notes.setdefault(local_port, []).append((note, NOTE_SAMPLES))
+            self._notes.setdefault((local_port, peer_port), []).append((note, NOTE_SAMPLES))
 
     def update(self, sockets: list[Socket], now: float
                ) -> tuple[int, int, dict[int, float]]:
@@ -74,12 +76,12 @@ class Identities:
         self._state, self._since = state, since
         return len(appeared), gone, since
 
-    def _apply(self, notes: dict[int, list[tuple[_Note, int]]], sockets: list[Socket],
+    def _apply(self, notes: dict[tuple[int, int], list[tuple[_Note, int]]], sockets: list[Socket],
                since: dict[int, float]) -> None:
         """Exact entry times for the sockets the notes name; unmatched notes wait a while."""
         matched: set[_Note] = set()
         for sk in sockets:
-            waiting = notes.get(sk.local_port)
+            waiting = notes.get((sk.local_port, sk.peer_port))
             if waiting is None:
                 continue
             for note, _left in waiting:

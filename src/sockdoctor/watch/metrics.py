@@ -94,10 +94,11 @@ class _View:
         self.snap, self.sample, self.opts = snap, sample, opts
         # Label values must be text: a name that is not UTF-8 shows its bytes as \xNN.
         self.names = {ns.inode: readable(ns.name) for ns in snap.namespaces}
-        self.listening = {(sk.netns, sk.local_port) for sk in snap.sockets
-                          if sk.state == TcpState.LISTEN}
+        self.listeners_ = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
+        self.listening = {(sk.netns, sk.local_port) for sk in self.listeners_}
         self.ranges = {ns.inode: port_range(ns) for ns in snap.namespaces}
         self.pod = {pid: pod_uid(p.cgroup) for pid, p in snap.processes.items()}
+        self.groups = self._close_wait_groups()
 
     # --- labels ------------------------------------------------------------
 
@@ -169,72 +170,74 @@ class _View:
                 used[inode] += 1
         return used
 
-    def close_wait(self, dropped: dict[str, int]) -> list[Family]:
-        """CLOSE-WAIT by namespace, owner and side, with the oldest age of each group."""
+    def _close_wait_groups(self) -> dict[tuple[int, int, bool, int], list[int]]:
+        """(netns, owner pid, client side?, port) -> [count, oldest age ms] of CLOSE-WAIT.
+
+        The one loop here that runs over many sockets (on a leaking host, most
+        of them), so it is written out with local names.
+        """
         groups: dict[tuple[int, int, bool, int], list[int]] = {}
         first_seen, started = self.sample.first_seen, self.sample.started
-        for sk in self.snap.sockets:
-            if sk.state != TcpState.CLOSE_WAIT:
-                continue
-            lo, hi = self.ranges.get(sk.netns, DEFAULT_PORT_RANGE)
-            port = sk.local_port
-            client = (sk.netns, port) not in self.listening and lo <= port <= hi
-            key = (sk.netns, self.owner(sk), client, sk.peer_port if client else port)
+        ranges, listening, default = self.ranges, self.listening, DEFAULT_PORT_RANGE
+        last_ns, (lo, hi) = None, default
+        for sk in [sk for sk in self.snap.sockets if sk.state == TcpState.CLOSE_WAIT]:
+            owners = sk.owners
+            pid = (owners[0].pid if len(owners) == 1 else first_pid(sk)) if owners \
+                else self.owner(sk)
+            netns, port = sk.netns, sk.local_port
+            if netns != last_ns:  # a namespace's sockets come one after another
+                last_ns, (lo, hi) = netns, ranges.get(netns, default)
+            client = lo <= port <= hi and (netns, port) not in listening
+            key = (netns, pid, client, sk.peer_port if client else port)
+            age = sk.age_ms or 0
             since = first_seen.get(sk.cookie)
-            age = max(sk.age_ms or 0, int((started - since) * 1000) if since else 0)
+            if since is not None and (started - since) * 1000 > age:
+                age = int((started - since) * 1000)
             group = groups.get(key)
             if group is None:
                 groups[key] = [1, age]
             else:
                 group[0] += 1
-                group[1] = max(group[1], age)
+                if age > group[1]:
+                    group[1] = age
+        return groups
+
+    def close_wait(self, dropped: dict[str, int]) -> list[Family]:
+        """CLOSE-WAIT by namespace, owner and side, with the oldest age of each group."""
+        groups = self.groups
         rows: dict[tuple[str, ...], list[float]] = {}
         for (inode, pid, client, port), (count, age) in groups.items():
             who = self.who(pid)
             key = (self.ns(inode), who[0], "client" if client else "server", str(port), *who[1:])
-            rows[key] = _add_max(rows[key], [count, age / 1000]) if key in rows else \
-                [count, age / 1000]
+            _accumulate(rows, key, [count, age / 1000], _add_max)
         kept, folded = fold(rows, self.opts.max_series, lambda v: (v[0], v[1]), _add_max,
                             force=1)
-        labels = ("netns", "process", "side", "port", *self.who_labels()[1:])
-        dropped["sockdoctor_close_wait_sockets"] = folded
-        dropped["sockdoctor_close_wait_oldest_seconds"] = folded
-        return [
-            Family("sockdoctor_close_wait_sockets",
-                   "CLOSE-WAIT sockets by namespace, owner and side (server: port is our "
-                   "listening port; client: port is the remote service's).", labels,
-                   samples=_column(kept, 0)),
-            Family("sockdoctor_close_wait_oldest_seconds",
-                   "Age of the oldest CLOSE-WAIT socket of each group: a lower bound of the "
-                   "time since the peer closed (docs/age.md).", labels,
-                   samples=_column(kept, 1)),
-        ]
+        return _families(kept, folded, dropped, ("netns", "process", "side", "port",
+                                                  *self.who_labels()[1:]),
+                         ("sockdoctor_close_wait_sockets", "CLOSE-WAIT sockets by namespace, "
+                          "owner and side (server: port is our listening port; client: port "
+                          "is the remote service's)."),
+                         ("sockdoctor_close_wait_oldest_seconds", "Age of the oldest "
+                          "CLOSE-WAIT socket of each group: a lower bound of the time since "
+                          "the peer closed (docs/age.md)."))
 
     def listeners(self, dropped: dict[str, int]) -> list[Family]:
         rows: dict[tuple[str, ...], list[float]] = {}
-        for sk in self.snap.sockets:
-            if sk.state == TcpState.LISTEN:
-                who = self.who(self.owner(sk))
-                key = (self.ns(sk.netns), who[0], str(sk.local_port), *who[1:])
-                value = [float(sk.recv_q), float(sk.send_q)]
-                rows[key] = _add(rows[key], value) if key in rows else value
-        kept, folded = fold(rows, self.opts.max_series,
-                            lambda v: (v[0] / v[1] if v[1] else 0.0, v[0]), _add, force=1)
-        labels = ("netns", "process", "port", *self.who_labels()[1:])
-        for name in ("sockdoctor_listen_queue_length", "sockdoctor_listen_queue_limit"):
-            dropped[name] = folded
-        return [
-            Family("sockdoctor_listen_queue_length", "Connections waiting in a listener's "
-                   "accept queue (ss Recv-Q of a LISTEN socket).", labels,
-                   samples=_column(kept, 0)),
-            Family("sockdoctor_listen_queue_limit", "Size of that accept queue: the backlog "
-                   "(ss Send-Q of a LISTEN socket).", labels, samples=_column(kept, 1)),
-        ]
+        for sk in self.listeners_:
+            who = self.who(self.owner(sk))
+            key = (self.ns(sk.netns), who[0], str(sk.local_port), *who[1:])
+            _accumulate(rows, key, [float(sk.recv_q), float(sk.send_q)], _add)
+        kept, folded = fold(rows, self.opts.max_series, _fill, _add, force=1)
+        return _families(kept, folded, dropped, ("netns", "process", "port",
+                                                  *self.who_labels()[1:]),
+                         ("sockdoctor_listen_queue_length", "Connections waiting in a "
+                          "listener's accept queue (ss Recv-Q of a LISTEN socket)."),
+                         ("sockdoctor_listen_queue_limit", "Size of that accept queue: the "
+                          "backlog (ss Send-Q of a LISTEN socket)."))
 
     def processes(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
         """Descriptors of the processes that hold stuck sockets (CLOSE-WAIT or a finding)."""
-        pids = {self.owner(sk) for sk in self.snap.sockets
-                if sk.state == TcpState.CLOSE_WAIT and sk.owners}
+        pids = {pid for _ns, pid, _client, _port in self.groups if pid > 0}
         if report is not None:
             pids.update(p.pid for f in report.findings for p in f.processes)
         rows: dict[tuple[str, ...], list[float]] = {}
@@ -245,18 +248,13 @@ class _View:
             who = self.who(pid)
             key = (self.ns(proc.netns), *who)
             value = [float(proc.fd_count), float(proc.fd_limit)]
-            rows[key] = _fuller(rows[key], value) if key in rows else value
+            _accumulate(rows, key, value, _fuller)
         kept, folded = fold(rows, self.opts.max_series, _fill, _fuller, force=1)
-        labels = ("netns", *self.who_labels())
-        for name in ("sockdoctor_process_open_fds", "sockdoctor_process_max_fds"):
-            dropped[name] = folded
-        return [
-            Family("sockdoctor_process_open_fds", "Open descriptors of processes holding "
-                   "stuck sockets (several with one name: the fullest).", labels,
-                   samples=_column(kept, 0)),
-            Family("sockdoctor_process_max_fds", "Their descriptor limit (soft RLIMIT_NOFILE; "
-                   "0: unlimited or unknown).", labels, samples=_column(kept, 1)),
-        ]
+        return _families(kept, folded, dropped, ("netns", *self.who_labels()),
+                         ("sockdoctor_process_open_fds", "Open descriptors of processes "
+                          "holding stuck sockets (several with one name: the fullest)."),
+                         ("sockdoctor_process_max_fds", "Their descriptor limit (soft "
+                          "RLIMIT_NOFILE; 0: unlimited or unknown)."))
 
     def findings(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
         rows: dict[tuple[str, ...], list[float]] = {}
@@ -266,18 +264,16 @@ class _View:
             key = (f.netns, f.rule, f.severity, who[0], str(f.ports[0]) if f.ports else "",
                    *who[1:])
             value = [float(f.sockets), 1.0, float(SEVERITY_RANK[f.severity])]
-            rows[key] = _add(rows[key], value) if key in rows else value
+            _accumulate(rows, key, value, _add_max)
         kept, folded = fold(rows, self.opts.max_series, lambda v: (v[2], v[0]), _add_max,
                             force=3)
-        labels = ("netns", "rule", "severity", "process", "port", *self.who_labels()[1:])
-        dropped["sockdoctor_finding_sockets"] = dropped["sockdoctor_findings"] = folded
-        return [Family("sockdoctor_finding_sockets", "Sockets concerned by each of the "
-                       "doctor's findings on the latest sample (no series when healthy; "
-                       "`sockdoctor doctor` explains them).", labels,
-                       samples=_column(kept, 0)),
-                Family("sockdoctor_findings", "Number of the doctor's findings (some concern "
-                       "no socket: sysctls, descriptor limits).", labels,
-                       samples=_column(kept, 1))]
+        return _families(kept, folded, dropped, ("netns", "rule", "severity", "process",
+                                                  "port", *self.who_labels()[1:]),
+                         ("sockdoctor_finding_sockets", "Sockets concerned by each of the "
+                          "doctor's findings on the latest sample (no series when healthy; "
+                          "`sockdoctor doctor` explains them)."),
+                         ("sockdoctor_findings", "Number of the doctor's findings (some "
+                          "concern no socket: sysctls, descriptor limits)."))
 
 
 def _health(sample: Sample, health: Health) -> list[Family]:
@@ -342,6 +338,24 @@ def port_range(ns: Netns) -> tuple[int, int]:
     except ValueError:
         return DEFAULT_PORT_RANGE
     return (lo, hi) if 0 < lo <= hi <= 65535 else DEFAULT_PORT_RANGE
+
+
+Rows = dict[tuple[str, ...], list[float]]
+Merge = Callable[[list[float], list[float]], list[float]]
+
+
+def _accumulate(rows: Rows, key: tuple[str, ...], value: list[float], merge: Merge) -> None:
+    rows[key] = merge(rows[key], value) if key in rows else value
+
+
+def _families(kept: Rows, folded: int, dropped: dict[str, int], labels: tuple[str, ...],
+              *specs: tuple[str, str]) -> list[Family]:
+    """One family per (name, help), from the kept rows' columns in order."""
+    out = []
+    for column, (name, help_text) in enumerate(specs):
+        dropped[name] = folded
+        out.append(Family(name, help_text, labels, samples=_column(kept, column)))
+    return out
 
 
 def _column(rows: dict[tuple[str, ...], list[float]], index: int

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -35,8 +36,11 @@ from .identity import Identities
 
 log = logging.getLogger("sockdoctor.watch")
 FORCED_WALK_GAP = 3  # samples between two full walks that were not scheduled
+# doctor_every=0 ("auto"): the doctor may use this share of one CPU (of the
+# interval), and runs at least every DOCTOR_MAX_GAP samples whatever it costs
+DOCTOR_SHARE = 0.02
+DOCTOR_MAX_GAP = 8
 _INODE = attrgetter("inode")
-_QUEUED = attrgetter("recv_q")  # LISTEN: the accept queue; others: unread bytes
 
 
 @dataclass
@@ -88,7 +92,7 @@ class Sampler:
         self.doctor = doctor
         self.doctor_config = doctor_config
         self.full_walk_every = max(1, full_walk_every)
-        self.doctor_every = max(1, doctor_every)
+        self.doctor_every = max(0, doctor_every)  # 0: auto (see DOCTOR_SHARE)
         self.info = info
         self._owners = OwnerCache()
         self._facts = ProcessCache()
@@ -103,6 +107,7 @@ class Sampler:
         self._prev: Snapshot | None = None  # the previous sample, what the query selects
         self._last_full = 0  # seq of the last full walk
         self._report: Report | None = None
+        self._doctor_at = 1  # seq of the next sample the doctor runs on
         self._seq = 0
         self._lock = threading.Lock()
         self._latest: Sample | None = None
@@ -161,6 +166,7 @@ class Sampler:
         """Take one sample now (incremental after the first). Raises on failure."""
         started = time.time()
         clock = _Clock()
+        self._release()
         seq = self._seq + 1
         full = seq == 1 or (seq - 1) % self.full_walk_every == 0
         warnings: list[str] = []
@@ -193,6 +199,17 @@ class Sampler:
             self._seq = seq
             self._latest = sample
         return sample
+
+    def _release(self) -> None:
+        """Let the sample before the latest go before a new one is built.
+
+        The latest sample keeps its snapshot, but its `previous` (two samples
+        old by now) is dropped, so that at most two samples' sockets are held
+        while a third is being dumped: at 143k sockets each is ~60 MB.
+        """
+        with self._lock:
+            if self._latest is not None:
+                self._latest.previous = None
 
     # --- the steps -------------------------------------------------------
 
@@ -237,7 +254,7 @@ class Sampler:
             cached = self._owners.pids()
             done = self._owners.update([*first, *(p for p in other if p in cached)],
                                        live, wanted)
-            if self._owners.has_all(wanted) or seq - self._last_full < FORCED_WALK_GAP:
+            if done.complete or seq - self._last_full < FORCED_WALK_GAP:
                 return self._owners.owner_map(), False, done.readlinks
             collect = inventory.start_owner_walk(namespaces, found)
         walked = collect(dumped)
@@ -264,12 +281,24 @@ class Sampler:
                            if inode in owner_map.by_inode}
 
     def _diagnose(self, sample: Sample, whole: Snapshot) -> None:
+        """The doctor on this sample (with the previous one) when it is due.
+
+        Due every `doctor_every` samples; with 0 ("auto") as often as it can
+        while it uses at most DOCTOR_SHARE of a CPU: a host with 143k sockets
+        needs ~1.5 s per run, which every 15 s would be 10 % of a CPU for the
+        doctor alone; an agent should stay within a few per cent.
+        """
         if not self.doctor:
             return
-        if (sample.seq - 1) % self.doctor_every == 0 or self._report is None:
+        if sample.seq >= self._doctor_at or self._report is None:
             query = self.query if narrows(self.query) else None
+            spent = time.thread_time()
             self._report = diagnose(whole, self._full_prev, config=self.doctor_config,
                                     query=query)
+            spent = time.thread_time() - spent
+            gap = self.doctor_every or min(DOCTOR_MAX_GAP, max(
+                1, math.ceil(spent / (DOCTOR_SHARE * self.interval))))
+            self._doctor_at = sample.seq + gap
             sample.doctor_ran = True
         sample.report = self._report
 
@@ -277,8 +306,8 @@ class Sampler:
 def _listener_owners(dumped: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
     """Owners of listeners with connections waiting: the doctor reads their threads."""
     pids: set[int] = set()
-    for sk in filter(_QUEUED, dumped):
-        if sk.state == TcpState.LISTEN:
+    for sk in [sk for sk in dumped if sk.state == TcpState.LISTEN]:
+        if sk.recv_q:
             pids.update(o.pid for o in owner_map.by_inode.get(sk.inode, ()))
     return pids
 
