@@ -13,6 +13,7 @@ EXIT_NOT_FOUND = 3  # unknown pid, namespace, process, file
 EXIT_PERMISSION = 4  # not allowed (needs root or CAP_NET_ADMIN / ptrace rights)
 EXIT_UNSUPPORTED = 5  # the running kernel lacks a needed feature
 EXIT_BAD_INPUT = 6  # corrupt or foreign snapshot file
+EXIT_WRITE = 7  # an output file that must not or cannot be written (symlink, disk full, ...)
 EXIT_INTERRUPTED = 130
 
 
@@ -52,3 +53,9 @@ class UnsupportedError(SockdoctorError):
 
 class BadSnapshotError(SockdoctorError):
     exit_code = EXIT_BAD_INPUT
+
+
+class WriteError(SockdoctorError):
+    """An output path sockdoctor refuses (symlink, FIFO, device) or cannot fill (disk full)."""
+
+    exit_code = EXIT_WRITE

@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import NotFoundError, PermissionDeniedError
+from .errors import PermissionDeniedError
+from .linux import deadsock, procfs, sockdiag
 from .linux import netns as netns_mod
-from .linux import procfs, sockdiag
 from .model import ALL_STATES_MASK, DeadSocketFd, Netns, Process, Snapshot, Socket
 from .query import Query
+from .render.fmt import plural
+from .selectors import unknown_netns, unknown_pids, unknown_process
 
 Progress = Callable[[str], None]
 
@@ -63,7 +65,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     """
     query = as_query(query)
     say = progress or (lambda _msg: None)
-    check_pids(query)
+    check_selection(query)
     warnings: list[str] = []
     namespaces, all_namespaces = select_namespaces(
         netns if netns is not None else query.netns, warnings)
@@ -71,7 +73,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     collect_owners = start_owner_walk(namespaces, all_namespaces) if need_owners else None
     opts = dump_options(query, info=info, age=age, mem=mem, extended=extended,
                         evidence=evidence, lazy_info=lazy_info)
-    say(f"dumping TCP sockets in {len(namespaces)} network namespace(s)")
+    say(f"dumping TCP sockets in {plural(len(namespaces), 'network namespace')}")
     netns_records, dumped = dump_namespaces(namespaces, opts, families(query), warnings,
                                             sysctls=evidence, counters=evidence)
     sockets = [sk for sk in dumped if query.match_socket(sk)]
@@ -92,11 +94,19 @@ def as_query(query: Query | str | None) -> Query:
     return query
 
 
-def check_pids(query: Query) -> None:
-    """--pid of a process that does not exist is the user's mistake, not an empty answer."""
+def check_selection(query: Query) -> None:
+    """--pid and --process must name a running process: else exit 3, with a hint.
+
+    Checked before any scan, in every command (ls, doctor, kill, snapshot):
+    a typo is the user's mistake, not an empty answer.
+    """
     missing = [pid for pid in sorted(query.pids) if not procfs.pid_exists(pid)]
     if missing:
-        raise NotFoundError(f"no process {', '.join(map(str, missing))}")
+        raise unknown_pids(missing, " is running")
+    if query.process:
+        names = procfs.process_names()
+        if not any(query.match_process(proc) for proc in names):
+            raise unknown_process(query.process, (p.comm for p in names), " is running")
 
 
 def families(query: Query) -> tuple[int, ...]:
@@ -175,10 +185,9 @@ def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs
         processes = {pid: p for pid, p in processes.items() if pid in keep}
     dead_fds: list[DeadSocketFd] = []
     if evidence:
-        dead_fds = procfs.dead_tcp_fds(owner_map,
-                                       live if live is not None else {sk.inode for sk in dumped},
-                                       {ns.inode for ns in records if not ns.error},
-                                       facts.protocols)
+        dead_fds = deadsock.inspect_all(procfs.dead_tcp_fds(
+            owner_map, live if live is not None else {sk.inode for sk in dumped},
+            {ns.inode for ns in records if not ns.error}, facts.protocols))
         for pid in {d.pid for d in dead_fds} - processes.keys():
             proc = facts.process(pid, counts.get(pid, 0), True)
             if proc is not None:
@@ -245,11 +254,10 @@ def select_namespaces(wanted: str, warnings: list[str]
     may_enter = netns_mod.can_enter_others()
     if not selected and not may_enter:
         raise PermissionDeniedError(
-            f"no network namespace '{wanted}' is visible to this user: finding and entering "
-            "other namespaces needs root")
+            f"--netns: no network namespace '{wanted}' is visible to this user: finding and "
+            "entering other namespaces needs root")
     if not selected:
-        names = ", ".join(ns.name for ns in found)
-        raise NotFoundError(f"no network namespace called '{wanted}' (known: {names})")
+        raise unknown_netns(wanted, found)
     if not may_enter:
         own = netns_mod.current_inode()
         who = "not root" if os.geteuid() != 0 else "without CAP_SYS_ADMIN"
@@ -261,7 +269,7 @@ def select_namespaces(wanted: str, warnings: list[str]
         selected = [ns for ns in selected if ns.inode == own] or selected[:0]
         if not selected:
             raise PermissionDeniedError(
-                f"entering network namespace '{wanted}' needs root (CAP_SYS_ADMIN)")
+                f"--netns: entering network namespace '{wanted}' needs root (CAP_SYS_ADMIN)")
     return selected, found
 
 
@@ -331,5 +339,5 @@ def _reraise_user_error(exc: BaseException) -> None:
 
 def join_owners(sockets: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
     """Give each socket the descriptors that hold it (inode 0: none can); returns their pids."""
-    pids, _unowned = owner_map.attach(sockets)
+    pids, _unowned = owner_map.attach(sockets)  # the C join when it is built
     return pids

@@ -302,6 +302,7 @@ class Process(msgspec.Struct, kw_only=True):
     uid: int = -1
     user: str = ""
     state: str = ""
+    ppid: int = 0  # the parent: prefork workers share the listener owner as parent
     cgroup: str = ""
     container: str = ""
     netns: int = 0
@@ -323,12 +324,24 @@ class Netns(msgspec.Struct, kw_only=True):
 
 
 class DeadSocketFd(msgspec.Struct, frozen=True):
-    """A descriptor that points at a TCP socket found in no TCP table."""
+    """A descriptor that points at a TCP socket found in no TCP table.
+
+    The fields after `protocol` are what the socket itself still says, read
+    through a duplicate (linux/deadsock.py); they keep their defaults when it
+    could not be inspected (error_pending None).
+    """
 
     pid: int
     fd: int
     inode: int
     protocol: str
+    family: int = 0
+    local_addr: str = ""
+    local_port: int = 0
+    peer_addr: str = ""  # "" when it never had a peer (never connected)
+    peer_port: int = 0
+    error_pending: bool | None = None  # a reset or timeout the program has not read yet
+    info: TcpInfo | None = None  # TCP_INFO of the dead socket
 
 
 class Snapshot(msgspec.Struct, kw_only=True):

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
 
 import msgspec
 
-from .errors import BadSnapshotError, NotFoundError, PermissionDeniedError, UsageError
+from . import jsontext, safefile
+from .errors import BadSnapshotError
 from .model import SCHEMA, Snapshot
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def dumps(snapshot: Snapshot) -> bytes:
-    return msgspec.json.encode(snapshot)
+    return jsontext.encode(snapshot)
 
 
 def loads(data: bytes, source: str = "snapshot") -> Snapshot:
@@ -36,43 +35,24 @@ def loads(data: bytes, source: str = "snapshot") -> Snapshot:
         raise BadSnapshotError(
             f"{source} is not a sockdoctor snapshot ({what}; expected '{SCHEMA}')")
     try:
-        return msgspec.json.decode(data, type=Snapshot)
+        return jsontext.decode(data, Snapshot)
     except msgspec.ValidationError as exc:
         raise BadSnapshotError(f"{source} is a damaged snapshot: {exc}") from exc
 
 
 def load(path: str) -> Snapshot:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"no such snapshot file: {path}") from exc
-    except PermissionError as exc:
-        raise PermissionDeniedError(f"cannot read {path}: permission denied") from exc
-    except IsADirectoryError as exc:
-        raise BadSnapshotError(f"{path} is a directory, not a snapshot file") from exc
-    return loads(data, path)
+    """A snapshot file ("-": stdin), gzip-compressed or not."""
+    data = safefile.read(path, "snapshot file")
+    return loads(data, "stdin" if path == safefile.STDIO else path)
 
 
 def save(snapshot: Snapshot, path: str) -> None:
-    """Write atomically (temp file + rename), gzip-compressed when the name ends in .gz."""
-    if os.path.isdir(path):
-        raise UsageError(f"cannot write the snapshot to {path}: it is a directory")
+    """Write atomically to a regular file or a new path ("-": stdout).
+
+    gzip-compressed when the name ends in .gz; symlinks, FIFOs, devices and
+    directories are refused (safefile.py says why).
+    """
     data = dumps(snapshot)
     if path.endswith(".gz"):
         data = gzip.compress(data, compresslevel=5)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".sockdoctor-", dir=directory)
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"no such directory: {directory}") from exc
-    except PermissionError as exc:
-        raise PermissionDeniedError(f"cannot write in {directory}: permission denied") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    safefile.write(path, data, "the snapshot")

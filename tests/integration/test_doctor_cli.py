@@ -32,7 +32,7 @@ from sockdoctor.snapshot_io import save
 
 SOCKDOCTOR = [sys.executable, "-m", "sockdoctor"]
 # The fields docs/doctor.md documents, section "JSON schema of a report".
-REPORT_FIELDS = {"schema", "findings", "summary", "snapshot", "limits"}
+REPORT_FIELDS = {"schema", "findings", "summary", "snapshot", "limits", "notes"}
 FINDING_FIELDS = {"rule", "severity", "title", "netns", "netns_inode", "processes", "ports",
                   "peers", "sockets", "evidence", "evidence_lines", "explanation", "fix",
                   "relief", "relief_argv"}

@@ -252,7 +252,7 @@ ls /run/netns
 
 @pytest.mark.root
 def test_lab_clean_removes_what_a_kept_run_left_behind() -> None:
-    # `lab clean` removes every sdlab- namespace: other labs may be running on this
+    # `lab clean` removes every finished lab: other labs may be running on this
     # machine, so it runs in a private mount namespace with its own /run/netns.
     os.makedirs("/run/netns", exist_ok=True)
     sd = " ".join(SOCKDOCTOR)
@@ -264,7 +264,7 @@ def test_lab_clean_removes_what_a_kept_run_left_behind() -> None:
         assert done.returncode == 0, done.stderr
         names = re.findall(r"^(sdlab-fin-wait-2-\S+)$", done.stdout, re.M)
         assert len(names) == 2, done.stdout
-        assert f"removed 2 lab namespace(s): {', '.join(sorted(names))}" in done.stdout
+        assert f"removed 2 lab namespaces: {', '.join(sorted(names))}" in done.stdout
         assert done.stdout.rstrip().endswith(f"{', '.join(sorted(names))}")  # empty at last
         assert len(pids) == 2
         deadline = time.monotonic() + 5
@@ -277,3 +277,42 @@ def test_lab_clean_removes_what_a_kept_run_left_behind() -> None:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+
+
+SPARE_IN_PRIVATE_MOUNTS = """
+set -e
+mount -t tmpfs sdtest /run/netns   # only our lab namespaces are visible here
+{sd} lab run forgot-close --duration 120 > live.log 2>&1 &
+live=$!
+for i in $(seq 300); do grep -q "look at it" live.log && break; sleep 0.1; done
+{sd} lab run fin-wait-2-peer-never-closes --keep > /dev/null
+echo "== before"; ls /run/netns
+echo "== clean"; {sd} lab clean
+echo "== after"; ls /run/netns
+live_ns=$(sed -n 's/^building namespaces \\(\\S*\\) and .*/\\1/p' live.log)
+echo "== named"; {sd} lab clean "${{live_ns%-srv}}"
+echo "== end"; ls /run/netns
+kill -TERM $live; wait $live || true
+echo "== live run"; cat live.log
+"""
+
+
+@pytest.mark.root
+def test_lab_clean_spares_a_live_lab_unless_named(tmp_path: Path) -> None:
+    os.makedirs("/run/netns", exist_ok=True)
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           SPARE_IN_PRIVATE_MOUNTS.format(sd=" ".join(SOCKDOCTOR))],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    parts = dict(re.findall(r"^== (\w+(?: \w+)?)\n(.*?)(?=^== |\Z)", done.stdout, re.M | re.S))
+    before = parts["before"].split()
+    live = sorted(n for n in before if n.startswith("sdlab-forgot-close-"))
+    kept = sorted(n for n in before if n.startswith("sdlab-fin-wait-2-"))
+    assert len(live) == 2 and len(kept) == 2, done.stdout
+    clean = parts["clean"]
+    assert f"removed 2 lab namespaces: {', '.join(kept)}" in clean  # its creator is gone
+    assert f"left alone {', '.join(live)}: its run is still going: " in clean
+    assert "sockdoctor lab clean sdlab-forgot-close-" in clean and "--force" in clean
+    assert parts["after"].split() == live
+    assert f"removed 2 lab namespaces: {', '.join(live)}" in parts["named"]
+    assert parts["end"].split() == []

@@ -645,7 +645,7 @@ def test_without_permission_one_sentence_and_exit_4(scene: Scene,
     assert done.returncode == 4, done.stderr
     assert done.stdout == ""
     (line,) = done.stderr.strip().splitlines()
-    assert line == (f"sockdoctor: entering network namespace '{scene.netns}' needs root "
+    assert line == (f"sockdoctor: --netns: entering network namespace '{scene.netns}' needs root "
                     "(CAP_SYS_ADMIN)")
     assert unchanged(targets, scene.ours())
     assert not os.path.exists(audit)

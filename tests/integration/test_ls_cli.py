@@ -87,7 +87,7 @@ def test_snapshot_then_ls_from_gives_the_same_sockets(net: Net, tmp_path: Path,
     path = tmp_path / name
     made = sockdoctor_cli("snapshot", "-o", str(path), "--netns", net.ns)
     assert made.returncode == 0, made.stderr
-    assert re.search(r"wrote \d+ sockets, \d+ processes, 1 namespaces", made.stderr)
+    assert re.search(r"wrote 3 sockets, 1 process, 1 network namespace to ", made.stderr)
     live = ls_json("-p", "--netns", net.ns)
     saved = ls_json("-p", "--from", str(path))
     assert identities(saved["sockets"]) == identities(live["sockets"])
@@ -113,7 +113,7 @@ def test_snapshot_then_ls_from_gives_the_same_sockets(net: Net, tmp_path: Path,
 
 
 def test_snapshot_output_errors(net: Net, tmp_path: Path) -> None:
-    one_sentence(sockdoctor_cli("snapshot", "-o", str(tmp_path), "--netns", net.ns), 2)
+    one_sentence(sockdoctor_cli("snapshot", "-o", str(tmp_path), "--netns", net.ns), 7)
     one_sentence(sockdoctor_cli("snapshot", "-o", str(tmp_path / "no" / "such.json"),
                                 "--netns", net.ns), 3)
     assert os.listdir(tmp_path) == []  # no temporary file left behind
@@ -226,3 +226,34 @@ def test_unprivileged_other_namespaces_need_root(with_nobody: Net,
     refused = as_nobody(net, unprivileged, "ls", "--netns", "host")
     one_sentence(refused, 4)
     assert "root" in refused.stderr
+
+
+def test_unprivileged_the_own_namespace_is_called_host(unprivileged: Unprivileged) -> None:
+    """PID 1's namespace is not inspectable without root: ours is the host, by name too."""
+    proc = unprivileged.sockdoctor("ls", "--json", "--netns", "self", "--port", "1")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [(ns["name"], ns["kind"]) for ns in doc["namespaces"]] == [("host", "host")]
+    summary = unprivileged.sockdoctor("ls", "--summary", "--netns", "host", "--port", "1")
+    assert summary.returncode == 0, summary.stderr
+    assert "pid:" not in summary.stdout + summary.stderr
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (("ls", "-p"), 0),
+    (("ls", "--json"), 0),
+    (("ls", "--summary"), 0),
+    (("snapshot", "-o", "-"), 0),
+    (("doctor", "--stuck-after", "1h"), 0),  # its own status (healthy), not click's 1
+    (("doctor", "--json", "--stuck-after", "1h"), 0),
+])
+def test_a_reader_that_went_away_ends_quietly_with_the_commands_status(
+        net: Net, args: tuple[str, ...], code: int) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `| head` after head has exited
+    try:
+        done = subprocess.run([sys.executable, "-m", "sockdoctor", *args, "--netns", net.ns],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (code, "")

@@ -409,7 +409,8 @@ def test_owners_with_several_fds(zoo: Zoo, views: Views) -> None:
     assert {(r["state"], r["local_port"]) for r in mine} == {("LISTEN", 7001),
                                                             ("ESTAB", 7001)}
     by_name = ls_json("--process", "sdt-cli", "--netns", "all", *port_flags())["sockets"]
-    assert by_name and {r["netns"] for r in by_name} == {zoo.C}
+    # (other runs of this suite may have a program of that name in their own labs)
+    assert by_name and {r["netns"] for r in by_name} & {zoo.S, zoo.C} == {zoo.C}
 
 
 def test_missing_pid(zoo: Zoo) -> None:
@@ -417,7 +418,8 @@ def test_missing_pid(zoo: Zoo) -> None:
     while subprocess.run(["test", "-e", f"/proc/{pid}"]).returncode == 0:
         pid += 1
     proc = sockdoctor("ls", "--pid", str(pid), "--netns", zoo.S, ok=False)
-    assert proc.returncode == 3 and proc.stderr == f"sockdoctor: no process {pid}\n"
+    assert proc.returncode == 3 and proc.stderr.startswith(
+        f"sockdoctor: --pid: no process {pid} is running (")
     with pytest.raises(NotFoundError, match=f"no process {pid}"):
         scan(Query.build(pids=[pid]), netns=zoo.S)
 

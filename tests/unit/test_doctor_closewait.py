@@ -95,15 +95,73 @@ def test_same_port_in_two_namespaces_is_two_services():
     assert blue.relief.startswith("sockdoctor kill --netns blue --pid 5000 --port 8080")
 
 
-def test_grouped_per_process_and_per_port():
+def test_grouped_per_program_and_per_port():
     b = leaky_server(n=10)
-    b.process(4243, "python3")
+    b.process(4243, "python3")  # another python3 on the listener's port: the same program
     b.sockets(4, "close-wait", "10.0.0.1:8080", "10.0.0.2", pid=4243, age_ms=90_000)
+    b.process(4244, "ruby")  # a different program holding connections of that port
+    b.sockets(3, "close-wait", "10.0.0.1:8080", "10.0.0.2", pid=4244, age_ms=90_000)
     b.listener(9090, pid=4242)
     b.sockets(5, "close-wait", "10.0.0.1:9090", "10.0.0.2", pid=4242, age_ms=90_000)
     found = of(diagnose(b.build()), "never-closed")
-    assert sorted((f.processes[0].pid, f.ports[0], f.sockets) for f in found) == [
-        (4242, 8080, 10), (4242, 9090, 5), (4243, 8080, 4)]
+    assert sorted(([p.pid for p in f.processes], f.ports[0], f.sockets) for f in found) == [
+        ([4242], 9090, 5), ([4242, 4243], 8080, 14), ([4244], 8080, 3)]
+
+
+def prefork(workers: int = 5, each: int = 1, age_ms: int = 60_000) -> SnapshotBuilder:
+    """A master that listens and forks workers; each worker leaks `each` CLOSE-WAIT."""
+    b = SnapshotBuilder()
+    b.process(3000, "php-fpm")
+    b.listener(9000, pid=3000, pids=tuple(range(3001, 3001 + workers)))
+    for pid in range(3001, 3001 + workers):
+        b.process(pid, "php-fpm", ppid=3000)
+        b.sockets(each, "close-wait", "10.0.0.1:9000", "10.0.0.2", pid=pid, age_ms=age_ms)
+    return b
+
+
+def test_prefork_workers_are_one_warning_with_the_split_and_one_relief():
+    report = diagnose(prefork().build())
+    [f] = of(report, "never-closed")
+    assert f.severity == "warning"  # 5 stuck in all, 1 per worker
+    assert f.sockets == 5 and [p.pid for p in f.processes] == [3001, 3002, 3003, 3004, 3005]
+    assert f.evidence["per_process"] == {str(p): 1 for p in range(3001, 3006)}
+    assert f.title.startswith("php-fpm (5 processes: pid 3001, 3002, 3003, 3004, ...) holds "
+                              "5 CLOSE-WAIT sockets on :9000")
+    assert any("held by 5 processes (children of php-fpm (pid 3000))" in line
+               for line in f.evidence_lines)
+    assert f.relief == ("sockdoctor kill --netns host --pid 3001 --pid 3002 --pid 3003 "
+                        "--pid 3004 --pid 3005 --port 9000 --state close-wait --older-than 10s")
+    assert report.exit_code == 1
+
+
+def test_many_workers_are_relieved_by_name():
+    [f] = of(diagnose(prefork(workers=40).build()), "never-closed")
+    assert f.relief == ("sockdoctor kill --netns host --process php-fpm --port 9000 "
+                        "--state close-wait --older-than 10s")
+    assert len(f.processes) == 20  # the finding names the first 20, the evidence all
+
+
+def test_children_of_the_listener_group_even_under_another_name():
+    b = SnapshotBuilder()
+    b.process(10, "master")
+    b.listener(8000, pid=10)
+    for pid in (11, 12, 13):
+        b.process(pid, "worker", ppid=10)
+        b.sockets(1, "close-wait", "10.0.0.1:8000", "10.0.0.2", pid=pid, age_ms=60_000)
+    [f] = of(diagnose(b.build()), "never-closed")
+    assert f.severity == "warning" and f.sockets == 3
+
+
+def test_young_close_wait_is_a_note_with_when_it_will_count():
+    report = diagnose(leaky_server(n=5, age_ms=3_000).build())
+    assert of(report, "never-closed") == [] and report.exit_code == 0
+    [note] = report.notes
+    assert note == ("5 CLOSE-WAIT sockets of python3 (pid 4242) on :8080, oldest 3s: they "
+                    "count as stuck at 10s (--stuck-after), in 7s if they stay")
+
+
+def test_a_close_in_flight_is_not_even_a_note():
+    assert diagnose(leaky_server(n=6, age_ms=4).build()).notes == []
 
 
 def test_socket_shared_after_fork_is_attributed_once():

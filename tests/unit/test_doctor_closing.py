@@ -38,10 +38,44 @@ def test_fin_wait_2_names_the_peer_that_does_not_close():
     assert "client (pid 77)" in f.title
     assert 77 in [p.pid for p in f.processes]
     assert f.evidence["tcp_fin_timeout"] == 60
-    assert f.relief == "sockdoctor kill --netns cli --pid 77 --port 8080 --state close-wait"
-    # and the other end is diagnosed on its own, in its namespace
+    # the other end is diagnosed on its own, in its namespace: the cause, listed first,
+    # whose relief relieves both ends
     [pool] = of(report, "client-pool-dead-connections")
     assert pool.netns == "cli" and pool.processes[0].pid == 77
+    assert report.findings.index(pool) < report.findings.index(f)
+    assert f.relief == pool.relief == ("sockdoctor kill --netns cli --pid 77 --port 8080 "
+                                       "--state close-wait --older-than 10s dst 10.77.0.1")
+
+
+def test_prefork_peer_is_the_cause_listed_before_the_fin_wait_2_it_causes():
+    """Five forked workers never close; the client side piles up FIN-WAIT-2."""
+    b = SnapshotBuilder()
+    b.netns("srv")
+    b.netns("cli")
+    b.process(30, "client", netns="cli")
+    b.process(3000, "apache2", netns="srv")
+    b.listener(80, pid=3000, netns="srv", pids=(3001, 3002, 3003, 3004, 3005))
+    for i, pid in enumerate(range(3001, 3006)):
+        b.process(pid, "apache2", netns="srv", ppid=3000)
+        b.socket("close-wait", "10.77.0.1:80", f"10.77.0.2:{47000 + i}", pid=pid,
+                 netns="srv", age_ms=30_000)
+        b.socket("fin-wait-2", f"10.77.0.2:{47000 + i}", "10.77.0.1:80", pid=30,
+                 netns="cli", age_ms=90_000)
+    report = diagnose(b.build())
+    cause = report.findings[0]
+    assert (cause.rule, cause.severity, cause.sockets) == ("never-closed", "warning", 5)
+    [fw2] = of(report, "fin-wait-2-pileup")
+    assert report.findings.index(fw2) == 1
+    assert fw2.evidence["peer_pids"] == [3001, 3002, 3003, 3004, 3005]
+    assert "(peer: apache2, 5 processes)" in fw2.title
+    assert fw2.relief == cause.relief and cause.relief.count("--pid") == 5
+
+
+def test_causes_first_even_when_the_consequence_is_more_severe():
+    b = peer_never_closes(n=2)  # two CLOSE-WAIT: info; 2 held FIN-WAIT-2 pairs: warning
+    report = diagnose(b.build(), config=None)
+    rules = [f.rule for f in report.findings]
+    assert rules.index("client-pool-dead-connections") < rules.index("fin-wait-2-pileup")
 
 
 def test_loopback_pairs_only_match_in_the_same_namespace():

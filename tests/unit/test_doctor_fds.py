@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from sockdoctor.doctor import diagnose
+from sockdoctor.doctor.rules.deadfds import cause
 from sockdoctor.doctor.synth import SnapshotBuilder
-from sockdoctor.model import Process
+from sockdoctor.model import DeadSocketFd, Process, TcpInfo
 
 
 def of(report, rule):
@@ -102,3 +103,61 @@ def test_dead_fds_of_processes_outside_the_scanned_namespaces_are_not_judged():
     snap.dead_fds += [msgspec.structs.replace(snap.dead_fds[0], pid=10, fd=fd)
                       for fd in range(3, 20)]
     assert of(diagnose(snap), "dead-socket-fds") == []
+
+
+# --- dead descriptors that were inspected (peer, pending error, tcp_info) -----------
+
+RESET = TcpInfo(state=7, bytes_sent=120, bytes_acked=121, bytes_received=300,
+                last_data_recv=600_000)  # SYN acked, data acked, no FIN of ours
+GRACEFUL = TcpInfo(state=7, bytes_sent=120, bytes_acked=122, bytes_received=301)
+GRACEFUL_SERVER = TcpInfo(state=7, bytes_sent=0, bytes_acked=1, bytes_received=1)
+TIMED_OUT = TcpInfo(state=7, retransmits=15, bytes_sent=500, bytes_retrans=2000,
+                    bytes_acked=1)
+
+
+def test_reset_connections_of_a_pool_are_named_with_the_service_and_the_pool_fix():
+    b = SnapshotBuilder()
+    b.process(7, "java")
+    b.dead_fd(7, 4, peer="10.0.0.9:3306", error=True, info=RESET)  # error not read yet
+    b.dead_fd(7, 2, peer="10.0.0.9:3306", error=False, info=RESET)  # read, fd kept
+    [f] = of(diagnose(b.build()), "dead-socket-fds")
+    assert f.severity == "warning" and f.sockets == 6
+    assert f.evidence["cause"] == "reset" and f.evidence["error_unread"] == 4
+    assert f.evidence["service"] == "10.0.0.9:3306" and f.ports == [3306]
+    assert f.peers == ["10.0.0.9:3306"]
+    assert f.title == ("java (pid 7) keeps 6 connections to 10.0.0.9:3306 (MySQL) that the "
+                       "peer reset, never close()d (dead descriptors)")
+    assert "closes idle connections abortively" in f.explanation
+    assert "pre-ping" in f.fix and "maxLifetime" in f.fix
+    assert any("reset by the peer (RST) to 10.0.0.9:3306" in line and "10m" in line
+               for line in f.evidence_lines)
+    assert f.relief_argv[-3:] == ["--pid", "7", "--dead-fds"]
+
+
+def test_dead_fds_are_grouped_by_service_and_cause():
+    b = SnapshotBuilder()
+    b.process(7, "app")
+    b.listener(8080, pid=7)
+    b.dead_fd(7, 3, peer="10.0.0.9:5432", error=True, info=RESET)
+    b.dead_fd(7, 3, peer="10.0.0.8:6379", error=True, info=RESET)
+    b.dead_fd(7, 2, peer="10.0.0.7:44000", local="10.0.0.2:8080", error=False,
+              info=GRACEFUL_SERVER)
+    b.dead_fd(7, 2, peer="10.0.0.6:443", error=False, info=GRACEFUL)
+    b.dead_fd(7, 2, peer="10.0.0.5:80", error=True, info=TIMED_OUT)
+    b.dead_fd(7, 2, error=False, info=TcpInfo(state=7))
+    found = {(f.evidence.get("service", ""),
+              f.evidence["cause"]) for f in of(diagnose(b.build()), "dead-socket-fds")}
+    assert found == {("10.0.0.9:5432", "reset"), ("10.0.0.8:6379", "reset"),
+                     (":8080", "shutdown"), ("10.0.0.6:443", "shutdown"),
+                     ("10.0.0.5:80", "timeout"), ("", "unconnected")}
+
+
+def test_cause_from_tcp_info_alone():
+    d = DeadSocketFd(pid=1, fd=3, inode=9, protocol="TCP", peer_port=80, error_pending=False)
+    assert cause(msgspec.structs.replace(d, info=GRACEFUL), client=True) == "shutdown"
+    assert cause(msgspec.structs.replace(d, info=RESET), client=True) == "reset"
+    assert cause(msgspec.structs.replace(d, info=GRACEFUL_SERVER), client=False) == "shutdown"
+    assert cause(msgspec.structs.replace(d, info=TcpInfo(state=7)), client=True) == "unknown"
+    pending = msgspec.structs.replace(d, error_pending=True)
+    assert cause(msgspec.structs.replace(pending, info=RESET), client=True) == "reset"
+    assert cause(msgspec.structs.replace(pending, info=TIMED_OUT), client=True) == "timeout"

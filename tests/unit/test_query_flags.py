@@ -117,7 +117,7 @@ def _saved() -> Snapshot:
         created=1.0, hostname="h", kernel="k",
         namespaces=[Netns(inode=HOST, name="host", kind="host"),
                     Netns(inode=BLUE, name="blue", kind="named")],
-        processes={10: Process(pid=10, comm="app"), 20: Process(pid=20, comm="db")},
+        processes={10: Process(pid=10, comm="app"), 20: Process(pid=20, comm="db", netns=BLUE)},
         owners_scanned=True,
         sockets=[
             sock(TcpState.LISTEN, 8080, 0, owners=(10,), cookie=1),
@@ -138,11 +138,12 @@ def _saved() -> Snapshot:
     (Query.build(ports=[5432]), {4, 5}),
     (Query.build(pids=[10]), {1, 2}),
     (Query.build(process="db"), {4, 5}),
-    (Query.build(process="nobody-has-this"), set()),
+    (Query.build(process="d*"), {4, 5}),
     (Query.build(netns="blue"), {4, 5}),
     (Query.build(netns=str(BLUE)), {4, 5}),
     (Query.build(netns="host"), {1, 2, 3}),
-    (Query.build(netns="green"), set()),
+    (Query.build(netns="net:[4026532000]"), {4, 5}),
+    (Query.build(netns="20"), {4, 5}),  # a pid, whose process lives in blue
     (Query.build(family=socket.AF_INET6), {5}),
     (Query.build("sport = :8080", pids=[10], states=["listening"]), {1}),
 ])
@@ -152,6 +153,26 @@ def test_apply_on_a_snapshot(query: Query, cookies: set[int]) -> None:
     assert {sk.cookie for sk in selected.sockets} == cookies
     assert len(saved.sockets) == 5  # the snapshot itself is untouched
     assert selected.namespaces == saved.namespaces and selected.processes == saved.processes
+
+
+@pytest.mark.parametrize("query, words", [
+    (Query.build(process="nobody-has-this"), "--process: no process named 'nobody-has-this' "
+                                             "in the snapshot"),
+    (Query.build(process="ap"), "did you mean app?"),
+    (Query.build(pids=[30]), "--pid: no process 30 in the snapshot"),
+    (Query.build(netns="green"), "--netns: no network namespace 'green' in the snapshot "
+                                 "(known: host, blue)"),
+    (Query.build(netns="bleu"), "did you mean blue?"),
+])
+def test_apply_names_what_the_snapshot_does_not_have(query: Query, words: str) -> None:
+    with pytest.raises(NotFoundError) as err:
+        query.apply(_saved())
+    assert words in str(err.value) and err.value.exit_code == 3
+
+
+def test_netns_self_cannot_name_a_namespace_of_a_snapshot() -> None:
+    with pytest.raises(UsageError, match="--netns self"):
+        Query.build(netns="self").apply(_saved())
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -177,6 +198,6 @@ def test_a_pid_that_does_not_exist_is_named() -> None:
     while procfs.pid_exists(pid):
         pid += 1
     assert procfs.pid_exists(os.getpid()) and not procfs.pid_exists(0)
-    with pytest.raises(NotFoundError, match=f"^no process {pid}$") as err:
+    with pytest.raises(NotFoundError, match=f"^--pid: no process {pid} is running") as err:
         scan(Query.build(pids=[os.getpid(), pid]), netns="no-such-namespace")
     assert err.value.exit_code == 3  # checked before any namespace is looked at

@@ -110,7 +110,8 @@ def test_table_process_netns_and_age(mixed: Snapshot) -> None:
 def test_unknown_process_shows_a_question_mark() -> None:
     snap = snapshot([sock(TcpState.ESTABLISHED, "10.0.0.1", 1, "10.0.0.2", 2,
                           owners=((99, 4),))])
-    assert fmt.users(snap.sockets[0], snap.processes) == 'users:(("?",pid=99,fd=4))'
+    comms = fmt.shown_comms(snap.processes)
+    assert fmt.users(snap.sockets[0], comms) == 'users:(("?",pid=99,fd=4))'
 
 
 def test_detail_lines_like_ss() -> None:

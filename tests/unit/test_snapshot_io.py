@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sockdoctor import snapshot_io
-from sockdoctor.errors import BadSnapshotError, NotFoundError, UsageError
+from sockdoctor.errors import BadSnapshotError, NotFoundError, WriteError
 from sockdoctor.model import (
     DeadSocketFd,
     Netns,
@@ -129,7 +129,8 @@ def test_failed_write_leaves_no_temporary_file(tmp_path: Path,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(WriteError, match=r"no space left on the device.*existing file is "
+                                         r"unchanged"):
         snapshot_io.save(full_snapshot(), str(target))
     assert os.listdir(tmp_path) == ["snap.json"]
     assert target.read_text() == "the previous snapshot"  # never half-written
@@ -155,7 +156,7 @@ def test_save_replaces_an_older_file_whole(tmp_path: Path) -> None:
 
 
 def test_unwritable_targets(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="is a directory"):
+    with pytest.raises(WriteError, match="is a directory"):
         snapshot_io.save(full_snapshot(), str(tmp_path))
     with pytest.raises(NotFoundError, match="no such directory"):
         snapshot_io.save(full_snapshot(), str(tmp_path / "missing" / "snap.json"))

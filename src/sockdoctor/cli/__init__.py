@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, user_errors
+from .common import CONTEXT, reader_may_leave, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
 from .exporter import exporter_command
@@ -23,6 +23,8 @@ from .lab import lab_command
 from .ls import ls_command
 from .reap import reap_command
 from .snapshot import snapshot_command
+from .top import top_command
+from .trace import trace_command
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -36,23 +38,37 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     ctx.exit()
 
 
-@click.group(context_settings=CONTEXT)
+class _Commands(click.Group):
+    """The command group; a reader that leaves early (`ls | head`) ends a listing with 0.
+
+    Commands with a status of their own (doctor, kill) print inside
+    reader_may_leave() themselves and keep it.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        with reader_may_leave():
+            return super().invoke(ctx)
+        return 0
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT, epilog="""
+\b
+Examples:
+  sockdoctor ls --summary            who holds which sockets, on one screen
+  sockdoctor doctor                  what is wrong, why, and how to fix it
+  sockdoctor kill state close-wait --port 8080      plan; add --yes to act
+  sockdoctor demo                    see it all on a reproduced leak
+  sockdoctor exporter                the same, watched, for Prometheus (:19808/metrics)
+""")
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show the version and whether the compiled fast path is in use, and exit.")
 def cli() -> None:
     """Find, explain and remove stuck TCP connections (CLOSE_WAIT leaks and friends).
 
-    \b
-    Start here:
-      sockdoctor ls --summary          who holds which sockets, on one screen
-      sockdoctor doctor                what is wrong, why, and how to fix it
-      sockdoctor kill state close-wait --port 8080      plan; add --yes to act
-      sockdoctor demo                  see it all on a reproduced leak
-      sockdoctor exporter              the same, watched, for Prometheus (:19808/metrics)
-
     Every command that selects sockets takes an ss filter expression and the
-    flags --state, --port, --pid, --process, --older-than and --netns.
-    Run as root to see every process and network namespace.
+    flags --state, --port, --pid, --process, --older-than and --netns (-N), and
+    accepts ss's -t -a -n. Run as root to see every process and network
+    namespace. `sockdoctor COMMAND --help` has examples for each command.
     """
 
 
@@ -65,6 +81,8 @@ cli.add_command(lab_command)
 cli.add_command(snapshot_command)
 cli.add_command(demo_command)
 cli.add_command(exporter_command)
+cli.add_command(trace_command)
+cli.add_command(top_command)
 
 
 @user_errors

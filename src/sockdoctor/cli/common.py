@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, EXIT_PERMISSION, SockdoctorError
+from ..errors import EXIT_INTERRUPTED, EXIT_PERMISSION, FilterSyntaxError, SockdoctorError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -39,44 +40,134 @@ def clear_progress(enabled: bool) -> None:
 
 def warn(lines: list[str]) -> None:
     for line in lines:
-        click.echo(f"sockdoctor: note: {line}", err=True)
+        click.echo(f"sockdoctor: note: {_escaped(line)}", err=True)
+
+
+class Once(click.Option):
+    """An option that takes one value: repeated with another value is a usage error.
+
+    click would silently keep the last one (`--netns a --netns b` scans only b).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.single_default = kwargs.pop("default", None)
+        if kwargs.pop("show_default", False):
+            kwargs["help"] = f"{kwargs.get('help', '')}  [default: {self.single_default}]"
+        super().__init__(*args, multiple=True, **kwargs)
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        values = list(dict.fromkeys(super().process_value(ctx, value) or ()))
+        if len(values) > 1:
+            shown = " and ".join(repr(v) for v in values[:3])
+            raise click.UsageError(f"{self.opts[-1]} was given {len(values)} different values "
+                                   f"({shown}): give it once", ctx)
+        return values[0] if values else self.single_default
+
+
+class PidType(click.ParamType):
+    """A process id: a number above 0 (`--pid -5` is a typo, not a process)."""
+
+    name = "PID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int:
+        try:
+            pid = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not a process id (a number above 0)", param, ctx)
+        if pid <= 0:
+            self.fail(f"{pid} is not a process id (a number above 0)", param, ctx)
+        return pid
+
+
+# ss's protocol flags: sockdoctor lists TCP only (see other_protocols()).
+OTHER_PROTOCOLS = {"-u": "UDP", "-x": "Unix", "-w": "raw", "-d": "DCCP", "-S": "SCTP",
+                   "-0": "packet", "-M": "MPTCP"}
+_LONG_PROTOCOLS = {"-u": "--udp", "-x": "--unix", "-w": "--raw", "-d": "--dccp",
+                   "-S": "--sctp", "-0": "--packet", "-M": "--mptcp"}
+_META = "sockdoctor.other_protocols"
+
+
+def _note_protocol(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta.setdefault(_META, []).append(param.opts[0])
 
 
 def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The filter arguments every socket-selecting command shares."""
+    """The filter arguments every socket-selecting command shares (ls, doctor, kill, snapshot).
+
+    Also ss's -t -a -n (accepted and ignored: always TCP, every state,
+    numeric) and its protocol flags -u -x -w ... (TCP only, see other_protocols).
+    """
     options = [
         click.argument("filter_words", nargs=-1, metavar="[FILTER]..."),
-        click.option("-F", "--filter-file", metavar="FILE",
-                     help="Read the filter expression from FILE (as ss -F)."),
+        click.option("-F", "--filter-file", cls=Once, metavar="FILE",
+                     help="Read the filter expression from FILE (as ss -F; - reads stdin)."),
         click.option("--state", "states", multiple=True, metavar="STATE",
                      help="Only this state (repeatable): close-wait, time-wait, established, "
                           "or a group: connected, synchronized, bucket, big, all."),
         click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535),
                      metavar="N", help="Local or peer port N (repeatable)."),
-        click.option("--pid", "pids", multiple=True, type=int, metavar="PID",
+        click.option("--pid", "pids", multiple=True, type=PidType(), metavar="PID",
                      help="Only sockets held by this process (repeatable)."),
-        click.option("--process", default="", metavar="NAME",
-                     help="Only sockets held by processes with this name (comm)."),
-        click.option("--older-than", metavar="AGE",
+        click.option("--process", cls=Once, default="", metavar="NAME",
+                     help="Only sockets held by processes called NAME: the process name "
+                          "(comm, as ss -p shows it) or its program's base name, exactly, "
+                          "or a glob such as 'python*'."),
+        click.option("--older-than", cls=Once, metavar="AGE",
                      help="Only sockets whose peer has been silent at least AGE "
                           "(30s, 10m, 2h): see docs/age.md."),
-        click.option("--netns", default="all", show_default=True, metavar="NS",
-                     help="Network namespace: all, host, self, a name from `ip netns`, "
-                          "container:ID, a PID inside it, or its inode."),
+        click.option("-N", "--netns", cls=Once, default="all", metavar="NS",
+                     help="Network namespace: all (the default), host, self, a name from "
+                          "`ip netns`, container:ID, a PID inside it, or its inode."),
+        click.option("-t", "--tcp", "ss_tcp", is_flag=True, hidden=True),
+        click.option("-a", "--all", "ss_all", is_flag=True, hidden=True),
+        click.option("-n", "--numeric", "ss_numeric", is_flag=True, hidden=True),
+        *(click.option(short, long, is_flag=True, hidden=True, expose_value=False,
+                       callback=_note_protocol) for short, long in _LONG_PROTOCOLS.items()),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def build_query(kw: dict[str, Any], family: int = 0) -> Any:
+def other_protocols(tcp: bool) -> None:
+    """ss's -u/-x/-w...: a note beside -t (`-tulpn` still lists TCP), else a usage error."""
+    flags = click.get_current_context().meta.get(_META, [])
+    if not flags:
+        return
+    names = ", ".join(f"{f} ({OTHER_PROTOCOLS[f]})" for f in flags)
+    if tcp:
+        warn([f"sockdoctor shows TCP only: {names} ignored"])
+        return
+    from ..errors import UsageError
+
+    raise UsageError(f"sockdoctor shows TCP only: {names} is for `ss` (add -t to list the "
+                     "TCP sockets)")
+
+
+def build_query(kw: dict[str, Any], family: int = 0, states: tuple[str, ...] = ()) -> Any:
+    """The Query of the shared filter options (popped from `kw`); `states` adds ls's -l."""
     from ..query import Query
 
+    other_protocols(kw.pop("ss_tcp"))
+    kw.pop("ss_all")
+    kw.pop("ss_numeric")
     return Query.build(
-        kw.pop("filter_words"), states=kw.pop("states"), ports=kw.pop("ports"),
+        kw.pop("filter_words"), states=(*kw.pop("states"), *states), ports=kw.pop("ports"),
         pids=kw.pop("pids"), process=kw.pop("process"), older_than=kw.pop("older_than"),
         netns=kw.pop("netns"), family=family, filter_file=kw.pop("filter_file"),
     )
+
+
+def exclusive(**given: bool) -> None:
+    """At most one of these options (named as typed, '_' for '-'): else a usage error."""
+    on = ["--" + name.replace("_", "-") if len(name) > 1 else "-" + name
+          for name, value in given.items() if value]
+    if len(on) > 1:
+        from ..errors import UsageError
+
+        raise UsageError(f"{' and '.join(on)} exclude each other: give one")
 
 
 def write_lines(out: Any, lines: Any, chunk: int = 4096) -> None:
@@ -96,12 +187,16 @@ def user_errors(fn: Callable[[], Any]) -> Callable[[], int]:
     def wrapper() -> int:
         try:
             fn()
+        except FilterSyntaxError as exc:  # the one error of several lines: filter and caret
+            click.echo(f"sockdoctor: {_escaped(str(exc), keep_lines=True)}", err=True)
+            return exc.exit_code
         except SockdoctorError as exc:
-            click.echo(f"sockdoctor: {exc}", err=True)
+            click.echo(f"sockdoctor: {_escaped(str(exc))}", err=True)
             return exc.exit_code
+        except click.NoSuchOption as exc:
+            return _show_click_error(_ss_habit(exc) or exc)
         except click.ClickException as exc:
-            exc.show()
-            return exc.exit_code
+            return _show_click_error(exc)
         except click.exceptions.Abort:
             click.echo("", err=True)
             return EXIT_INTERRUPTED
@@ -110,14 +205,89 @@ def user_errors(fn: Callable[[], Any]) -> Callable[[], int]:
             return EXIT_INTERRUPTED
         except PermissionError as exc:
             click.echo(f"sockdoctor: permission denied: {exc.strerror or exc}"
-                       f"{' (' + exc.filename + ')' if exc.filename else ''}; run as root",
-                       err=True)
+                       f"{' (' + _escaped(exc.filename) + ')' if exc.filename else ''}; run as "
+                       "root", err=True)
             return EXIT_PERMISSION
         except BrokenPipeError:
             _silence_stdout()
             return 0
         return 0
     return wrapper
+
+
+def _escaped(text: str, keep_lines: bool = False) -> str:
+    """An error or note for the terminal, escaped whole (its names come from anywhere)."""
+    from ..render.fmt import untrusted
+
+    if keep_lines:
+        return "\n".join(untrusted(line) for line in text.split("\n"))
+    return untrusted(text)
+
+
+def _show_click_error(exc: click.ClickException) -> int:
+    """click's own report (usage, hint, one-line error), with the user's text escaped."""
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        click.echo(exc.ctx.get_usage(), err=True)
+        if exc.ctx.command.get_help_option(exc.ctx) is not None:
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+        click.echo("", err=True)
+    click.echo(f"Error: {_escaped(exc.format_message())}", err=True)
+    return exc.exit_code
+
+
+# What ss users type that sockdoctor does not take, and what to type instead.
+SS_EQUIVALENTS = {
+    "-K": "use `sockdoctor kill FILTER` (it plans first; add --yes to act)",
+    "--kill": "use `sockdoctor kill FILTER` (it plans first; add --yes to act)",
+    "-E": "events are not streamed; `sockdoctor doctor --interval 10s` compares two samples",
+    "--events": "events are not streamed; `sockdoctor doctor --interval 10s` compares two "
+                "samples",
+    "-D": "use `sockdoctor snapshot -o FILE` (read it back with --from FILE)",
+    "--dump": "use `sockdoctor snapshot -o FILE` (read it back with --from FILE)",
+    "-f": "choose the family with -4 or -6 (sockdoctor shows TCP only)",
+    "--family": "choose the family with -4 or -6 (sockdoctor shows TCP only)",
+    "-A": "sockdoctor shows TCP only: choose states with --state or a `state` filter",
+    "--query": "sockdoctor shows TCP only: choose states with --state or a `state` filter",
+    "-Z": "SELinux contexts are not shown; -p shows the owning process",
+    "-z": "SELinux contexts are not shown; -p shows the owning process",
+    "-b": "BPF socket filters are not shown",
+    "-T": "-p shows the process and descriptor holding each socket",
+    "--threads": "-p shows the process and descriptor holding each socket",
+    "-O": "sockdoctor ls prints one line per socket unless -i or -m add a second one",
+    "--oneline": "sockdoctor ls prints one line per socket unless -i or -m add a second one",
+    "--cgroup": "-e shows each socket's cgroup id",
+    "--tos": "the TOS/class fields are not shown; -i shows tcp_info",
+    "-V": "use `sockdoctor --version`",
+    "-v": "use `sockdoctor --version`",
+}
+# ls's ss-style flags, for the other commands: they collect what they need themselves.
+LS_ONLY = {"-l", "-s", "-r", "-p", "-i", "-m", "-e", "-o", "-H", "-4", "-6"}
+
+
+def _ss_habit(exc: click.NoSuchOption) -> click.UsageError | None:
+    name = exc.option_name
+    command = exc.ctx.command.name if exc.ctx is not None else ""
+    if name in SS_EQUIVALENTS:
+        return click.UsageError(f"{name} is an ss option: {SS_EQUIVALENTS[name]}", exc.ctx)
+    if name in LS_ONLY and command != "ls":
+        return click.UsageError(f"{name} is an option of `sockdoctor ls` (as in ss); "
+                                f"`sockdoctor {command}` collects what it needs itself", exc.ctx)
+    return None
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Output to a reader that may go away (`| head`): stop writing, keep the exit status.
+
+    click turns a broken pipe into exit 1, which means "warnings" for doctor
+    and "some sockets survived" for kill; a command that prints inside this
+    block still exits with its own status.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _silence_stdout() -> None:

@@ -6,12 +6,18 @@ import sys
 
 import click
 
-from .common import CONTEXT, need_root
+from .common import CONTEXT, Once, need_root
 
 
-@click.command("demo", context_settings=CONTEXT)
-@click.option("--scenario", default="forgot-close", show_default=True, metavar="NAME",
-              help="Which lab scenario to run (see `sockdoctor lab list`).")
+@click.command("demo", context_settings=CONTEXT, epilog="""
+\b
+Examples:
+  sockdoctor demo                                   the forgot-close leak (seed 003)
+  sockdoctor demo --scenario et-accept-return       a never-drained accept queue
+  sockdoctor demo --scenario pool-idle-closed-by-server
+""")
+@click.option("--scenario", cls=Once, default="forgot-close", show_default=True,
+              metavar="NAME", help="Which lab scenario to run (see `sockdoctor lab list`).")
 def demo_command(scenario: str) -> None:
     """Run one classic bug end to end in private network namespaces (needs root).
 

@@ -13,14 +13,16 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, SockdoctorError
+from ..errors import EXIT_INTERRUPTED, SockdoctorError, UsageError
 from .common import (
     CONTEXT,
     FILTER_HELP,
+    Once,
     build_query,
     clear_progress,
     filter_options,
     progress,
+    reader_may_leave,
     warn,
 )
 
@@ -50,23 +52,27 @@ Examples:
   sockdoctor doctor                          every namespace, one sample
   sockdoctor doctor --interval 10s           two samples: growth and trends
   sockdoctor doctor --netns web state close-wait
+  sockdoctor doctor --process 'php-fpm*' --stuck-after 2s
+  sockdoctor doctor --json | jq -r '.findings[] | .relief'
   sockdoctor snapshot -o s.json; sockdoctor doctor --from s.json   (anywhere)
+  ssh web1 sockdoctor snapshot -o - | sockdoctor doctor --from -
 """
 
 
 @click.command("doctor", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
-@click.option("--interval", metavar="T",
+@click.option("--interval", cls=Once, metavar="T",
               help="Take two samples T apart (10s, 1m) and report growth and trends.")
-@click.option("--from", "from_file", metavar="FILE",
-              help="Diagnose a snapshot written by `sockdoctor snapshot` instead of the host.")
-@click.option("--previous", "previous_file", metavar="FILE",
+@click.option("--from", "from_file", cls=Once, metavar="FILE",
+              help="Diagnose a snapshot written by `sockdoctor snapshot` instead of the host "
+                   "(- reads stdin).")
+@click.option("--previous", "previous_file", cls=Once, metavar="FILE",
               help="An earlier snapshot of the same host, for trends (with --from or live).")
 @click.option("--json", "as_json", is_flag=True,
               help="The report as JSON (schema in docs/doctor.md).")
-@click.option("--stuck-after", metavar="AGE",
+@click.option("--stuck-after", cls=Once, metavar="AGE",
               help="A socket counts as stuck after AGE in CLOSE-WAIT etc. [default: 10s]")
-@click.option("--idle-after", metavar="AGE",
+@click.option("--idle-after", cls=Once, metavar="AGE",
               help="Connections without keepalive count as idle after AGE of silence "
                    "[default: 30m]")
 @click.option("--no-color", is_flag=True, help="No colours, even on a terminal.")
@@ -83,22 +89,30 @@ def doctor_command(interval: str | None, from_file: str | None, previous_file: s
     query = build_query(kw)
     config = config_for(stuck_after, idle_after)
     interval_s = _interval(interval, from_file, previous_file)
+    if from_file == previous_file == "-":
+        raise UsageError("--from - and --previous - cannot both read stdin")
     if from_file:
         snap, previous = _from_files(from_file, previous_file)
+        source = "stdin" if from_file == "-" else from_file
+        query.check_processes(snap, source)  # exit 3 naming the file, before diagnosing
+        query.namespaces_in(snap, source)
     else:
+        from ..inventory import check_selection
+
+        check_selection(query)  # an unknown --pid or --process: exit 3 before sampling
         snap, previous = _live(query.netns, interval_s, previous_file)
         query = dataclasses.replace(query, netns="all")  # the scan chose the namespaces
     warn(snap.warnings)
     if previous is not None and previous.created >= snap.created:
         warn(["the previous snapshot is not older than the current one: trends not shown"])
     report = diagnose(snap, previous, config=config, query=query)
-    _write(report, as_json, no_color)
+    with reader_may_leave():
+        _write(report, as_json, no_color)
     return report.exit_code
 
 
 def _interval(text: str | None, from_file: str | None, previous_file: str | None
               ) -> float | None:
-    from ..errors import UsageError
     from ..query import parse_duration
 
     if text is None:
@@ -106,7 +120,7 @@ def _interval(text: str | None, from_file: str | None, previous_file: str | None
     if from_file or previous_file:
         raise UsageError("--interval samples the running host; with saved snapshots "
                          "use --from FILE --previous EARLIER_FILE")
-    ms = parse_duration(text)
+    ms = parse_duration(text, "--interval")
     if ms <= 0:
         raise UsageError("--interval must be longer than 0 (e.g. 10s)")
     return ms / 1000

@@ -21,17 +21,17 @@ serves the latest sample. A FILTER narrows what is exported; the doctor
 still sees the listeners of the scanned namespaces.
 
 \b
+Endpoints: /metrics, /healthz (200 while samples succeed), / (a short page).
+Metrics, alerts, dashboard, systemd and Kubernetes: docs/exporter.md.
+Stops cleanly (exit 0) on SIGTERM or SIGINT.
+
+\b
 Examples:
   sockdoctor exporter                         http://*:19808/metrics, every 15s
   sockdoctor exporter --listen 127.0.0.1:19808 --interval 30s
   sockdoctor exporter --textfile /var/lib/node_exporter/textfile   for node_exporter
   sockdoctor exporter --once                  print one sample's metrics and exit
   sockdoctor exporter --netns host state close-wait
-
-\b
-Endpoints: /metrics, /healthz (200 while samples succeed), / (a short page).
-Metrics, alerts, dashboard, systemd and Kubernetes: docs/exporter.md.
-Stops cleanly (exit 0) on SIGTERM or SIGINT.
 """
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, FILTER_HELP, _silence_stdout, build_query, filter_options, warn
+from .common import CONTEXT, FILTER_HELP, build_query, filter_options, reader_may_leave, warn
 
 KEEPALIVE_HELP = FILTER_HELP + """
 \b
@@ -101,11 +101,11 @@ def keepalive_command(idle: int, interval: int, count: int, user_timeout: int | 
 def _show(report: Any, as_json: bool) -> None:
     from ..remedy.text import render_keepalive_plan, render_outcomes
 
-    try:
+    with reader_may_leave():
         if as_json:
-            import msgspec
+            from ..jsontext import encode  # names that are not UTF-8, exact
 
-            sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
+            sys.stdout.buffer.write(encode(report) + b"\n")
         else:
             lines = list(render_keepalive_plan(report.plan, applying=report.applied))
             if report.applied:
@@ -113,6 +113,3 @@ def _show(report: Any, as_json: bool) -> None:
             elif report.plan.actions:
                 lines += ["", "Nothing was changed. Run again with --yes to apply this plan."]
             click.echo("\n".join(lines))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()

@@ -10,11 +10,11 @@ import click
 from .common import (
     CONTEXT,
     FILTER_HELP,
-    _silence_stdout,
     build_query,
     clear_progress,
     filter_options,
     progress,
+    reader_may_leave,
     warn,
     write_lines,
 )
@@ -41,6 +41,7 @@ Examples:
   sockdoctor kill --pid 4242 --older-than 10m --yes
   sockdoctor kill --netns web --state fin-wait-2 --method destroy --yes
   sockdoctor kill --dead-fds --pid 4242 --yes  release shut-down, never-closed fds
+  sockdoctor kill -N web --process 'php-fpm*' --older-than 30s     every worker's
 """
 
 
@@ -149,20 +150,14 @@ def _out_report(report: Any, as_json: bool) -> None:
 def _out(lines: Any) -> None:
     """Print, surviving a reader that went away (`kill | head`): the kill still
     runs to its end and exits with its real status."""
-    try:
+    with reader_may_leave():
         write_lines(sys.stdout, lines)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
 
 
 def _out_json(report: Any) -> None:
-    import msgspec
+    from ..jsontext import encode  # names that are not UTF-8, as byte arrays
 
-    try:
+    with reader_may_leave():
         sys.stdout.flush()
-        sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
+        sys.stdout.buffer.write(encode(report) + b"\n")
 

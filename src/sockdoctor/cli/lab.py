@@ -6,15 +6,19 @@ import click
 
 from .common import CONTEXT, need_root
 
+LAB_EXAMPLES = """
+\b
+Examples:
+  sockdoctor lab list                           the scenarios
+  sockdoctor lab run forgot-close               reproduce one; Ctrl-C removes it
+  sockdoctor lab run et-accept-return --keep    leave it running, look at it yourself
+  sockdoctor lab clean                          remove what finished runs left behind
+"""
 
-@click.group("lab", context_settings=CONTEXT)
+
+@click.group("lab", context_settings=CONTEXT, epilog=LAB_EXAMPLES)
 def lab_command() -> None:
     """Reproduce the classic stuck-socket bugs for real, in private network namespaces.
-
-    \b
-      sockdoctor lab list                   the scenarios
-      sockdoctor lab run forgot-close       reproduce one; Ctrl-C removes it
-      sockdoctor lab clean                  remove what a killed run left behind
 
     Each scenario builds two network namespaces joined by a veth pair
     (server 10.77.0.1, client 10.77.0.2) and runs its programs there; nothing
@@ -22,7 +26,12 @@ def lab_command() -> None:
     """
 
 
-@lab_command.command("list", context_settings=CONTEXT)
+@lab_command.command("list", context_settings=CONTEXT, epilog="""
+\b
+Examples:
+  sockdoctor lab list
+  sockdoctor lab list | grep "seed 004"
+""")
 def list_command() -> None:
     """The scenarios: name, the seed document it comes from, what it reproduces."""
     from ..lab import REGISTRY
@@ -32,7 +41,13 @@ def list_command() -> None:
         click.echo(f"{name:<{width}}  seed {scenario.seed:<8}  {scenario.title}")
 
 
-@lab_command.command("run", context_settings=CONTEXT)
+@lab_command.command("run", context_settings=CONTEXT, epilog="""
+\b
+Examples:
+  sockdoctor lab run forgot-close                 until Ctrl-C (or SIGTERM)
+  sockdoctor lab run forgot-close --duration 60   for a minute
+  sockdoctor lab run pool-idle-closed-by-server --keep     then: sockdoctor lab clean
+""")
 @click.argument("scenario")
 @click.option("--keep", is_flag=True,
               help="Leave it running and return (remove it later with `sockdoctor lab clean`).")
@@ -53,10 +68,23 @@ def run_command(scenario: str, keep: bool, duration: float | None) -> None:
     run(scenario, keep=keep, duration=duration, out=click.echo)
 
 
-@lab_command.command("clean", context_settings=CONTEXT)
-def clean_command() -> None:
-    """Remove every lab namespace (sdlab-*) and the programs still running in them."""
+@lab_command.command("clean", context_settings=CONTEXT, epilog="""
+\b
+Examples:
+  sockdoctor lab clean                       labs whose run is over (a --keep, a killed run)
+  sockdoctor lab clean sdlab-forgot-close-4242-ab12    that one, even if its run goes on
+  sockdoctor lab clean --force               every lab, live or not
+""")
+@click.argument("names", nargs=-1, metavar="[LAB]...")
+@click.option("--force", is_flag=True, help="Also remove labs whose run is still going.")
+def clean_command(names: tuple[str, ...], force: bool) -> None:
+    """Remove lab namespaces (sdlab-*) whose run is over, and the programs still in them.
+
+    A lab whose creating process still runs (`lab run` in another terminal, a
+    test suite) is listed and left alone, unless named (its name with or
+    without -srv/-cli) or --force is given.
+    """
     from ..lab import clean
 
     need_root("lab clean")
-    clean(out=click.echo)
+    clean(names, force, out=click.echo)

@@ -10,17 +10,38 @@ import click
 from .common import (
     CONTEXT,
     FILTER_HELP,
+    Once,
     build_query,
     clear_progress,
+    exclusive,
     filter_options,
     progress,
     warn,
     write_lines,
 )
 
+EPILOG = FILTER_HELP + """
+\b
+ss's habits work: -t -a -n are accepted (always TCP, every state, numeric),
+-l lists listeners, -s prints ss's summary, -N NS is --netns, and short
+flags combine (-tlnp, -tanpo). -u/-x/-w next to -t are ignored with a note:
+sockdoctor shows TCP only.
 
-@click.command("ls", context_settings=CONTEXT, epilog=FILTER_HELP)
+\b
+Examples:
+  sockdoctor ls -tanp state close-wait        like ss -tanp, in every namespace
+  sockdoctor ls -tlnp                         listeners and their owners
+  sockdoctor ls --summary                     counts by state x process x service
+  sockdoctor ls -p --process 'python*' --older-than 10m
+  sockdoctor ls -N web -i dport = :5432       tcp_info of connections to postgres
+  sockdoctor ls -p --json | jq '.sockets[] | select(.state == "CLOSE-WAIT")'
+  sockdoctor ls --from snap.json.gz --summary   a snapshot from another machine
+"""
+
+
+@click.command("ls", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
+@click.option("-l", "--listening", is_flag=True, help="Only listening sockets (as ss -l).")
 @click.option("-p", "--processes", is_flag=True,
               help="Show the process and fd holding each socket.")
 @click.option("-i", "--info", is_flag=True, help="Show tcp_info (rtt, cwnd, bytes, ...).")
@@ -29,38 +50,55 @@ from .common import (
 @click.option("-o", "--options", "timers", is_flag=True, help="Show timers.")
 @click.option("-4", "ipv4", is_flag=True, help="IPv4 only.")
 @click.option("-6", "ipv6", is_flag=True, help="IPv6 only.")
-@click.option("-t", "-a", "-n", "compat", is_flag=True, hidden=True,
-              help="Accepted for ss compatibility (always TCP, all states, numeric).")
+@click.option("-r", "--resolve", is_flag=True, hidden=True)
 @click.option("-H", "--no-header", is_flag=True, help="Do not print the header line.")
-@click.option("--json", "output", flag_value="json", help="One JSON document (docs/json.md).")
-@click.option("--ndjson", "output", flag_value="ndjson", help="One JSON object per socket.")
-@click.option("--summary", "output", flag_value="summary",
-              help="Counts by state x process x service.")
-@click.option("--from", "from_file", metavar="FILE",
-              help="Read a snapshot written by `sockdoctor snapshot` instead of the host.")
-def ls_command(processes: bool, info: bool, memory: bool, extended: bool, timers: bool,
-               ipv4: bool, ipv6: bool, compat: bool, no_header: bool, output: str | None,
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/json.md).")
+@click.option("--ndjson", is_flag=True, help="One JSON object per socket.")
+@click.option("--summary", is_flag=True, help="Counts by state x process x service.")
+@click.option("-s", "ss_summary", is_flag=True,
+              help="ss's summary: totals by state and family.")
+@click.option("--from", "from_file", cls=Once, metavar="FILE",
+              help="Read a snapshot written by `sockdoctor snapshot` instead of the host "
+                   "(- reads stdin).")
+def ls_command(listening: bool, processes: bool, info: bool, memory: bool, extended: bool,
+               timers: bool, ipv4: bool, ipv6: bool, resolve: bool, no_header: bool,
+               as_json: bool, ndjson: bool, summary: bool, ss_summary: bool,
                from_file: str | None, **kw: Any) -> None:
     """List TCP sockets in every network namespace, like `ss -tan`, with owners and age."""
     import socket as _socket
 
+    exclusive(json=as_json, ndjson=ndjson, summary=summary, s=ss_summary)
+    output = ("json" if as_json else "ndjson" if ndjson else "summary" if summary
+              else "ss-summary" if ss_summary else None)
+    if resolve:
+        warn(["-r (resolve names) is not supported: addresses and ports stay numeric"])
     family = _socket.AF_INET if ipv4 and not ipv6 else _socket.AF_INET6 if ipv6 and not ipv4 else 0
-    query = build_query(kw, family)
-    want_owners = processes or output == "summary"
+    query = build_query(kw, family, ("listening",) if listening else ())
+    snapshot = _snapshot(query, from_file, output, processes, info, memory, extended)
+    warn(snapshot.warnings)
+    _write(snapshot, output, processes, info, memory, extended, timers, not no_header)
+
+
+def _snapshot(query: Any, from_file: str | None, output: str | None, processes: bool,
+              info: bool, memory: bool, extended: bool) -> Any:
     if from_file:
         from ..snapshot_io import load
 
-        snapshot = query.apply(load(from_file))
-    else:
-        from ..inventory import scan
+        source = "stdin" if from_file == "-" else from_file
+        return query.apply(load(from_file), source)
+    from ..inventory import scan
 
-        show = output is None or output == "summary"
-        # The summary has no age column; every other output shows age (docs/age.md).
-        snapshot = scan(query, owners=want_owners, info=info, mem=memory,
-                        age=output != "summary", extended=extended, progress=progress(show),
-                        lazy_info=output in ("json", "ndjson"))
-        clear_progress(show)
-    warn(snapshot.warnings)
+    show = output in (None, "summary", "ss-summary")
+    # The summaries have no age column; every other output shows age (docs/age.md).
+    snapshot = scan(query, owners=processes or output == "summary", info=info, mem=memory,
+                    age=not output or "summary" not in output, extended=extended,
+                    progress=progress(show), lazy_info=output in ("json", "ndjson"))
+    clear_progress(show)
+    return snapshot
+
+
+def _write(snapshot: Any, output: str | None, processes: bool, info: bool, memory: bool,
+           extended: bool, timers: bool, header: bool) -> None:
     out = sys.stdout
     if output == "json":
         from ..render.jsonout import write_json
@@ -70,16 +108,17 @@ def ls_command(processes: bool, info: bool, memory: bool, extended: bool, timers
         from ..render.jsonout import write_ndjson
 
         write_ndjson(snapshot, out.buffer)
-    elif output == "summary":
-        from ..render.summary import render
+    elif output in ("summary", "ss-summary"):
+        from ..render import summary
 
-        write_lines(out, render(snapshot))
+        write_lines(out, summary.render(snapshot) if output == "summary"
+                    else summary.render_ss(snapshot))
     else:
         from ..render.table import Columns
         from ..render.table import render as render_table
 
         cols = Columns(processes=processes and snapshot.owners_scanned, info=info, mem=memory,
-                       extended=extended, timers=timers, header=not no_header,
+                       extended=extended, timers=timers, header=header,
                        netns=len(snapshot.namespaces) > 1,
                        age=any(sk.age_ms is not None for sk in snapshot.sockets))
         write_lines(out, render_table(snapshot, cols))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, build_query, filter_options
+from .common import CONTEXT, build_query, filter_options, reader_may_leave
 
 REAP_HELP = """
 \b
@@ -192,19 +192,14 @@ class _Output:
             self._line(reaper.summary())
 
     def _json(self, obj: dict) -> None:
-        import msgspec
+        from ..jsontext import encode  # names that are not UTF-8, exact
 
-        self._line(msgspec.json.encode(obj).decode())
+        self._line(encode(obj).decode())
 
     @staticmethod
     def _line(text: str) -> None:
-        try:
+        with reader_may_leave():
             sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            from .common import _silence_stdout
-
-            _silence_stdout()
 
 
 def _describe(policy: Any) -> None:

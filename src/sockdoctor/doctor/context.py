@@ -8,6 +8,7 @@ small factor of the scan itself.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..model import Process, Snapshot, Socket, TcpState
@@ -52,6 +53,7 @@ class Context:
     threads_known: bool = False
     backlogged: set[tuple[int, int]] = field(default_factory=set)
     findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # seen, not (yet) a finding: Report.notes
     _ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
     _owned_states: dict[int, dict[int, int]] | None = None
 
@@ -98,6 +100,10 @@ class Context:
 
     def is_listening(self, netns: int, port: int) -> bool:
         return (netns, port) in self.listeners
+
+    def listener_pids(self, netns: int, port: int) -> set[int]:
+        """The processes holding the listeners of a port (one, or a prefork server's all)."""
+        return {o.pid for sk in self.listeners.get((netns, port), ()) for o in sk.owners}
 
     def port_range(self, netns: int) -> tuple[int, int]:
         rng = self._ranges.get(netns)
@@ -185,7 +191,7 @@ class Context:
         ns = self.snap.netns(netns)
         if ns is None:
             return str(netns)
-        if ns.kind in ("host", "named", "container") and _shell_safe(ns.name):
+        if ns.kind in ("host", "named", "container") and is_plain(ns.name):
             return ns.name
         return str(ns.inode)
 
@@ -214,11 +220,16 @@ class Context:
 
     def kill(self, netns: int, states: list[str], *, pid: int = 0, port: int = 0,
              older_than_ms: int | None = None, words: list[str] | None = None,
-             ) -> tuple[str, list[str]]:
-        """The `sockdoctor kill` command line for a set of sockets, and its argv."""
+             pids: Sequence[int] = (), process: str = "") -> tuple[str, list[str]]:
+        """The `sockdoctor kill` command line for a set of sockets, and its argv.
+
+        `pids` names several processes (--pid each), `process` a name they share.
+        """
         argv = ["sockdoctor", "kill", "--netns", self.ns_selector(netns)]
-        if pid > 0:
-            argv += ["--pid", str(pid)]
+        for one in ([pid] if pid > 0 else []) + [p for p in pids if p > 0 and p != pid]:
+            argv += ["--pid", str(one)]
+        if process:
+            argv += ["--process", process]
         if port:
             argv += ["--port", str(port)]
         for st in states:
@@ -265,8 +276,9 @@ def _parse_range(value: str | None) -> tuple[int, int]:
     return (lo, hi) if 0 < lo <= hi <= 65535 else DEFAULT_PORT_RANGE
 
 
-def _shell_safe(name: str) -> bool:
-    return bool(name) and all(c.isalnum() or c in "-_.:" for c in name)
+def is_plain(name: str) -> bool:
+    """A name a command line can carry as it is: no quoting, nothing to escape."""
+    return bool(name) and all((c.isascii() and c.isalnum()) or c in "-_.:" for c in name)
 
 
 def is_loopback(addr: str) -> bool:

@@ -38,8 +38,45 @@ def diagnose(snapshot: Snapshot, previous: Snapshot | None = None, *,
     if scope is not None:
         findings = [f for f in findings if scope.covers(f)]
     findings.sort(key=sort_key)
-    return Report(findings=findings, summary=_summary(ctx, findings),
-                  snapshot=_meta(ctx), limits=_limits(ctx))
+    return Report(findings=causes_first(findings), summary=_summary(ctx, findings),
+                  snapshot=_meta(ctx), limits=_limits(ctx), notes=ctx.notes)
+
+
+# A finding about the other end of a connection, and the rules that name its cause.
+CONSEQUENCES = {"fin-wait-2-pileup": ("never-closed", "client-pool-dead-connections")}
+
+
+def causes_first(findings: list[Finding]) -> list[Finding]:
+    """Move each cause just before its consequence, whatever their severities.
+
+    A FIN-WAIT-2 pile-up whose other end is in the snapshot exists because
+    that end's program never closes: its never-closed finding is the one to
+    read first, and its relief (covering every worker) relieves both.
+    """
+    holders: dict[tuple[str, int, int], Finding] = {}
+    for f in findings:
+        for p in f.processes:
+            holders.setdefault((f.rule, f.netns_inode, p.pid), f)
+    cause_of: dict[int, Finding] = {}
+    for consequence in findings:
+        peer = consequence.evidence.get("peer_pid")
+        ns = consequence.evidence.get("peer_netns_inode")
+        if not isinstance(peer, int) or not isinstance(ns, int):
+            continue
+        cause = next((holders[key] for rule in CONSEQUENCES.get(consequence.rule, ())
+                      if (key := (rule, ns, peer)) in holders), None)
+        if cause is not None:
+            cause_of[id(consequence)] = cause
+            if cause.relief:
+                consequence.relief, consequence.relief_argv = cause.relief, list(cause.relief_argv)
+    out: list[Finding] = []
+    placed: set[int] = set()
+    for f in findings:
+        for item in (cause_of.get(id(f)), f):
+            if item is not None and id(item) not in placed:
+                out.append(item)
+                placed.add(id(item))
+    return out
 
 
 def _summary(ctx: Context, findings: list[Finding]) -> Summary:

@@ -129,6 +129,8 @@ class Report(msgspec.Struct, kw_only=True):
     summary: Summary
     snapshot: SnapshotMeta
     limits: list[str] = msgspec.field(default_factory=list)
+    # Seen but not (yet) a finding, e.g. CLOSE-WAIT younger than --stuck-after.
+    notes: list[str] = msgspec.field(default_factory=list)
 
     @property
     def worst(self) -> Severity | None:

@@ -7,7 +7,9 @@ from typing import Any
 
 import msgspec
 
+from .. import jsontext
 from ..errors import BadSnapshotError
+from ..render.fmt import untrusted
 from .finding import Finding, Report
 from .text import fmt_ms, plural
 
@@ -24,9 +26,14 @@ def render_text(report: Report, color: bool = False, width: int = 100) -> str:
     for f in report.findings:
         out.extend(_finding(f, paint, width))
         out.append("")
+    if report.notes:
+        out.append("seen, not (yet) a problem:")
+        for note in report.notes:
+            out.extend(_wrapped("-", untrusted(note), width, indent="  ", label_width=2))
+        out.append("")
     if report.limits:
         out.append(paint(_DIM, "not checked or guessed:"))
-        out.extend(paint(_DIM, f"  - {line}") for line in report.limits)
+        out.extend(paint(_DIM, f"  - {untrusted(line)}") for line in report.limits)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -39,7 +46,8 @@ def _painter(color: bool):
 def _header(report: Report) -> str:
     meta = report.snapshot
     ns = plural(len(meta.namespaces), "network namespace") if meta.namespaces else ""
-    parts = [f"{meta.hostname} (kernel {meta.kernel})", plural(meta.sockets, "TCP socket")]
+    parts = [f"{untrusted(meta.hostname)} (kernel {untrusted(meta.kernel)})",
+             plural(meta.sockets, "TCP socket")]
     if ns:
         parts.append(ns)
     if meta.interval_s:
@@ -50,45 +58,51 @@ def _header(report: Report) -> str:
 def _counts(report: Report, paint) -> str:
     s = report.summary
     if not report.findings:
-        return paint(_COLORS["info"], "healthy: nothing to report")
-    words = [paint(_COLORS[sev], f"{n} {sev}") for sev, n in
+        tail = "nothing stuck yet (see below)" if report.notes else "nothing to report"
+        return paint(_COLORS["info"], f"healthy: {tail}")
+    # "2 warnings", but "2 critical" and "2 info": those read as adjectives.
+    words = [paint(_COLORS[sev], plural(n, sev) if sev == "warning" else f"{n} {sev}")
+             for sev, n in
              (("critical", s.critical), ("warning", s.warning), ("info", s.info)) if n]
     verdict = "healthy (information only)" if report.healthy else "problems found"
     return f"{verdict}: " + ", ".join(words)
 
 
 def _finding(f: Finding, paint, width: int) -> list[str]:
-    where = f"  [netns {f.netns}]" if f.netns else ""
+    """One finding; every text in it may quote a process or namespace name, so it is escaped."""
+    where = f"  [netns {untrusted(f.netns)}]" if f.netns else ""
     head = (paint(_COLORS[f.severity], f"{f.severity.upper():<8}") + " "
-            + paint(_BOLD, f.rule) + "  " + f.title + paint(_DIM, where))
+            + paint(_BOLD, f.rule) + "  " + untrusted(f.title) + paint(_DIM, where))
     lines = [head]
     for i, ev in enumerate(f.evidence_lines):
-        lines.extend(_wrapped("evidence:" if i == 0 else "", ev, width, hang=2))
-    lines.extend(_wrapped("why:", f.explanation, width))
-    lines.extend(_wrapped("fix:", f.fix, width))
+        lines.extend(_wrapped("evidence:" if i == 0 else "", untrusted(ev), width, hang=2))
+    lines.extend(_wrapped("why:", untrusted(f.explanation), width))
+    lines.extend(_wrapped("fix:", untrusted(f.fix), width))
     if f.relief:
-        lines.append(_INDENT + "relieve now: " + paint(_GREEN, f.relief))
+        lines.append(_INDENT + "relieve now: " + paint(_GREEN, untrusted(f.relief)))
     return lines
 
 
-def _wrapped(label: str, text: str, width: int, hang: int = 0) -> list[str]:
+def _wrapped(label: str, text: str, width: int, hang: int = 0, indent: str = _INDENT,
+             label_width: int = _LABEL) -> list[str]:
     if not text:
         return []
-    first = _INDENT + f"{label:<{_LABEL}}"
-    rest = _INDENT + " " * (_LABEL + hang)
+    first = indent + f"{label:<{label_width}}"
+    rest = indent + " " * (label_width + hang)
     return textwrap.wrap(text, width=max(width, 40), initial_indent=first,
                          subsequent_indent=rest, break_on_hyphens=False,
                          break_long_words=False)
 
 
 def to_json(report: Report) -> bytes:
-    return msgspec.json.encode(report)
+    """The report as JSON; text that is not UTF-8 as jsontext documents (docs/json.md)."""
+    return jsontext.encode(report)
 
 
 def from_json(data: bytes | str) -> Report:
     """Decode a report; a corrupt or foreign document is a user error."""
     try:
-        return msgspec.json.decode(data, type=Report)
+        return jsontext.decode(data.encode() if isinstance(data, str) else data, Report)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise BadSnapshotError(f"not a sockdoctor report: {exc}") from exc
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from ..errors import NotFoundError
+from ..errors import SockdoctorError
 from ..model import ALL_STATES_MASK, Netns, Snapshot, Socket, TcpState
 from ..query import Query
 from .finding import Finding
@@ -46,15 +46,13 @@ def select(snapshot: Snapshot, query: Query, *, strict: bool = True,
            ) -> tuple[Snapshot, Scope | None]:
     """The part of `snapshot` the doctor should judge for `query`.
 
-    Namespaces are chosen by `query.netns` (all, host, a name or an inode;
-    strict: a name that matches none is a NotFoundError). Without a narrowing
-    filter every socket of those namespaces is kept and the scope is None.
+    Namespaces are chosen by `query.netns` (Query.namespaces_in). strict: a
+    --netns that names nothing in the snapshot is a NotFoundError (the
+    previous sample of a trend is read leniently). Without a narrowing filter
+    every socket of those namespaces is kept and the scope is None.
     """
-    namespaces = [ns for ns in snapshot.namespaces if _selected(query.netns, ns)]
-    if strict and not namespaces and query.netns not in ("", "all"):
-        known = ", ".join(ns.name for ns in snapshot.namespaces) or "none"
-        raise NotFoundError(f"no network namespace called '{query.netns}' in the snapshot "
-                            f"(known: {known})")
+    namespaces = (query.namespaces_in(snapshot) if strict
+                  else _lenient_namespaces(snapshot, query))
     everywhere = len(namespaces) == len(snapshot.namespaces)
     inodes = {ns.inode for ns in namespaces}
     in_ns = snapshot.sockets if everywhere else [sk for sk in snapshot.sockets
@@ -63,8 +61,7 @@ def select(snapshot: Snapshot, query: Query, *, strict: bool = True,
         if everywhere:
             return snapshot, None
         return _subset(snapshot, in_ns, namespaces, _owners(in_ns)), None
-    chosen = [sk for sk in in_ns if query.match_socket(sk)
-              and (not query.needs_owners or query.match_owner(sk, snapshot.processes))]
+    chosen = [sk for sk in in_ns if query.selects(sk, snapshot.processes)]
     picked = {id(sk) for sk in chosen}
     kept = [sk for sk in in_ns if id(sk) in picked or sk.state == TcpState.LISTEN]
     pids = _owners(chosen)
@@ -74,10 +71,11 @@ def select(snapshot: Snapshot, query: Query, *, strict: bool = True,
     return _subset(snapshot, kept, namespaces, pids), scope
 
 
-def _selected(wanted: str, ns: Netns) -> bool:
-    # Same names as Query.apply: a saved snapshot cannot resolve "self" or a PID.
-    return (wanted in ("", "all", ns.name, str(ns.inode))
-            or (wanted == "host" and ns.kind == "host"))
+def _lenient_namespaces(snapshot: Snapshot, query: Query) -> list[Netns]:
+    try:
+        return query.namespaces_in(snapshot)
+    except SockdoctorError:
+        return []
 
 
 def _owners(sockets: list[Socket]) -> set[int]:

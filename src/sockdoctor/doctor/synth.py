@@ -26,6 +26,7 @@ from ..model import (
     Process,
     Snapshot,
     Socket,
+    TcpInfo,
     TcpState,
     ThreadInfo,
 )
@@ -96,13 +97,14 @@ class SnapshotBuilder:
 
     def process(self, pid: int, comm: str = "python3", *, state: str = "S",
                 threads: list[tuple[str, str, str]] | None = None, fd_count: int | None = None,
-                fd_limit: int = 1024, netns: str = "host", user: str = "app") -> Process:
+                fd_limit: int = 1024, netns: str = "host", user: str = "app",
+                ppid: int = 1) -> Process:
         """threads: (state letter, syscall, wchan) per thread; None = not collected."""
         infos = None if threads is None else [
             ThreadInfo(tid=pid + i, state=st, syscall=sc, wchan=wc)
             for i, (st, sc, wc) in enumerate(threads)]
         proc = Process(pid=pid, comm=comm, cmdline=[comm], uid=1000, user=user, state=state,
-                       netns=self.netns(netns), fd_limit=fd_limit, threads=infos)
+                       ppid=ppid, netns=self.netns(netns), fd_limit=fd_limit, threads=infos)
         self.processes[pid] = proc
         if fd_count is not None:
             self._fixed_fd_count[pid] = fd_count
@@ -137,10 +139,12 @@ class SnapshotBuilder:
         return [self.socket(state, local, peer, **kw) for _ in range(n)]
 
     def listener(self, port: int, *, pid: int | None = None, addr: str = "0.0.0.0",
-                 backlog: int = 128, queue: int = 0, netns: str = "host") -> Socket:
+                 backlog: int = 128, queue: int = 0, netns: str = "host",
+                 pids: tuple[int, ...] = ()) -> Socket:
+        """pids: more holders (a prefork server's workers inherit the listener)."""
         return self.socket("listening", f"{addr}:{port}", "0.0.0.0:0" if ":" not in addr
                            else "[::]:0", pid=pid, netns=netns, recv_q=queue, send_q=backlog,
-                           age_ms=None)
+                           age_ms=None, pids=pids)
 
     def queued(self, n: int, state: str, local: str, peer: str, listener: Socket,
                **kw) -> list[Socket]:
@@ -149,10 +153,19 @@ class SnapshotBuilder:
         listener.recv_q += n
         return socks
 
-    def dead_fd(self, pid: int, n: int = 1, protocol: str = "TCP") -> None:
+    def dead_fd(self, pid: int, n: int = 1, protocol: str = "TCP", *, peer: str = "",
+                local: str = "10.0.0.2:40000", error: bool | None = None,
+                info: TcpInfo | None = None) -> None:
+        """Dead descriptors; with `error` given, as inspected (peer "" = never connected)."""
+        laddr, _, lport = local.rpartition(":")
+        paddr, _, pport = peer.rpartition(":")
         for _ in range(n):
-            self.dead_fds.append(DeadSocketFd(pid=pid, fd=next(self._fds[pid]),
-                                              inode=next(self._inodes), protocol=protocol))
+            self.dead_fds.append(DeadSocketFd(
+                pid=pid, fd=next(self._fds[pid]), inode=next(self._inodes), protocol=protocol,
+                family=2 if error is not None else 0, local_addr=laddr if error is not None
+                else "", local_port=int(lport) if error is not None else 0,
+                peer_addr=paddr, peer_port=int(pport) if pport else 0, error_pending=error,
+                info=info if error is not None else None))
 
     def remove(self, socks: list[Socket]) -> None:
         gone = {id(sk) for sk in socks}

@@ -6,6 +6,10 @@ import shlex
 from collections import Counter
 from collections.abc import Iterable
 
+from ..render.fmt import plural
+
+__all__ = ["command", "duration_arg", "endpoint", "fmt_ms", "host", "plural", "top", "top_line"]
+
 
 def fmt_ms(ms: int | float | None) -> str:
     """1234567 -> '20m34s'; None -> '?'."""
@@ -40,10 +44,6 @@ def host(addr: str) -> str:
 
 def endpoint(addr: str, port: int) -> str:
     return f"{host(addr)}:{port}"
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def top(items: Iterable[str], limit: int = 5) -> dict[str, int]:

@@ -8,6 +8,7 @@ Everything happens in two private network namespaces, removed at the end.
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -72,17 +73,11 @@ def _config(options: list[str]) -> DoctorConfig:
 
 
 def _step(out: Out, number: int, title: str, args: list[str]) -> int:
-    """Show the command, then run it exactly as typed (same code, same output)."""
-    from ..cli import cli
-
+    """Show the command, then run it exactly as typed: the real CLI, in a process of its own."""
     if title:
         out("")
         out(f"== {number}. {title}")
     out(f"   $ sockdoctor {shlex.join(args)}")
     sys.stdout.flush()
-    try:
-        cli.main(args=args, prog_name="sockdoctor", standalone_mode=False)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    sys.stdout.flush()
-    return 0
+    done = subprocess.run([sys.executable, "-m", "sockdoctor", *args], check=False)
+    return done.returncode

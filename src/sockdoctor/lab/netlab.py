@@ -10,6 +10,7 @@ fd77::2, both on eth0.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -82,7 +83,9 @@ class Lab:
     _made: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        stem = f"{PREFIX}{self.tag}-{secrets.token_hex(2)}"
+        # The creator's pid is part of the name: `lab clean` spares labs whose
+        # creator still runs (another user's run, a test suite).
+        stem = f"{PREFIX}{self.tag}-{os.getpid()}-{secrets.token_hex(2)}"
         self.server = Host(f"{stem}-srv", SERVER_V4, SERVER_V6)
         self.client = Host(f"{stem}-cli", CLIENT_V4, CLIENT_V6) if self.pair else self.server
 
@@ -155,25 +158,66 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def leftovers() -> list[str]:
-    """Lab namespaces still present (from a run that was killed)."""
+    """Lab namespaces present now (of any run, live or not)."""
     try:
         return sorted(n for n in os.listdir("/run/netns") if n.startswith(PREFIX))
     except FileNotFoundError:
         return []
 
 
-def clean() -> list[str]:
-    """Remove every leftover lab namespace and the processes still inside them."""
-    removed = []
+_NAME = re.compile(rf"^(?P<stem>{PREFIX}.+-(?P<pid>\d+)-[0-9a-f]{{4}})-(?:srv|cli)$")
+
+
+@dataclass(frozen=True)
+class LabNetns:
+    """One lab namespace and the run that made it."""
+
+    name: str
+    stem: str  # the lab's name without -srv / -cli: both ends share it
+    creator: int  # pid of the process that built it; 0: unknown (an older name)
+
+    @property
+    def creator_alive(self) -> bool:
+        return self.creator > 0 and os.path.exists(f"/proc/{self.creator}")
+
+
+def labs() -> list[LabNetns]:
+    """Every lab namespace, with its creator as recorded in its name."""
+    out = []
     for name in leftovers():
-        pids = _ip("netns", "pids", name, check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        if pids:
-            time.sleep(0.1)
-        _ip("netns", "del", name, check=False)
-        removed.append(name)
-    return removed
+        m = _NAME.match(name)
+        out.append(LabNetns(name, m.group("stem"), int(m.group("pid"))) if m
+                   else LabNetns(name, name.removesuffix("-srv").removesuffix("-cli"), 0))
+    return out
+
+
+def clean(names: Sequence[str] = (), force: bool = False
+          ) -> tuple[list[str], list[LabNetns]]:
+    """Remove lab namespaces and the processes still inside them.
+
+    Without `names`, those whose creating process is gone (or every one, with
+    `force`); with `names` (a namespace or a lab stem), exactly those labs.
+    Returns (removed names, labs left alone because their creator still runs).
+    """
+    every = labs()
+    if names:
+        chosen = [lab for lab in every if lab.name in names or lab.stem in names]
+        spared: list[LabNetns] = []
+    else:
+        chosen = [lab for lab in every if force or not (lab.creator == 0 or lab.creator_alive)]
+        spared = [lab for lab in every if lab not in chosen]
+    for lab in chosen:
+        _remove(lab.name)
+    return [lab.name for lab in chosen], spared
+
+
+def _remove(name: str) -> None:
+    pids = _ip("netns", "pids", name, check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    if pids:
+        time.sleep(0.1)
+    _ip("netns", "del", name, check=False)

@@ -11,11 +11,13 @@ import signal
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from ..errors import NotFoundError
+from ..linux import procfs
 from ..model import Socket, TcpState
+from ..render.fmt import plural, untrusted
 from . import netlab
 from .scenario import RunInfo, Scenario, count_states
 from .scenarios import REGISTRY
@@ -54,7 +56,8 @@ def run(name: str, keep: bool = False, out: Out = print, duration: float | None 
             info = scenario.start(lab, timeout=timeout)
             report(scenario, info, out)
             if keep:
-                out("left running. Remove it with: sockdoctor lab clean")
+                out("left running. Remove it with: sockdoctor lab clean "
+                    + lab.server.netns.removesuffix("-srv"))
                 return info
             _wait(duration, out)
     except KeyboardInterrupt:
@@ -145,9 +148,34 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def clean(out: Out = print) -> list[str]:
-    """Remove every lab namespace left behind (`sockdoctor lab clean`)."""
-    removed = netlab.clean()
-    out(f"removed {len(removed)} lab namespace(s)" + (": " + ", ".join(removed)
-                                                      if removed else ""))
+def clean(names: Sequence[str] = (), force: bool = False, out: Out = print) -> list[str]:
+    """`sockdoctor lab clean [NAME]... [--force]`: remove labs whose run is over.
+
+    Labs of runs still going (another terminal, a test suite) are listed and
+    left alone unless named or `force`. A NAME that is no lab is a NotFoundError.
+    """
+    if names:
+        known = {lab.name for lab in netlab.labs()} | {lab.stem for lab in netlab.labs()}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            shown = ", ".join(sorted({lab.stem for lab in netlab.labs()})) or "none"
+            raise NotFoundError(f"no lab called '{unknown[0]}' (labs now: {shown})")
+    removed, spared = netlab.clean(names, force)
+    out(f"removed {plural(len(removed), 'lab namespace')}"
+        + (": " + ", ".join(removed) if removed else ""))
+    for stem in sorted({lab.stem for lab in spared}):
+        out(_spared_line(stem, [lab for lab in spared if lab.stem == stem]))
     return removed
+
+
+def _spared_line(stem: str, ends: list[netlab.LabNetns]) -> str:
+    names = ", ".join(lab.name for lab in ends)
+    creator = ends[0].creator
+    if creator == 0:
+        why = "its creator is unknown (a name from an older sockdoctor)"
+    else:
+        info = procfs.process_info(creator)
+        who = f"{untrusted(info.comm)} (pid {creator})" if info else f"pid {creator}"
+        why = f"its run is still going: {who}"
+    return (f"left alone {names}: {why}; remove it with `sockdoctor lab clean {stem}` "
+            "(or --force for every lab)")

@@ -85,6 +85,10 @@ def discover() -> tuple[list[NsRef], int]:
                 continue
             if inode != host and inode not in found:
                 found[inode] = NsRef(inode, name, "named", path)
+    own = current_inode()
+    # Without root PID 1 and 2 are not inspectable: the namespace we run in is
+    # then the best guess at "the host" (unless `ip netns` names it).
+    host = own if host is None else host
     denied = 0
     for pid in procfs.list_pids():
         path = f"/proc/{pid}/ns/net"
@@ -101,11 +105,9 @@ def discover() -> tuple[list[NsRef], int]:
             found[inode] = NsRef(inode, "host", "host", path, pid)
         else:
             found[inode] = _process_ns(inode, pid, path)
-    own = current_inode()
     if own not in found:
-        found[own] = NsRef(own, "host" if host in (None, own) else "current",
-                           "host" if host in (None, own) else "current",
-                           "/proc/thread-self/ns/net", os.getpid())
+        kind = "host" if own == host else "current"
+        found[own] = NsRef(own, kind, kind, "/proc/thread-self/ns/net", os.getpid())
     ordered = sorted(found.values(), key=lambda ns: (ns.kind != "host", ns.name))
     return ordered, denied
 
@@ -119,24 +121,22 @@ def _process_ns(inode: int, pid: int, path: str) -> NsRef:
 
 
 def select(namespaces: list[NsRef], wanted: str) -> list[NsRef]:
-    """Narrow the list to what `--netns` names: all, host, self, a name, a PID or an inode."""
-    if wanted in ("", "all"):
-        return namespaces
-    if wanted == "host":
-        return [ns for ns in namespaces if ns.kind == "host"]
-    if wanted in ("self", "current"):
-        own = current_inode()
-        return [ns for ns in namespaces if ns.inode == own]
-    matches = [ns for ns in namespaces if wanted in (ns.name, str(ns.inode))
-               or ns.name == f"container:{wanted[:12]}"]
-    if matches:
-        return matches
-    if wanted.isdigit() and os.path.exists(f"/proc/{wanted}/ns/net"):
-        path = f"/proc/{wanted}/ns/net"
-        inode = os.stat(path).st_ino
-        known = [ns for ns in namespaces if ns.inode == inode]
-        return known or [_process_ns(inode, int(wanted), path)]
-    return []
+    """Narrow the list to what `--netns` names (selectors.select_netns: all, host, self,
+    a name, an inode, container:ID or a PID inside it)."""
+    from ..selectors import select_netns
+
+    chosen = select_netns(namespaces, wanted, own=current_inode(), netns_of_pid=_pid_netns)
+    if chosen or not wanted.strip().isdigit():
+        return chosen
+    inode = _pid_netns(int(wanted))  # a namespace discover() missed (it just appeared)
+    return [_process_ns(inode, int(wanted), f"/proc/{int(wanted)}/ns/net")] if inode else []
+
+
+def _pid_netns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
 
 
 def run_in(ns: NsRef, fn: Callable[[], T]) -> T:

@@ -324,7 +324,9 @@ def _balanced(pids: list[int], parts: int) -> list[list[int]]:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # surrogateescape: names and command lines are bytes any user chooses; bytes
+    # that are not UTF-8 survive exactly (render.fmt.untrusted, jsontext).
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
 
 
@@ -359,6 +361,19 @@ def container_id(cgroup: str) -> str:
     return ""
 
 
+def process_names() -> list[Process]:
+    """Every process's pid, name and command line (what `--process` is matched against)."""
+    out = []
+    for pid in list_pids():
+        try:
+            comm = _read(f"{PROC}/{pid}/comm").rstrip("\n")
+            cmdline = [part for part in _read(f"{PROC}/{pid}/cmdline").split("\0") if part]
+        except OSError:
+            continue
+        out.append(Process(pid=pid, comm=comm, cmdline=cmdline))
+    return out
+
+
 # Kubernetes puts each pod in a cgroup named after its uid: "pod<uid>" with the
 # cgroupfs driver, "kubepods-<qos>-pod<uid with _ for ->.slice" with systemd's.
 _POD_UID = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_]"
@@ -380,9 +395,9 @@ def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process 
         uid = os.stat(base).st_uid
     except OSError:
         return None
-    state = stat[stat.rfind(")") + 2:].split(" ", 1)[0]
+    state, ppid = [*stat[stat.rfind(")") + 2:].split(" ", 2), "", ""][:2]
     proc = Process(pid=pid, comm=comm, uid=uid, user=user_name(uid), state=state,
-                   fd_count=fd_count)
+                   ppid=int(ppid) if ppid.isdigit() else 0, fd_count=fd_count)
     try:
         raw = _read(f"{base}/cmdline")
         proc.cmdline = [part for part in raw.split("\0") if part]
@@ -532,14 +547,16 @@ def netns_inode(pid: int) -> int:
 NET_SYSCTLS = (
     "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_tw_recycle",
-    "net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_max_orphans", "net.ipv4.tcp_orphan_retries",
+    "net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_orphan_retries",
     "net.ipv4.tcp_retries2", "net.ipv4.tcp_syn_retries", "net.ipv4.tcp_synack_retries",
     "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_syncookies", "net.ipv4.tcp_abort_on_overflow",
     "net.ipv4.ip_local_port_range", "net.ipv4.ip_local_reserved_ports",
     "net.ipv4.tcp_challenge_ack_limit", "net.ipv4.tcp_invalid_ratelimit",
     "net.core.somaxconn",
 )
-GLOBAL_SYSCTLS = ("fs.file-max", "fs.nr_open", "fs.file-nr", "net.ipv4.tcp_mem")
+# Host-wide ones: a network namespace other than the first has no such file.
+GLOBAL_SYSCTLS = ("fs.file-max", "fs.nr_open", "fs.file-nr", "net.ipv4.tcp_mem",
+                  "net.ipv4.tcp_max_orphans")
 
 
 def read_sysctls(names: Iterable[str]) -> dict[str, str]:

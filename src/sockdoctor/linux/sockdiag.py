@@ -495,3 +495,97 @@ def _iter_acks(data: memoryview) -> Iterator[tuple[int, int]]:
             (code,) = struct.unpack_from("=i", data, offset + NLMSG_HDRLEN)
             yield seq, -code
         offset += (length + 3) & ~3
+
+
+# --- destroy events (multicast groups, as `ss -E` listens) --------------------
+# The kernel sends one SOCK_DIAG_BY_FAMILY message to these groups (enum
+# sknetlink_groups in uapi/linux/sock_diag.h) when a socket of its namespace is
+# freed: after the last close(), not at SOCK_DESTROY while a process still has
+# the descriptor. The message has the 4-tuple, the cookie, the state and the
+# socket's last tcp_info; the inode is 0 by then.
+
+SKNLGRP_INET_TCP_DESTROY = 1
+SKNLGRP_INET6_TCP_DESTROY = 3
+DESTROY_GROUPS = {socket.AF_INET: SKNLGRP_INET_TCP_DESTROY,
+                  socket.AF_INET6: SKNLGRP_INET6_TCP_DESTROY}
+DESTROY_RCVBUF = 8 << 20  # bursts of closes: tens of thousands of messages
+SO_RCVBUFFORCE = 33  # not in Python's socket module
+
+
+def open_destroy_listener(families: Iterable[int] = (socket.AF_INET, socket.AF_INET6)
+                          ) -> socket.socket:
+    """A non-blocking socket subscribed to the TCP destroy events of the current namespace."""
+    groups = 0
+    for family in families:
+        groups |= 1 << (DESTROY_GROUPS[family] - 1)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                         NETLINK_SOCK_DIAG)
+    try:
+        try:  # root may exceed rmem_max; others get what rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, DESTROY_RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
+        sock.bind((0, groups))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def read_destroyed(sock: socket.socket, netns: int = 0) -> tuple[list[Socket], int]:
+    """Destroy events waiting on a listener: the sockets, and how many reads overflowed.
+
+    An overflow (ENOBUFS) means the kernel dropped messages because the socket's
+    buffer was full; how many is not known, only that it happened.
+    """
+    out: list[Socket] = []
+    overflows = 0
+    buf = bytearray(RECV_BUFSIZE)
+    view = memoryview(buf)
+    parser = DumpParser(DumpOptions(ALL_STATES, info=True), netns, out)
+    while True:
+        try:
+            n = sock.recv_into(buf)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOBUFS:
+                overflows += 1
+                continue
+            raise
+        if n == 0:
+            break
+        parser.feed(view[:n])
+    return out, overflows
+
+
+INET_DIAG_NOCOOKIE = 0xFFFFFFFFFFFFFFFF  # both u32 halves ~0: "any cookie"
+
+
+def lookup_tuple(sock: socket.socket, family: int, local_addr: str, local_port: int,
+                 peer_addr: str, peer_port: int, netns: int = 0) -> Socket | None:
+    """The socket with exactly this 4-tuple in the socket's namespace, whatever its cookie.
+
+    For `trace`, which learns of a new connection from a tracepoint that gives
+    only the 4-tuple. The kernel's exact lookup falls back to a listener on
+    the local port, so anything but the very same 4-tuple is ignored.
+    """
+    probe = Socket(netns, family, 0, local_addr, local_port, peer_addr, peer_port, 0,
+                   INET_DIAG_NOCOOKIE, 0, 0, 0)
+    request = build_request(family, ALL_STATES, 0, 1, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
+                            sockid(probe))
+    sock.send(request)
+    buf = bytearray(65536)
+    n = sock.recv_into(buf)
+    out: list[Socket] = []
+    try:
+        DumpParser(DumpOptions(ALL_STATES), netns, out).feed(memoryview(buf)[:n])
+    except OSError as exc:
+        if exc.errno in (errno_mod.ENOENT, errno_mod.ESTALE):
+            return None
+        raise
+    for found in out:
+        if (found.peer_port == peer_port and found.local_port == local_port
+                and found.peer_addr == peer_addr and found.local_addr == local_addr):
+            return found
+    return None

@@ -21,8 +21,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import msgspec
-
+from .. import jsontext
 from ..errors import PermissionDeniedError
 from ..model import TcpState
 from .steps import PlanItem
@@ -52,10 +51,10 @@ class AuditLog:
         """Append the entries in one write; False (and .error set) if that failed."""
         if self.fd < 0 or self.error:
             return not self.error
-        head = msgspec.json.encode({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        head = jsontext.encode({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                     "user": self.user})[:-1] + b","
         data = b"".join(head + (e.encode() if isinstance(e, Record)
-                                else msgspec.json.encode(e)[1:]) + b"\n" for e in entries)
+                                else jsontext.encode(e)[1:]) + b"\n" for e in entries)
         view = memoryview(data)
         try:
             while view:
@@ -112,7 +111,7 @@ class Record(NamedTuple):
 
     def encode(self) -> bytes:
         return (b'"event":"' + self.event.encode() + b'",' + self.identity + b","
-                + msgspec.json.encode(self.fields)[1:])
+                + jsontext.encode(self.fields)[1:])
 
 
 _STATE_NAMES = {int(s): s.name for s in TcpState}
@@ -138,4 +137,4 @@ def identity(item: PlanItem) -> dict[str, Any]:
 
 def identity_json(item: PlanItem) -> bytes:
     """identity(item) as the inside of a JSON object (no braces), to splice into lines."""
-    return msgspec.json.encode(identity(item))[1:-1]
+    return jsontext.encode(identity(item))[1:-1]

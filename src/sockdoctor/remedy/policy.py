@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import SockdoctorError, UsageError
 from ..model import Snapshot, Socket, TcpState, state_mask
 from ..query import Query
 
@@ -99,9 +99,8 @@ class KillPolicy:
         mask, older, where = self.state_mask, self.older_than_ms, self.where
         if self.dead_fds == "only":
             return lambda sk: False
-        spaces = None if where is None or where.netns in ("", "all") else {
-            ns.inode for ns in snapshot.namespaces
-            if netns_matches(where.netns, ns.inode, snapshot)}
+        spaces = None if where is None or where.netns in ("", "all") else \
+            named_namespaces(where, snapshot)
 
         def selects(sk: Socket) -> bool:
             if not (mask >> sk.state) & 1:
@@ -116,23 +115,20 @@ class KillPolicy:
         return selects
 
 
-def netns_matches(wanted: str, inode: int, snapshot: Snapshot) -> bool:
-    """Whether namespace `inode` is the one `wanted` names (as --netns takes it).
+def named_namespaces(where: Query, snapshot: Snapshot) -> set[int]:
+    """The namespaces of `snapshot` that `where.netns` names, as every command decides it
+    (selectors.select_netns: names, inodes, host, container ids, pids it knows).
 
-    Names, inodes, "host" and container ids are decided from the snapshot's
-    namespace records; a form only the live system can resolve (a PID,
-    "self") was already resolved by the scan that made the snapshot.
+    A form only the live system can resolve ("self", a PID the snapshot does
+    not know) was already resolved by the scan that made the snapshot.
     """
-    if wanted in ("", "all"):
-        return True
-    ns = snapshot.netns(inode)
-    if ns is None:
-        return False
-    if wanted == "host":
-        return ns.kind == "host"
-    if wanted in (ns.name, str(ns.inode)) or ns.name == f"container:{wanted[:12]}":
-        return True
-    return not resolvable(wanted) and len(snapshot.namespaces) == 1
+    try:
+        return {ns.inode for ns in where.namespaces_in(snapshot)}
+    except SockdoctorError:
+        pass
+    if not resolvable(where.netns) and len(snapshot.namespaces) == 1:
+        return {snapshot.namespaces[0].inode}
+    return set()
 
 
 def resolvable(wanted: str) -> bool:

@@ -34,6 +34,11 @@ def _escape_char(ch: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 TCP socket', '2 TCP sockets'."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def endpoint(addr: str, port: int, family: int, *, peer: bool = False) -> str:
     """`10.0.0.1:80`, `[::1]:80`, `0.0.0.0:*` the way ss prints them."""
     port_text = "*" if port == 0 and peer else str(port)
@@ -87,17 +92,30 @@ def ss_timer(ms: int) -> str:
     return text
 
 
-def users(sk: Socket, processes: dict[int, Process]) -> str:
-    """`users:(("nginx",pid=1,fd=6),("nginx",pid=2,fd=6))` like ss -p."""
-    if not sk.owners:
+def users(sk: Socket, comms: dict[int, str]) -> str:
+    """`users:(("nginx",pid=1,fd=6),("nginx",pid=2,fd=6))` like ss -p.
+
+    `comms`: pid -> process name already escaped (shown_comms()).
+    """
+    owners = sk.owners
+    if not owners:
         return ""
-    parts = []
-    for owner in sk.owners:
-        proc = processes.get(owner.pid)
-        name = proc.comm if proc else "?"
-        parts.append(f'("{name}",pid={owner.pid},fd={owner.fd})')
+    if len(owners) == 1:  # nearly always: one f-string, no list
+        o = owners[0]
+        return f'users:(("{comms.get(o.pid, "?")}",pid={o.pid},fd={o.fd}))'
+    parts = [f'("{comms.get(o.pid, "?")}",pid={o.pid},fd={o.fd})' for o in owners]
     return "users:(" + ",".join(parts) + ")"
+
+
+def shown_comms(processes: dict[int, Process]) -> dict[int, str]:
+    """pid -> process name, escaped for the terminal (once per process, not per socket)."""
+    return {pid: untrusted(p.comm) for pid, p in processes.items()}
 
 
 def netns_names(snapshot: Snapshot) -> dict[int, str]:
     return {ns.inode: ns.name for ns in snapshot.namespaces}
+
+
+def shown_netns_names(snapshot: Snapshot) -> dict[int, str]:
+    """inode -> namespace name, escaped for the terminal."""
+    return {ns.inode: untrusted(ns.name) for ns in snapshot.namespaces}

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from .. import jsontext
 from ..linux.tcpinfo import of as tcp_info
 from ..model import SS_COLUMN_NAMES, TIMER_NAMES, SkMemInfo, Snapshot, Socket, TcpInfo
 from . import fmt
@@ -119,11 +120,11 @@ def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
                     for ns in snapshot.namespaces],
         warnings=snapshot.warnings, count=len(snapshot.sockets), sockets=[],
     )
-    head = encoder.encode(doc)
+    head = jsontext.encode(doc, encoder)
     out.write(head[:-2])  # drop the closing "]}" of the empty sockets list
     socks = snapshot.sockets
     for start in range(0, len(socks), chunk):
-        body = encoder.encode(records(snapshot, socks[start:start + chunk]))
+        body = jsontext.encode(records(snapshot, socks[start:start + chunk]), encoder)
         out.write(body[1:-1] if start == 0 else b"," + body[1:-1])
     out.write(b"]}\n")
 
@@ -133,4 +134,4 @@ def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
     encoder = msgspec.json.Encoder()
     socks = snapshot.sockets
     for start in range(0, len(socks), chunk):
-        out.write(encoder.encode_lines(records(snapshot, socks[start:start + chunk])))
+        out.write(jsontext.encode_lines(records(snapshot, socks[start:start + chunk]), encoder))

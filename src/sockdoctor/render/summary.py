@@ -8,6 +8,7 @@ collapse into a single line instead of ten thousand ephemeral ports.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from collections.abc import Iterator
 
@@ -35,20 +36,23 @@ def _is_server_side(sk: Socket, listening: set[tuple[int, int]]) -> bool:
     return not listening and sk.local_port <= sk.peer_port
 
 
-def _process_label(sk: Socket, snapshot: Snapshot) -> str:
+def _process_label(sk: Socket, snapshot: Snapshot, comms: dict[int, str]) -> str:
+    """`nginx(42)`, or several holders; `comms` holds the names already escaped."""
     if not sk.owners:
         if not snapshot.owners_scanned:
             return "-"
         return "(no owner)"
-    labels = []
-    for pid in sorted({o.pid for o in sk.owners}):
-        proc = snapshot.processes.get(pid)
-        labels.append(f"{proc.comm if proc else '?'}({pid})")
-    return ",".join(labels)
+    owners = sk.owners
+    if len(owners) == 1:
+        pid = owners[0].pid
+        return f"{comms.get(pid, '?')}({pid})"
+    return ",".join([f"{comms.get(pid, '?')}({pid})" for pid in sorted({o.pid for o in owners})])
 
 
 def rows(snapshot: Snapshot) -> list[SummaryRow]:
-    names = fmt.netns_names(snapshot)
+    """Counts by namespace, state, process and service, biggest first (text escaped)."""
+    names = fmt.shown_netns_names(snapshot)
+    comms = fmt.shown_comms(snapshot.processes)
     listening = {(sk.netns, sk.local_port) for sk in snapshot.sockets
                  if sk.state == TcpState.LISTEN}
     counts: Counter[tuple[str, str, str, str]] = Counter()
@@ -58,7 +62,7 @@ def rows(snapshot: Snapshot) -> list[SummaryRow]:
         else:
             service = "-> " + fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)
         key = (names.get(sk.netns, str(sk.netns)), fmt.state_name(sk.state),
-               _process_label(sk, snapshot), service)
+               _process_label(sk, snapshot, comms), service)
         counts[key] += 1
     return [SummaryRow(*key, count=n) for key, n in counts.most_common()]
 
@@ -70,7 +74,7 @@ def by_state(snapshot: Snapshot) -> Counter[str]:
 def render(snapshot: Snapshot, limit: int = MAX_ROWS) -> Iterator[str]:
     totals = by_state(snapshot)
     parts = ", ".join(f"{name} {n}" for name, n in totals.most_common())
-    yield f"{len(snapshot.sockets)} TCP sockets" + (f": {parts}" if parts else "")
+    yield fmt.plural(len(snapshot.sockets), "TCP socket") + (f": {parts}" if parts else "")
     table = rows(snapshot)
     if not table:
         return
@@ -84,3 +88,28 @@ def render(snapshot: Snapshot, limit: int = MAX_ROWS) -> Iterator[str]:
     if len(table) > limit:
         rest = sum(r.count for r in table[limit:])
         yield f"... {len(table) - limit} more groups ({rest} sockets); use --json for all"
+
+
+_ORPHAN_STATES = (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK, TcpState.CLOSING)
+
+
+def render_ss(snapshot: Snapshot) -> Iterator[str]:
+    """`ls -s`: ss -s's TCP line, then every state by family (sockdoctor shows TCP only)."""
+    socks = snapshot.sockets
+    states = Counter(sk.state for sk in socks)
+    orphaned = sum(1 for sk in socks if not sk.inode and sk.state in _ORPHAN_STATES)
+    where = (f" in {fmt.plural(len(snapshot.namespaces), 'network namespace')}"
+             if len(snapshot.namespaces) > 1 else "")
+    yield (f"TCP:   {len(socks)} (estab {states[TcpState.ESTABLISHED]}, closed "
+           f"{states[TcpState.CLOSE] + states[TcpState.BOUND_INACTIVE]}, orphaned {orphaned}, "
+           f"timewait {states[TcpState.TIME_WAIT]}){where}")
+    yield ""
+    by_family = Counter((fmt.state_name(sk.state), sk.family) for sk in socks)
+    names = sorted({name for name, _ in by_family}, key=lambda n: -sum(
+        by_family[(n, f)] for f in (socket.AF_INET, socket.AF_INET6)))
+    yield f"{'State':<12} {'Total':>7} {'IPv4':>7} {'IPv6':>7}"
+    for name in names:
+        v4, v6 = by_family[(name, socket.AF_INET)], by_family[(name, socket.AF_INET6)]
+        yield f"{name:<12} {v4 + v6:>7} {v4:>7} {v6:>7}"
+    v4 = sum(1 for sk in socks if sk.family == socket.AF_INET)
+    yield f"{'TCP':<12} {len(socks):>7} {v4:>7} {len(socks) - v4:>7}"

@@ -35,7 +35,7 @@ class Columns:
 def render(snapshot: Snapshot, cols: Columns) -> Iterator[str]:
     """Lines of the table, header first; widths fitted to the content."""
     socks = snapshot.sockets
-    names = fmt.netns_names(snapshot)
+    names = fmt.shown_netns_names(snapshot)
     header = ["State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port"]
     columns: list[list[str]] = [
         [SS_COLUMN_NAMES.get(sk.state, "?") for sk in socks],
@@ -52,8 +52,8 @@ def render(snapshot: Snapshot, cols: Columns) -> Iterator[str]:
         columns.append([fmt.duration(sk.age_ms) for sk in socks])
     if cols.processes:
         header.append("Process")
-        procs = snapshot.processes
-        columns.append([fmt.users(sk, procs) or f"({sk.owner_note()})" for sk in socks])
+        comms = fmt.shown_comms(snapshot.processes)
+        columns.append([fmt.users(sk, comms) or f"({sk.owner_note()})" for sk in socks])
     template = _template(header, columns)
     if cols.header:
         yield (template % tuple(header)).rstrip()

@@ -18,6 +18,7 @@ from operator import attrgetter
 
 from ..doctor.context import first_pid
 from ..doctor.finding import SEVERITY_RANK, Report
+from ..jsontext import readable
 from ..linux.procfs import pod_uid
 from ..model import Netns, Snapshot, Socket, TcpState
 from .sampler import Sample
@@ -91,7 +92,8 @@ class _View:
 
     def __init__(self, snap: Snapshot, sample: Sample, opts: Options) -> None:
         self.snap, self.sample, self.opts = snap, sample, opts
-        self.names = {ns.inode: ns.name for ns in snap.namespaces}
+        # Label values must be text: a name that is not UTF-8 shows its bytes as \xNN.
+        self.names = {ns.inode: readable(ns.name) for ns in snap.namespaces}
         self.listeners_ = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
         self.listening = {(sk.netns, sk.local_port) for sk in self.listeners_}
         self.ranges = {ns.inode: port_range(ns) for ns in snap.namespaces}
@@ -106,7 +108,7 @@ class _View:
     def who(self, pid: int) -> tuple[str, ...]:
         """process, container, pod_uid (and pid with --label pid) of an owner."""
         proc = self.snap.processes.get(pid) if pid > 0 else None
-        name = (proc.comm if proc else "unknown") if pid >= 0 else (
+        name = (readable(proc.comm) if proc else "unknown") if pid >= 0 else (
             "accept-queue" if pid == _ACCEPT_QUEUE else "orphan")
         labels = (name, proc.container if proc else "", self.pod.get(pid, "") if proc else "")
         return (*labels, str(pid) if pid > 0 else "") if self.opts.pid else labels

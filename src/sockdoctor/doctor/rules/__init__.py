@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..finding import Finding
-from . import closewait, closing, fds, keepalive, listen, sysctl, timewait
+from . import closewait, closing, deadfds, fds, keepalive, listen, sysctl, timewait
 
 Rule = Callable[[Context], list[Finding]]
 
@@ -21,5 +21,6 @@ PIPELINE: tuple[Rule, ...] = (
     closing.check,
     timewait.check,
     fds.check,
+    deadfds.check,
     sysctl.check,
 )

@@ -10,16 +10,20 @@ often a connection pool, client-pool-dead-connections).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
-from ...model import Socket, TcpState
-from ..context import Context, Service, first_pid
+from ...model import Process, Socket, TcpState
+from ..context import Context, Service, first_pid, is_plain
 from ..finding import Finding, Severity, cap
 from ..text import fmt_ms, host, plural, top, top_line
 from .clients import pool_knobs, service_name
 from .common import AgeStats, age_stats, growth_line, recv_q_counts, stuck_severity
 
-GroupKey = tuple[int, int, tuple[str, str, int]]  # netns, pid, service key
+# netns, holder (("pid", P) on the client side, ("program", ...) on a service
+# port: the workers of one server are one group), service key
+GroupKey = tuple[int, tuple[str, str], tuple[str, str, int]]
+# Many workers: name them by --process in the relief command instead of one --pid each.
+MAX_RELIEF_PIDS = 6
 
 
 def check(ctx: Context) -> list[Finding]:
@@ -27,24 +31,30 @@ def check(ctx: Context) -> list[Finding]:
     before = _previous_counts(ctx)
     live: dict[tuple[int, int, str, int], int] | None = None
     findings: list[Finding] = []
+    young: list[tuple[int, str]] = []
     for key, socks in groups.items():
-        netns, pid, _ = key
+        netns, _, _ = key
         svc = services[key]
+        pids = _pids(socks)
         st = age_stats(ctx, socks, ctx.cfg.stuck_age_ms)
         prev_n = before.get(key, 0) if ctx.prev is not None else None
         growth = None if prev_n is None else len(socks) - prev_n
         sev = _severity(ctx, netns, svc, st, growth)
         if sev is None:
+            note = _young(ctx, netns, pids, svc, st)
+            if note is not None:
+                young.append(note)
             continue
         if svc.side == "server":
-            f = _never_closed(ctx, netns, pid, svc, socks, st)
+            f = _never_closed(ctx, netns, pids, svc, socks, st)
         else:
             live = live if live is not None else _live_connections(ctx)
-            f = _client_pool(ctx, netns, pid, svc, socks, st,
-                             live.get((netns, pid, svc.addr, svc.port), 0))
+            f = _client_pool(ctx, netns, pids[0], svc, socks, st,
+                             live.get((netns, pids[0], svc.addr, svc.port), 0))
         f.severity = sev
         _add_trend(ctx, f, len(socks), prev_n, st, growth)
         findings.append(f)
+    ctx.notes.extend(text for _, text in sorted(young, reverse=True))
     return findings
 
 
@@ -61,10 +71,12 @@ def _group(ctx: Context, socks: list[Socket]
            ) -> tuple[dict[GroupKey, list[Socket]], dict[GroupKey, Service]]:
     groups: dict[GroupKey, list[Socket]] = {}
     services: dict[GroupKey, Service] = {}
+    holders = _Holders(ctx, ctx.snap.processes)
     for sk in socks:
         if sk.inode == 0:
             continue  # in an accept queue: the listener rules look at those
-        key = (sk.netns, first_pid(sk), ctx.service_key(sk))
+        svc_key = ctx.service_key(sk)
+        key = (sk.netns, holders.of(sk, svc_key), svc_key)
         group = groups.get(key)
         if group is None:
             groups[key] = group = []
@@ -73,14 +85,87 @@ def _group(ctx: Context, socks: list[Socket]
     return groups, services
 
 
+class _Holders:
+    """Who a CLOSE-WAIT socket counts against: its process, or on a service port its program.
+
+    The workers of a prefork server (apache, php-fpm, gunicorn, uwsgi) each
+    hold a few of the service's connections: they are one program when they
+    share the name of the listener's owner or are its children. Decided once
+    per (namespace, port, pid): a leak has thousands of sockets and few of those.
+    """
+
+    def __init__(self, ctx: Context, processes: dict[int, Process]) -> None:
+        self.ctx = ctx
+        self.processes = processes
+        self.known: dict[tuple[int, int, int], tuple[str, str]] = {}
+
+    def of(self, sk: Socket, svc_key: tuple[str, str, int]) -> tuple[str, str]:
+        pid = first_pid(sk)
+        if svc_key[0] != "server" or pid == 0:
+            return ("pid", str(pid))
+        key = (sk.netns, svc_key[2], pid)
+        holder = self.known.get(key)
+        if holder is None:
+            holder = self.known[key] = self._program(sk.netns, svc_key[2], pid)
+        return holder
+
+    def _program(self, netns: int, port: int, pid: int) -> tuple[str, str]:
+        listener_pids = self.ctx.listener_pids(netns, port)
+        proc = self.processes.get(pid)
+        comms = {self.processes[p].comm for p in listener_pids if p in self.processes}
+        if listener_pids and (pid in listener_pids or (proc is not None and (
+                proc.ppid in listener_pids or proc.comm in comms))):
+            return ("program", f"listener:{min(listener_pids)}")
+        return ("program", f"comm:{proc.comm}") if proc is not None else ("pid", str(pid))
+
+
+def _pids(socks: list[Socket]) -> list[int]:
+    """The processes of a group, the one with the most sockets first (0: none seen)."""
+    counts = Counter(first_pid(sk) for sk in socks)
+    return sorted(counts, key=lambda pid: (-counts[pid], pid))
+
+
 def _previous_counts(ctx: Context) -> dict[GroupKey, int]:
     if ctx.prev is None:
         return {}
     counts: dict[GroupKey, int] = defaultdict(int)
+    holders = _Holders(ctx, ctx.prev.processes)
     for sk in ctx.prev_by_state.get(TcpState.CLOSE_WAIT, ()):
         if sk.inode:
-            counts[(sk.netns, first_pid(sk), ctx.service_key(sk))] += 1
+            svc_key = ctx.service_key(sk)
+            counts[(sk.netns, holders.of(sk, svc_key), svc_key)] += 1
     return counts
+
+
+def _young(ctx: Context, netns: int, pids: list[int], svc: Service,
+           st: AgeStats) -> tuple[int, str] | None:
+    """A note for CLOSE-WAIT not yet old (or many) enough to count: (count, text)."""
+    where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
+    who = _who(ctx, pids)
+    ns = f" [netns {ctx.ns_name(netns)}]" if len(ctx.snap.namespaces) > 1 else ""
+    head = f"{plural(st.count, 'CLOSE-WAIT socket')} of {who} {where}{ns}"
+    if not st.known:
+        return (st.count, f"{head}, age unknown: without ages they count from "
+                          f"{ctx.cfg.unknown_age_info} sockets; `sockdoctor doctor --interval "
+                          "10s` tells whether they stay")
+    oldest = st.oldest or 0
+    if oldest < ctx.cfg.stuck_age_ms // 10:
+        return None  # a healthy program's close in flight: not worth a line
+    wait = fmt_ms(max(0, st.threshold - oldest))
+    return (st.count, f"{head}, oldest {fmt_ms(oldest)}: they count as stuck at "
+                      f"{fmt_ms(st.threshold)} (--stuck-after), in {wait} if they stay")
+
+
+def _who(ctx: Context, pids: list[int]) -> str:
+    seen = [p for p in pids if p > 0]
+    if not seen:
+        return "a process that could not be seen"
+    if len(seen) == 1:
+        return ctx.label(seen[0])
+    proc = ctx.process(seen[0])
+    name = proc.comm if proc else "a program"
+    shown = ", ".join(str(p) for p in seen[:4]) + (", ..." if len(seen) > 4 else "")
+    return f"{name} ({len(seen)} processes: pid {shown})"
 
 
 def _add_trend(ctx: Context, f: Finding, n: int, prev_n: int | None, st: AgeStats,
@@ -93,25 +178,40 @@ def _add_trend(ctx: Context, f: Finding, n: int, prev_n: int | None, st: AgeStat
     f.evidence_lines.append(line)
 
 
-def _common_evidence(ctx: Context, pid: int, socks: list[Socket], st: AgeStats,
+def _common_evidence(ctx: Context, pids: list[int], socks: list[Socket], st: AgeStats,
                      what: str) -> tuple[dict, list[str]]:
     zero, one, more = recv_q_counts(socks)
-    fds = sorted(o.fd for sk in socks for o in sk.owners if o.pid == pid)
+    mine = set(pids)
+    fds = sorted(o.fd for sk in socks for o in sk.owners if o.pid in mine)
     evidence = {"count": st.count, "stuck": st.stuck, "stuck_age_ms": st.threshold,
                 "oldest_age_ms": st.oldest, "ages_known": bool(st.known),
                 "recv_q_zero": zero, "recv_q_one": one, "recv_q_more": more,
                 "fds": fds[:20]}
     lines = [st.line(what), _recv_q_line(zero, one, more)]
-    proc = ctx.process(pid)
-    if proc is not None and fds:
+    proc = ctx.process(pids[0])
+    if len(pids) > 1:
+        lines.append(_split_line(ctx, pids, socks, evidence))
+    elif proc is not None and fds:
         limit = f", limit {proc.fd_limit}" if proc.fd_limit else ""
         lines.append(f"fds {_fd_list(fds)} ({proc.fd_count} open{limit})")
         evidence.update(fd_count=proc.fd_count, fd_limit=proc.fd_limit)
-    others = sorted({o.pid for sk in socks for o in sk.owners} - {pid})
+    others = sorted({o.pid for sk in socks for o in sk.owners} - mine)
     if others:
         evidence["also_held_by"] = others
         lines.append("also held by " + ", ".join(ctx.label(p) for p in others[:5]))
     return evidence, lines
+
+
+def _split_line(ctx: Context, pids: list[int], socks: list[Socket], evidence: dict) -> str:
+    """Per-process counts of a service's CLOSE-WAIT held by several workers."""
+    counts = Counter(first_pid(sk) for sk in socks)
+    evidence["per_process"] = {str(p): counts[p] for p in pids[:50]}
+    parents = {ctx.process(p).ppid for p in pids if ctx.process(p) is not None}
+    parent = f" (children of {ctx.label(next(iter(parents)))})" if len(parents) == 1 \
+        and next(iter(parents)) > 1 else ""
+    shown = ", ".join(f"{p} ×{counts[p]}" for p in pids[:8])
+    more = f", +{len(pids) - 8} more" if len(pids) > 8 else ""
+    return f"held by {len(pids)} processes{parent}: pid {shown}{more}"
 
 
 def _recv_q_line(zero: int, one: int, more: int) -> str:
@@ -127,10 +227,11 @@ def _fd_list(fds: list[int]) -> str:
     return shown + (f", ... ({len(fds)} in all)" if len(fds) > 8 else "")
 
 
-def _never_closed(ctx: Context, netns: int, pid: int, svc: Service, socks: list[Socket],
-                  st: AgeStats) -> Finding:
-    who = ctx.label(pid)
-    evidence, lines = _common_evidence(ctx, pid, socks, st, "CLOSE-WAIT socket")
+def _never_closed(ctx: Context, netns: int, pids: list[int], svc: Service,
+                  socks: list[Socket], st: AgeStats) -> Finding:
+    pid = pids[0]
+    who = _who(ctx, pids)
+    evidence, lines = _common_evidence(ctx, pids, socks, st, "CLOSE-WAIT socket")
     peers = top((sk.peer_addr for sk in socks), 5)
     evidence["peers"] = peers
     lines.append("peers: " + top_line(peers, len(socks)))
@@ -139,14 +240,23 @@ def _never_closed(ctx: Context, netns: int, pid: int, svc: Service, socks: list[
              if pid else
              f"{plural(len(socks), 'CLOSE-WAIT socket')} on :{svc.port} held by a process "
              f"that could not be seen{oldest}")
-    relief, argv = ctx.kill(netns, ["close-wait"], pid=pid, port=svc.port,
-                            older_than_ms=ctx.cfg.stuck_age_ms)
+    relief, argv = ctx.kill(netns, ["close-wait"], port=svc.port,
+                            older_than_ms=ctx.cfg.stuck_age_ms, **_relief_holders(ctx, pids))
     return Finding(
         rule="never-closed", severity="info", title=title, netns=ctx.ns_name(netns),
-        netns_inode=netns, processes=ctx.refs([pid]), ports=[svc.port],
+        netns_inode=netns, processes=ctx.refs(pids[:20]), ports=[svc.port],
         peers=list(peers), sockets=len(socks), evidence=evidence, evidence_lines=lines,
         explanation=_why_never_closed(who, evidence, ctx, pid),
         fix=FIX_NEVER_CLOSED, relief=relief, relief_argv=argv)
+
+
+def _relief_holders(ctx: Context, pids: list[int]) -> dict:
+    """--pid for each worker, or --process NAME when there are many of one name."""
+    seen = [p for p in pids if p > 0]
+    comms = {ctx.process(p).comm for p in seen if ctx.process(p) is not None}
+    if len(seen) > MAX_RELIEF_PIDS and len(comms) == 1 and is_plain(next(iter(comms))):
+        return {"process": next(iter(comms))}
+    return {"pids": seen}
 
 
 def _why_never_closed(who: str, ev: dict, ctx: Context, pid: int) -> str:
@@ -183,7 +293,7 @@ def _client_pool(ctx: Context, netns: int, pid: int, svc: Service, socks: list[S
     who = ctx.label(pid)
     name = service_name(svc.port)
     target = f"{svc.label} ({name})" if name else svc.label
-    evidence, lines = _common_evidence(ctx, pid, socks, st, "CLOSE-WAIT socket")
+    evidence, lines = _common_evidence(ctx, [pid], socks, st, "CLOSE-WAIT socket")
     lo, hi = ctx.port_range(netns)
     evidence.update(peer=svc.label, service=name, live_connections=live,
                     local_port_range=f"{lo}-{hi}")

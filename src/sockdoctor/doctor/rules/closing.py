@@ -131,18 +131,14 @@ def _fw2_finding(ctx: Context, netns: int, svc: Service, socks: list[Socket],
     if pids and not holders:
         lines.append("closed by " + ", ".join(ctx.label(p) for p in pids)
                      + f", the listener on {svc.label}")
+    peer_pids = _peer_evidence(ctx, peer_owner, lines, evidence)
+    pids.extend(peer_pids)
     relief, argv = _fw2_relief(ctx, netns, svc, held, holders, peer_owner)
-    if peer_owner:
-        (pns, ppid), n = peer_owner.most_common(1)[0]
-        lines.append(f"the other end: {ctx.label(ppid)} holds {n} of these connections in "
-                     f"CLOSE-WAIT (netns {ctx.ns_name(pns)})")
-        evidence["peer_pid"] = ppid
-        pids.append(ppid)
     return Finding(
         rule="fin-wait-2-pileup", severity=sev,
         title=f"{plural(len(socks), 'connection')} {where} wait in FIN-WAIT-2 for the "
-              "peer to close" + (f" (peer: {ctx.label(peer_owner.most_common(1)[0][0][1])})"
-                                 if peer_owner else ""),
+              "peer to close" + (f" (peer: {_peers_label(ctx, peer_pids)})"
+                                 if peer_pids else ""),
         netns=ctx.ns_name(netns), netns_inode=netns, processes=ctx.refs(pids),
         ports=[svc.port], peers=list(peers), sockets=len(socks), evidence=evidence,
         evidence_lines=lines, explanation=_why_fw2(ctx, held, orphans, holders, fin_timeout),
@@ -153,6 +149,33 @@ def _fw2_finding(ctx: Context, netns: int, svc: Service, socks: list[Socket],
              "dropped after net.ipv4.tcp_fin_timeout; lowering it (e.g. 30) shortens "
              "their life but does not fix the peer."),
         relief=relief, relief_argv=argv)
+
+
+def _peer_evidence(ctx: Context, peer_owner: Counter, lines: list[str],
+                   evidence: dict) -> list[int]:
+    """The programs at the other end (in CLOSE-WAIT), busiest first, in one namespace."""
+    if not peer_owner:
+        return []
+    if len(peer_owner) == 1:  # the usual case: one program at the other end
+        (pns, ppid), n = next(iter(peer_owner.items()))
+        counts, pids = {ppid: n}, [ppid]
+    else:
+        (pns, ppid), _ = peer_owner.most_common(1)[0]
+        counts = Counter({pid: n for (ns, pid), n in peer_owner.items() if ns == pns})
+        pids = [pid for pid, _ in counts.most_common()]
+    split = ", ".join(f"{ctx.label(p)} ×{counts[p]}" for p in pids[:5])
+    more = f", +{len(pids) - 5} more" if len(pids) > 5 else ""
+    lines.append(f"the other end: {sum(counts.values())} of these connections are in "
+                 f"CLOSE-WAIT, held by {split}{more} (netns {ctx.ns_name(pns)})")
+    evidence.update(peer_pid=ppid, peer_pids=pids[:50], peer_netns_inode=pns)
+    return pids
+
+
+def _peers_label(ctx: Context, pids: list[int]) -> str:
+    if len(pids) == 1:
+        return ctx.label(pids[0])
+    proc = ctx.process(pids[0])
+    return f"{proc.comm if proc else 'pid ' + str(pids[0])}, {len(pids)} processes"
 
 
 def _listener_pids(ctx: Context, netns: int, svc: Service) -> list[int]:
@@ -182,8 +205,9 @@ def _why_fw2(ctx: Context, held: list[Socket], orphans: int, holders: list[int],
 def _fw2_relief(ctx: Context, netns: int, svc: Service, held: list[Socket],
                 holders: list[int], peer_owner: Counter) -> tuple[str, list[str]]:
     if peer_owner:
-        (pns, ppid), _ = peer_owner.most_common(1)[0]
-        return ctx.kill(pns, ["close-wait"], pid=ppid, port=svc.port)
+        (pns, _), _ = peer_owner.most_common(1)[0]
+        pids = sorted({pid for ns, pid in peer_owner if ns == pns})
+        return ctx.kill(pns, ["close-wait"], pids=pids, port=svc.port)
     if held and holders:
         return ctx.kill(netns, ["fin-wait-2"], pid=holders[0], port=svc.port,
                         older_than_ms=ctx.cfg.half_closed_stuck_ms)
@@ -265,8 +289,8 @@ def _fin_wait_1(ctx: Context) -> list[Finding]:
         retries = ctx.sysctl(netns, "net.ipv4.tcp_orphan_retries")
         max_orphans = ctx.sysctl(netns, "net.ipv4.tcp_max_orphans")
         evidence.update(tcp_orphan_retries=retries, tcp_max_orphans=max_orphans)
-        lines.append(f"tcp_orphan_retries={retries} (0 means 8), "
-                     f"tcp_max_orphans={max_orphans}")
+        lines.append(f"tcp_orphan_retries={_known(retries)} (0 means 8), "
+                     f"tcp_max_orphans={_known(max_orphans)} (host-wide)")
         where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
         relief, argv = ctx.kill(netns, ["fin-wait-1"], port=svc.port)
         pids = _held_pids(socks) + peer_pids
@@ -292,6 +316,10 @@ def _fin_wait_1(ctx: Context) -> list[Finding]:
                  "data and any error message the peer should have seen."),
             relief=relief, relief_argv=argv))
     return out
+
+
+def _known(value: str | None) -> str:
+    return "unknown (not collected)" if value is None else value
 
 
 def _last_ack(ctx: Context) -> list[Finding]:

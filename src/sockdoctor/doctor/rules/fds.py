@@ -1,13 +1,11 @@
-"""fd-pressure and dead-socket-fds: descriptors running out, and descriptors of dead sockets."""
+"""fd-pressure: descriptors running out, per process and host-wide."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-from ...model import DeadSocketFd, TcpState
+from ...model import TcpState
 from ..context import Context
 from ..finding import Finding, Severity
-from ..text import plural
+from .deadfds import judgeable
 
 
 def check(ctx: Context) -> list[Finding]:
@@ -15,7 +13,6 @@ def check(ctx: Context) -> list[Finding]:
     host = _host_files(ctx)
     if host is not None:
         out.append(host)
-    out.extend(_dead(ctx))
     return out
 
 
@@ -35,7 +32,7 @@ def _process(ctx: Context, pid: int) -> Finding | None:
         return None
     states = {TcpState(s).ss_name: n for s, n in sorted(ctx.owned_states(pid).items())}
     close_wait = states.get("CLOSE-WAIT", 0)
-    dead = sum(1 for d in ctx.snap.dead_fds if d.pid == pid) if _judgeable(ctx, pid) else 0
+    dead = sum(1 for d in ctx.snap.dead_fds if d.pid == pid) if judgeable(ctx, pid) else 0
     lines = [f"{proc.fd_count} of {proc.fd_limit} descriptors open ({ratio:.0%}, "
              "RLIMIT_NOFILE soft limit)",
              "TCP sockets held: " + (", ".join(f"{s} {n}" for s, n in states.items())
@@ -101,84 +98,3 @@ def _host_files(ctx: Context) -> Finding | None:
                      "socket() and accept(): the whole host stops taking connections."),
         fix=("Find the processes with the most descriptors (leaks first); raise fs.file-max "
              "(sysctl -w fs.file-max=N, and in /etc/sysctl.d/) only once the leak is fixed."))
-
-
-def _judgeable(ctx: Context, pid: int) -> bool:
-    """Only a process living in a scanned namespace can be told to hold dead sockets.
-
-    Its other sockets may sit in namespaces this scan did not dump, where they
-    are alive; a process we know nothing about cannot be judged either.
-    """
-    proc = ctx.process(pid)
-    if proc is None or not proc.netns:
-        return False
-    ns = ctx.snap.netns(proc.netns)
-    return ns is not None and not ns.error
-
-
-def _dead(ctx: Context) -> list[Finding]:
-    by_pid: dict[int, list[DeadSocketFd]] = defaultdict(list)
-    for d in ctx.snap.dead_fds:
-        if _judgeable(ctx, d.pid):
-            by_pid[d.pid].append(d)
-    before = {(d.pid, d.fd, d.inode) for d in ctx.prev.dead_fds} if ctx.prev else set()
-    out = []
-    for pid, fds in sorted(by_pid.items()):
-        persisted = sum(1 for d in fds if (d.pid, d.fd, d.inode) in before)
-        sev = _dead_severity(ctx, len(fds), persisted)
-        if sev is not None:
-            out.append(_dead_finding(ctx, pid, fds, persisted, sev))
-    return out
-
-
-def _dead_severity(ctx: Context, n: int, persisted: int) -> Severity | None:
-    cfg = ctx.cfg
-    if n >= cfg.dead_fd_critical:
-        return "critical"
-    if n >= cfg.dead_fd_warn or persisted >= cfg.dead_fd_persisted_warn:
-        return "warning"
-    return "info" if n >= 2 or persisted else None
-
-
-def _dead_finding(ctx: Context, pid: int, fds: list[DeadSocketFd], persisted: int,
-                  sev: Severity) -> Finding:
-    who = ctx.label(pid)
-    proc = ctx.process(pid)
-    numbers = sorted(d.fd for d in fds)
-    shown = ", ".join(str(n) for n in numbers[:10]) + (" ..." if len(numbers) > 10 else "")
-    lines = [f"{plural(len(fds), 'descriptor')} of {who} point at TCP sockets found in no "
-             f"TCP table: fds {shown}"]
-    evidence = {"count": len(fds), "fds": numbers[:50], "inodes": [d.inode for d in fds][:50]}
-    if ctx.prev is not None:
-        evidence["persisted"] = persisted
-        lines.append(f"{persisted} of them were already dead in the previous sample")
-    netns = proc.netns if proc else 0
-    relief, argv = ctx.kill(netns or _netns_of(ctx, pid), [], pid=pid, words=["--dead-fds"])
-    return Finding(
-        rule="dead-socket-fds", severity=sev,
-        title=f"{who} holds {plural(len(fds), 'descriptor')} of TCP sockets that are "
-              "already closed (shut down or reset, never close()d)",
-        netns=ctx.ns_name(netns) if netns else "", netns_inode=netns,
-        processes=ctx.refs([pid]), ports=_listening_ports(ctx, pid), sockets=len(fds),
-        evidence=evidence, evidence_lines=lines,
-        explanation=(
-            "The connection behind each of these descriptors is over — the program called "
-            "shutdown() and the peer closed too, or it was reset or destroyed — but the "
-            "program never called close(). shutdown() ends the conversation, not the "
-            "descriptor: the file, its kernel socket and memory stay allocated until "
-            "close(). A socket created but not yet connected looks the same for a moment, "
-            "which is why a few are not alarming."),
-        fix=("Always close() after shutdown() (shutdown then close is the right order); "
-             "with Python use `with socket.socket(...)` or try/finally, and do not rely on "
-             "garbage collection to close sockets. These sockets are in no TCP table, so "
-             "only closing the descriptor inside the program frees them: the relief command "
-             "injects close() with ptrace, as `gdb -p PID -batch -ex 'print (int)close(FD)'` "
-             "would (it stops one thread for a moment; the program may later reuse the fd "
-             "number)."),
-        relief=relief, relief_argv=argv)
-
-
-def _listening_ports(ctx: Context, pid: int) -> list[int]:
-    """The services the process offers: where its dead sockets most likely came from."""
-    return sorted({port for (_ns, port), socks in ctx.listeners.items()
-                   if any(o.pid == pid for sk in socks for o in sk.owners)})

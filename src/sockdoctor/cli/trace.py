@@ -1,0 +1,134 @@
+"""`sockdoctor trace`: every TCP state change as it happens, with its owner."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+
+from .common import CONTEXT, FILTER_HELP, build_query, filter_options
+
+EPILOG = FILTER_HELP + """
+\b
+A state filter matches a change into or out of that state: `state close-wait`
+shows connections falling into CLOSE-WAIT and leaving it. --pid/--process
+keep the events whose owner is known to be that process.
+
+\b
+Each event is joined to its socket's namespace, cookie, inode and owner
+through the latest sample and sock_diag; when that is not possible the event
+says so (owner_note). An event may wait up to --join-delay for its owner
+(accept() often follows a moment later). Destroy events come when the kernel
+frees a socket (after the last close()), with its last tcp_info. Events the
+kernel could not keep are reported as lost, never dropped silently.
+See docs/watch.md.
+
+\b
+Exit code: 0 (also after Ctrl-C), 2 bad arguments, 3 unknown namespace,
+4 not permitted (needs root), 5 the kernel has no tracefs or tracepoint.
+
+\b
+Examples:
+  sockdoctor trace state close-wait            who lets connections fall into CLOSE-WAIT
+  sockdoctor trace --netns web --port 8080 --ndjson | jq .
+  sockdoctor trace --duration 30s --count 1000
+"""
+
+
+@click.command("trace", context_settings=CONTEXT, epilog=EPILOG)
+@filter_options
+@click.option("--ndjson", is_flag=True, help="One JSON object per event (docs/watch.md).")
+@click.option("--duration", metavar="T", help="Stop after T (10s, 5m).")
+@click.option("--count", type=click.IntRange(1), help="Stop after N events.")
+@click.option("--refresh", default="10s", show_default=True, metavar="T",
+              help="How often the sampler re-reads every socket and owner.")
+@click.option("--join-delay", default="1s", show_default=True, metavar="T",
+              help="How long an event may wait for its owner to be known.")
+@click.option("--no-destroy", is_flag=True, help="Do not report destroyed sockets.")
+@click.option("--buffer-kb", type=click.IntRange(64, 1 << 20), default=2048, show_default=True,
+              help="Ring buffer per CPU, in KiB (raise it if events are lost).")
+@click.option("-H", "--no-header", is_flag=True, help="Do not print the header line.")
+def trace_command(ndjson: bool, duration: str | None, count: int | None, refresh: str,
+                  join_delay: str, no_destroy: bool, buffer_kb: int, no_header: bool,
+                  **kw: Any) -> None:
+    """Show every TCP state change as it happens, with its process — no BPF needed."""
+    from ..errors import UsageError
+    from ..query import parse_duration
+
+    if kw.get("older_than"):
+        raise UsageError("--older-than does not apply to trace: state changes have no age")
+    query = build_query(kw)
+    stop_at = time.monotonic() + parse_duration(duration) / 1000 if duration else None
+    from ..watch.trace import open_tracer
+
+    _stop_on_signals()
+    tracer = open_tracer(query, refresh_s=parse_duration(refresh) / 1000,
+                         buffer_kb=buffer_kb, destroy=not no_destroy)
+    try:
+        _announce(tracer)
+        if not ndjson and not no_header:
+            from ..render.trace import header
+
+            click.echo(header())
+        _loop(tracer, ndjson, stop_at, count, parse_duration(join_delay) / 1000)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C or SIGTERM is how a trace is meant to end
+    finally:
+        tracer.close()
+    _summary(tracer)
+
+
+def _loop(tracer: Any, ndjson: bool, stop_at: float | None, count: int | None,
+          join_delay: float) -> None:
+    import msgspec
+
+    from ..render.trace import line
+
+    tracer.join_delay_s = join_delay
+    encoder = msgspec.json.Encoder()
+    out = sys.stdout
+    while True:
+        done = stop_at is not None and time.monotonic() >= stop_at
+        records = tracer.flush() if done else tracer.poll(0.1)
+        if count is not None:
+            records = records[:count - tracer.stats.printed]
+        tracer.stats.printed += len(records)
+        if records:
+            if ndjson:
+                out.buffer.write(encoder.encode_lines(records))
+            else:
+                out.write("".join(line(rec) + "\n" for rec in records))
+            out.flush()
+        if done or (count is not None and tracer.stats.printed >= count):
+            return
+
+
+def _announce(tracer: Any) -> None:
+    namespaces = len(tracer.ns.diag)
+    click.echo(f"sockdoctor: tracing TCP state changes in {namespaces} network namespace"
+               f"{'s' if namespaces != 1 else ''} (Ctrl-C stops)", err=True)
+
+
+def _summary(tracer: Any) -> None:
+    s = tracer.stats
+    owned = (f"; owner known for {100 * s.close_wait_owned / s.close_wait:.1f}% of "
+             f"{s.close_wait} CLOSE-WAIT entries" if s.close_wait else "")
+    lost = f"{s.lost} lost" + (f", destroy listener overflowed {s.destroy_overflows} times"
+                               if s.destroy_overflows else "")
+    unplaced = tracer.filter.unplaced
+    left_out = (f"; {unplaced} events left out because their namespace could not be told "
+                "(--netns)" if unplaced else "")
+    click.echo(f"sockdoctor: {s.changes} state changes, {s.destroyed} destroyed sockets, "
+               f"{lost}{owned}{left_out}", err=True)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end a trace like Ctrl-C: the tracing instance is removed."""
+    def interrupt(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
