@@ -202,8 +202,12 @@ class SkMemInfo(msgspec.Struct, gc=False):
     drops: int
 
 
-class Owner(msgspec.Struct, frozen=True):
-    """One file descriptor through which a process holds a socket."""
+class Owner(msgspec.Struct, frozen=True, gc=False):
+    """One file descriptor through which a process holds a socket.
+
+    gc=False: two ints cannot form a cycle, and a sampler keeps one per socket
+    for hours, which the cyclic collector would otherwise scan again and again.
+    """
 
     pid: int
     fd: int

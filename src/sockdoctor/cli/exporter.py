@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import sys
 import threading
@@ -77,7 +76,7 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
     from ..doctor import config_for
     from ..errors import UsageError
     from ..query import parse_duration
-    from ..watch import Sampler, metrics
+    from ..watch import Sampler, metrics, tune_gc
     from ..watch import exporter as ex
 
     seconds = parse_duration(interval) / 1000
@@ -98,10 +97,7 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
     if not once and (listen is not None or textfile is None):
         host, port = ex.parse_listen(listen or DEFAULT_LISTEN)  # bound before the first
         exporter.server = ex.listen(host, port, ex.Site(exporter.served, collector, seconds))
-    # main() turned the cyclic collector off for short commands; a daemon needs it
-    # (what start-up made is frozen: it is never garbage, no need to re-scan it)
-    gc.freeze()
-    gc.enable()
+    tune_gc()  # main() turned the cyclic collector off for short commands
     first = sampler.sample()  # the user's mistakes (unknown namespace...) end here, in one line
     if once:
         exporter.on_sample(first)

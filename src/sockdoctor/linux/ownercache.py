@@ -186,7 +186,6 @@ class OwnerCache:
         by_inode = self._by_inode
         return {inode for inode in wanted if inode not in by_inode}
 
-
     # --- internals -------------------------------------------------------
 
     def _relist(self, pid: int, fds: list[int], old: Links | None, died: set[int]) -> int:

@@ -10,6 +10,6 @@ See docs/exporter.md ("The sampler") for the contract.
 
 from __future__ import annotations
 
-from .sampler import Sample, Sampler
+from .sampler import Sample, Sampler, tune_gc
 
-__all__ = ["Sample", "Sampler"]
+__all__ = ["Sample", "Sampler", "tune_gc"]
