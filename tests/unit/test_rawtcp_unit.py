@@ -345,7 +345,13 @@ def test_no_cap_net_raw_is_a_permission_error(monkeypatch: pytest.MonkeyPatch) -
     def refuse(*_args: object) -> socket.socket:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(rawtcp.socket, "socket", refuse)
+    class NoRawSockets:  # capture's view of the socket module; other threads keep theirs
+        socket = staticmethod(refuse)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(socket, name)
+
+    monkeypatch.setattr(capture, "socket", NoRawSockets())
     with pytest.raises(PermissionDeniedError, match="CAP_NET_RAW") as info:
         rawtcp.rst_kill(("10.0.0.1", 80), ("10.0.0.2", 5), socket.AF_INET)
     assert info.value.exit_code == 4
