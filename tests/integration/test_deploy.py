@@ -54,14 +54,7 @@ def test_the_unit_is_hardened_and_systemd_accepts_it(tmp_path: Path) -> None:
     assert set(unit_capabilities()) == {"CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"}
     assert "~@debug" in UNIT.read_text()  # ptrace(2) and pidfd_getfd refused
     assert f":{DEFAULT_PORT}" in service["ExecStart"]
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
-    local = tmp_path / UNIT.name  # verify wants the ExecStart binary to exist
-    sockdoctor = shutil.which("sockdoctor") or str(Path(sys.executable).parent / "sockdoctor")
-    local.write_text(UNIT.read_text().replace("/usr/local/bin/sockdoctor", sockdoctor))
-    verify = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
-                            text=True, timeout=60)
-    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    assert_unit_verifies(UNIT, tmp_path)
 
 
 def one_leak(lab: Lab) -> Remote:
@@ -178,3 +171,15 @@ def test_the_dockerfile_builds_this_repository_and_runs_what_the_daemonset_asks(
     check = subprocess.run([sys.executable, "-m", "sockdoctor", *args, "--help"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+
+
+def assert_unit_verifies(unit: Path, tmp_path: Path) -> None:
+    """systemd-analyze verify finds nothing to say about the unit file."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    local = tmp_path / unit.name  # verify wants the ExecStart binary to exist
+    sockdoctor = shutil.which("sockdoctor") or str(Path(sys.executable).parent / "sockdoctor")
+    local.write_text(unit.read_text().replace("/usr/local/bin/sockdoctor", sockdoctor))
+    verify = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
+                            text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr

@@ -15,13 +15,12 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_deploy import as_nobody_with
+from test_deploy import as_nobody_with, assert_unit_verifies
 
 from conftest import Remote, Unprivileged
 from sockdoctor import inventory
@@ -51,14 +50,7 @@ def test_the_unit_is_hardened_and_systemd_accepts_it(tmp_path: Path) -> None:
     assert unit["CapabilityBoundingSet"].split() == capabilities()
     assert "--check" in unit["ExecStartPre"] and "--apply" in unit["ExecStart"]
     assert unit["ExecReload"].endswith("kill -HUP $MAINPID")
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
-    local = tmp_path / UNIT.name  # verify wants the ExecStart binary to exist
-    sockdoctor = shutil.which("sockdoctor") or str(Path(sys.executable).parent / "sockdoctor")
-    local.write_text(UNIT.read_text().replace("/usr/local/bin/sockdoctor", sockdoctor))
-    verify = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
-                            text=True, timeout=60)
-    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    assert_unit_verifies(UNIT, tmp_path)
 
 
 @pytest.fixture
