@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from sockdoctor.cli import cli
 from sockdoctor.doctor.synth import SnapshotBuilder
-from sockdoctor.errors import EXIT_PERMISSION, PermissionDeniedError
+from sockdoctor.errors import EXIT_PERMISSION, EXIT_WRITE, PermissionDeniedError, WriteError
 from sockdoctor.linux.host import Host
 from sockdoctor.model import ALL_STATES_MASK
 from sockdoctor.remedy import KillPolicy, KillReport, plan_kill, stop_on_signals, text
@@ -92,10 +92,19 @@ def test_audit_log_appends_json_lines_one_write_per_batch(tmp_path: Path) -> Non
     assert audit_mod.AuditLog(None).write({"ignored": True})  # no log asked for
 
 
-def test_an_unwritable_audit_log_is_a_permission_error(tmp_path: Path) -> None:
+def test_an_unwritable_audit_log_is_a_write_error_and_a_forbidden_one_a_permission_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(PermissionDeniedError, match="cannot write the audit log") as err:
+    with pytest.raises(WriteError, match="cannot write the audit log") as err:
         audit_mod.AuditLog(str(tmp_path / "file" / "audit.jsonl"))
+    assert err.value.exit_code == EXIT_WRITE
+
+    def forbidden(*_args: object) -> int:  # what a user without rights on the directory gets
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(audit_mod.os, "open", forbidden)
+    with pytest.raises(PermissionDeniedError, match="run as root") as err:
+        audit_mod.AuditLog(str(tmp_path / "audit.jsonl"))
     assert err.value.exit_code == EXIT_PERMISSION
 
 
@@ -104,8 +113,9 @@ def test_the_audit_log_is_not_written_through_a_planted_symlink(tmp_path: Path) 
     victim.write_text("precious\n")
     link = tmp_path / "audit.jsonl"
     link.symlink_to(victim)
-    with pytest.raises(PermissionDeniedError, match="it is a symbolic link"):
+    with pytest.raises(WriteError, match="it is a symbolic link") as err:
         audit_mod.AuditLog(str(link))
+    assert err.value.exit_code == EXIT_WRITE
     assert victim.read_text() == "precious\n" and link.is_symlink()
 
 
@@ -121,8 +131,9 @@ def test_the_audit_log_must_be_a_regular_file(tmp_path: Path, kind: str) -> None
         if os.geteuid() != 0:
             pytest.skip("making a device node needs root")
         os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # our own /dev/null twin
-    with pytest.raises(PermissionDeniedError, match="audit log"):
+    with pytest.raises(WriteError, match="refusing to write the audit log") as err:
         audit_mod.AuditLog(str(path))
+    assert err.value.exit_code == EXIT_WRITE  # the README's "output file refused"
     assert path.exists() and not path.is_file()
 
 

@@ -22,11 +22,15 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from .. import jsontext
-from ..errors import PermissionDeniedError
+from ..errors import PermissionDeniedError, WriteError
 from ..model import TcpState
 from .steps import PlanItem
 
 DEFAULT_PATH = "/var/log/sockdoctor/audit.jsonl"
+# Paths refused for what is there, whoever we are (O_NOFOLLOW: ELOOP; a FIFO without
+# a reader: ENXIO).
+_REFUSED = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a directory",
+            errno.ENXIO: "a FIFO or a device"}
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -74,22 +78,26 @@ class AuditLog:
 
 
 def _open(path: str) -> int:
+    """Exit 4 when we may not write there, 7 when the path must not be written (README)."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
         fd = os.open(path, _FLAGS, 0o640)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in (errno.EACCES, errno.EPERM):
             raise PermissionDeniedError(
-                f"refusing to write the audit log {path}: it is a symbolic link (remove it, "
-                "or choose another file with --audit-log)") from exc
-        raise PermissionDeniedError(
-            f"cannot write the audit log {path} ({exc.strerror}); run as root or choose "
-            "another file with --audit-log") from exc
+                f"cannot write the audit log {path} ({exc.strerror}); run as root or choose "
+                "another file with --audit-log") from exc
+        if exc.errno in _REFUSED:
+            raise WriteError(f"refusing to write the audit log {path}: it is "
+                             f"{_REFUSED[exc.errno]} (remove it, or choose another file "
+                             "with --audit-log)") from exc
+        raise WriteError(f"cannot write the audit log {path} ({exc.strerror}); choose "
+                         "another file with --audit-log") from exc
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise PermissionDeniedError(f"refusing to write the audit log {path}: it is not a "
-                                    "regular file (choose another file with --audit-log)")
+        raise WriteError(f"refusing to write the audit log {path}: it is not a regular file "
+                         "(remove it, or choose another file with --audit-log)")
     return fd
 
 
