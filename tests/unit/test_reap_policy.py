@@ -211,3 +211,15 @@ def test_the_metrics_start_at_zero_per_rule_and_ladder_and_count_outcomes() -> N
     assert 'sockdoctor_reaped_total{method="fin",outcome="half-closed",rule="x"} 2.0' in text
     assert 'sockdoctor_reap_cycles_total{mode="dry-run"} 4.0' in text
     assert 'sockdoctor_reap_given_up{rule="x"} 0.0' in text
+
+
+def test_a_rules_process_may_be_a_glob_as_on_the_command_line() -> None:
+    b, _old = scene()
+    r = reaper("""
+        [[rule]]
+        name = "billing family"
+        process = "bill*"
+        older_than = "10m"
+    """)
+    (rule,) = r.cycle(sample(b)).rules
+    assert dict(rule.methods) == {"fin": 3}  # billing's old ones; "other"'s are not touched
