@@ -73,7 +73,7 @@ def _group(ctx: Context, socks: list[Socket]
     services: dict[GroupKey, Service] = {}
     holders = _Holders(ctx, ctx.snap.processes)
     for sk in socks:
-        if sk.inode == 0:
+        if sk.queued:
             continue  # in an accept queue: the listener rules look at those
         svc_key = ctx.service_key(sk)
         key = (sk.netns, holders.of(sk, svc_key), svc_key)
@@ -131,7 +131,7 @@ def _previous_counts(ctx: Context) -> dict[GroupKey, int]:
     counts: dict[GroupKey, int] = defaultdict(int)
     holders = _Holders(ctx, ctx.prev.processes)
     for sk in ctx.prev_by_state.get(TcpState.CLOSE_WAIT, ()):
-        if sk.inode:
+        if not sk.queued:
             svc_key = ctx.service_key(sk)
             counts[(sk.netns, holders.of(sk, svc_key), svc_key)] += 1
     return counts

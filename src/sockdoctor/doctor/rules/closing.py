@@ -83,7 +83,7 @@ def _fin_wait_2(ctx: Context) -> list[Finding]:
 def _fw2_group(ctx: Context, netns: int, svc: Service, socks: list[Socket],
                pairs: dict[Tuple4, list[Socket]]) -> Finding | None:
     cfg = ctx.cfg
-    held = [sk for sk in socks if sk.inode]
+    held = [sk for sk in socks if not sk.orphaned]
     orphans = len(socks) - len(held)
     held_st = age_stats(ctx, held, cfg.half_closed_stuck_ms)
     peers_cw = [p for p in (_other_end(pairs, sk) for sk in socks) if p is not None]
@@ -242,7 +242,7 @@ def _closing_groups(ctx: Context, state: int):
 def _closing_evidence(ctx: Context, socks: list[Socket], what: str) -> tuple[dict, list[str]]:
     retrans = sum(1 for sk in socks if sk.timer == 1)
     persist = sum(1 for sk in socks if sk.timer == 4)
-    orphans = sum(1 for sk in socks if not sk.inode)
+    orphans = sum(1 for sk in socks if sk.orphaned)
     send_q = sum(sk.send_q for sk in socks)
     peers = top((sk.peer_addr for sk in socks), 5)
     oldest = max((ctx.age(sk) or 0 for sk in socks), default=0)

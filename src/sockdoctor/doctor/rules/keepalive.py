@@ -38,7 +38,7 @@ def check(ctx: Context) -> list[Finding]:
     services: dict[tuple[int, int, tuple[str, str, int]], Service] = {}
     idle_ms = ctx.cfg.idle_ms
     for sk in ctx.state(TcpState.ESTABLISHED):
-        if sk.timer != 0 or sk.inode == 0:
+        if sk.timer != 0 or sk.queued:
             continue  # a timer runs, or it still waits in an accept queue
         age = ctx.age(sk)
         if age is None or age < idle_ms:

@@ -89,7 +89,7 @@ def _queued(*groups: list[Socket]) -> dict[PortKey, list[Socket]]:
     out: dict[PortKey, list[Socket]] = defaultdict(list)
     for socks in groups:
         for sk in socks:
-            if sk.inode == 0:
+            if sk.queued:
                 out[(sk.netns, sk.local_port)].append(sk)
     return out
 
@@ -98,7 +98,7 @@ def _churn(ctx: Context) -> dict[PortKey, int]:
     """Young CLOSE-WAIT held by a program on a listening port: clients hanging up mid-request."""
     out: dict[PortKey, int] = defaultdict(int)
     for sk in ctx.state(TcpState.CLOSE_WAIT):
-        if not sk.inode or (sk.netns, sk.local_port) not in ctx.listeners:
+        if sk.queued or (sk.netns, sk.local_port) not in ctx.listeners:
             continue
         age = ctx.age(sk)
         if age is not None and age < ctx.cfg.stuck_age_ms:
@@ -110,7 +110,7 @@ def _previous_queues(ctx: Context) -> dict[PortKey, set[int]]:
     out: dict[PortKey, set[int]] = defaultdict(set)
     for st in _QUEUED_STATES:
         for sk in ctx.prev_by_state.get(st, ()):
-            if sk.inode == 0:
+            if sk.queued:
                 out[(sk.netns, sk.local_port)].add(sk.cookie)
     return out
 
