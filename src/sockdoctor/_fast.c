@@ -37,7 +37,7 @@
 /* Netlink and inet_diag constants (see sockdiag.py for their sources). */
 enum {
     NLMSG_HDRLEN_ = 16, DIAG_MSG_LEN = 72, HDR_DIAG_MSG = NLMSG_HDRLEN_ + DIAG_MSG_LEN,
-    MSG_SOCK_DIAG = 20, MSG_ERROR = 2, MSG_DONE = 3, F_DUMP_INTR = 0x10,
+    MSG_SOCK_DIAG = 20, MSG_TCPDIAG = 18, MSG_ERROR = 2, MSG_DONE = 3, F_DUMP_INTR = 0x10,
     A_INFO = 2, A_CONG = 4, A_SKMEMINFO = 7, A_SHUTDOWN = 8, A_MARK = 15, A_CGROUP_ID = 21,
     LAST_ACK_RECV = 56, AGE_IN_ATTR = 4 + LAST_ACK_RECV, SKMEM_LEN = 36,
 };
@@ -420,7 +420,7 @@ static int feed_messages(Feed *f) {
                    -1;
         if ((flags & F_DUMP_INTR) && PyObject_SetAttr(f->parser, s_interrupted, Py_True) < 0)
             return -1;
-        if (type == MSG_SOCK_DIAG) {
+        if (type == MSG_SOCK_DIAG || type == MSG_TCPDIAG) {  /* dump(): either request */
             if (diag_message(f, o, len) < 0)
                 return -1;
         } else if (type == MSG_DONE) {

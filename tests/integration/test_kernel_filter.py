@@ -1,7 +1,11 @@
-"""The in-kernel port filter: the kernel accepts our program and returns only matches."""
+"""What the kernel does with our dump requests: the in-kernel port filter returns only
+matches, and one walk for both families returns what a dump per family returns."""
 
 from __future__ import annotations
 
+import socket
+
+import msgspec
 import pytest
 
 from conftest import Script
@@ -45,3 +49,46 @@ def test_port_filter_runs_in_the_kernel_and_matches_python(solo: Lab) -> None:
     via_query = scan(Query.build([], ports=[81]), owners=False, netns=solo.server.netns)
     assert sorted(sk.cookie for sk in via_query.sockets) == sorted(
         sk.cookie for sk in everything if 81 in (sk.local_port, sk.peer_port))
+
+
+@pytest.mark.root
+def test_one_walk_for_both_families_returns_what_two_dumps_return(solo: Lab) -> None:
+    holder = Script(solo, solo.server, """
+        keep = []
+        for fam, addr in ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")) * 3:
+            l = socket.socket(fam); l.bind((addr, 0)); l.listen(8); keep.append(l)
+            c = socket.socket(fam); c.connect(l.getsockname()[:2]); keep.append(c)
+            keep.append(l.accept()[0])
+        keep[1].close()  # one CLOSE-WAIT and its FIN-WAIT-2
+        emit("ready"); wait()
+    """)
+    assert holder.read() == "ready"
+
+    def steady(sk: object) -> bytes:
+        """Every field but the clocks that move between two dumps (tcp_info, age, timers)."""
+        fields = msgspec.to_builtins(sk)
+        info = fields.pop("info")
+        fields["info"] = info and {k: info[k] for k in ("state", "snd_mss", "options")}
+        fields.pop("age_ms"), fields.pop("expires_ms")
+        return msgspec.json.encode(fields)
+
+    def both(opts: sockdiag.DumpOptions) -> tuple[list, list]:
+        sock = sockdiag.open_socket()
+        try:
+            one = sockdiag.dump(sock, opts)
+            two = [sk for fam in (socket.AF_INET, socket.AF_INET6)
+                   for sk in sockdiag._dump_family(sock, fam, opts, 0)]
+            return one, two
+        finally:
+            sock.close()
+
+    for opts in (sockdiag.DumpOptions(ALL_STATES_MASK, info=True, mem=True, attrs=True),
+                 sockdiag.DumpOptions(ALL_STATES_MASK, age=True,
+                                      bytecode=sockdiag.port_filter([5]))):
+        one, two = solo.server.run(lambda opts=opts: both(opts))
+        assert sockdiag._single_walk  # this kernel answers the older request
+        assert sorted(map(steady, one)) == sorted(map(steady, two))  # every socket, every field
+        assert [sk.family for sk in one] == sorted(sk.family for sk in one)  # IPv4 first
+    assert {sk.family for sk in one} <= {socket.AF_INET, socket.AF_INET6}
+    first, _ = solo.server.run(lambda: both(sockdiag.DumpOptions(ALL_STATES_MASK)))
+    assert {sk.family for sk in first} == {socket.AF_INET, socket.AF_INET6} and len(first) == 18

@@ -618,7 +618,7 @@ def test_an_unwritable_audit_log_stops_the_kill_before_anything_is_done(scene: S
     blocker.write_text("")
     run = scene.kill("--port", str(PORT), "--yes", "--audit-log",
                      str(blocker / "audit.jsonl"), audit=False)
-    assert run.rc == 4 and run.out == ""
+    assert run.rc == 7 and run.out == ""  # an output file that cannot be written
     (line,) = run.err.strip().splitlines()
     assert line.startswith(f"sockdoctor: cannot write the audit log {blocker}/audit.jsonl")
     assert unchanged(targets, scene.ours())

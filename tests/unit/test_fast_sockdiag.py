@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
-from test_sockdiag_parse import recorded_chunks
+from test_sockdiag_parse import as_older_replies, recorded_chunks
 
 from sockdoctor.linux import native, sockdiag, tcpinfo
 from sockdoctor.model import ALL_STATES_MASK, TcpInfo
@@ -72,6 +72,15 @@ def assert_same(chunks: list[bytes], opts: sockdiag.DumpOptions) -> tuple[Any, .
 def test_recorded_kernel_dump(opts: sockdiag.DumpOptions) -> None:
     chunks = recorded_chunks()
     split = next(i for i, c in enumerate(chunks) if _has_done(c)) + 1  # the IPv4 dump ends here
+    for part in (chunks[:split], chunks[split:]):
+        out, error, done, *_ = assert_same(part, opts)
+        assert error is None and done and out
+
+
+@pytest.mark.parametrize("opts", OPTIONS[::3], ids=str)
+def test_recorded_dump_as_replies_to_the_older_request(opts: sockdiag.DumpOptions) -> None:
+    chunks = as_older_replies(recorded_chunks())
+    split = next(i for i, c in enumerate(chunks) if _has_done(c)) + 1
     for part in (chunks[:split], chunks[split:]):
         out, error, done, *_ = assert_same(part, opts)
         assert error is None and done and out

@@ -226,6 +226,77 @@ def test_recorded_kernel_dump_decodes_to_the_recorded_sockets() -> None:
     assert all(s.info and s.info.state == s.state for s in out)
 
 
+def as_older_replies(chunks: list[bytes]) -> list[bytes]:
+    """The same dump as the kernel answers TCPDIAG_GETSOCK: every reply has that type."""
+    out = []
+    for chunk in chunks:
+        data, offset = bytearray(chunk), 0
+        while offset + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, offset)
+            if kind == sockdiag.SOCK_DIAG_BY_FAMILY:
+                struct.pack_into("=H", data, offset + 4, sockdiag.TCPDIAG_GETSOCK)
+            offset += max(16, (length + 3) & ~3)
+        out.append(bytes(data))
+    return out
+
+
+def test_replies_to_the_older_request_parse_the_same() -> None:
+    def parsed(chunks: list[bytes]) -> list[Socket]:
+        out: list[Socket] = []
+        while chunks:
+            parser = sockdiag.DumpParser(OPTS, 0, out)
+            while not parser.done:
+                parser.feed(chunks.pop(0))
+        return out
+
+    older = as_older_replies(recorded_chunks())
+    assert older != recorded_chunks()
+    assert parsed(older) == parsed(recorded_chunks())
+
+
+def test_the_older_request_is_inet_diag_req_with_the_filter_after_it() -> None:
+    program = sockdiag.port_filter([80])
+    raw = sockdiag.build_request(socket.AF_UNSPEC, 0x100, sockdiag.EXT_INFO, 7,
+                                 sockdiag.TCPDIAG_GETSOCK, sockdiag.NLM_F_REQUEST
+                                 | sockdiag.NLM_F_DUMP, bytecode=program)
+    length, kind, _flags, seq, _pid = sockdiag.NLMSGHDR.unpack_from(raw)
+    assert (length, kind, seq) == (len(raw), sockdiag.TCPDIAG_GETSOCK, 7)
+    family, _src, _dst, ext, _id, states, dbs = sockdiag.REQ_V1.unpack_from(raw, 16)
+    assert (family, ext, states, dbs) == (socket.AF_UNSPEC, sockdiag.EXT_INFO, 0x100, 0)
+    assert raw[16 + sockdiag.REQ_V1.size + 4:] == program  # after its rtattr header
+
+
+class RefusingKernel:
+    """A netlink socket whose kernel refuses the older request (EINVAL) and has no sockets."""
+
+    def __init__(self) -> None:
+        self.kinds: list[int] = []
+        self.reply = b""
+
+    def send(self, request: bytes) -> None:
+        kind = sockdiag.NLMSGHDR.unpack_from(request)[1]
+        self.kinds.append(kind)
+        code = -errno.EINVAL if kind == sockdiag.TCPDIAG_GETSOCK else 0
+        msg = sockdiag.NLMSG_ERROR if code else sockdiag.NLMSG_DONE
+        self.reply = nlmsg(msg, struct.pack("=i", code) + request[:16], flags=0)
+
+    def recv_into(self, buf: bytearray) -> int:
+        buf[:len(self.reply)] = self.reply
+        return len(self.reply)
+
+
+def test_a_kernel_that_refuses_the_older_request_gets_one_dump_per_family(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sockdiag, "_single_walk", True)
+    kernel = RefusingKernel()
+    assert sockdiag.dump(kernel, OPTS) == []  # type: ignore[arg-type]
+    assert kernel.kinds == [sockdiag.TCPDIAG_GETSOCK, *[sockdiag.SOCK_DIAG_BY_FAMILY] * 2]
+    assert sockdiag.dump(kernel, OPTS) == []  # type: ignore[arg-type]
+    assert kernel.kinds[3:] == [sockdiag.SOCK_DIAG_BY_FAMILY] * 2  # not asked again
+    sockdiag.dump(kernel, OPTS, families=(socket.AF_INET6,))  # type: ignore[arg-type]
+    assert kernel.kinds[5:] == [sockdiag.SOCK_DIAG_BY_FAMILY]
+
+
 def test_sockid_names_the_exact_socket() -> None:
     (sk,), _ = parse(diag_msg(socket.AF_INET6, src="fd77::1", dst="fd77::2") + done())
     raw = sockdiag.sockid(sk)
