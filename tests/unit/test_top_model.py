@@ -112,3 +112,13 @@ def test_relief_is_the_doctors_command_or_a_kill_plan() -> None:
     model.update(sample([*leak(2), sk(TcpState.FIN_WAIT2, 41000, 9000, 7)]))  # client side
     fw = next(g for g in model.groups if g.state == TcpState.FIN_WAIT2)
     assert model.relief(fw) == "sockdoctor kill --netns web --pid 7 --port 9000 --state fin-wait-2"
+
+
+def test_the_status_line_counts_in_words() -> None:
+    from sockdoctor.render.topframe import status
+
+    for sockets, words in (([], "0 TCP sockets"), (leak(0, 0), "1 TCP socket  |"),
+                           (leak(0, 1), "2 TCP sockets")):
+        model = TopModel()
+        model.update(sample(sockets))
+        assert words in status(model, 1.0)

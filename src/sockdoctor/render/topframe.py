@@ -37,7 +37,7 @@ def status(model: TopModel, refresh_s: float) -> str:
     shown = sum(g.count for g in model.groups)
     when = time.strftime("%H:%M:%S", time.localtime(sample.started))
     parts = [f"sockdoctor top  {snap.hostname if snap else ''}  {when}",
-             f"{total} TCP sockets" + (f", {shown} shown" if shown != total else ""),
+             fmt.plural(total, "TCP socket") + (f", {shown} shown" if shown != total else ""),
              f"sample {sample.duration_s:.2f}s (cpu {sample.cpu_s:.2f}s) every {refresh_s:g}s",
              f"sort: {model.sort}"]
     if model.filter_text:

@@ -36,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .. import __version__
 from ..errors import NotFoundError, PermissionDeniedError, UsageError
 from ..linux.netns import can_enter_others
+from ..render.fmt import plural
 from . import metrics
 from .sampler import Sample, Sampler
 
@@ -225,7 +226,7 @@ class Site:
         age = time.time() - self.collector.health.last_success
         if age > STALE_INTERVALS * self.interval + sample.duration_s + 5:
             return False, f"no sample for {age:.0f}s"
-        return True, f"ok: sample {sample.seq}, {len(sample.snapshot.sockets)} sockets"
+        return True, f"ok: sample {sample.seq}, {plural(len(sample.snapshot.sockets), 'socket')}"
 
     def page(self) -> str:
         text = self.health()[1]
