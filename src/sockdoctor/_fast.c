@@ -34,6 +34,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* What the Python side expects of this build (linux/native.py ABI); raise it
+ * whenever a change here must not run with older Python code or the reverse.
+ * 2: replies of type TCPDIAG_GETSOCK are parsed (sockdiag.dump's single walk). */
+#define FAST_ABI 2
+
 /* Netlink and inet_diag constants (see sockdiag.py for their sources). */
 enum {
     NLMSG_HDRLEN_ = 16, DIAG_MSG_LEN = 72, HDR_DIAG_MSG = NLMSG_HDRLEN_ + DIAG_MSG_LEN,
@@ -787,5 +792,9 @@ PyMODINIT_FUNC PyInit__fast(void) {
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
         if (!(*strings[i].slot = PyUnicode_InternFromString(strings[i].text)))
             return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* native.ABI must match: a build older than the Python code is not used */
+    if (m && PyModule_AddIntConstant(m, "ABI", FAST_ABI) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -10,6 +10,7 @@ exit 0.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,7 +188,9 @@ def test_once_prints_the_metrics_and_the_endpoints_answer(lab: Lab) -> None:
                            stop_signal=signal.SIGINT) as exporter:
         exporter.wait_for(lambda m: m["sockdoctor_samples_total"][()] >= 2)
         status, text = exporter.get("/healthz")
-        assert status == 200 and text.startswith("ok")
+        words = re.fullmatch(r"ok: sample \d+, (\d+) (sockets?)\s*", text)
+        assert status == 200 and words, text
+        assert (words[2] == "socket") == (words[1] == "1")  # "1 socket", "0 sockets"
         status, page = exporter.get("/")
         assert status == 200 and "href='metrics'" in page
         assert exporter.get("/nothing-here")[0] == 404

@@ -176,6 +176,9 @@ def zoo() -> Iterator[Zoo]:
         # The peer 10.77.0.3 vanishes (its frames go to a MAC no one has),
         # then the server closes its CLOSE_WAIT: its FIN is never ACKed.
         _wait_for("CLOSE_WAIT on 7007", lambda: _has(S, TcpState.CLOSE_WAIT, 7007))
+        # and the server's ACK of that FIN has arrived (it may be delayed): else the
+        # client stays in FIN_WAIT1 once the peer is cut off
+        _wait_for("FIN_WAIT2 on 7007", lambda: _has(C, TcpState.FIN_WAIT2, 7007))
         _ip("-n", S, "neigh", "replace", "10.77.0.3", "lladdr", BOGUS_MAC, "dev", "eth0",
             "nud", "permanent")
         srv("A[7007].close()")

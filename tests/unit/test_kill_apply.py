@@ -95,17 +95,31 @@ def test_audit_log_appends_json_lines_one_write_per_batch(tmp_path: Path) -> Non
 def test_an_unwritable_audit_log_is_a_write_error_and_a_forbidden_one_a_permission_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(WriteError, match="cannot write the audit log") as err:
+    with pytest.raises(WriteError, match="file is not a directory") as err:
         audit_mod.AuditLog(str(tmp_path / "file" / "audit.jsonl"))
     assert err.value.exit_code == EXIT_WRITE
 
-    def forbidden(*_args: object) -> int:  # what a user without rights on the directory gets
-        raise PermissionError(13, "Permission denied")
+    class Forbidding:  # audit's view of os: what a user without rights on the directory gets
+        def __init__(self, euid: int) -> None:
+            self.euid = euid
 
-    monkeypatch.setattr(audit_mod.os, "open", forbidden)
+        def open(self, *_args: object) -> int:
+            raise PermissionError(13, "Permission denied")
+
+        def geteuid(self) -> int:
+            return self.euid
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+    monkeypatch.setattr(audit_mod, "os", Forbidding(1000))
     with pytest.raises(PermissionDeniedError, match="run as root") as err:
         audit_mod.AuditLog(str(tmp_path / "audit.jsonl"))
     assert err.value.exit_code == EXIT_PERMISSION
+    monkeypatch.setattr(audit_mod, "os", Forbidding(0))  # root: an immutable file, an LSM
+    with pytest.raises(WriteError) as err:
+        audit_mod.AuditLog(str(tmp_path / "audit.jsonl"))
+    assert err.value.exit_code == EXIT_WRITE and "run as root" not in str(err.value)
 
 
 def test_the_audit_log_is_not_written_through_a_planted_symlink(tmp_path: Path) -> None:

@@ -261,9 +261,12 @@ def test_the_older_request_is_inet_diag_req_with_the_filter_after_it() -> None:
                                  | sockdiag.NLM_F_DUMP, bytecode=program)
     length, kind, _flags, seq, _pid = sockdiag.NLMSGHDR.unpack_from(raw)
     assert (length, kind, seq) == (len(raw), sockdiag.TCPDIAG_GETSOCK, 7)
-    family, _src, _dst, ext, _id, states, dbs = sockdiag.REQ_V1.unpack_from(raw, 16)
-    assert (family, ext, states, dbs) == (socket.AF_UNSPEC, sockdiag.EXT_INFO, 0x100, 0)
-    assert raw[16 + sockdiag.REQ_V1.size + 4:] == program  # after its rtattr header
+    # struct inet_diag_req: family, src_len, dst_len, ext, sockid[48], states, dbs
+    assert sockdiag.REQ_V1.size == 60 and raw[16] == socket.AF_UNSPEC
+    assert raw[19] == sockdiag.EXT_INFO and raw[20:68] == b"\0" * 48
+    assert struct.unpack_from("=II", raw, 68) == (0x100, 0)
+    assert raw[76:80] == struct.pack("=HH", 4 + len(program), sockdiag.INET_DIAG_REQ_BYTECODE)
+    assert raw[80:] == program
 
 
 class RefusingKernel:
@@ -295,6 +298,16 @@ def test_a_kernel_that_refuses_the_older_request_gets_one_dump_per_family(
     assert kernel.kinds[3:] == [sockdiag.SOCK_DIAG_BY_FAMILY] * 2  # not asked again
     sockdiag.dump(kernel, OPTS, families=(socket.AF_INET6,))  # type: ignore[arg-type]
     assert kernel.kinds[5:] == [sockdiag.SOCK_DIAG_BY_FAMILY]
+
+
+def test_a_refused_filter_program_does_not_give_up_the_single_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sockdiag, "_single_walk", True)
+    kernel = RefusingKernel()  # EINVAL here could be the filter's: the v2 dumps decide
+    filtered = sockdiag.DumpOptions(ALL_STATES_MASK, bytecode=sockdiag.port_filter([80]))
+    assert sockdiag.dump(kernel, filtered) == []  # type: ignore[arg-type]
+    assert kernel.kinds == [sockdiag.TCPDIAG_GETSOCK, *[sockdiag.SOCK_DIAG_BY_FAMILY] * 2]
+    assert sockdiag._single_walk
 
 
 def test_sockid_names_the_exact_socket() -> None:

@@ -12,13 +12,22 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+# The build this Python code expects (FAST_ABI in _fast.c). A stale build, e.g. an
+# in-place one older than the sources, is not used: it could misread new requests.
+ABI = 2
+_stale = False
+
 
 def _load() -> ModuleType | None:
+    global _stale
     if os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"):
         return None
     try:
         from .. import _fast
     except ImportError:
+        return None
+    if getattr(_fast, "ABI", None) != ABI:
+        _stale = True
         return None
     from ..model import SkMemInfo, Socket, TcpInfo
 
@@ -35,5 +44,8 @@ def describe() -> str:
         return "fast path: C extension (sockdoctor._fast)"
     if os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"):
         return "fast path: off (SOCKDOCTOR_PURE is set), pure Python in use"
+    if _stale:
+        return ("fast path: off (sockdoctor._fast is an older build than this code: "
+                "reinstall sockdoctor), pure Python in use")
     return ("fast path: not installed (sockdoctor._fast was not built: no C compiler at "
             "install time?), pure Python in use")

@@ -201,7 +201,7 @@ def dump(sock: socket.socket, opts: DumpOptions, netns: int = 0,
     each dump, so a per-family dump costs two walks per namespace; the older
     request form asks for both families in one (on a host with 143k sockets
     elsewhere, ~22 ms instead of ~45 ms per namespace). A kernel that refuses
-    it gets the per-family dumps.
+    it gets the per-family dumps from then on.
     """
     global _single_walk
     families = tuple(families)
@@ -209,9 +209,12 @@ def dump(sock: socket.socket, opts: DumpOptions, netns: int = 0,
         try:
             result = _dump_family(sock, socket.AF_UNSPEC, opts, netns)
         except OSError as exc:
-            if exc.errno not in (errno_mod.EINVAL, errno_mod.ENOENT, errno_mod.EOPNOTSUPP):
+            # EOPNOTSUPP: no handler for the older request; EINVAL: an unknown message
+            # type, or a filter program the kernel refused (then the v2 dumps decide).
+            if exc.errno not in (errno_mod.EINVAL, errno_mod.EOPNOTSUPP):
                 raise
-            _single_walk = False
+            if exc.errno == errno_mod.EOPNOTSUPP or not opts.bytecode:
+                _single_walk = False
         else:
             result.sort(key=_FAMILY)  # stable: each family keeps the kernel's order
             return result

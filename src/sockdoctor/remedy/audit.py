@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from .. import jsontext
-from ..errors import PermissionDeniedError, WriteError
+from ..errors import PermissionDeniedError, SockdoctorError, WriteError
 from ..model import TcpState
 from .steps import PlanItem
 
@@ -30,7 +30,7 @@ DEFAULT_PATH = "/var/log/sockdoctor/audit.jsonl"
 # Paths refused for what is there, whoever we are (O_NOFOLLOW: ELOOP; a FIFO without
 # a reader: ENXIO).
 _REFUSED = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a directory",
-            errno.ENXIO: "a FIFO or a device"}
+            errno.ENXIO: "a FIFO, a device or a socket"}
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -79,26 +79,38 @@ class AuditLog:
 
 def _open(path: str) -> int:
     """Exit 4 when we may not write there, 7 when the path must not be written (README)."""
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+    except FileExistsError as exc:  # something that is not a directory is in the way
+        raise WriteError(f"cannot write the audit log {path}: {exc.filename} is not a "
+                         "directory (choose another file with --audit-log)") from exc
+    except OSError as exc:
+        raise _refusal(path, exc) from exc
+    try:
         fd = os.open(path, _FLAGS, 0o640)
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise PermissionDeniedError(
-                f"cannot write the audit log {path} ({exc.strerror}); run as root or choose "
-                "another file with --audit-log") from exc
-        if exc.errno in _REFUSED:
-            raise WriteError(f"refusing to write the audit log {path}: it is "
-                             f"{_REFUSED[exc.errno]} (remove it, or choose another file "
-                             "with --audit-log)") from exc
-        raise WriteError(f"cannot write the audit log {path} ({exc.strerror}); choose "
-                         "another file with --audit-log") from exc
+        raise _refusal(path, exc) from exc
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise WriteError(f"refusing to write the audit log {path}: it is not a regular file "
                          "(remove it, or choose another file with --audit-log)")
     return fd
+
+
+def _refusal(path: str, exc: OSError) -> SockdoctorError:
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        return PermissionDeniedError(
+            f"cannot write the audit log {path} ({exc.strerror}); run as root or choose "
+            "another file with --audit-log")
+    if exc.errno in _REFUSED:
+        return WriteError(f"refusing to write the audit log {path}: it is "
+                          f"{_REFUSED[exc.errno]} (remove it, or choose another file with "
+                          "--audit-log)")
+    # as root, EACCES/EPERM come from an immutable file or a security module
+    return WriteError(f"cannot write the audit log {path} ({exc.strerror}); choose another "
+                      "file with --audit-log")
 
 
 def _user() -> str:
