@@ -277,11 +277,11 @@ class Socket(msgspec.Struct, gc=False):
             return "listener held by no process we can see (another user's, or the kernel's)"
         if st == TcpState.TIME_WAIT:
             return "TIME-WAIT: kept by the kernel only, no process holds it"
-        if self.inode == 0 and st in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT,
-                                      TcpState.SYN_RECV):
+        if self.queued:
             return "in a listener's accept queue: never accept()ed"
-        if self.inode == 0 and st in (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2,
-                                      TcpState.LAST_ACK, TcpState.CLOSING):
+        if st == TcpState.SYN_RECV:
+            return "a handshake in progress: no descriptor before accept()"
+        if self.orphaned:
             return "orphaned: the program closed it, the kernel finishes the close"
         return "owner not visible (another user's process, or it just exited)"
 
