@@ -51,7 +51,7 @@ def top_child(netns: str, refreshes: int, interval: float) -> dict:
     import asyncio
 
     from sockdoctor.render.topapp import TopApp
-    from sockdoctor.watch import Sampler
+    from sockdoctor.watch import Sampler, tune_gc
     from sockdoctor.watch.top import TopModel
 
     def cpu() -> float:
@@ -60,6 +60,7 @@ def top_child(netns: str, refreshes: int, interval: float) -> dict:
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
     sampler = Sampler(query=None, netns=netns, interval=interval, doctor=True, doctor_every=10)
+    tune_gc()  # as cli/top.py does
     model = TopModel()
     first_cpu = cpu()
     model.update(sampler.sample())

@@ -93,7 +93,9 @@ def _daemon(path: str, reaper: Any, sampler: Any, say: _Output) -> None:
     """Cycle until SIGTERM/SIGINT (the cycle in progress finishes); SIGHUP reloads."""
     from ..errors import SockdoctorError
     from ..reap import policy as reap_policy
+    from ..watch import tune_gc
 
+    tune_gc()  # a daemon: cycles must be collected (main() turned the GC off)
     stop, reload = threading.Event(), threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set())
                 for s in (signal.SIGTERM, signal.SIGINT)}

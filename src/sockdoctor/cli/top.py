@@ -46,7 +46,7 @@ def top_command(interval: str, sort: str, doctor_every: int, once: bool, width: 
                 **kw: Any) -> None:
     """Watch TCP sockets live: who holds how many in which state, growing how fast."""
     from ..query import parse_duration
-    from ..watch import Sampler
+    from ..watch import Sampler, tune_gc
     from ..watch.top import TopModel
 
     query = build_query(kw)
@@ -54,15 +54,13 @@ def top_command(interval: str, sort: str, doctor_every: int, once: bool, width: 
     model = TopModel(query, sort)
     sampler = Sampler(query=None, netns=query.netns, interval=refresh_s, doctor=True,
                       doctor_every=doctor_every)
+    tune_gc()  # a long-running view: cycles must not pile up (main() turned the GC off)
     first = sampler.sample()  # errors (unknown netns, permission) end here, in one sentence
     warn(first.warnings)
     model.update(first)
     if once or not (sys.stdout.isatty() and sys.stdin.isatty()):
         _one_frame(model, refresh_s, width)
         return
-    import gc
-
-    gc.enable()  # a long-running view: cycles must not pile up
     from ..render.topapp import TopApp
 
     app = TopApp(model, sampler, refresh_s)

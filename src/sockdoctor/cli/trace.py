@@ -62,8 +62,10 @@ def trace_command(ndjson: bool, duration: str | None, count: int | None, refresh
         raise UsageError("--older-than does not apply to trace: state changes have no age")
     query = build_query(kw)
     stop_at = time.monotonic() + parse_duration(duration) / 1000 if duration else None
+    from ..watch import tune_gc
     from ..watch.trace import open_tracer
 
+    tune_gc()  # it runs until stopped: cycles must be collected (main() turned the GC off)
     _stop_on_signals()
     tracer = open_tracer(query, refresh_s=parse_duration(refresh) / 1000,
                          buffer_kb=buffer_kb, destroy=not no_destroy)
