@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
-from test_sockdiag_parse import as_older_replies, recorded_chunks
+from test_sockdiag_parse import as_older_replies, message_types, recorded_chunks
 
 from sockdoctor.linux import native, sockdiag, tcpinfo
 from sockdoctor.model import ALL_STATES_MASK, TcpInfo
@@ -68,32 +68,19 @@ def assert_same(chunks: list[bytes], opts: sockdiag.DumpOptions) -> tuple[Any, .
     return python
 
 
+@pytest.mark.parametrize("older", [False, True], ids=["v2", "older-request"])
 @pytest.mark.parametrize("opts", OPTIONS, ids=str)
-def test_recorded_kernel_dump(opts: sockdiag.DumpOptions) -> None:
-    chunks = recorded_chunks()
+def test_recorded_kernel_dump(opts: sockdiag.DumpOptions, older: bool) -> None:
+    """As recorded, and as the replies to the older request (TCPDIAG_GETSOCK) would be."""
+    chunks = as_older_replies(recorded_chunks()) if older else recorded_chunks()
     split = next(i for i, c in enumerate(chunks) if _has_done(c)) + 1  # the IPv4 dump ends here
     for part in (chunks[:split], chunks[split:]):
         out, error, done, *_ = assert_same(part, opts)
         assert error is None and done and out
 
 
-@pytest.mark.parametrize("opts", OPTIONS[::3], ids=str)
-def test_recorded_dump_as_replies_to_the_older_request(opts: sockdiag.DumpOptions) -> None:
-    chunks = as_older_replies(recorded_chunks())
-    split = next(i for i, c in enumerate(chunks) if _has_done(c)) + 1
-    for part in (chunks[:split], chunks[split:]):
-        out, error, done, *_ = assert_same(part, opts)
-        assert error is None and done and out
-
-
 def _has_done(chunk: bytes) -> bool:
-    offset = 0
-    while offset + 16 <= len(chunk):
-        length, kind = struct.unpack_from("=IH", chunk, offset)
-        if kind == sockdiag.NLMSG_DONE:
-            return True
-        offset += max(16, (length + 3) & ~3)
-    return False
+    return any(kind == sockdiag.NLMSG_DONE for _, kind in message_types(chunk))
 
 
 # --- generated dumps -----------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import pathlib
 import socket
 import struct
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -226,16 +227,23 @@ def test_recorded_kernel_dump_decodes_to_the_recorded_sockets() -> None:
     assert all(s.info and s.info.state == s.state for s in out)
 
 
+def message_types(chunk: bytes) -> Iterator[tuple[int, int]]:
+    """(offset, type) of each netlink message of a recv() chunk."""
+    offset = 0
+    while offset + 16 <= len(chunk):
+        length, kind = struct.unpack_from("=IH", chunk, offset)
+        yield offset, kind
+        offset += max(16, (length + 3) & ~3)
+
+
 def as_older_replies(chunks: list[bytes]) -> list[bytes]:
     """The same dump as the kernel answers TCPDIAG_GETSOCK: every reply has that type."""
     out = []
     for chunk in chunks:
-        data, offset = bytearray(chunk), 0
-        while offset + 16 <= len(data):
-            length, kind = struct.unpack_from("=IH", data, offset)
+        data = bytearray(chunk)
+        for offset, kind in message_types(chunk):
             if kind == sockdiag.SOCK_DIAG_BY_FAMILY:
                 struct.pack_into("=H", data, offset + 4, sockdiag.TCPDIAG_GETSOCK)
-            offset += max(16, (length + 3) & ~3)
         out.append(bytes(data))
     return out
 
