@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..model import Process, Snapshot, Socket, TcpState
+from ..model import KEEPALIVE_TIMER, Process, Snapshot, Socket, TcpState
 from .config import DoctorConfig
 from .finding import Finding, ProcessRef
 from .text import command, duration_arg
@@ -94,9 +94,12 @@ class Context:
     def age_given(self, sk: Socket, persisted: bool) -> int | None:
         """age() when persistence is already known (saves a lookup in hot loops)."""
         lower = self.interval_ms if persisted and self.interval_ms else None
-        if sk.age_ms is None:
+        age = sk.age_ms
+        if age is None:
             return lower
-        return max(sk.age_ms, lower or 0)
+        if sk.timer == KEEPALIVE_TIMER and sk.state == TcpState.CLOSE_WAIT:
+            age = probed_age(sk, age)
+        return max(age, lower or 0)
 
     def is_listening(self, netns: int, port: int) -> bool:
         return (netns, port) in self.listeners
@@ -259,6 +262,30 @@ class Context:
         argv += ["--idle", duration_arg(idle_s * 1000), "--interval", f"{interval_s}s",
                  "--count", "3"]
         return command(argv), argv
+
+
+def probed_age(sk: Socket, ack_age: int) -> int:
+    """The age of a CLOSE-WAIT socket whose keepalive probes reset last-ACK-received.
+
+    Each probe's answer refreshes tcp_info's last ACK, so a leak under a 1 s
+    keepalive would look 1 s old for ever. Last-data-received is not refreshed
+    by probes: it is an upper bound of the time since the peer's FIN (data,
+    then the FIN), and the doctor uses it here (docs/age.md). A connection idle
+    for long whose peer closed it a moment ago looks old: a healthy program
+    reads that EOF and closes within milliseconds, so the window is small.
+    """
+    info = sk.info
+    if info is None or info.last_data_recv is None:
+        return ack_age
+    return max(ack_age, info.last_data_recv)
+
+
+def keepalive_probed(sk: Socket) -> bool:
+    """A CLOSE-WAIT socket whose age comes from last-data-received (probed_age)."""
+    info = sk.info
+    return (sk.timer == KEEPALIVE_TIMER and sk.state == TcpState.CLOSE_WAIT
+            and info is not None and info.last_data_recv is not None
+            and sk.age_ms is not None and info.last_data_recv > sk.age_ms)
 
 
 def _by_state(sockets: list[Socket]) -> dict[int, list[Socket]]:
