@@ -265,27 +265,26 @@ class Context:
 
 
 def probed_age(sk: Socket, ack_age: int) -> int:
-    """The age of a CLOSE-WAIT socket whose keepalive probes reset last-ACK-received.
+    """The age of a CLOSE-WAIT socket whose keepalive probes may have reset its last ACK.
 
-    Each probe's answer refreshes tcp_info's last ACK, so a leak under a 1 s
-    keepalive would look 1 s old for ever. Last-data-received is not refreshed
-    by probes: it is an upper bound of the time since the peer's FIN (data,
-    then the FIN), and the doctor uses it here (docs/age.md). A connection idle
-    for long whose peer closed it a moment ago looks old: a healthy program
-    reads that EOF and closes within milliseconds, so the window is small.
+    Each probe's answer refreshes tcp_info's last-ACK-received, so a leak
+    under a 1 s keepalive would look 1 s old for ever. The keepalive timer
+    fires when nothing was heard for the keepalive time K, so K is the last
+    ACK's age plus the timer's time left. While the last data received (which
+    probes do not refresh) is younger than K, no probe has gone out since
+    the peer's FIN and the last ACK is exact. Otherwise the last data received
+    is used: an upper bound of the time since the FIN (docs/age.md).
     """
-    info = sk.info
-    if info is None or info.last_data_recv is None:
-        return ack_age
-    return max(ack_age, info.last_data_recv)
+    return sk.info.last_data_recv if keepalive_probed(sk) else ack_age  # type: ignore[union-attr]
 
 
 def keepalive_probed(sk: Socket) -> bool:
-    """A CLOSE-WAIT socket whose age comes from last-data-received (probed_age)."""
+    """Keepalive probes may have refreshed the last ACK of this CLOSE-WAIT socket."""
     info = sk.info
-    return (sk.timer == KEEPALIVE_TIMER and sk.state == TcpState.CLOSE_WAIT
-            and info is not None and info.last_data_recv is not None
-            and sk.age_ms is not None and info.last_data_recv > sk.age_ms)
+    if sk.timer != KEEPALIVE_TIMER or sk.state != TcpState.CLOSE_WAIT or info is None \
+            or info.last_data_recv is None or sk.age_ms is None:
+        return False
+    return info.last_data_recv >= sk.age_ms + sk.expires_ms
 
 
 def _by_state(sockets: list[Socket]) -> dict[int, list[Socket]]:

@@ -37,39 +37,54 @@ class ClientAdvice:
     """A client-side CLOSE-WAIT group, read with the owner's runtime in mind."""
 
     fix: str
-    # "go-body-not-closed" when the signature is Go's unclosed response body
-    # (the rule then explains that instead of an idle pool); "" otherwise.
+    # "go-body-not-closed" / "node-response-not-consumed": responses nobody
+    # finished (the rule then explains that instead of an idle pool); "" otherwise.
     signature: str = ""
 
 
-def client_advice(rt: Runtime | None, port: int, *, live: int,
-                  unread: int, count: int) -> ClientAdvice | None:
+@dataclass(frozen=True)
+class Unread:
+    """How many CLOSE-WAIT sockets of a group still hold the EOF, or data and the EOF."""
+
+    count: int
+    eof: int  # Recv-Q >= 1: at least the EOF was never read
+    data: int  # Recv-Q > 1: data before it too
+
+    @property
+    def all_eof(self) -> bool:
+        return self.count > 0 and self.eof == self.count
+
+    @property
+    def all_data(self) -> bool:
+        return self.count > 0 and self.data == self.count
+
+
+def client_advice(rt: Runtime | None, port: int, unread: Unread) -> ClientAdvice | None:
     """The runtime's own fix for CLOSE-WAIT toward a remote service, or None if unknown.
 
-    `live`: ESTABLISHED connections of the same process to the same service;
-    `unread`: sockets of the group whose Recv-Q still holds data or the EOF.
+    Responses nobody finished have their own signatures: Go's net/http closes
+    idle pooled connections itself (a background read sees the FIN), so its
+    CLOSE-WAIT with the EOF unread belong to bodies never closed; an
+    unconsumed Node.js response pauses its socket, leaving data and the EOF
+    unread (an idle pooled socket holds the EOF alone).
     """
     if rt is None:
         return None
     libs = set(rt.libraries)
     kind = _service_class(port)
-    if rt.kind == "go":
-        return _go(libs, kind, live=live, unread=unread, count=count)
-    table = {"python": _PYTHON, "java": _JAVA, "node": _NODE}.get(rt.kind)
-    if table is None:
-        return None
-    for lib, service, text in table:
-        if lib in libs and service in (kind, "any"):
-            return ClientAdvice(text)
-    return None
-
-
-def _go(libs: set[str], kind: str, *, live: int, unread: int, count: int
-        ) -> ClientAdvice | None:
-    if "net/http client" in libs and kind in ("http", "other") and unread == count \
-            and live == 0:
+    web = kind in ("http", "other")
+    if rt.kind == "go" and web and "net/http client" in libs and unread.all_eof:
         return ClientAdvice(GO_BODY_FIX, signature="go-body-not-closed")
-    for lib, service, text in _GO:
+    if rt.kind == "node" and web and unread.all_data \
+            and libs & {"http", "https", "axios", "node-fetch", "got"}:
+        return ClientAdvice(NODE_UNCONSUMED_FIX, signature="node-response-not-consumed")
+    table = {"go": _GO, "python": _PYTHON, "java": _JAVA, "node": _NODE}.get(rt.kind)
+    return _first(table, libs, kind) if table is not None else None
+
+
+def _first(table: tuple[tuple[str, str, str], ...], libs: set[str], kind: str
+           ) -> ClientAdvice | None:
+    for lib, service, text in table:
         if lib in libs and service in (kind, "any"):
             return ClientAdvice(text)
     return None
@@ -99,6 +114,14 @@ GO_BODY_FIX = (
     "included. Transport.IdleConnTimeout is NOT the fix for this signature: Go's "
     "transport already closes idle pooled connections that the server closed; a "
     "connection whose body was never closed is not idle, it still belongs to the response.")
+
+NODE_UNCONSUMED_FIX = (
+    "Consume every response, or discard it: `res.resume()` when the body is not needed, "
+    "`res.on('data', ...)`/`for await (const chunk of res)` when it is, and "
+    "`req.destroy()` when giving up on it. An unconsumed response pauses its socket, so "
+    "Node never reads the server's FIN and the agent can neither reuse nor free the "
+    "connection. Then give the agent a timeout below the server's keep-alive timeout: "
+    "new http.Agent({keepAlive: true, timeout: ...}).")
 
 # (library, service class or "any", advice), most specific first.
 _GO = (

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from ...model import Process, Socket, TcpState
 from ..context import Context, Service, first_pid, is_plain
 from ..finding import Finding, Severity, cap
-from ..runtimes import ClientAdvice, client_advice, describe, never_closed_fix
+from ..runtimes import ClientAdvice, Unread, client_advice, describe, never_closed_fix
 from ..text import fmt_ms, host, plural, top, top_line
 from .clients import pool_knobs, service_name
 from .common import AgeStats, age_stats, growth_line, recv_q_counts, stuck_severity
@@ -313,9 +313,9 @@ def _client_pool(ctx: Context, netns: int, pid: int, svc: Service, socks: list[S
     lines.append(f"local ports in the ephemeral range {lo}-{hi}; {live} ESTABLISHED "
                  f"connections of the same process to {svc.label}")
     proc = ctx.process(pid)
-    advice = client_advice(proc.runtime if proc is not None else None, svc.port, live=live,
-                           unread=evidence["recv_q_one"] + evidence["recv_q_more"],
-                           count=len(socks))
+    unread = Unread(len(socks), evidence["recv_q_one"] + evidence["recv_q_more"],
+                    evidence["recv_q_more"])
+    advice = client_advice(proc.runtime if proc is not None else None, svc.port, unread)
     if advice is not None and advice.signature:
         evidence["signature"] = advice.signature
     relief, argv = ctx.kill(netns, ["close-wait"], pid=pid, port=svc.port,
@@ -345,6 +345,15 @@ def _client_story(who: str, target: str, svc: Service, n: int,
                 "ephemeral port, one more for each such request. Go's transport closes "
                 "idle pooled connections by itself; these are not idle, they belong to "
                 "responses nobody finished.")
+    if advice is not None and advice.signature == "node-response-not-consumed":
+        return (f"{who} never consumed the responses of {plural(n, 'connection')} to "
+                f"{target}: the server closed them (CLOSE-WAIT)",
+                f"Every connection {who} has to {svc.label} is in CLOSE-WAIT, none is "
+                "ESTABLISHED, and each still holds the unread rest of a response and the "
+                "EOF (Recv-Q). A Node.js response that nobody reads pauses its socket, so "
+                "the program never sees the server's FIN: the agent cannot reuse or free "
+                "the connection, and its keepalive probes keep the server's side answering "
+                "(which also keeps tcp_info's last ACK young).")
     return (f"{who} keeps {plural(n, 'connection')} to {target} that the server closed "
             "(CLOSE-WAIT)",
             f"The server at {svc.label} (or a load balancer or proxy in between) closed "
