@@ -366,11 +366,8 @@ def _client_story(who: str, target: str, svc: Service, n: int,
 
 
 def _client_fix(port: int, advice: ClientAdvice | None) -> str:
-    if advice is not None and advice.signature:
-        return advice.fix
     if advice is not None:
-        return (advice.fix + ". Code without a pool: close the socket when recv() returns "
-                "0 and on every error path.")
+        return advice.fix if advice.signature else advice.fix + "."
     return ("Make the pool retire connections before the server does and check them "
             "before use: " + pool_knobs(port) + ". Code without a pool: close the "
             "socket when recv() returns 0 and on every error path.")
