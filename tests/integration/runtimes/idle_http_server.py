@@ -12,7 +12,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 1  # an idle keep-alive connection is closed after 1 s
 
-    def do_GET(self) -> None:  # noqa: N802 (the http.server hook's name)
+    def do_GET(self) -> None:
         body = b"x" * int(sys.argv[2])
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

@@ -7,6 +7,6 @@ import requests
 
 session = requests.Session()
 for _ in range(3):
-    session.get(sys.argv[1]).content  # read whole: the connection goes back to the pool
+    body = session.get(sys.argv[1]).content  # read whole: the connection goes back to the pool
 print("ready", flush=True)
 time.sleep(3600)
