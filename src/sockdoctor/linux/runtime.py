@@ -24,6 +24,7 @@ import ast
 import mmap
 import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 from ..model import Runtime
@@ -258,35 +259,31 @@ def _program(exe: str, cmdline: list[str]) -> str:
 
 
 def _thread_names(pid: int) -> list[str]:
-    out = []
-    try:
-        tids = os.listdir(f"{PROC}/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"{PROC}/{pid}/task/{tid}/comm", encoding="utf-8",
-                      errors="replace") as f:
-                out.append(f.read().rstrip("\n"))
-        except OSError:
-            continue
-    return out
+    return _each(f"{PROC}/{pid}/task", lambda path: _text(f"{path}/comm").rstrip("\n"))
 
 
 def _open_files(pid: int, suffix: str) -> list[str]:
-    out = []
+    return [t for t in _each(f"{PROC}/{pid}/fd", os.readlink) if t.endswith(suffix)]
+
+
+def _each(directory: str, read: Callable[[str], str]) -> list[str]:
+    """read(DIR/NAME) for each entry of a /proc directory, skipping what vanished meanwhile."""
     try:
-        fds = os.listdir(f"{PROC}/{pid}/fd")
+        names = os.listdir(directory)
     except OSError:
-        return out
-    for fd in fds:
+        return []
+    out = []
+    for name in names:
         try:
-            target = os.readlink(f"{PROC}/{pid}/fd/{fd}")
+            out.append(read(f"{directory}/{name}"))
         except OSError:
             continue
-        if target.endswith(suffix):
-            out.append(target)
     return out
+
+
+def _text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def _read_script(pid: int, script: str) -> str:

@@ -330,30 +330,37 @@ def _client_pool(ctx: Context, netns: int, pid: int, svc: Service, socks: list[S
         relief=relief, relief_argv=argv)
 
 
+# Responses nobody finished (doctor/runtimes.py's signatures): title and explanation.
+_UNFINISHED = {
+    "go-body-not-closed": (
+        "never closed the response bodies of",
+        "Every connection {who} has to {peer} is in CLOSE-WAIT, none is ESTABLISHED, and "
+        "each still holds unread bytes (Recv-Q: the tail of the response and the EOF). That "
+        "is the signature of a Go program that never closed (or read to the end) resp.Body: "
+        "net/http cannot reuse or close a connection whose body is still open, so when the "
+        "server closes it after its own timeout the socket stays in CLOSE-WAIT with its "
+        "descriptor and ephemeral port, one more for each such request. Go's transport "
+        "closes idle pooled connections by itself; these are not idle, they belong to "
+        "responses nobody finished."),
+    "node-response-not-consumed": (
+        "never consumed the responses of",
+        "Every connection {who} has to {peer} is in CLOSE-WAIT, none is ESTABLISHED, and "
+        "each still holds the unread rest of a response and the EOF (Recv-Q). A Node.js "
+        "response that nobody reads pauses its socket, so the program never sees the "
+        "server's FIN: the agent cannot reuse or free the connection, and its keepalive "
+        "probes keep the server's side answering (which also keeps tcp_info's last ACK "
+        "young)."),
+}
+
+
 def _client_story(who: str, target: str, svc: Service, n: int,
                   advice: ClientAdvice | None) -> tuple[str, str]:
-    """The title and the explanation: an unclosed Go response body, or an idle pool."""
-    if advice is not None and advice.signature == "go-body-not-closed":
-        return (f"{who} never closed the response bodies of {plural(n, 'connection')} to "
-                f"{target}: the server closed them (CLOSE-WAIT)",
-                f"Every connection {who} has to {svc.label} is in CLOSE-WAIT, none is "
-                "ESTABLISHED, and each still holds unread bytes (Recv-Q: the tail of the "
-                "response and the EOF). That is the signature of a Go program that never "
-                "closed (or read to the end) resp.Body: net/http cannot reuse or close a "
-                "connection whose body is still open, so when the server closes it after "
-                "its own timeout the socket stays in CLOSE-WAIT with its descriptor and "
-                "ephemeral port, one more for each such request. Go's transport closes "
-                "idle pooled connections by itself; these are not idle, they belong to "
-                "responses nobody finished.")
-    if advice is not None and advice.signature == "node-response-not-consumed":
-        return (f"{who} never consumed the responses of {plural(n, 'connection')} to "
-                f"{target}: the server closed them (CLOSE-WAIT)",
-                f"Every connection {who} has to {svc.label} is in CLOSE-WAIT, none is "
-                "ESTABLISHED, and each still holds the unread rest of a response and the "
-                "EOF (Recv-Q). A Node.js response that nobody reads pauses its socket, so "
-                "the program never sees the server's FIN: the agent cannot reuse or free "
-                "the connection, and its keepalive probes keep the server's side answering "
-                "(which also keeps tcp_info's last ACK young).")
+    """The title and the explanation: responses nobody finished, or an idle pool."""
+    unfinished = _UNFINISHED.get(advice.signature) if advice is not None else None
+    if unfinished is not None:
+        verb, why = unfinished
+        return (f"{who} {verb} {plural(n, 'connection')} to {target}: the server closed "
+                "them (CLOSE-WAIT)", why.format(who=who, peer=svc.label))
     return (f"{who} keeps {plural(n, 'connection')} to {target} that the server closed "
             "(CLOSE-WAIT)",
             f"The server at {svc.label} (or a load balancer or proxy in between) closed "
