@@ -13,11 +13,22 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from .errors import PermissionDeniedError
-from .linux import deadsock, procfs, sockdiag
+from .linux import deadsock, procfs, runtime, sockdiag
 from .linux import netns as netns_mod
-from .model import ALL_STATES_MASK, DeadSocketFd, Netns, Process, Snapshot, Socket
+from .model import (
+    ALL_STATES_MASK,
+    KEEPALIVE_TIMER,
+    DeadSocketFd,
+    Netns,
+    Process,
+    Snapshot,
+    Socket,
+    TcpState,
+    state_mask,
+)
 from .query import Query
 from .render.fmt import plural
 from .selectors import unknown_netns, unknown_pids, unknown_process
@@ -76,6 +87,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
     say(f"dumping TCP sockets in {plural(len(namespaces), 'network namespace')}")
     netns_records, dumped = dump_namespaces(namespaces, opts, families(query), warnings,
                                             sysctls=evidence, counters=evidence)
+    if evidence and opts.age and not info:
+        add_keepalive_info(namespaces, dumped, families(query))
     sockets = [sk for sk in dumped if query.match_socket(sk)]
     joined = Joined(sockets)
     if collect_owners is not None:
@@ -84,6 +97,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
         warn_denied(owner_map, warnings)
         joined = attach_owners(sockets, dumped, owner_map, query, netns_records,
                                evidence=evidence)
+        if evidence:
+            add_runtimes(joined)
     return assemble(joined, netns_records, warnings, owners=need_owners, info=info,
                     age=opts.age or info, evidence=evidence)
 
@@ -195,6 +210,57 @@ def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs
     return Joined(sockets, processes, dead_fds)
 
 
+# The sockets whose holders' runtime the doctor names: the stuck ones, and
+# listeners with a queue (whose workers may be busy).
+_RUNTIME_STATES = frozenset({TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2})
+
+
+def add_runtimes(joined: Joined) -> None:
+    """Read the runtime of each process holding a stuck socket or a queued listener."""
+    pids = {o.pid for sk in joined.sockets for o in sk.owners
+            if sk.state in _RUNTIME_STATES or (sk.state == TcpState.LISTEN and sk.recv_q)}
+    for pid in pids:
+        proc = joined.processes.get(pid)
+        if proc is not None and proc.runtime is None:
+            proc.runtime = runtime.runtime_of(pid)
+
+
+def add_keepalive_info(namespaces: list[netns_mod.NsRef], dumped: list[Socket],
+                       fams: tuple[int, ...]) -> None:
+    """Full tcp_info for CLOSE-WAIT sockets whose keepalive probes reset their age.
+
+    A keepalive probe's answer refreshes tcp_info's last-ACK-received, the
+    age's usual source; last-data-received is not refreshed by it (docs/age.md).
+    Only those sockets' namespaces are dumped again, CLOSE-WAIT only.
+    """
+    wanted = {(sk.netns, sk.cookie): sk for sk in dumped
+              if sk.state == TcpState.CLOSE_WAIT and sk.timer == KEEPALIVE_TIMER
+              and sk.info is None}
+    if not wanted:
+        return
+    opts = sockdiag.DumpOptions(states=state_mask(TcpState.CLOSE_WAIT), info=True)
+    inodes = {key[0] for key in wanted}
+    for ns in namespaces:
+        if ns.inode not in inodes:
+            continue
+        try:
+            again = netns_mod.run_in(ns, partial(_dump_once, opts, ns.inode, fams))
+        except (OSError, sockdiag.NetlinkParseError, sockdiag.DumpInterrupted):
+            continue  # the ages keep their lower bound
+        for fresh in again:
+            sk = wanted.get((fresh.netns, fresh.cookie))
+            if sk is not None:
+                sk.info = fresh.info
+
+
+def _dump_once(opts: sockdiag.DumpOptions, inode: int, fams: tuple[int, ...]) -> list[Socket]:
+    sock = sockdiag.open_socket()
+    try:
+        return sockdiag.dump(sock, opts, netns=inode, families=fams)
+    finally:
+        sock.close()
+
+
 def assemble(joined: Joined, records: list[Netns], warnings: list[str], *, owners: bool,
              info: bool, age: bool, evidence: bool, created: float | None = None,
              host_sysctls: dict[str, str] | None = None) -> Snapshot:
@@ -283,11 +349,7 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
     """
     def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
         def run() -> _NsResult:
-            sock = sockdiag.open_socket()
-            try:
-                sockets = sockdiag.dump(sock, opts, netns=ns.inode, families=families)
-            finally:
-                sock.close()
+            sockets = _dump_once(opts, ns.inode, families)
             return _NsResult(sockets,
                              procfs.read_sysctls(procfs.NET_SYSCTLS) if sysctls else {},
                              procfs.read_counters() if counters else {})

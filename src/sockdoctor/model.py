@@ -85,6 +85,8 @@ TIMER_NAMES: dict[int, str] = {
     4: "persist",
 }
 
+KEEPALIVE_TIMER = 2  # idiag_timer while only the keepalive timer is armed
+
 ALL_STATES_MASK = sum(1 << s for s in TcpState if s not in (TcpState.NEW_SYN_RECV,
                                                               TcpState.BOUND_INACTIVE))
 
@@ -295,6 +297,20 @@ class ThreadInfo(msgspec.Struct, frozen=True):
     syscall: str = ""
 
 
+class Runtime(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a process runs, read without attaching to it (linux/runtime.py).
+
+    kind: "go", "java", "python", "node" or "native"; libraries: what the
+    doctor recognised ("net/http client", "HikariCP", "requests" ...), in the
+    order found; program: the server or tool it is (gunicorn, nginx ...).
+    """
+
+    kind: str
+    version: str = ""
+    libraries: list[str] = msgspec.field(default_factory=list)
+    program: str = ""
+
+
 class Process(msgspec.Struct, kw_only=True):
     pid: int
     comm: str
@@ -309,6 +325,7 @@ class Process(msgspec.Struct, kw_only=True):
     fd_count: int = 0
     fd_limit: int = 0
     threads: list[ThreadInfo] | None = None
+    runtime: Runtime | None = None  # with evidence, for the holders of stuck sockets
 
 
 class Netns(msgspec.Struct, kw_only=True):
