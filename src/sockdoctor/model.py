@@ -253,6 +253,9 @@ class Socket(msgspec.Struct, gc=False):
     # Raw tcp_info, kept instead of `info` by scan(lazy_info=True) so that a huge
     # listing decodes it a chunk at a time while writing (see tcpinfo.of()).
     info_blob: bytes | None = None
+    # The congestion control's own diag attribute (bbr, dctcp, vegas), raw:
+    # its attribute type in the first byte, then the body (linux/ccinfo.py).
+    cc_info: bytes | None = None
 
     @property
     def tcp_state(self) -> TcpState:

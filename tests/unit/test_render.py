@@ -134,7 +134,7 @@ def test_detail_lines_like_ss() -> None:
     assert second == ("\t skmem:(r832,rb131072,t0,tb69120,f3264,w0,o0,bl0,d0) ts sack cubic"
                       " wscale:7,9 rto:204 rtt:26.5/13.25 ato:40 mss:1448 pmtu:1500"
                       " rcvmss:536 advmss:1448 cwnd:10 bytes_received:1 segs_out:3 segs_in:4"
-                      " lastrcv:856 lastack:856 retrans:0/2 minrtt:0.027")
+                      " send 4371321bps lastrcv:856 lastack:856 retrans:0/2 minrtt:0.027")
     sk.uid, sk.shutdown = 1000, 3
     main = list(render(snapshot([sk]), Columns(extended=True, netns=False)))[1]
     assert main.endswith(" uid:1000 ino:4121636 sk:1ad083 ---")
@@ -327,3 +327,30 @@ def test_untrusted_text_never_reaches_the_terminal_raw() -> None:
     assert untrusted(b"py\xff\xfe".decode("utf-8", "surrogateescape")) == "py\\xff\\xfe"
     assert untrusted("a\\x1b") == "a\\\\x1b"  # a literal backslash cannot fake an escape
     assert untrusted("\u200b") == "\\u200b"
+
+
+def test_info_rates_busy_and_congestion_details_like_ss() -> None:
+    """The ss -i fields beyond plain label:value, with ss's units and rules."""
+    import struct
+
+    from sockdoctor.render.infotext import info_text
+
+    info = TcpInfo(options=1, rto=3_000_000, rtt=1000, rttvar=500, snd_mss=1000, snd_cwnd=10,
+                   pacing_rate=1_000_000, max_pacing_rate=0xFFFFFFFFFFFFFFFF,
+                   delivery_rate=125, busy_time=4_000_000, rwnd_limited=1_000_000,
+                   sndbuf_limited=0, delivery_rate_app_limited=1, reordering=5,
+                   min_rtt=0xFFFFFFFF, rcv_wnd=65536)
+    sk = sock(TcpState.ESTABLISHED, "10.0.0.1", 80, "10.0.0.2", 5000, info=info, cong="bbr")
+    sk.cc_info = bytes((16,)) + struct.pack("=IIIII", 1000, 0, 27, 739, 512)
+    assert info_text(sk) == (
+        "bbr rtt:1/0.5 mss:1000 cwnd:10 bbr:(bw:8000bps,mrtt:0.027,pacing_gain:2.88672,"
+        "cwnd_gain:2) send 80000000bps pacing_rate 8000000bps delivery_rate 1000bps"
+        " app_limited busy:4000ms rwnd_limited:1000ms(25.0%) reordering:5 rcv_wnd:65536")
+    assert info_text(sk, options=True).startswith("ts bbr ")
+    sk.cong, sk.cc_info = "dctcp", bytes((9,)) + struct.pack("=HHIII", 1, 0, 1024, 7, 9)
+    assert " dctcp:(ce_state:0,alpha:1024,ab_ecn:7,ab_tot:9) " in info_text(sk)
+    sk.cc_info = bytes((9,)) + struct.pack("=HHIII", 0, 0, 0, 0, 0)
+    assert " dctcp:fallback_mode " in info_text(sk)
+    # vegas's own rtt replaces tcp_info's in the send rate, as in ss
+    sk.cong, sk.cc_info = "vegas", bytes((3,)) + struct.pack("=IIII", 1, 4, 2000, 1500)
+    assert " send 40000000bps " in info_text(sk)
