@@ -101,7 +101,7 @@ def test_table_process_netns_and_age(mixed: Snapshot) -> None:
     assert rows[1].endswith('users:(("nginx",pid=10,fd=7))')
     assert " host " in rows[1] and " 12m34s " in rows[1]
     assert " blue " in rows[2] and " 850ms " in rows[2]
-    assert rows[2].endswith("(in a listener's accept queue: never accept()ed)")
+    assert rows[2].endswith("(accept queue: never accept()ed)")
     assert re.search(r" - +\(", rows[3])  # no age for a listener
     no_header = list(render(mixed, Columns(header=False, netns=False, age=False)))
     assert len(no_header) == 4 and not no_header[0].startswith("State")
@@ -286,7 +286,7 @@ def test_summary_groups_by_state_process_and_service() -> None:
     rows = summary.rows(snap)
     assert rows[0] == summary.SummaryRow("host", "CLOSE-WAIT", "app(10)", ":8080", 3)
     assert summary.SummaryRow("host", "ESTAB", "worker(11)", "-> 10.0.0.9:5432", 2) in rows
-    assert summary.SummaryRow("host", "CLOSE-WAIT", "(no owner)", ":8080", 1) in rows
+    assert summary.SummaryRow("host", "CLOSE-WAIT", "(accept queue)", ":8080", 1) in rows
     assert summary.SummaryRow("blue", "ESTAB", "(no owner)", "-> 10.0.0.9:5432", 1) in rows
     assert sum(r.count for r in rows) == len(socks) and len(rows) == 5
     lines = list(summary.render(snap))

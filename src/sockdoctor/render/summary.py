@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from ..model import Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_OWNER, NO_OWNER, Snapshot, Socket, TcpState
 from . import fmt
 
 MAX_ROWS = 40
@@ -41,7 +41,7 @@ def _process_label(sk: Socket, snapshot: Snapshot, comms: dict[int, str]) -> str
     if not sk.owners:
         if not snapshot.owners_scanned:
             return "-"
-        return "(no owner)"
+        return ACCEPT_QUEUE_OWNER if sk.queued else NO_OWNER
     owners = sk.owners
     if len(owners) == 1:
         pid = owners[0].pid
