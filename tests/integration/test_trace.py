@@ -281,7 +281,7 @@ def test_trace_names_a_namespace_created_after_it_started() -> None:
                         (e["local_port"], e["peer_port"]) and e["local_addr"] == "127.0.0.1"]
 
             events = trace.wait_for(lambda ev: sum(e["new"] == "CLOSE-WAIT"
-                                                   for e in ours(ev)) >= 6)
+                                                   for e in ours(ev)) >= 6, timeout=45)
             mine = ours(events)
             assert mine[0]["old"] == "CLOSE" and mine[0]["new"] == "LISTEN"
             assert {e["netns"] for e in mine} == {ns}, [e["netns"] for e in mine]

@@ -44,8 +44,10 @@ class NsSockets:
 
     A namespace born after trace started is found when its first event names it
     (through the creating task) or when a look-up finds nothing in the known
-    ones: then the namespaces are listed again, synchronously, at most every
-    LIST_EVERY_S, so its events carry its name from the first one on.
+    ones: then the namespaces are listed again, synchronously, so its events
+    carry its name from the first one on. An unknown inode lists them once when
+    first seen; again (if still unknown) only after RETRY_INODE_S, and no
+    listing for a failed look-up follows another within LIST_EVERY_S.
     """
 
     LIST_EVERY_S = 0.2  # listing walks /proc/*/ns/net: a few ms on a busy host
@@ -97,9 +99,11 @@ class NsSockets:
         return name
 
     def _due(self, inode: int) -> bool:
+        """List again for an inode seen for the first time; a missing one only now and then."""
         now = time.monotonic()
-        if now - self._missed.get(inode, -self.RETRY_INODE_S) < self.RETRY_INODE_S \
-                or now - self._listed_at < self.LIST_EVERY_S:
+        missed = self._missed.get(inode)
+        if missed is not None and (now - missed < self.RETRY_INODE_S
+                                   or now - self._listed_at < self.LIST_EVERY_S):
             return False
         if len(self._missed) > 4096:
             self._missed.clear()
