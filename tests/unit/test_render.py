@@ -354,3 +354,23 @@ def test_info_rates_busy_and_congestion_details_like_ss() -> None:
     # vegas's own rtt replaces tcp_info's in the send rate, as in ss
     sk.cong, sk.cc_info = "vegas", bytes((3,)) + struct.pack("=IIII", 1, 4, 2000, 1500)
     assert " send 40000000bps " in info_text(sk)
+
+
+def test_ss_summary_from_counters_and_without_them() -> None:
+    from sockdoctor.model import Netns
+
+    socks = [sock(TcpState.LISTEN, "0.0.0.0", 80, "0.0.0.0", 0),
+             sock(TcpState.ESTABLISHED, "10.0.0.1", 80, "10.0.0.2", 5000)]
+    snap = snapshot(socks)
+    snap.namespaces = [Netns(inode=1, name="a", kind="named", counters={
+        "sockstat.sockets": {"used": 9}, "sockstat.TCP": {"inuse": 3, "orphan": 1, "tw": 2,
+                                                          "alloc": 5},
+        "sockstat.TCP6": {"inuse": 1}, "Tcp": {"CurrEstab": 2}})]
+    lines = list(summary.render_ss(snap))
+    # ss: total = alloc + tw; closed = alloc - (inuse4 + inuse6 - tw)
+    assert lines[:5] == ["Total: 9", "TCP:   7 (estab 2, closed 3, orphaned 1, timewait 2)",
+                         "", "Transport Total     IP        IPv6", "TCP\t  4         3         1"]
+    assert "leaves out ss's RAW, UDP, INET and FRAG rows" in lines[5]
+    assert lines[-1].split() == ["TCP", "2", "2", "0"]
+    snap.namespaces = []
+    assert "no kernel counters" in next(summary.render_ss(snap))

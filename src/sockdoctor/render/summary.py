@@ -110,6 +110,11 @@ def render_ss(snapshot: Snapshot) -> Iterator[str]:
     The numbers come from the kernel's counters as in ss (so a filter does not
     change them); the rows for RAW, UDP, INET and FRAG are left out.
     """
+    if not any(ns.counters for ns in snapshot.namespaces):  # e.g. an old snapshot file
+        yield "(no kernel counters in this snapshot: ss's Total and TCP lines are unknown)"
+        yield ""
+        yield from _by_family(snapshot.sockets)
+        return
     n = _ss_counts(snapshot)
     hashed = n["tcp4"] + n["tcp6"]
     yield f"Total: {n['socks']}"
