@@ -91,16 +91,21 @@ def render(snapshot: Snapshot, limit: int = MAX_ROWS) -> Iterator[str]:
 
 
 def _ss_counts(snapshot: Snapshot) -> dict[str, int]:
-    """ss -s's inputs summed over the scanned namespaces (/proc/net/sockstat{,6}, snmp)."""
+    """ss -s's inputs over the scanned namespaces (/proc/net/sockstat{,6}, snmp).
+
+    The kernel keeps `orphan` and `alloc` for the whole host (every namespace
+    shows the same numbers, as ss does): those are taken once, the others summed.
+    """
     total: Counter[str] = Counter()
     for ns in snapshot.namespaces:
         c = ns.counters
         tcp = c.get("sockstat.TCP", {})
         total.update({"socks": c.get("sockstat.sockets", {}).get("used", 0),
-                      "tcp4": tcp.get("inuse", 0), "tcp6": c.get("sockstat.TCP6", {})
-                      .get("inuse", 0), "orphan": tcp.get("orphan", 0), "tw": tcp.get("tw", 0),
-                      "alloc": tcp.get("alloc", 0),
-                      "estab": c.get("Tcp", {}).get("CurrEstab", 0)})
+                      "tcp4": tcp.get("inuse", 0),
+                      "tcp6": c.get("sockstat.TCP6", {}).get("inuse", 0),
+                      "tw": tcp.get("tw", 0), "estab": c.get("Tcp", {}).get("CurrEstab", 0)})
+        for host_wide in ("orphan", "alloc"):
+            total[host_wide] = max(total[host_wide], tcp.get(host_wide, 0))
     return total
 
 
@@ -122,11 +127,13 @@ def render_ss(snapshot: Snapshot) -> Iterator[str]:
            f"{n['alloc'] - (hashed - n['tw'])}, orphaned {n['orphan']}, timewait {n['tw']})")
     yield ""
     yield "Transport Total     IP        IPv6"
-    yield f"TCP\t  {hashed:<9d} {n['tcp4']:<9d} {n['tcp6']:<9d}".rstrip()
+    # ss prints "TCP\t  ": spaces to the same column, no control character in our output
+    yield f"TCP       {hashed:<9d} {n['tcp4']:<9d} {n['tcp6']:<9d}".rstrip()
     where = (f" in {fmt.plural(len(snapshot.namespaces), 'network namespace')}"
              if len(snapshot.namespaces) > 1 else "")
     yield (f"(sockdoctor is TCP only: it leaves out ss's RAW, UDP, INET and FRAG rows; "
-           f"counts{where} from the kernel's counters)")
+           f"counts{where} from the kernel's counters, where `orphaned` and the total "
+           f"are the whole host's, as in ss)")
     yield ""
     yield from _by_family(snapshot.sockets)
 
