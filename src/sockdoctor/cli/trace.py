@@ -84,8 +84,8 @@ def trace_command(ndjson: bool, duration: str | None, count: int | None, refresh
         if not ndjson and not no_header:
             out.header()
         _loop(tracer, out, stop_at, count, parse_duration(join_delay) / 1000)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C or SIGTERM is how a trace is meant to end
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a trace is meant to end:
+        _drain(tracer, out, count)  # what still waited for its turn is printed, not lost
     finally:
         tracer.close()
         out.end()
@@ -104,6 +104,17 @@ def _loop(tracer: Any, out: Any, stop_at: float | None, count: int | None,
         out.records(records)
         if done or (count is not None and tracer.stats.printed >= count):
             return
+
+
+def _drain(tracer: Any, out: Any, count: int | None) -> None:
+    try:
+        records = tracer.flush()
+        if count is not None:
+            records = records[:max(0, count - tracer.stats.printed)]
+        tracer.stats.printed += len(records)
+        out.records(records)
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C: stop now
 
 
 def _announce(tracer: Any) -> None:
