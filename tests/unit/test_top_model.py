@@ -173,3 +173,21 @@ def test_findings_pane_is_clipped_to_its_lines() -> None:
     clipped = finding_lines(model, limit=5, max_lines=4)
     assert len(clipped) == 4
     assert clipped[-1][1].startswith("... 3 more")
+
+
+def test_one_frame_fits_80_columns() -> None:
+    import io
+
+    from sockdoctor.render.topframe import print_frame
+
+    model = TopModel()
+    model.update(sample(leak(3)))
+    out = io.StringIO()
+    print_frame(model, 1.0, out, 80)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    header = next(line for line in lines if line.startswith("COUNT"))
+    assert header.split() == ["COUNT", "+LAST", "+START", "STATE", "PROCESS", "SERVICE",
+                              "OLDEST", "RECV-Q", "NETNS"]  # all fit for short names
+    listen = next(line for line in lines if "LISTEN" in line)
+    assert listen.split()[6] == "-"  # no age for a listener

@@ -140,10 +140,12 @@ def render(model: TopModel, refresh_s: float, limit: int = 40, width: int = 160)
     for row in fitted(rows, widths):
         table.add_row(*row)
     more = len(model.groups) - limit
-    parts: list[Any] = [Text(status(model, refresh_s), style="bold"), Text(""), table]
+    parts: list[Any] = [Text(status(model, refresh_s), style="bold", no_wrap=True,
+                             overflow="ellipsis"), Text(""), table]
     if more > 0:
         parts.append(Text(f"... {more} more groups", style="dim"))
     parts.append(Text(""))
+    # (the findings wrap: a printed frame keeps every relief command whole)
     parts.extend(Text(text, style=style) for style, text in finding_lines(model))
     return RichGroup(*parts)
 
