@@ -59,7 +59,7 @@ class Facts:
 def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = False,
          mem: bool = False, age: bool = False, extended: bool = False, evidence: bool = False,
          netns: str | None = None, progress: Progress | None = None,
-         lazy_info: bool = False) -> Snapshot:
+         lazy_info: bool = False, counters: bool = False) -> Snapshot:
     """Every TCP socket matching `query`, in every selected network namespace.
 
     owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
@@ -73,6 +73,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
         holds every decoded tcp_info at once.
     netns: "all" (default), "host", a name from `ip netns`, a PID or an inode;
         overrides the query's own setting when given.
+    counters: read each namespace's /proc/net/{snmp,sockstat} (ss -s's numbers).
     """
     query = as_query(query)
     say = progress or (lambda _msg: None)
@@ -86,7 +87,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
                         evidence=evidence, lazy_info=lazy_info)
     say(f"dumping TCP sockets in {plural(len(namespaces), 'network namespace')}")
     netns_records, dumped = dump_namespaces(namespaces, opts, families(query), warnings,
-                                            sysctls=evidence, counters=evidence)
+                                            sysctls=evidence, counters=evidence or counters)
     if evidence and opts.age and not info:
         add_keepalive_info(namespaces, dumped, families(query))
     sockets = [sk for sk in dumped if query.match_socket(sk)]

@@ -102,6 +102,11 @@ def state_mask(*states: int) -> int:
 # A connection without a descriptor in one of these states waits in an accept queue
 # (SYN-RECV ones are request socks, not yet in the queue); in these, it is an orphan.
 _QUEUE_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+# One short owner label for such sockets wherever sockets are grouped by owner
+# (top, ls --summary); the exporter's `process` label spells it "accept-queue".
+ACCEPT_QUEUE_OWNER = "(accept queue)"
+ACCEPT_QUEUE_LABEL = "accept-queue"
+NO_OWNER = "(no owner)"
 _ORPHAN_STATES = frozenset({TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK,
                             TcpState.CLOSING, TcpState.TIME_WAIT})
 
@@ -255,6 +260,9 @@ class Socket(msgspec.Struct, gc=False):
     # Raw tcp_info, kept instead of `info` by scan(lazy_info=True) so that a huge
     # listing decodes it a chunk at a time while writing (see tcpinfo.of()).
     info_blob: bytes | None = None
+    # The congestion control's own diag attribute (bbr, dctcp, vegas), raw:
+    # its attribute type in the first byte, then the body (linux/ccinfo.py).
+    cc_info: bytes | None = None
 
     @property
     def tcp_state(self) -> TcpState:
@@ -280,7 +288,7 @@ class Socket(msgspec.Struct, gc=False):
         if st == TcpState.TIME_WAIT:
             return "TIME-WAIT: kept by the kernel only, no process holds it"
         if self.queued:
-            return "in a listener's accept queue: never accept()ed"
+            return "accept queue: never accept()ed"
         if st == TcpState.SYN_RECV:
             return "a handshake in progress: no descriptor before accept()"
         if self.orphaned:

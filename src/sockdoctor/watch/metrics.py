@@ -20,7 +20,7 @@ from ..doctor.context import first_pid
 from ..doctor.finding import SEVERITY_RANK, Report
 from ..jsontext import readable
 from ..linux.procfs import pod_uid
-from ..model import Netns, Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_LABEL, Netns, Snapshot, Socket, TcpState
 from .sampler import Sample
 
 OTHER = "other"
@@ -109,7 +109,7 @@ class _View:
         """process, container, pod_uid (and pid with --label pid) of an owner."""
         proc = self.snap.processes.get(pid) if pid > 0 else None
         name = (readable(proc.comm) if proc else "unknown") if pid >= 0 else (
-            "accept-queue" if pid == _ACCEPT_QUEUE else "orphan")
+            ACCEPT_QUEUE_LABEL if pid == _ACCEPT_QUEUE else "orphan")
         labels = (name, proc.container if proc else "", self.pod.get(pid, "") if proc else "")
         return (*labels, str(pid) if pid > 0 else "") if self.opts.pid else labels
 
