@@ -10,10 +10,22 @@ sockets and every extra object per socket costs measurable time.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Annotated, Literal
 
 import msgspec
 
 SCHEMA = "sockdoctor.snapshot/1"
+
+# Ranges a decoded snapshot is checked against (a file is untrusted input: a
+# state of 99 or a port of 10**30 is a corrupt file, not a crash in a rule).
+# Constructing a Struct in Python does not check them: the scan stays as fast.
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # msgspec bounds are int64
+Pid = Annotated[int, msgspec.Meta(ge=0, le=2**22)]  # PID_MAX_LIMIT
+State = Annotated[int, msgspec.Meta(ge=1, le=13)]  # TcpState
+Family = Literal[2, 10]  # AF_INET, AF_INET6
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e11)]  # a Unix time (finite)
 
 
 class TcpState(IntEnum):
@@ -209,8 +221,8 @@ class Owner(msgspec.Struct, frozen=True, gc=False):
     for hours, which the cyclic collector would otherwise scan again and again.
     """
 
-    pid: int
-    fd: int
+    pid: Pid
+    fd: U32
 
 
 class Socket(msgspec.Struct, gc=False):
@@ -226,27 +238,27 @@ class Socket(msgspec.Struct, gc=False):
     from tcp_info's last-ACK-received; see docs/age.md for what it means.
     """
 
-    netns: int
-    family: int
-    state: int
+    netns: U64
+    family: Family
+    state: State
     local_addr: str
-    local_port: int
+    local_port: Port
     peer_addr: str
-    peer_port: int
-    inode: int
-    cookie: int
-    uid: int
-    recv_q: int
-    send_q: int
-    timer: int = 0
+    peer_port: Port
+    inode: U64
+    cookie: U64
+    uid: U32
+    recv_q: U32
+    send_q: U32
+    timer: U32 = 0
     expires_ms: int = 0
-    retrans: int = 0
-    ifindex: int = 0
+    retrans: U32 = 0
+    ifindex: U32 = 0
     owners: list[Owner] = msgspec.field(default_factory=list)
-    age_ms: int | None = None
-    shutdown: int | None = None
-    cgroup_id: int | None = None
-    mark: int | None = None
+    age_ms: U64 | None = None
+    shutdown: U32 | None = None
+    cgroup_id: U64 | None = None
+    mark: U32 | None = None
     cong: str | None = None
     info: TcpInfo | None = None
     mem: SkMemInfo | None = None
@@ -296,13 +308,13 @@ class ThreadInfo(msgspec.Struct, frozen=True):
 
 
 class Process(msgspec.Struct, kw_only=True):
-    pid: int
+    pid: Pid
     comm: str
     cmdline: list[str] = msgspec.field(default_factory=list)
     uid: int = -1
     user: str = ""
     state: str = ""
-    ppid: int = 0  # the parent: prefork workers share the listener owner as parent
+    ppid: Pid = 0  # the parent: prefork workers share the listener owner as parent
     cgroup: str = ""
     container: str = ""
     netns: int = 0
@@ -314,7 +326,7 @@ class Process(msgspec.Struct, kw_only=True):
 class Netns(msgspec.Struct, kw_only=True):
     """A network namespace, named as a person would recognise it."""
 
-    inode: int
+    inode: U64
     name: str
     kind: str  # "host", "named" (ip netns), "container", "process"
     pid: int = 0  # a process inside it, when one is known
@@ -331,15 +343,15 @@ class DeadSocketFd(msgspec.Struct, frozen=True):
     could not be inspected (error_pending None).
     """
 
-    pid: int
-    fd: int
-    inode: int
+    pid: Pid
+    fd: U32
+    inode: U64
     protocol: str
     family: int = 0
     local_addr: str = ""
-    local_port: int = 0
+    local_port: Port = 0
     peer_addr: str = ""  # "" when it never had a peer (never connected)
-    peer_port: int = 0
+    peer_port: Port = 0
     error_pending: bool | None = None  # a reset or timeout the program has not read yet
     info: TcpInfo | None = None  # TCP_INFO of the dead socket
 
@@ -348,12 +360,12 @@ class Snapshot(msgspec.Struct, kw_only=True):
     """Complete evidence of one scan; serialises to JSON and back."""
 
     schema: str = SCHEMA
-    created: float
+    created: Seconds
     hostname: str
     kernel: str
     sockets: list[Socket]
     namespaces: list[Netns] = msgspec.field(default_factory=list)
-    processes: dict[int, Process] = msgspec.field(default_factory=dict)
+    processes: dict[Pid, Process] = msgspec.field(default_factory=dict)
     sysctls: dict[str, str] = msgspec.field(default_factory=dict)  # host-wide (fs.*)
     dead_fds: list[DeadSocketFd] = msgspec.field(default_factory=list)
     owners_scanned: bool = False
