@@ -171,8 +171,15 @@ def _paths(value: object, path: tuple = ()) -> list[tuple]:
     return found
 
 
+def _at(doc: object, path: tuple) -> object:
+    for key in path:
+        doc = doc[key]  # type: ignore[index]
+    return doc
+
+
 DOC = sample()
 PATHS = _paths(DOC)
+SCALAR_PATHS = [p for p in PATHS if not isinstance(_at(DOC, p), (dict, list))]
 
 
 def _mutate(doc: dict, path: tuple, value: object) -> dict:
@@ -185,7 +192,9 @@ def _mutate(doc: dict, path: tuple, value: object) -> dict:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES), min_size=1, max_size=3))
+@given(st.lists(st.tuples(st.sampled_from(PATHS) | st.sampled_from(SCALAR_PATHS),
+                          st.integers(min_value=-2, max_value=70_000) | VALUES),
+                min_size=1, max_size=3))
 def test_mutated_snapshots_load_or_are_refused(mutations: list) -> None:
     doc = DOC
     for path, value in mutations:

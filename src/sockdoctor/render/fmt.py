@@ -40,8 +40,14 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def endpoint(addr: str, port: int, family: int, *, peer: bool = False) -> str:
-    """`10.0.0.1:80`, `[::1]:80`, `0.0.0.0:*` the way ss prints them."""
+    """`10.0.0.1:80`, `[::1]:80`, `0.0.0.0:*` the way ss prints them.
+
+    An address read from a snapshot is checked on load (snapshot_io), and
+    escaped here all the same: whatever is printed, a file chose.
+    """
     port_text = "*" if port == 0 and peer else str(port)
+    if not addr.isprintable():
+        addr = untrusted(addr)
     if family == socket.AF_INET6:
         return f"[{addr}]:{port_text}"
     return f"{addr}:{port_text}"
