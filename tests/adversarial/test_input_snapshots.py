@@ -86,7 +86,7 @@ def test_a_large_real_snapshot_inflates_within_the_cap() -> None:
 def test_deep_nesting_is_a_corrupt_snapshot(where: str) -> None:
     doc = sample()
     deep = json.dumps(doc)[:-1] + f', "{where}": ' + "[" * 200_000 + "]" * 200_000 + "}"
-    with pytest.raises(BadSnapshotError, match="nested deeper|warnings|sockets"):
+    with pytest.raises(BadSnapshotError, match=r"nested deeper|warnings|sockets"):
         snapshot_io.loads(deep.encode(), "deep.json")
 
 

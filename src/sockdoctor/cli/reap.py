@@ -108,6 +108,9 @@ def _daemon(path: str, reaper: Any, sampler: Any, say: _Output) -> None:
                 fresh = reap_policy.load(path)
             except SockdoctorError as exc:
                 say.note(f"reload failed, the policy in force stays: {exc}")
+            except Exception as exc:  # a daemon keeps running, always
+                say.note(f"reload failed, the policy in force stays: {path}: "
+                         f"{type(exc).__name__}: {exc}")
             else:
                 reaper.reload(fresh)
                 sampler.interval = fresh.interval_s

@@ -17,10 +17,17 @@
 Everything is checked when the file is read: an unknown key, a bad age, a
 rule that selects nothing is one sentence naming the file and the rule
 (exit 2), and a reload (SIGHUP) with such a file keeps the policy in force.
+The file itself is untrusted too (docs/reliability.md, "Input limits"): only
+a regular file of at most 1 MiB is read, opened without blocking (a FIFO at
+the path must not hang a reload), as UTF-8, nested no deeper than Python can
+parse; a `netns` must name a namespace that exists (else exit 3, as
+`--netns`).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -67,18 +74,62 @@ class ReapPolicy:
     rate: float = 0.0
 
 
+MAX_POLICY_BYTES = 1 << 20
+
+
 def load(path: str) -> ReapPolicy:
     """Read and check a policy file; PolicyError (or NotFoundError) says what is wrong."""
+    text = _read(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PolicyError(f"{path} nests arrays or tables deeper than a policy can "
+                          "be") from None
+    policy = parse(data, path)
+    _check_namespaces(policy)
+    return policy
+
+
+def _read(path: str) -> str:
+    """The text of a regular file, read without ever blocking (module doc)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise PolicyError(f"{path} is not a regular file: a policy is a TOML file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())  # what was opened, not what was stat()ed
+            if not stat.S_ISREG(st.st_mode):
+                raise PolicyError(f"{path} is not a regular file: a policy is a TOML file")
+            data = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
         raise NotFoundError(f"no policy file {path}") from None
     except OSError as exc:
         raise PolicyError(f"cannot read the policy file {path} ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path} is not valid TOML: {exc}") from None
-    return parse(data, path)
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{path} is larger than a policy may be (1 MiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path} is not UTF-8 text (byte {exc.start} is "
+                          f"0x{data[exc.start]:02x}); TOML files are UTF-8") from None
+
+
+def _check_namespaces(policy: ReapPolicy) -> None:
+    """A rule's netns must exist now: one that names nothing would never match, silently."""
+    wanted = {r.kill.where.netns: r.name for r in policy.rules if r.kill.where is not None
+              and r.kill.where.netns.strip() not in ("", "all", "host")}
+    if not wanted:
+        return
+    from ..linux import netns
+    from ..selectors import unknown_netns
+
+    known, _ = netns.discover()
+    for name, rule in wanted.items():
+        if not netns.select(known, name):
+            text = str(unknown_netns(name, known)).removeprefix("--netns: ")
+            raise NotFoundError(f"{policy.path}: rule '{rule}': netns: {text}")
 
 
 def parse(data: dict[str, Any], path: str = "policy") -> ReapPolicy:
