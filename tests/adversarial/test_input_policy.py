@@ -201,12 +201,12 @@ def test_a_daemon_keeps_its_policy_through_bad_reloads_and_stops_on_sigterm(
             replace(path)
             seen = len(daemon.notes())
             daemon.proc.send_signal(signal.SIGHUP)
-            assert wait_until(lambda: len(daemon.notes()) > seen), (what, daemon.lines)
+            assert wait_until(lambda seen=seen: len(daemon.notes()) > seen), (what, daemon.lines)
             note = daemon.notes()[-1]
             assert note.startswith("reload failed, the policy in force stays") and words \
                 in note, (what, note)
             cycles = daemon.cycles()
-            assert wait_until(lambda: daemon.cycles() > cycles + 1), what  # still cycling
+            assert wait_until(lambda cycles=cycles: daemon.cycles() > cycles + 1), what  # still cycling
         daemon.proc.send_signal(signal.SIGTERM)
         rc = daemon.proc.wait(15)
     finally:
