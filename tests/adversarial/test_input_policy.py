@@ -206,7 +206,8 @@ def test_a_daemon_keeps_its_policy_through_bad_reloads_and_stops_on_sigterm(
             assert note.startswith("reload failed, the policy in force stays") and words \
                 in note, (what, note)
             cycles = daemon.cycles()
-            assert wait_until(lambda cycles=cycles: daemon.cycles() > cycles + 1), what  # still cycling
+            # still cycling
+            assert wait_until(lambda cycles=cycles: daemon.cycles() > cycles + 1), what
         daemon.proc.send_signal(signal.SIGTERM)
         rc = daemon.proc.wait(15)
     finally:
