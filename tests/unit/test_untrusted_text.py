@@ -146,7 +146,8 @@ def test_the_exporter_serves_hostile_names_as_readable_labels() -> None:
     from prometheus_client import generate_latest
 
     text = b"".join(generate_latest(r) for r in registries(collector)).decode()
-    # label values are text: the undecodable byte as \xNN (the newline and backslashes
-    # escaped by the exposition format itself)
-    assert 'netns="\x1b[31mRED\\nx\\\\xff\\\\",state="close_wait"} 5.0' in text
+    # label values escaped as on the terminal (ESC, newline, the byte, the backslash),
+    # then the exposition format doubles every backslash
+    assert 'netns="\\\\x1b[31mRED\\\\nx\\\\xff\\\\\\\\",state="close_wait"} 5.0' in text
+    assert "\x1b" not in text
     assert "\udcff" not in text
