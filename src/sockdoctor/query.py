@@ -30,7 +30,6 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, No
 # The longest duration anything takes (an interval, --older-than, a timeout): one
 # year. Past it a wait overflows a C timeout (threading, select) or is a typo.
 MAX_DURATION_MS = 365 * 86_400_000
-PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT: every pid is below it
 
 
 def parse_duration(text: str, option: str = "") -> int:
@@ -77,10 +76,9 @@ class Query:
         words = filter_words.split() if isinstance(filter_words, str) else list(filter_words)
         if filter_file:
             words += ssfilter.read_filter_file(filter_file)
-        bad = sorted(p for p in pids if not 0 < p < PID_MAX_LIMIT)
+        bad = sorted(p for p in pids if p <= 0)
         if bad:
-            raise UsageError(f"--pid takes a process id (a number from 1 to "
-                             f"{PID_MAX_LIMIT - 1}), not {bad[0]}")
+            raise UsageError(f"--pid takes a process id (a number above 0), not {bad[0]}")
         bad = sorted(p for p in ports if not 0 < p <= 65535)
         if bad:
             raise UsageError(f"--port takes a port from 1 to 65535, not {bad[0]}")

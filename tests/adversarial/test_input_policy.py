@@ -51,7 +51,8 @@ BAD_POLICIES: list[tuple[str, bytes, int, str]] = [
     ("pid float", GOOD.replace("port = 7", "pid = 1e20").encode(), 2, "pid takes numbers"),
     ("pid huge", GOOD.replace("port = 7", "pid = 100000000000000000000").encode(), 2,
      "process id"),
-    ("pid max", GOOD.replace("port = 7", "pid = 4194304").encode(), 2, "process id"),
+    ("pid max", GOOD.replace("port = 7", "pid = 4194304").encode(), 2, "not a process id"),
+    ("pid 0", GOOD.replace("port = 7", "pid = 0").encode(), 2, "not a process id"),
     ("netns", (GOOD + 'netns = "no-such-ns-i15"\n').encode(), 3,
      "no network namespace 'no-such-ns-i15'"),
 ]

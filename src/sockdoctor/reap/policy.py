@@ -38,6 +38,7 @@ from ..remedy.policy import METHODS, KillPolicy, parse_rate, resolvable
 
 DEFAULT_INTERVAL = "30s"
 DEFAULT_MAX_PER_CYCLE = 200
+PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT: every pid is below it
 TOP_KEYS = {"interval", "audit_log", "rate", "rule"}
 RULE_KEYS = {"name", "state", "filter", "older_than", "process", "pid", "netns", "port", "peer",
              "methods", "max_per_cycle", "force"}
@@ -204,8 +205,12 @@ def _query(raw: dict[str, Any], where: str) -> Query:
     states = _list(raw, "state", str)
     if "state" in raw and not states:
         raise UsageError("state is empty: name at least one, like \"close-wait\"")
-    return Query.build(words, states=states, ports=_list(raw, "port", int),
-                       pids=_list(raw, "pid", int),
+    pids = _list(raw, "pid", int)
+    bad = [p for p in pids if not 0 < p < PID_MAX_LIMIT]
+    if bad:
+        raise UsageError(f"pid {bad[0]} is not a process id (a number from 1 to "
+                         f"{PID_MAX_LIMIT - 1})")
+    return Query.build(words, states=states, ports=_list(raw, "port", int), pids=pids,
                        process=_text(raw.get("process", ""), "process"), netns=netns)
 
 
