@@ -89,9 +89,9 @@ def inflate(data: bytes, source: str = "snapshot") -> bytes:
                 total += len(chunk)
                 if total > cap:
                     raise BadSnapshotError(
-                        f"corrupt snapshot: {source} inflates to more than {cap >> 20} MiB "
-                        f"({INFLATE_RATIO} times its compressed size), which no snapshot "
-                        "does: a gzip bomb or a damaged file")
+                        f"corrupt snapshot: {source} inflates to more than {cap >> 20} MiB, "
+                        "the most a gzip file of its size may (docs/json.md): a gzip bomb "
+                        "or a damaged file")
                 chunks.append(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         raise BadSnapshotError(f"{source} is a damaged gzip file: {exc}") from None
