@@ -185,7 +185,7 @@ class _Output:
     def note(self, text: str) -> None:
         if self.as_json:
             self._json({"event": "note", "note": text})
-        else:
+        else:  # a reload's error may quote namespace names: any bytes
             self._line(f"reap: {text}")
 
     def stopped(self, reaper: Any) -> None:
@@ -199,10 +199,17 @@ class _Output:
     def _json(self, obj: dict) -> None:
         from ..jsontext import encode  # names that are not UTF-8, exact
 
-        self._line(encode(obj).decode())
+        self._write(encode(obj).decode())
 
     @staticmethod
     def _line(text: str) -> None:
+        """A line of text: escaped whole (rule and namespace names may hold any bytes)."""
+        from ..render.fmt import untrusted
+
+        _Output._write(untrusted(text))
+
+    @staticmethod
+    def _write(text: str) -> None:
         with reader_may_leave():
             sys.stdout.write(text + "\n")
 
