@@ -74,8 +74,10 @@ def _field_error(exc: msgspec.ValidationError) -> str:
     problem, sep, where = text.rpartition(" - at ")
     if not sep:
         return text
-    field = where.strip("`").removeprefix("$").lstrip(".") or "the document"
-    return f"{field}: {problem.replace('`', '')[:1].lower()}{problem.replace('`', '')[1:]}"
+    problem = problem.replace("`", "")
+    problem = problem[:1].lower() + problem[1:]
+    field = where.replace("`", "").removeprefix("$").lstrip(".")
+    return problem if not field or "..." in field else f"{field}: {problem}"
 
 
 def inflate(data: bytes, source: str = "snapshot") -> bytes:
