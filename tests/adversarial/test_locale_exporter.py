@@ -26,6 +26,7 @@ pytestmark = pytest.mark.root
 
 BYTE_NAME = b"sd\xffop\xc3\x1b\n"
 TEXT_NAME = b"sd\\xffop\xc3\x1b\n"  # a backslash, then the letters x f f
+WIDE_NAME = "café日".encode()  # valid UTF-8 that an ASCII locale cannot print
 HOLDER = """
 import ctypes, socket, sys, time
 ctypes.CDLL(None).prctl(15, ctypes.c_char_p(bytes.fromhex(sys.argv[1])), 0, 0, 0)
@@ -51,7 +52,7 @@ def holders() -> Iterator[dict[bytes, int]]:
     """name -> pid of a program holding a CLOSE-WAIT in a namespace of its own."""
     procs = {}
     try:
-        for name in (BYTE_NAME, TEXT_NAME):
+        for name in (BYTE_NAME, TEXT_NAME, WIDE_NAME):
             proc = subprocess.Popen(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec '
                                      '"$0" -c "$1" "$2"', sys.executable, HOLDER, name.hex()],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -104,3 +105,24 @@ def test_a_log_line_quoting_a_name_is_escaped(capfd: pytest.CaptureFixture[str])
     Exporter.say("note: cannot enter pid:7(sd\udcffop\x1b]0;x\x07\n)")  # type: ignore[misc]
     err = capfd.readouterr().err
     assert err == "sockdoctor exporter: note: cannot enter pid:7(sd\\xffop\\x1b]0;x\\x07\\n)\n"
+
+
+@pytest.mark.parametrize("command", [["ls", "-p"], ["doctor", "--stuck-after", "100ms"],
+                                     ["ls", "-p", "--json"]])
+def test_the_cli_under_an_ascii_locale(holders: dict[bytes, int], command: list[str]) -> None:
+    """LANG=C with Python's UTF-8 coercion off: stdout is ASCII, names are not."""
+    out = b""
+    for name in (BYTE_NAME, WIDE_NAME):
+        result = subprocess.run(
+            [sys.executable, "-m", "sockdoctor", *command, "--netns", str(holders[name])],
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+                 "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+            capture_output=True, timeout=60)
+        assert result.returncode in (0, 1), result.stderr  # doctor: 1 is a warning
+        assert b"Traceback" not in result.stderr, result.stderr
+        out += result.stdout
+    if "--json" in command:
+        assert '"comm":"café日"' in out.decode("utf-8")  # JSON is UTF-8, exact
+    else:
+        assert b"caf\\u00e9\\u65e5" in out and b"sd\\xffop\\xc3\\x1b\\n" in out
+        assert out.isascii() and b"\x1b" not in out

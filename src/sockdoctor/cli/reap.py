@@ -199,7 +199,10 @@ class _Output:
     def _json(self, obj: dict) -> None:
         from ..jsontext import encode  # names that are not UTF-8, exact
 
-        self._write(encode(obj).decode())
+        with reader_may_leave():  # bytes: UTF-8 JSON under any locale
+            sys.stdout.flush()
+            sys.stdout.buffer.write(encode(obj) + b"\n")
+            sys.stdout.buffer.flush()
 
     @staticmethod
     def _line(text: str) -> None:
