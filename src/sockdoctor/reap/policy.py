@@ -39,6 +39,7 @@ from ..remedy.policy import METHODS, KillPolicy, parse_rate, resolvable
 DEFAULT_INTERVAL = "30s"
 DEFAULT_MAX_PER_CYCLE = 200
 PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT: every pid is below it
+MAX_POLICY_BYTES = 1 << 20
 TOP_KEYS = {"interval", "audit_log", "rate", "rule"}
 RULE_KEYS = {"name", "state", "filter", "older_than", "process", "pid", "netns", "port", "peer",
              "methods", "max_per_cycle", "force"}
@@ -73,9 +74,6 @@ class ReapPolicy:
     rules: tuple[Rule, ...]
     audit_log: str | None = None
     rate: float = 0.0
-
-
-MAX_POLICY_BYTES = 1 << 20
 
 
 def load(path: str) -> ReapPolicy:
@@ -128,7 +126,8 @@ def _check_namespaces(policy: ReapPolicy) -> None:
 
     known, _ = netns.discover()
     for name, rule in wanted.items():
-        if not netns.select(known, name):
+        if not _checked(f"{policy.path}: rule '{rule}'", "netns",
+                        lambda name=name: netns.select(known, name)):
             text = str(unknown_netns(name, known)).removeprefix("--netns: ")
             raise NotFoundError(f"{policy.path}: rule '{rule}': netns: {text}")
 
