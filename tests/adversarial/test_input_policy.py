@@ -77,10 +77,9 @@ def test_a_policy_path_that_is_no_regular_file_is_refused_at_once(tmp_path: Path
         path.mkdir()
     else:
         path = Path("/dev/zero")
-    start = time.monotonic()
-    one_sentence(sockdoctor("reap", "--policy", str(path), "--check", timeout=20), 2,
+    # a hang is subprocess.TimeoutExpired: the test fails
+    one_sentence(sockdoctor("reap", "--policy", str(path), "--check", timeout=30), 2,
                  "not a regular file")
-    assert time.monotonic() - start < 15
 
 
 def test_exporter_interval_past_the_maximum_is_exit_2() -> None:
