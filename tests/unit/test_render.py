@@ -322,7 +322,8 @@ def test_untrusted_text_never_reaches_the_terminal_raw() -> None:
     assert untrusted("café") == "café"
     hostile = "\x1b[31mRED\nroot\tx\r\x9b\x7f"
     escaped = untrusted(hostile)
-    assert escaped == "\\x1b[31mRED\\nroot\\tx\\r\\x9b\\x7f"
+    # U+009B is a character (\u009b); \xNN above 0x7f is kept for raw bytes
+    assert escaped == "\\x1b[31mRED\\nroot\\tx\\r\\u009b\\x7f"
     assert escaped.isprintable()
     assert untrusted(b"py\xff\xfe".decode("utf-8", "surrogateescape")) == "py\\xff\\xfe"
     assert untrusted("a\\x1b") == "a\\\\x1b"  # a literal backslash cannot fake an escape

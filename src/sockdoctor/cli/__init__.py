@@ -8,6 +8,7 @@ command; it is registered below.
 
 from __future__ import annotations
 
+import codecs
 import gc
 import sys
 
@@ -97,4 +98,25 @@ def main() -> None:
     # small objects and no garbage cycles worth collecting: the cyclic garbage
     # collector only re-scans them over and over (a third of --json's time).
     gc.disable()
+    _escape_what_the_locale_cannot_encode()
     sys.exit(_run())
+
+
+def _escape_what_the_locale_cannot_encode() -> None:
+    """Under an ASCII locale (LANG=C with Python's UTF-8 coercion off) a process named
+    café cannot be printed as it is: it reads caf\\u00e9, not a UnicodeEncodeError
+    (\\u, as untrusted() writes characters: \\xNN above 0x7f is a raw byte). JSON
+    and metrics are bytes, always UTF-8, and do not pass through here."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        if codecs.lookup(encoding).name != "utf-8" and hasattr(stream, "reconfigure"):
+            codecs.register_error("sockdoctor-escape", _escape_unencodable)
+            stream.reconfigure(errors="sockdoctor-escape")
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    text = exc.object[exc.start:exc.end]
+    return "".join(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+                   for c in text), exc.end

@@ -366,7 +366,7 @@ def process_names() -> list[Process]:
     out = []
     for pid in list_pids():
         try:
-            comm = _read(f"{PROC}/{pid}/comm").rstrip("\n")
+            comm = _read(f"{PROC}/{pid}/comm").removesuffix("\n")
             cmdline = [part for part in _read(f"{PROC}/{pid}/cmdline").split("\0") if part]
         except OSError:
             continue
@@ -390,7 +390,7 @@ def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process 
     """Facts about one process, or None if it is gone."""
     base = f"{PROC}/{pid}"
     try:
-        comm = _read(f"{base}/comm").rstrip("\n")
+        comm = _read(f"{base}/comm").removesuffix("\n")
         stat = _read(f"{base}/stat")
         uid = os.stat(base).st_uid
     except OSError:
@@ -437,7 +437,7 @@ def start_time(pid: int) -> tuple[int, str] | None:
 
 def comm(pid: int) -> str:
     try:
-        return _read(f"{PROC}/{pid}/comm").rstrip("\n")
+        return _read(f"{PROC}/{pid}/comm").removesuffix("\n")
     except OSError:
         return ""
 

@@ -18,7 +18,7 @@ from operator import attrgetter
 
 from ..doctor.context import first_pid
 from ..doctor.finding import SEVERITY_RANK, Report
-from ..jsontext import readable
+from ..jsontext import untrusted
 from ..linux.procfs import pod_uid
 from ..model import ACCEPT_QUEUE_LABEL, Netns, Snapshot, Socket, TcpState
 from .sampler import Sample
@@ -46,6 +46,12 @@ class Family:
     labels: tuple[str, ...] = ()
     kind: str = "gauge"  # or "counter" (name ends in _total)
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Every label value escaped once, here: a process or namespace name is any
+        # bytes a local user chose (jsontext.untrusted: injective, docs/exporter.md).
+        self.samples = [(tuple(map(untrusted, labels)), value)
+                        for labels, value in self.samples]
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,7 @@ class _View:
 
     def __init__(self, snap: Snapshot, sample: Sample, opts: Options) -> None:
         self.snap, self.sample, self.opts = snap, sample, opts
-        # Label values must be text: a name that is not UTF-8 shows its bytes as \xNN.
-        self.names = {ns.inode: readable(ns.name) for ns in snap.namespaces}
+        self.names = {ns.inode: ns.name for ns in snap.namespaces}  # escaped by Family
         self.listeners_ = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
         self.listening = {(sk.netns, sk.local_port) for sk in self.listeners_}
         self.ranges = {ns.inode: port_range(ns) for ns in snap.namespaces}
@@ -108,7 +113,7 @@ class _View:
     def who(self, pid: int) -> tuple[str, ...]:
         """process, container, pod_uid (and pid with --label pid) of an owner."""
         proc = self.snap.processes.get(pid) if pid > 0 else None
-        name = (readable(proc.comm) if proc else "unknown") if pid >= 0 else (
+        name = (proc.comm if proc else "unknown") if pid >= 0 else (
             ACCEPT_QUEUE_LABEL if pid == _ACCEPT_QUEUE else "orphan")
         labels = (name, proc.container if proc else "", self.pod.get(pid, "") if proc else "")
         return (*labels, str(pid) if pid > 0 else "") if self.opts.pid else labels

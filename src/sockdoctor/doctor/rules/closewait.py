@@ -25,6 +25,8 @@ from .common import AgeStats, age_stats, growth_line, recv_q_counts, stuck_sever
 GroupKey = tuple[int, tuple[str, str], tuple[str, str, int]]
 # Many workers: name them by --process in the relief command instead of one --pid each.
 MAX_RELIEF_PIDS = 6
+# A CLOSE-WAIT whose EOF is still unread this long is worth a note, however young.
+UNREAD_NOTE_MS = 100
 
 
 def check(ctx: Context) -> list[Finding]:
@@ -42,7 +44,7 @@ def check(ctx: Context) -> list[Finding]:
         growth = None if prev_n is None else len(socks) - prev_n
         sev = _severity(ctx, netns, svc, st, growth)
         if sev is None:
-            note = _young(ctx, netns, pids, svc, st)
+            note = _young(ctx, netns, pids, svc, st, socks)
             if note is not None:
                 young.append(note)
             continue
@@ -138,9 +140,14 @@ def _previous_counts(ctx: Context) -> dict[GroupKey, int]:
     return counts
 
 
-def _young(ctx: Context, netns: int, pids: list[int], svc: Service,
-           st: AgeStats) -> tuple[int, str] | None:
-    """A note for CLOSE-WAIT not yet old (or many) enough to count: (count, text)."""
+def _young(ctx: Context, netns: int, pids: list[int], svc: Service, st: AgeStats,
+           socks: list[Socket]) -> tuple[int, str] | None:
+    """A note for CLOSE-WAIT not yet old (or many) enough to count: (count, text).
+
+    Very young ones (under a tenth of --stuck-after) are a close in flight and
+    not mentioned, unless the program has not even read the peer's EOF
+    (Recv-Q > 0) for UNREAD_NOTE_MS: `doctor` run right after a leak says so.
+    """
     where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
     who = _who(ctx, pids)
     ns = f" [netns {ctx.ns_name(netns)}]" if len(ctx.snap.namespaces) > 1 else ""
@@ -150,10 +157,13 @@ def _young(ctx: Context, netns: int, pids: list[int], svc: Service,
                           f"{ctx.cfg.unknown_age_info} sockets; `sockdoctor doctor --interval "
                           "10s` tells whether they stay")
     oldest = st.oldest or 0
-    if oldest < ctx.cfg.stuck_age_ms // 10:
+    unread = sum(1 for sk in socks if sk.recv_q > 0)
+    if oldest < ctx.cfg.stuck_age_ms // 10 and not (unread and oldest >= UNREAD_NOTE_MS):
         return None  # a healthy program's close in flight: not worth a line
     wait = fmt_ms(max(0, st.threshold - oldest))
-    return (st.count, f"{head}, oldest {fmt_ms(oldest)}: they count as stuck at "
+    eof = (f", {unread} of them with the peer's close not yet read (Recv-Q > 0)"
+           if unread and oldest < ctx.cfg.stuck_age_ms // 10 else "")
+    return (st.count, f"{head}{eof}, oldest {fmt_ms(oldest)}: they count as stuck at "
                       f"{fmt_ms(st.threshold)} (--stuck-after), in {wait} if they stay")
 
 
