@@ -23,6 +23,7 @@ import yaml
 
 from conftest import NOBODY, Remote, Unprivileged, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import Lab
+from sockdoctor.units import DOCUMENTED
 from sockdoctor.watch.exporter import DEFAULT_PORT
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -179,7 +180,7 @@ def assert_unit_verifies(unit: Path, tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     local = tmp_path / unit.name  # verify wants the ExecStart binary to exist
     sockdoctor = shutil.which("sockdoctor") or str(Path(sys.executable).parent / "sockdoctor")
-    local.write_text(unit.read_text().replace("/usr/local/bin/sockdoctor", sockdoctor))
+    local.write_text(unit.read_text().replace(DOCUMENTED, sockdoctor))
     verify = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
                             text=True, timeout=60)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
