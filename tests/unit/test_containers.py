@@ -62,6 +62,33 @@ CASES = {
     "podman cgroupfs v2": v2(f"/libpod_parent/libpod-{ID}"),
     "podman systemd v1": v1(f"/machine.slice/libpod-{ID}.scope"),
 }
+# Recorded on this machine (podman 4.3, runc, cgroupfs, cgroup v1 hybrid):
+# a container's process, and its conmon beside it.
+RECORDED_ID = "74645b8f3da53b48c12fb4eed4d455d938043c71cf155d1145b66783754c819c"
+RECORDED = f"""\
+9:name=systemd:/libpod_parent/libpod-{RECORDED_ID}
+8:pids:/libpod_parent/libpod-{RECORDED_ID}
+7:blkio:/libpod_parent/libpod-{RECORDED_ID}
+6:freezer:/libpod_parent/libpod-{RECORDED_ID}
+5:devices:/libpod_parent/libpod-{RECORDED_ID}
+4:memory:/libpod_parent/libpod-{RECORDED_ID}
+3:cpuset:/libpod_parent/libpod-{RECORDED_ID}
+2:cpuacct:/libpod_parent/libpod-{RECORDED_ID}
+1:cpu:/libpod_parent/libpod-{RECORDED_ID}
+0::/libpod_parent/libpod-{RECORDED_ID}
+"""
+RECORDED_CONMON = """\
+9:name=systemd:/
+8:pids:/libpod_parent/conmon
+7:blkio:/libpod_parent/conmon
+6:freezer:/libpod_parent/conmon
+5:devices:/libpod_parent/conmon
+4:memory:/libpod_parent/conmon
+3:cpuset:/libpod_parent/conmon
+2:cpuacct:/libpod_parent/conmon
+1:cpu:/libpod_parent/conmon
+0::/
+"""
 KUBERNETES = {name for name in CASES if "CRI" in name}
 
 
@@ -83,6 +110,11 @@ def test_every_runtime_layout_names_the_container(name: str) -> None:
 ])
 def test_what_is_not_a_container_is_not_named_one(text: str) -> None:
     assert container_id(cgroup_path(text)) == ""
+
+
+def test_recorded_podman_cgroupfs_hybrid() -> None:
+    assert container_id(cgroup_path(RECORDED)) == RECORDED_ID[:12]
+    assert container_id(cgroup_path(RECORDED_CONMON)) == ""
 
 
 def test_the_innermost_container_wins() -> None:
