@@ -149,3 +149,17 @@ def test_the_documented_production_install_works_as_written(tmp_path: Path) -> N
     unit = (root / "etc/systemd/system/sockdoctor-exporter.service").read_text()
     assert exec_lines(unit) == [f"{root}/opt/sockdoctor/bin/sockdoctor exporter --listen :19808 "
                                 "--interval 15s"]
+
+
+def test_no_doc_installs_from_an_index_sockdoctor_is_not_on() -> None:
+    texts = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "deploy").rglob("*"),
+             *(REPO / "src" / "sockdoctor" / "units").glob("*.service")]
+    said = [str(p) for p in texts if p.is_file()
+            and re.search(r"pip3? install (-\S+ )*sockdoctor\b", p.read_text(errors="replace"))]
+    assert not said
+
+
+def test_a_home_directory_install_is_warned_about() -> None:
+    done = run("unit", "exporter", "--exec", "/root/.local/bin/sockdoctor")
+    assert done.returncode == 0 and "ExecStart=/root/.local/bin/sockdoctor " in done.stdout
+    assert "ProtectHome=yes hides" in done.stderr
