@@ -66,7 +66,8 @@ def write_config(work: Path) -> dict[str, str]:
         "[engine]\n"
         'runtime = "runc"\n'  # crun refuses the cgroup v1 hybrid layout
         'cgroup_manager = "cgroupfs"\n'  # no systemd to ask for scopes
-        'events_logger = "file"\n')
+        'events_logger = "file"\n'
+        f'tmp_dir = "{work}/tmp"\n')  # not /run/libpod: another podman user's
     (work / "storage.conf").write_text(
         f'[storage]\ndriver = "overlay"\ngraphroot = "{work}/storage"\n'
         f'runroot = "{work}/run"\n')
