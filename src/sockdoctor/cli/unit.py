@@ -15,9 +15,9 @@ not in a home directory (the unit's ProtectHome=yes hides those).
 
 \b
 Examples:
-  # install the exporter's unit for this sockdoctor, and start it
+  # the exporter's unit for this sockdoctor (then: systemctl daemon-reload &&
+  # systemctl enable --now sockdoctor-exporter)
   sockdoctor unit exporter > /etc/systemd/system/sockdoctor-exporter.service
-  systemctl daemon-reload && systemctl enable --now sockdoctor-exporter
   # the reaper's unit (its policy goes in /etc/sockdoctor/reap.toml first)
   sockdoctor unit reap > /etc/systemd/system/sockdoctor-reap.service
   # a unit for the sockdoctor installed on another host at this path
