@@ -85,6 +85,11 @@ def test_mistakes_are_one_sentence_and_exit_2() -> None:
         "sockdoctor: --exec bin/sockdoctor: give an absolute path (systemd does not search "
         "PATH for it)."]
     assert run("unit", "exporterd").returncode == 2
+    forged = run("unit", "exporter", "--exec", "/opt/x\nExecStartPre=/bin/true")
+    assert forged.returncode == 2 and not forged.stdout
+    assert forged.stderr.strip().splitlines() == [
+        "sockdoctor: /opt/x\\nExecStartPre=/bin/true has a control character, which a unit "
+        "file cannot hold: give another path with --exec."]
 
 
 def test_help_examples_can_be_pasted() -> None:

@@ -36,14 +36,19 @@ def unit_command(daemon: str, program: str | None) -> None:
     The same unit as deploy/systemd/, with ExecStart pointing at this installation.
     """
     from ..errors import UsageError
+    from ..render.fmt import untrusted
     from ..units import this_program, unit_text
 
     if program is not None and not program.startswith("/"):
-        raise UsageError(f"--exec {program}: give an absolute path (systemd does not "
-                         "search PATH for it).")
+        # (the error printer escapes what the user wrote: common.user_errors)
+        raise UsageError(f"--exec {program}: give an absolute path (systemd does "
+                         "not search PATH for it).")
     words = [program] if program is not None else this_program()
+    if not all(word.isprintable() for word in words):  # a newline would add unit lines
+        raise UsageError(f"{words[0]} has a control character, which a unit "
+                         "file cannot hold: give another path with --exec.")
     if words[0].startswith(("/root/", "/home/")):
-        click.echo(f"sockdoctor: warning: {words[0]} is in a home directory, which the "
-                   "unit's ProtectHome=yes hides from the service: install sockdoctor "
-                   "under /opt (docs/exporter.md, \"Deploy\").", err=True)
+        click.echo(f"sockdoctor: warning: {untrusted(words[0])} is in a home directory, "
+                   "which the unit's ProtectHome=yes hides from the service: install "
+                   "sockdoctor under /opt (docs/exporter.md, \"Deploy\").", err=True)
     click.echo(unit_text(daemon, words), nl=False)
