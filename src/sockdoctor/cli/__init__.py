@@ -26,6 +26,7 @@ from .reap import reap_command
 from .snapshot import snapshot_command
 from .top import top_command
 from .trace import trace_command
+from .unit import unit_command
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -84,6 +85,7 @@ cli.add_command(demo_command)
 cli.add_command(exporter_command)
 cli.add_command(trace_command)
 cli.add_command(top_command)
+cli.add_command(unit_command)
 
 
 @user_errors

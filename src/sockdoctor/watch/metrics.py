@@ -34,6 +34,8 @@ STATE_NAMES: dict[int, str] = {
     TcpState.LISTEN: "listen", TcpState.CLOSING: "closing",
 }
 _ACCEPT_QUEUE, _ORPHAN = -1, -2  # owner "pids" of sockets no process holds
+# sockdoctor_finding_severity's values: 0 stays "no finding" in PromQL arithmetic
+SEVERITY_LEVEL: dict[str, int] = {name: rank + 1 for name, rank in SEVERITY_RANK.items()}
 _NETNS, _STATE, _LPORT = attrgetter("netns"), attrgetter("state"), attrgetter("local_port")
 
 
@@ -262,24 +264,27 @@ class _View:
                           "RLIMIT_NOFILE; 0: unlimited or unknown)."))
 
     def findings(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
+        """One series per finding identity (no severity label: it changes as a leak ages,
+        and a label change would start a new series); the severity is a value."""
         rows: dict[tuple[str, ...], list[float]] = {}
         for f in report.findings if report is not None else ():
             proc = f.processes[0] if f.processes else None
             who = self.who(proc.pid) if proc else ("", "", "", *(("",) if self.opts.pid else ()))
-            key = (f.netns, f.rule, f.severity, who[0], str(f.ports[0]) if f.ports else "",
-                   *who[1:])
-            value = [float(f.sockets), 1.0, float(SEVERITY_RANK[f.severity])]
+            key = (f.netns, f.rule, who[0], str(f.ports[0]) if f.ports else "", *who[1:])
+            value = [float(f.sockets), 1.0, float(SEVERITY_LEVEL[f.severity])]
             _accumulate(rows, key, value, _add_max)
         kept, folded = fold(rows, self.opts.max_series, lambda v: (v[2], v[0]), _add_max,
-                            force=3)
-        return _families(kept, folded, dropped, ("netns", "rule", "severity", "process",
-                                                  "port", *self.who_labels()[1:]),
+                            force=2)
+        return _families(kept, folded, dropped, ("netns", "rule", "process", "port",
+                                                  *self.who_labels()[1:]),
                          ("sockdoctor_finding_sockets", "Sockets concerned by each of the "
                           "doctor's findings on the latest sample (no series when healthy; "
                           "`sockdoctor doctor` explains them)."),
                          ("sockdoctor_findings", "Number of the doctor's findings (some "
-                          "concern no socket: sysctls, descriptor limits)."))
-
+                          "concern no socket: sysctls, descriptor limits)."),
+                         ("sockdoctor_finding_severity", "The doctor's severity of each "
+                          "finding: 1 info, 2 warning, 3 critical (the highest of the "
+                          "findings a series sums up)."))
 
 def _health(sample: Sample, health: Health) -> list[Family]:
     snap = sample.snapshot
