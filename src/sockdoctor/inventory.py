@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .errors import PermissionDeniedError
 from .linux import deadsock, procfs, sockdiag
 from .linux import netns as netns_mod
+from .linux.bpf import owners as bpf_owners
 from .model import ALL_STATES_MASK, DeadSocketFd, Netns, Process, Snapshot, Socket
 from .query import Query
 from .render.fmt import plural
@@ -131,7 +132,12 @@ def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRe
 
     It takes the sockets found meanwhile: processes outside the scanned
     namespaces are walked only if one of them is still without an owner.
+    The owner source is the kernel engine's iter/task_file program when it
+    is in use (every process in one kernel pass), else the /proc walk.
     """
+    kernel_walk = bpf_owners.start()
+    if kernel_walk is not None:
+        return lambda _sockets: kernel_walk()
     first_pids, other_pids = owner_pids(selected, found)
     collect = procfs.socket_owners_async(first_pids)
 
