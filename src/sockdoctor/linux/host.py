@@ -303,6 +303,23 @@ def destroy(sockets: list[Socket]) -> list[int]:
         nl.close()
 
 
+def destroy_via(sockets: list[Socket]) -> list[tuple[int, str]]:
+    """Destroy each socket of the current namespace: (errno, how) each.
+
+    The kernel engine first (bpf_sock_destroy from one iter/tcp pass, when
+    it is in use); SOCK_DESTROY for what it did not settle.
+    """
+    from .bpf import destroy as bpf_destroy  # ctypes and libbpf only for a kill
+
+    codes = bpf_destroy.destroy(sockets) if bpf_destroy.usable() else [None] * len(sockets)
+    rest = [i for i, code in enumerate(codes) if code is None]
+    out = [(code or 0, bpf_destroy.VIA) for code in codes]
+    if rest:
+        for i, code in zip(rest, destroy([sockets[i] for i in rest]), strict=True):
+            out[i] = (code, "SOCK_DESTROY")
+    return out
+
+
 def probe_destroy() -> tuple[bool, str]:
     """Destroy a loopback connection of our own and check that it died: (works, note).
 

@@ -66,7 +66,20 @@ def socket_owners() -> procfs.OwnerMap:
     return walk().to_map()
 
 
-def start() -> Callable[[], procfs.OwnerMap] | None:
+def subset(found: procfs._Walk, pids: set[int]) -> procfs._Walk:
+    """The part of a walk that is about these processes."""
+    out = procfs._Walk(denied=found.denied)
+    keep = [pid in pids for pid in found.pids]
+    out.inodes.extend(compress(found.inodes, keep))
+    out.pids.extend(compress(found.pids, keep))
+    out.fds.extend(compress(found.fds, keep))
+    keep = [pid in pids for pid in found.count_pids]
+    out.count_pids.extend(compress(found.count_pids, keep))
+    out.counts.extend(compress(found.counts, keep))
+    return out
+
+
+def start() -> Callable[[], procfs._Walk] | None:
     """Start the kernel walk in a thread (the read releases the GIL, so it overlaps
     the sock_diag dump); the returned function collects it. None: engine off, or
     the /proc walk is the faster source here."""
@@ -84,10 +97,10 @@ def start() -> Callable[[], procfs.OwnerMap] | None:
     thread = threading.Thread(target=run, name="sockdoctor-bpf-owners", daemon=True)
     thread.start()
 
-    def collect() -> procfs.OwnerMap:
+    def collect() -> procfs._Walk:
         thread.join()
         found = result[0] if result else None
         if isinstance(found, procfs._Walk):
-            return found.to_map()
-        return procfs.socket_owners()  # the program failed this time: the /proc walk
+            return found
+        return procfs._walk(procfs.list_pids())  # the program failed this time: /proc
     return collect
