@@ -27,9 +27,5 @@ def destroy(sockets: list[Socket]) -> list[int | None]:
     met = planned.run(NAME, PROGRAM, sockets)
     if met is None:
         return [None] * len(sockets)
-    codes: list[int | None] = []
-    for sk in sockets:
-        code = met.get(sk.cookie, (None, 0))[0] if sk.cookie else None
-        # EOPNOTSUPP: not a full socket (TIME-WAIT, request); SOCK_DESTROY takes those
-        codes.append(None if code is None or code == -errno.EOPNOTSUPP else -code)
-    return codes
+    # EOPNOTSUPP: not a full socket (TIME-WAIT, request); SOCK_DESTROY takes those
+    return [None if m is None or m[0] == -errno.EOPNOTSUPP else -m[0] for m in met]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 from functools import cache
 from pathlib import Path
@@ -44,6 +45,7 @@ def lib() -> ctypes.CDLL:
             ("bpf_iter_create", i, [i]),
             ("bpf_map_update_batch", i, [i, vp, vp, ctypes.POINTER(u32), vp]),
             ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
+            ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
             ("libbpf_set_print", vp, [vp]),
             ("libbpf_major_version", u32, []),
             ("libbpf_minor_version", u32, [])):
@@ -107,6 +109,21 @@ class BpfObject:
                                              ctypes.byref(n), None)
         if code:
             raise _fail(f"filling map {name}", code)
+
+    def read_array(self, name: str, count: int, value_size: int) -> bytes:
+        """The first `count` values of an array map, in one batch."""
+        if not count:
+            return b""
+        keys = ctypes.create_string_buffer(4 * count)
+        values = ctypes.create_string_buffer(value_size * count)
+        out_batch, n = ctypes.c_uint32(0), ctypes.c_uint32(count)
+        code = self._so.bpf_map_lookup_batch(self.map_fd(name), None, ctypes.byref(out_batch),
+                                             keys, values, ctypes.byref(n), None)
+        if code and -code != errno.ENOENT:  # ENOENT: the last batch, all returned
+            raise _fail(f"reading map {name}", code)
+        if n.value != count:
+            raise BpfError(errno.EIO, f"reading map {name}: {n.value} of {count} entries")
+        return values.raw
 
     def run_iter(self, program: str) -> bytes:
         """Run an iterator program once, in the calling thread's namespaces; its output."""

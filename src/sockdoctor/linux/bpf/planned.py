@@ -1,10 +1,11 @@
 """Run an iter/tcp program on planned sockets only (planned.h): pack, fill, run, read.
 
 The plan's sockets go into the program's `planned` map keyed by cookie,
-each with its 4-tuple; the program acts on a socket only when both match
-and reports an outcome (code 0 or -errno, state) for each one it met.
-Sockets without a cookie cannot be named this way and are left to the
-caller's other path.
+each with its 4-tuple and index; the program acts on a socket only when
+both match and writes an outcome (code 0 or -errno, state) at its index in
+the `outcomes` array, read back in one batch after the pass. Sockets
+without a cookie cannot be named this way and are left to the caller's
+other path.
 """
 
 from __future__ import annotations
@@ -13,23 +14,28 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
+from functools import lru_cache
 
 from ...model import Socket
 from . import BpfError, BpfObject, available
 
-TUPLE = struct.Struct("=HHHH16s16s")  # struct tuple: family, sport, dport (BE), pad, addrs
-OUTCOME = struct.Struct("=QiI")       # struct outcome: cookie, code, state
+TUPLE = struct.Struct("=HHHHII16s16s")  # struct tuple: family, ports, index, addresses
+OUTCOME = struct.Struct("=IiII")        # struct outcome: met, code, state, pad
 KEY = struct.Struct("=Q")
 
 _refused: dict[str, str] = {}  # object -> why the kernel refused it (tried once per process)
 _lock = threading.Lock()
 
 
-def pack_tuple(sk: Socket) -> bytes:
+@lru_cache(maxsize=4096)  # a plan has few distinct addresses, often one local
+def _address(family: int, text: str) -> bytes:
+    return socket.inet_pton(family, text.partition("%")[0])
+
+
+def pack_tuple(sk: Socket, index: int) -> bytes:
     family = sk.family
-    local = socket.inet_pton(family, sk.local_addr.partition("%")[0])
-    peer = socket.inet_pton(family, sk.peer_addr.partition("%")[0])
-    return TUPLE.pack(family, sk.local_port, socket.htons(sk.peer_port), 0, local, peer)
+    return TUPLE.pack(family, sk.local_port, socket.htons(sk.peer_port), 0, index, 0,
+                      _address(family, sk.local_addr), _address(family, sk.peer_addr))
 
 
 def usable(name: str) -> bool:
@@ -37,24 +43,24 @@ def usable(name: str) -> bool:
     return available() and name not in _refused
 
 
-def run(name: str, program: str, sockets: Sequence[Socket], values: list[bytes] | None = None
-        ) -> dict[int, tuple[int, int]] | None:
-    """cookie -> (code, state) for each planned socket the program met; None: not run.
+def run(name: str, program: str, sockets: Sequence[Socket], extra: bytes = b""
+        ) -> list[tuple[int, int] | None] | None:
+    """(code, state) for each socket the program met, None for the others; None: not run.
 
-    `values`: the map values when the program wants more than the tuple (they
-    start with it); default, the tuple alone.
+    `extra`: bytes the program reads after each tuple (its settings).
     """
-    named = [sk for sk in sockets if sk.cookie]
+    named = [i for i, sk in enumerate(sockets) if sk.cookie]
     if not named or not usable(name):
         return None
-    keys = b"".join(KEY.pack(sk.cookie) for sk in named)
-    packed = b"".join(values if values is not None else map(pack_tuple, named))
+    keys = b"".join(KEY.pack(sockets[i].cookie) for i in named)
+    packed = b"".join(pack_tuple(sockets[i], i) + extra for i in named)
     try:
-        with BpfObject(name, {"planned": len(named)}) as obj:
+        with BpfObject(name, {"planned": len(named), "outcomes": len(sockets)}) as obj:
             obj.update_batch("planned", keys, packed, len(named))
-            data = obj.run_iter(program)
+            obj.run_iter(program)
+            data = obj.read_array("outcomes", len(sockets), OUTCOME.size)
     except BpfError as exc:
         with _lock:
             _refused[name] = exc.strerror or str(exc)
         return None
-    return {cookie: (code, state) for cookie, code, state in OUTCOME.iter_unpack(data)}
+    return [(code, state) if met else None for met, code, state, _ in OUTCOME.iter_unpack(data)]
