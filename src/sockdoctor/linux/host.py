@@ -288,6 +288,18 @@ def arm_keepalive(handle: pidfd.PidFd, fd: int, inode: int, wanted: dict[str, in
         return before, _keepalive_options(sock)
 
 
+def arm_keepalive_kernel(sockets: list[Socket], wanted: dict[str, int]
+                         ) -> list[tuple[int, dict[str, int], dict[str, int]] | None]:
+    """Arm keepalive on sockets of the current namespace with the kernel engine
+    (bpf_setsockopt from one iter/tcp pass): (errno, before, after) each, None for a
+    socket it did not settle (or all None when the engine is not in use)."""
+    from .bpf import keepalive as bpf_keepalive  # ctypes and libbpf only for keepalive
+
+    if not bpf_keepalive.usable():
+        return [None] * len(sockets)
+    return bpf_keepalive.arm(sockets, wanted)
+
+
 def _keepalive_options(sock: socket.socket) -> dict[str, int]:
     return {name: sock.getsockopt(level, option) for name, level, option in KEEPALIVE_OPTIONS}
 

@@ -10,6 +10,14 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+
+struct outcome {
+	__u32 met;
+	__s32 code;
+	__u32 state;
+	__u32 pad;
+};
+
 #include "planned.h"
 
 #define EOPNOTSUPP 95

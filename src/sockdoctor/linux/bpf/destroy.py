@@ -28,4 +28,5 @@ def destroy(sockets: list[Socket]) -> list[int | None]:
     if met is None:
         return [None] * len(sockets)
     # EOPNOTSUPP: not a full socket (TIME-WAIT, request); SOCK_DESTROY takes those
-    return [None if m is None or m[0] == -errno.EOPNOTSUPP else -m[0] for m in met]
+    return [None if m is None or m[0] == -errno.EOPNOTSUPP else -m[0]
+            for m in met]  # m: (code, state, pad)

@@ -31,13 +31,8 @@ struct tuple {
 	__u8 daddr[16];
 };
 
-/* What a program did to a planned socket it met: code 0 or -errno. */
-struct outcome {
-	__u32 met;
-	__s32 code;
-	__u32 state;
-	__u32 pad;
-};
+/* The includer defines `struct outcome`, what its program did to a planned socket
+ * it met; it starts with `__u32 met; __s32 code; __u32 state;` (code 0 or -errno). */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from ...model import Socket
@@ -43,24 +43,27 @@ def usable(name: str) -> bool:
     return available() and name not in _refused
 
 
-def run(name: str, program: str, sockets: Sequence[Socket], extra: bytes = b""
-        ) -> list[tuple[int, int] | None] | None:
-    """(code, state) for each socket the program met, None for the others; None: not run.
+def run(name: str, program: str, sockets: Sequence[Socket], outcome: struct.Struct = OUTCOME,
+        setup: Callable[[BpfObject], None] | None = None) -> list[tuple | None] | None:
+    """Each socket's outcome (its fields after `met`) if the program met it, else None.
 
-    `extra`: bytes the program reads after each tuple (its settings).
+    None instead of a list: the engine is off or refused this program (the
+    caller's other path acts). `setup(obj)` fills the program's other maps.
     """
     named = [i for i, sk in enumerate(sockets) if sk.cookie]
     if not named or not usable(name):
         return None
     keys = b"".join(KEY.pack(sockets[i].cookie) for i in named)
-    packed = b"".join(pack_tuple(sockets[i], i) + extra for i in named)
+    packed = b"".join(pack_tuple(sockets[i], i) for i in named)
     try:
         with BpfObject(name, {"planned": len(named), "outcomes": len(sockets)}) as obj:
             obj.update_batch("planned", keys, packed, len(named))
+            if setup is not None:
+                setup(obj)
             obj.run_iter(program)
-            data = obj.read_array("outcomes", len(sockets), OUTCOME.size)
+            data = obj.read_array("outcomes", len(sockets), outcome.size)
     except BpfError as exc:
         with _lock:
             _refused[name] = exc.strerror or str(exc)
         return None
-    return [(code, state) if met else None for met, code, state, _ in OUTCOME.iter_unpack(data)]
+    return [values[1:] if values[0] else None for values in outcome.iter_unpack(data)]
