@@ -21,6 +21,12 @@ HERE = Path(__file__).resolve().parent
 READ_CHUNK = 1 << 20
 
 
+class OpenOpts(ctypes.Structure):
+    """The head of struct bpf_object_open_opts: libbpf reads `sz` bytes, zero beyond."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p)]
+
+
 class BpfError(OSError):
     """libbpf or the kernel refused: the message says which step, errno why."""
 
@@ -78,7 +84,10 @@ class BpfObject:
             raise BpfError(exc.errno or 2, f"{path.name} was not built (no clang at "
                                            "install time?)") from exc
         self._so = so
-        self._obj = so.bpf_object__open_mem(self._data, len(self._data), None)
+        # "sd_" names the object, so its maps too (sd_owner.bss): `bpftool map` says whose
+        self._opts = OpenOpts(ctypes.sizeof(OpenOpts), f"sd_{name}".encode())
+        self._obj = so.bpf_object__open_mem(self._data, len(self._data),
+                                            ctypes.byref(self._opts))
         if not self._obj:
             raise _fail(f"opening {path.name}")
         try:
