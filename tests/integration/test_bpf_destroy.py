@@ -66,10 +66,15 @@ def identities(ns: str, port: int) -> set[tuple[int, int, int, int]]:
     return {(sk.cookie, sk.local_port, sk.peer_port, sk.state) for sk in snap.sockets}
 
 
+@pytest.mark.parametrize(("engine", "via"), [("bpf", "bpf_sock_destroy"),
+                                             ("c", "SOCK_DESTROY")])
 def test_destroy_ends_exactly_the_planned_sockets(solo: Lab, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    need_engine()
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  engine: str, via: str) -> None:
+    """The same plan, the same result, with the engine and with it forced off."""
+    if engine == "bpf":
+        need_engine()
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", engine)
     ns = str(solo.server.inode())
     remote = Remote(solo, solo.server, "bpfdestroy")
     port, sports = remote(MAKE)  # type: ignore[misc]
@@ -105,7 +110,7 @@ def test_destroy_ends_exactly_the_planned_sockets(solo: Lab, tmp_path: Path,
     acts = [json.loads(line) for line in audit.read_text().splitlines()]
     done = [a for a in acts if a["event"] == "act" and a["action"] == "done"]
     assert sorted(a["cookie"] for a in done) == sorted(gone)
-    assert all(a["detail"] == "destroyed (bpf_sock_destroy)" for a in done)
+    assert all(a["detail"] == f"destroyed ({via})" for a in done)
     assert len([a for a in acts if a["event"] == "verify"]) == 6
     assert len(after) == 1 + 2 * 14 - 2 * 5  # the listener, the other 9 pairs
 

@@ -59,10 +59,14 @@ def states_while(pid: int, stop: threading.Event, seen: set[str]) -> None:
             return
 
 
+@pytest.mark.parametrize("engine", ["bpf", "c"])
 def test_keepalive_arms_exactly_the_planned_sockets(solo: Lab, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    need_engine()
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    engine: str) -> None:
+    """The same plan, the same result, with the engine and with it forced off (pidfd)."""
+    if engine == "bpf":
+        need_engine()
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", engine)
     ns = str(solo.server.inode())
     remote = Remote(solo, solo.server, "bpfkeepalive")
     port, sports = remote(MAKE)  # type: ignore[misc]
@@ -88,7 +92,7 @@ def test_keepalive_arms_exactly_the_planned_sockets(solo: Lab, tmp_path: Path,
     assert seen and not seen & {"t", "T"}, seen
     by_port = {i.socket.peer_port: o for i, o in zip(plan.items, report.outcomes, strict=True)}
     assert {p for p, o in by_port.items() if o.outcome == "armed"} == set(chosen[1:])
-    assert all(o.detail.endswith("; set with bpf_setsockopt")
+    assert all(o.detail.endswith("; set with bpf_setsockopt") == (engine == "bpf")
                and "read back: keepalive on, idle 7s, interval 3s, count 4" in o.detail
                for p, o in by_port.items() if p != replaced)
     assert by_port[replaced].outcome != "armed"

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from bpfengine import need_engine
-from conftest import Remote
+from conftest import Remote, Unprivileged
 from sockdoctor import inventory
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.linux import bpf, procfs
@@ -39,9 +39,11 @@ plain = open("/proc/self/status")                   # not a socket: not listed
 stop = threading.Event()
 threads = [threading.Thread(target=stop.wait) for _ in range(3)]
 for t in threads: t.start()
+ready_r, ready_w = os.pipe()                        # kept open on both sides
 child = os.fork()
 if child == 0:                                      # shares every descriptor above
-    time.sleep(3600); os._exit(0)
+    os.write(ready_w, b"x"); time.sleep(3600); os._exit(0)
+os.read(ready_r, 1)                                 # its after-fork handlers have run
 result = child
 """
 
@@ -100,6 +102,19 @@ def test_forced_off_the_scan_walks_proc(solo: Lab, monkeypatch: pytest.MonkeyPat
     remote("s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); result = 1")
     snap = inventory.scan(None, netns=str(solo.server.inode()))
     assert [o.pid for sk in snap.sockets for o in sk.owners] == [remote.pid]
+
+
+def test_without_the_privileges_it_says_why_and_lists_owners_from_proc(
+        solo: Lab, unprivileged: Unprivileged) -> None:
+    """As user nobody (no CAP_BPF, CAP_PERFMON): --version says why; ls -p still works."""
+    version = unprivileged.sockdoctor("--version")
+    assert version.returncode == 0, version.stderr
+    line = version.stdout.splitlines()[-1]
+    assert line.startswith("kernel engine: BPF not in use: "), line
+    if bpf._probe() == "":  # it loads as root here, so as nobody the reason is privilege
+        assert line.endswith("needs CAP_BPF and CAP_PERFMON (root)"), line
+    listed = unprivileged.sockdoctor("ls", "-p", "--json", netns=solo.server.netns)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
 
 
 def test_without_its_programs_everything_works_as_before(tmp_path: os.PathLike) -> None:
