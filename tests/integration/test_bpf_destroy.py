@@ -115,9 +115,11 @@ def test_destroy_ends_exactly_the_planned_sockets(solo: Lab, tmp_path: Path,
     assert len(after) == 1 + 2 * 14 - 2 * 5  # the listener, the other 9 pairs
 
 
-def test_a_changed_tuple_is_refused_in_the_kernel(solo: Lab) -> None:
+def test_a_changed_tuple_is_refused_in_the_kernel(solo: Lab,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Same cookie, another 4-tuple (a stale plan entry): ESTALE, the socket untouched."""
     need_engine()
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
     ns = str(solo.server.inode())
     remote = Remote(solo, solo.server, "bpfstale")
     port, _ = remote(MAKE)  # type: ignore[misc]

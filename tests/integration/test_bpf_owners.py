@@ -58,7 +58,7 @@ def holders(owner_map: procfs.OwnerMap, pids: set[int]) -> dict[int, list[tuple[
 
 
 def test_task_file_owners_equal_the_proc_walk(solo: Lab) -> None:
-    need_engine()
+    need_engine()  # (owners.socket_owners runs the program whatever SOCKDOCTOR_ENGINE says)
     remote = Remote(solo, solo.server, "bpfowners")
     child = remote(HOLD)
     pids = {remote.pid, child}
@@ -117,7 +117,8 @@ def test_without_the_privileges_it_says_why_and_lists_owners_from_proc(
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
 
 
-def test_without_its_programs_everything_works_as_before(tmp_path: os.PathLike) -> None:
+def test_without_its_programs_everything_works_as_before(tmp_path: os.PathLike,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """An install without clang: --version says why, ls -p still finds owners (/proc)."""
     code = ("import sockdoctor.linux.bpf.libbpf as l, pathlib, sys;"
             f"l.HERE = pathlib.Path({str(tmp_path)!r});"
@@ -126,4 +127,5 @@ def test_without_its_programs_everything_works_as_before(tmp_path: os.PathLike) 
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=60)
     assert "kernel engine: BPF not in use: its programs were not built" in out.stdout
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
     assert owners.usable() is (bpf._probe() == "")
