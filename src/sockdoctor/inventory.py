@@ -18,6 +18,7 @@ from functools import partial
 from .errors import PermissionDeniedError
 from .linux import deadsock, procfs, runtime, sockdiag
 from .linux import netns as netns_mod
+from .linux.bpf import owners as bpf_owners
 from .model import (
     ALL_STATES_MASK,
     KEEPALIVE_TIMER,
@@ -147,8 +148,13 @@ def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRe
 
     It takes the sockets found meanwhile: processes outside the scanned
     namespaces are walked only if one of them is still without an owner.
+    The owner source is the kernel engine's iter/task_file program when it
+    is in use (every process in one kernel pass), else the /proc walk.
     """
+    kernel_walk = bpf_owners.start()
     first_pids, other_pids = owner_pids(selected, found)
+    if kernel_walk is not None:
+        return _from_kernel(kernel_walk, first_pids, other_pids)
     collect = procfs.socket_owners_async(first_pids)
 
     def finish(sockets: list[Socket]) -> procfs.OwnerMap:
@@ -156,6 +162,20 @@ def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRe
         if other_pids and any(sk.inode and sk.inode not in owner_map.by_inode
                               for sk in sockets):
             owner_map.update(procfs.socket_owners(other_pids))  # held from outside the netns
+        return owner_map
+    return finish
+
+
+def _from_kernel(kernel_walk: Callable[[], procfs._Walk], first_pids: list[int],
+                 other_pids: list[int]) -> Callable[[list[Socket]], procfs.OwnerMap]:
+    """The kernel engine saw every process: keep what the /proc walk would have read."""
+    def finish(sockets: list[Socket]) -> procfs.OwnerMap:
+        walk = kernel_walk()
+        if not other_pids:
+            return walk.to_map()
+        owner_map = bpf_owners.subset(walk, set(first_pids)).to_map()
+        if any(sk.inode and sk.inode not in owner_map.by_inode for sk in sockets):
+            owner_map.update(bpf_owners.subset(walk, set(other_pids)).to_map())
         return owner_map
     return finish
 

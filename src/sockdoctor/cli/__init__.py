@@ -30,13 +30,15 @@ from .unit import unit_command
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    """--version: the version, and whether the C fast path is in use (linux/native.py)."""
+    """--version: the version, whether the C fast path (linux/native.py) and the BPF
+    kernel engine (linux/bpf/) are in use."""
     if not value or ctx.resilient_parsing:
         return
     from .. import __version__
+    from ..linux import bpf
     from ..linux.native import describe
 
-    click.echo(f"sockdoctor, version {__version__}\n{describe()}")
+    click.echo(f"sockdoctor, version {__version__}\n{describe()}\n{bpf.describe()}")
     ctx.exit()
 
 
