@@ -27,6 +27,7 @@ import ssl
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ REASONS = {
     "tls": "failed the TLS handshake",
     "bad-request": "sent a malformed request",
     "no-descriptors": "refused: out of file descriptors",
+    "internal": "met an internal error (traceback above)",
 }
 
 
@@ -69,6 +71,7 @@ class _Conn:
     task: asyncio.Task | None = None
     evicted: bool = False
     requests: int = 0
+    writer: asyncio.StreamWriter | None = None  # once a transport owns the socket
 
 
 @dataclass
@@ -220,9 +223,8 @@ class WebServer:
 
     async def _client(self, conn: _Conn) -> None:
         reason = None
-        writer: asyncio.StreamWriter | None = None
         try:
-            writer = await self._converse(conn)
+            await self._converse(conn)
         except asyncio.CancelledError:
             if not conn.evicted:
                 raise
@@ -235,23 +237,28 @@ class WebServer:
             reason = "bad-request"
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass  # the client went away: nothing to say
+        except Exception:  # a bug of ours: its traceback, and the server goes on
+            traceback.print_exc(file=sys.stderr)
+            reason = "internal"
         finally:
             self.conns.discard(conn)
+            writer = conn.writer
             if writer is None:
                 conn.sock.close()  # no transport took it (or the one that did closed it)
-            elif reason is None:
-                writer.close()
+            elif reason in (None, "bad-request"):
+                writer.close()  # after the reply (400, 431...) is on its way
             else:
                 writer.transport.abort()
         if reason and (conn.requests == 0 or reason != "timeout"):
             self.tally.add(reason)
 
-    async def _converse(self, conn: _Conn) -> asyncio.StreamWriter:
+    async def _converse(self, conn: _Conn) -> None:
         """Handshake, then request after request until the client or a reply closes."""
         limits = self.limits
         config = self.source.current()
         async with asyncio.timeout(limits.request_timeout):
             reader, writer = await self._streams(conn.sock, config.ssl)
+        conn.writer = writer  # from here on the transport owns the socket: close that
         peer = _addr(writer.get_extra_info("peername"))
         server = _addr(writer.get_extra_info("sockname"))
         scheme = "https" if config.ssl else "http"
@@ -265,7 +272,7 @@ class WebServer:
                 await self._send(http, writer, text(exc.error_status_hint, "bad request\n"))
                 raise
             if got is None:
-                return writer
+                return
             conn.waiting_since = None
             conn.requests += 1
             request = Request(got.method.decode("latin-1"), got.target,
@@ -275,7 +282,7 @@ class WebServer:
                 self._pool, respond, self.app, request, users, self.checker)
             await self._send(http, writer, reply, head=request.method == "HEAD")
             if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
-                return writer
+                return
             http.start_next_cycle()
 
     async def _streams(self, sock: socket.socket, context: ssl.SSLContext | None
@@ -290,8 +297,8 @@ class WebServer:
 
     async def _send(self, http: h11.Connection, writer: asyncio.StreamWriter, reply: Reply,
                     head: bool = False) -> None:
-        if http.our_state is not h11.SEND_RESPONSE:
-            return
+        if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return  # (from IDLE: the answer to a request h11 could not parse)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
         data = http.send(h11.Response(status_code=reply.status, headers=headers,
                                       reason=_phrase(reply.status)))
