@@ -43,7 +43,7 @@ class Running:
 
     @property
     def base(self) -> str:
-        return self.url.removesuffix("/metrics")
+        return "/".join(self.url.split("/")[:3])  # scheme://host:port
 
     def get(self, path: str = "/metrics") -> tuple[int, str]:
         try:

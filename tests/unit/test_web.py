@@ -198,3 +198,10 @@ def test_serve_binds_every_address_or_none(tmp_path: Path) -> None:
         assert [u.split(":")[1] for u in web.urls("/m")] == ["//127.0.0.1", "//127.0.0.2"]
     finally:
         web.stop()
+
+
+def test_the_cli_names_every_optional_collector() -> None:
+    from sockdoctor.cli.exporter import COLLECTORS as FLAGS
+    from sockdoctor.watch.metrics import COLLECTORS
+
+    assert set(COLLECTORS) == {*FLAGS, "doctor"}

@@ -112,11 +112,13 @@ def exporter_command(listen: tuple[str, ...], telemetry_path: str, web_config: s
         raise UsageError(f"--doctor-every {doctor_every}: give a number of samples (1, 4) "
                          "or auto")
     check_path(telemetry_path)
-    off = frozenset(name for name in COLLECTORS if not kw.pop(f"collector_{name}"))
+    doctor = collector_doctor and not no_doctor
+    off = frozenset([*(name for name in COLLECTORS if not kw.pop(f"collector_{name}")),
+                     *(() if doctor else ("doctor",))])
     query = build_query(kw)
     textfile = ex.check_textfile_dir(textfile_dir) if textfile_dir else None
     sampler = Sampler(query, netns=query.netns, interval=seconds,
-                      doctor=collector_doctor and not no_doctor,
+                      doctor=doctor,
                       doctor_config=config_for(stuck_after, idle_after),
                       full_walk_every=full_walk_every,
                       doctor_every=0 if doctor_every == "auto" else int(doctor_every))

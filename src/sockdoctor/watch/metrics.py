@@ -48,9 +48,11 @@ class Family:
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
 
 
-# --[no-]collector.NAME: the optional families, on by default (the doctor's findings
-# are switched by --[no-]collector.doctor, which stops the doctor itself)
+# --[no-]collector.NAME: the optional families, on by default (--no-collector.doctor
+# also stops the doctor itself)
 COLLECTORS: dict[str, tuple[str, ...]] = {
+    "doctor": ("sockdoctor_finding_sockets", "sockdoctor_findings",
+               "sockdoctor_doctor_last_run_timestamp_seconds"),
     "listen_queue": ("sockdoctor_listen_queue_length", "sockdoctor_listen_queue_limit"),
     "process_fds": ("sockdoctor_process_open_fds", "sockdoctor_process_max_fds"),
     "ephemeral_ports": ("sockdoctor_ephemeral_ports_used_ratio",),
@@ -113,7 +115,8 @@ def build(sample: Sample, health: Health, opts: Options) -> list[Family]:
             families += view.listeners(dropped)
         if "process_fds" not in opts.off:
             families += view.processes(dropped, sample.report)
-        families += view.findings(dropped, sample.report)
+        if "doctor" not in opts.off:
+            families += view.findings(dropped, sample.report)
     families += _health(sample, health)
     off = {name for collector in opts.off for name in COLLECTORS[collector]}
     families.append(Family("sockdoctor_series_dropped",
