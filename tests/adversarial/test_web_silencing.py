@@ -105,3 +105,35 @@ def test_reap_listen_keeps_answering_under_idle_and_slow_clients(solo: Lab,
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "http: cut" in err
+
+
+def test_behind_tls_and_basic_auth_idle_handshakes_are_cut_too(solo: Lab,
+                                                               tmp_path: Path) -> None:
+    """Clients that never start (or never finish) the TLS handshake hold no slot for long."""
+    import bcrypt
+    import test_web_tls as tls
+
+    tls.openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj",
+                "/CN=test CA", cwd=tmp_path)
+    tls.make_cert(tmp_path, "server", "serverAuth")
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(10)).decode()
+    (tmp_path / "web.yml").write_text("tls_server_config: {cert_file: server.crt, key_file: "
+                                      f"server.key}}\nbasic_auth_users: {{p: '{hashed}'}}\n")
+    with exporting.running("--netns", solo.server.netns, "--web.config.file",
+                           str(tmp_path / "web.yml")) as exporter:
+        ctx = tls.context(tmp_path, client_cert=False)
+        with webload.attacking(exporter.url, idle=HELD // 2, slow=HELD // 2) as attack:
+            statuses = []
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                statuses.append(tls.get(exporter.url, ctx, "p", "pw"))
+                time.sleep(0.3)
+            time.sleep(3.5)
+            cut = attack.closed_by_server()
+        print(f"\nTLS + basic auth, {HELD} held: {len(statuses)} scrapes {set(statuses)}; "
+              f"{cut} cut")
+        assert statuses == [200] * len(statuses)
+        assert tls.get(exporter.url, ctx) == 401
+        assert cut == HELD
+    assert not any("Traceback" in line for line in exporter.stderr)

@@ -205,3 +205,18 @@ def test_the_cli_names_every_optional_collector() -> None:
     from sockdoctor.watch.metrics import COLLECTORS
 
     assert set(COLLECTORS) == {*FLAGS, "doctor"}
+
+
+def test_the_documented_web_config_is_accepted(tmp_path: Path) -> None:
+    """docs/exporter.md's example: every key known; only its files are missing here."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "exporter.md").read_text()
+    block = re.search(r"```yaml\n(# /etc/sockdoctor/web.yml.*?)```", doc, re.S)
+    assert block is not None
+    with pytest.raises(NotFoundError, match="cert_file"):
+        load(write(tmp_path / "web.yml", block.group(1)))
+    users = load(write(tmp_path / "users.yml", block.group(1).split("basic_auth_users:")[1]
+                       .join(["basic_auth_users:", ""]))).users
+    assert auth.Checker().allowed(users, "Basic " + base64.b64encode(
+        b"prometheus:example").decode())
