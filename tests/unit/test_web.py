@@ -220,3 +220,26 @@ def test_the_documented_web_config_is_accepted(tmp_path: Path) -> None:
                        .join(["basic_auth_users:", ""]))).users
     assert auth.Checker().allowed(users, "Basic " + base64.b64encode(
         b"prometheus:example").decode())
+
+
+def big(environ: dict, start_response) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"x" * (8 << 20)]
+
+
+def test_a_client_that_does_not_read_its_reply_is_cut() -> None:
+    said: list[str] = []
+    web = WebServer([bind("127.0.0.1:0")], big, Source(None), said.append,
+                    Limits(write_timeout=1.0))
+    web.start()
+    try:
+        with socket.create_connection(address(web)) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            deadline = time.monotonic() + 10
+            while not web.tally.total["slow-reader"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert web.tally.total["slow-reader"] == 1  # cut, though we read nothing
+            assert not web.conns
+    finally:
+        web.stop()

@@ -246,7 +246,7 @@ class WebServer:
             if writer is None:
                 conn.sock.close()  # no transport took it (or the one that did closed it)
             elif reason in (None, "bad-request"):
-                writer.close()  # after the reply (400, 431...) is on its way
+                writer.close()  # the reply (200, 400, 431...) is all in the kernel's hands
             else:
                 writer.transport.abort()
         if reason and (conn.requests == 0 or reason != "timeout"):
@@ -293,6 +293,7 @@ class WebServer:
         transport, _ = await loop.connect_accepted_socket(
             lambda: protocol, sock, ssl=context,
             ssl_handshake_timeout=self.limits.request_timeout if context else None)
+        transport.set_write_buffer_limits(high=0)  # drain(): all of it taken by the kernel
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _send(self, http: h11.Connection, writer: asyncio.StreamWriter, reply: Reply,
