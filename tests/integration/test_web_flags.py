@@ -18,6 +18,7 @@ import bcrypt
 import exporting
 import pytest
 
+import sockdoctor
 from sockdoctor import __version__
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.linux import native
@@ -28,6 +29,12 @@ pytestmark = pytest.mark.root
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sockdoctor", *args], capture_output=True,
                           text=True, timeout=60)
+
+
+def built_revision() -> str:
+    """What setup.py wrote at build time (a wheel install), else unknown (editable)."""
+    written = Path(sockdoctor.__file__).parent / "REVISION"
+    return written.read_text().strip() if written.exists() else "unknown"
 
 
 def test_path_addresses_collectors_and_build_info(solo: Lab) -> None:
@@ -56,7 +63,7 @@ def test_path_addresses_collectors_and_build_info(solo: Lab) -> None:
         ((labels, one),) = got["sockdoctor_build_info"].items()
         assert one == 1 and dict(labels) == {
             "version": __version__, "python_version": platform.python_version(),
-            "engine": "C" if native.fast is not None else "pure", "revision": "unknown"}
+            "engine": "C" if native.fast is not None else "pure", "revision": built_revision()}
         assert exporter.get("/")[1].count("href='probe'") == 1
 
 
