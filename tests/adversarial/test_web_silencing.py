@@ -48,8 +48,18 @@ def test_300_idle_and_slow_connections_are_cut_and_scrapes_go_on(solo: Lab) -> N
     assert "sent no complete request in time" in log
 
 
+def listen_backlog(url: str) -> int:
+    """The backlog of the listener at `url`, as the kernel holds it (ss's Send-Q)."""
+    port = webload.split_url(url)[1]
+    line = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                          text=True, check=True, timeout=30).stdout.split()
+    return int(line[2])
+
+
 def test_1000_concurrent_scrapes_are_all_answered(solo: Lab) -> None:
     with exporting.running("--netns", solo.server.netns, "--interval", "1s") as exporter:
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert listen_backlog(exporter.url) == min(4096, somaxconn)  # was 5
         t0 = time.monotonic()
         answered = webload.concurrent_scrapes(exporter.url, 1000, timeout=90)
         took = time.monotonic() - t0
