@@ -122,3 +122,12 @@ def test_reap_listen_with_basic_auth(solo: Lab, tmp_path: Path) -> None:
         proc.terminate()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_bad_web_config_ends_the_exporter_before_it_serves(tmp_path: Path) -> None:
+    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: [\n")
+    done = run_cli("exporter", "--web.listen-address", "127.0.0.1:0", "--web.config.file",
+                   str(tmp_path / "web.yml"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "not valid YAML (line 3: " in done.stderr
+    assert "Traceback" not in done.stderr

@@ -60,7 +60,8 @@ def load(path: str) -> WebConfig:
         doc = yaml.safe_load(data) if data.strip() else {}
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None)
+        line = f" (line {where.line + 1}: {problem})" if where is not None and problem else ""
         raise _bad(path, f"not valid YAML{line}") from None
     if not isinstance(doc, dict):
         raise _bad(path, "expected a mapping with tls_server_config and basic_auth_users")
