@@ -4,7 +4,8 @@ A scrape never scans: the sampler runs on its own interval and each sample's
 metric families are built once (watch/metrics.py) and handed to a custom
 prometheus_client collector, which a scrape only serialises. The HTTP side
 is a small WSGI app: `/metrics` (prometheus_client's handler: content
-negotiation, gzip), `/healthz`, and `/`, a page linking them.
+negotiation, gzip; --web.telemetry-path), `/healthz`, and `/`, a page
+linking them, served by sockdoctor.web (bounded, TLS, basic auth).
 """
 
 from __future__ import annotations
