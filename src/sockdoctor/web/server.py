@@ -256,7 +256,9 @@ class WebServer:
         """Handshake, then request after request until the client or a reply closes."""
         limits = self.limits
         config = self.source.current()
-        async with asyncio.timeout(limits.request_timeout):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.request_timeout  # handshake and first request: both
+        async with asyncio.timeout_at(deadline):
             reader, writer = await self._streams(conn.sock, config.ssl)
         conn.writer = writer  # from here on the transport owns the socket: close that
         peer = _addr(writer.get_extra_info("peername"))
@@ -264,9 +266,9 @@ class WebServer:
         scheme = "https" if config.ssl else "http"
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         while True:
-            conn.waiting_since = time.monotonic()
+            conn.waiting_since = conn.waiting_since or time.monotonic()
             try:
-                async with asyncio.timeout(limits.request_timeout):
+                async with asyncio.timeout_at(deadline):
                     got = await _read_request(http, reader)
             except h11.RemoteProtocolError as exc:
                 await self._send(http, writer, text(exc.error_status_hint, "bad request\n"))
@@ -278,12 +280,13 @@ class WebServer:
             request = Request(got.method.decode("latin-1"), got.target,
                               list(got.headers), peer, server, scheme)
             users = self.source.current().users
-            reply = await asyncio.get_running_loop().run_in_executor(
-                self._pool, respond, self.app, request, users, self.checker)
+            reply = await loop.run_in_executor(self._pool, respond, self.app, request, users,
+                                               self.checker)
             await self._send(http, writer, reply, head=request.method == "HEAD")
             if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                 return
             http.start_next_cycle()
+            deadline = loop.time() + limits.request_timeout  # for the next request
 
     async def _streams(self, sock: socket.socket, context: ssl.SSLContext | None
                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
