@@ -28,7 +28,7 @@ def collector_options(command: Any) -> Any:
     for name, what in reversed(COLLECTORS.items()):
         command = click.option(f"--collector.{name}/--no-collector.{name}",
                                f"collector_{name}", default=True,
-                               help=f"Export {what}  [default: on].")(command)
+                               help=f"Export {what}.  [default: on]")(command)
     return command
 
 EPILOG = FILTER_HELP + """
@@ -75,7 +75,7 @@ Examples:
               help="Run the doctor (findings metrics) on every N-th sample; auto: on every "
                    "sample while it costs under 2% of a CPU, less often on a big host.")
 @click.option("--collector.doctor/--no-collector.doctor", "collector_doctor", default=True,
-              help="Run the doctor: the findings metrics  [default: on].")
+              help="Run the doctor: the findings metrics.  [default: on]")
 @click.option("--no-doctor", is_flag=True, help="The same as --no-collector.doctor.")
 @collector_options
 @click.option("--web.disable-exporter-metrics", "no_own_metrics", is_flag=True,
