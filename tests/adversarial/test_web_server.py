@@ -127,3 +127,15 @@ def test_a_client_that_does_not_read_its_reply_is_cut() -> None:
             assert not web.conns
     finally:
         web.stop()
+
+
+def test_what_asyncio_reports_is_one_line(server: WebServer) -> None:
+    loop = server._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(loop.call_exception_handler, {
+        "message": "Fatal error on transport", "exception": ConnectionResetError(104, "reset")})
+    deadline = time.monotonic() + 5
+    while not server.said and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert server.said == [  # type: ignore[attr-defined]
+        "http: Fatal error on transport: ConnectionResetError: [Errno 104] reset"]

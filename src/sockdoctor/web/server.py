@@ -178,6 +178,7 @@ class WebServer:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_error)
         self._stopping = asyncio.Event()
         accepting = [asyncio.create_task(self._accept(s)) for s in self.sockets]
         reporting = asyncio.create_task(self._report())
@@ -187,6 +188,12 @@ class WebServer:
             task.cancel()
         await asyncio.gather(*accepting, reporting, return_exceptions=True)
         self.tally.flush()
+
+    def _loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """What asyncio reports on its own (a transport's fatal error...): one line."""
+        exc = context.get("exception")
+        self.say(f"http: {context.get('message', 'error')}"
+                 + (f": {type(exc).__name__}: {exc}" if exc else ""))
 
     async def _report(self) -> None:
         while True:
