@@ -139,3 +139,40 @@ def test_what_asyncio_reports_is_one_line(server: WebServer) -> None:
         time.sleep(0.05)
     assert server.said == [  # type: ignore[attr-defined]
         "http: Fatal error on transport: ConnectionResetError: [Errno 104] reset"]
+
+
+def test_a_flood_of_wrong_passwords_does_not_delay_known_credentials(tmp_path) -> None:
+    """bcrypt is slow on purpose: new credentials wait for one thread, at most 8 of them
+    (more: 503), and credentials already verified never wait behind them."""
+    import base64
+    import concurrent.futures
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(10)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users: {{prom: '{hashed}'}}\n")
+    web = WebServer([bind("127.0.0.1:0")], app, Source(str(tmp_path / "web.yml")), print)
+    web.start()
+    host, port = address(web)
+    url = f"http://{host}:{port}/m"
+
+    def get(password: str) -> int:
+        token = base64.b64encode(f"prom:{password}".encode()).decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+    try:
+        assert get("pw") == 200  # verified once, remembered
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            flood = [pool.submit(get, f"wrong{i}") for i in range(200)]
+            good = [get("pw") for _ in range(20)]
+            refused = [f.result() for f in flood]
+        assert good == [200] * 20
+        assert set(refused) <= {401, 503} and 401 in refused and 503 in refused
+    finally:
+        web.stop()

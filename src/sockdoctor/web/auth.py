@@ -20,31 +20,46 @@ _DUMMY = b"$2b$10$" + b"." * 53  # a well-formed hash no password matches
 
 
 class Checker:
-    """`allowed(users, header)`: does an Authorization header name a user of `users`?"""
+    """`allowed(users, header)`: does an Authorization header name a user of `users`?
+
+    `known()` answers from memory only (None: a bcrypt check is needed), so
+    the server can answer remembered credentials at once and queue only the
+    new ones behind the (bounded) bcrypt worker.
+    """
 
     def __init__(self) -> None:
         self._known: OrderedDict[bytes, bool] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allowed(self, users: dict[str, bytes], header: str | None) -> bool:
+    def known(self, users: dict[str, bytes], header: str | None) -> bool | None:
         credentials = parse_basic(header)
         if credentials is None:
             return False
-        user, password = credentials
-        hashed = users.get(user)
-        key = hashlib.sha256(b"\0".join((user.encode(), password,
-                                         hashed or b"-"))).digest()
         with self._lock:
-            known = self._known.get(key)
-            if known is not None:
+            key = _key(users, *credentials)
+            found = self._known.get(key)
+            if found is not None:
                 self._known.move_to_end(key)
-                return known
+            return found
+
+    def allowed(self, users: dict[str, bytes], header: str | None) -> bool:
+        found = self.known(users, header)
+        if found is not None:
+            return found
+        user, password = parse_basic(header)  # type: ignore[misc]  # known() parsed it
+        hashed = users.get(user)
         ok = _bcrypt_ok(password, hashed or _DUMMY) and hashed is not None
         with self._lock:
-            self._known[key] = ok
+            self._known[_key(users, user, password)] = ok
             while len(self._known) > CACHE_SIZE:
                 self._known.popitem(last=False)
         return ok
+
+
+def _key(users: dict[str, bytes], user: str, password: bytes) -> bytes:
+    """A digest of user, password and the user's hash (a new hash is a new key)."""
+    return hashlib.sha256(b"\0".join((user.encode(), password,
+                                      users.get(user) or b"-"))).digest()
 
 
 def parse_basic(header: str | None) -> tuple[str, bytes] | None:

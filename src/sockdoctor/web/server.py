@@ -39,7 +39,7 @@ import h11
 from ..errors import PermissionDeniedError, UsageError
 from .auth import Checker
 from .config import Source
-from .wsgi import Reply, Request, WSGIApp, respond, text
+from .wsgi import Reply, Request, WSGIApp, header, respond, text, unauthorized
 
 REPORT_EVERY = 10.0
 REASONS = {
@@ -50,6 +50,7 @@ REASONS = {
     "bad-request": "sent a malformed request",
     "no-descriptors": "refused: out of file descriptors",
     "internal": "met an internal error (traceback above)",
+    "auth-busy": "were answered 503: too many new credentials already waiting for bcrypt",
 }
 
 
@@ -61,7 +62,8 @@ class Limits:
     evict_after: float = 1.0  # at the cap, a connection waiting this long may be cut
     backlog: int = 4096
     max_header_bytes: int = 16384
-    workers: int = 2
+    workers: int = 2  # threads running the app
+    auth_queue: int = 8  # new credentials waiting for the bcrypt thread; more: 503
 
 
 @dataclass(eq=False)
@@ -150,6 +152,8 @@ class WebServer:
         self.checker = Checker()
         self.conns: set[_Conn] = set()
         self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="http-worker")
+        self._auth_pool = ThreadPoolExecutor(1, thread_name_prefix="http-auth")
+        self._auth_waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -170,6 +174,7 @@ class WebServer:
         if self._thread is not None:
             self._thread.join(10)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._auth_pool.shutdown(wait=False, cancel_futures=True)
         for s in self.sockets:
             s.close()
 
@@ -286,14 +291,35 @@ class WebServer:
             conn.requests += 1
             request = Request(got.method.decode("latin-1"), got.target,
                               list(got.headers), peer, server, scheme)
-            users = self.source.current().users
-            reply = await loop.run_in_executor(self._pool, respond, self.app, request, users,
-                                               self.checker)
+            reply = await self._authorize(request)
+            if reply is None:
+                reply = await loop.run_in_executor(self._pool, respond, self.app, request)
             await self._send(http, writer, reply, head=request.method == "HEAD")
             if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                 return
             http.start_next_cycle()
             deadline = loop.time() + limits.request_timeout  # for the next request
+
+    async def _authorize(self, request: Request) -> Reply | None:
+        """None if the request may go on, else the reply (401; 503 when too many new
+        credentials already wait for bcrypt: remembered ones never wait behind them)."""
+        users = self.source.current().users
+        if not users:
+            return None
+        given = header(request, b"authorization")
+        verdict = self.checker.known(users, given)
+        if verdict is None:
+            if self._auth_waiting >= self.limits.auth_queue:
+                self.tally.add("auth-busy")
+                return text(503, "too many logins at once, try again\n",
+                            [("Retry-After", "1")])
+            self._auth_waiting += 1
+            try:
+                verdict = await asyncio.get_running_loop().run_in_executor(
+                    self._auth_pool, self.checker.allowed, users, given)
+            finally:
+                self._auth_waiting -= 1
+        return None if verdict else unauthorized()
 
     async def _streams(self, sock: socket.socket, context: ssl.SSLContext | None
                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -1,4 +1,4 @@
-"""One request through a WSGI app, in a worker thread: basic auth, environ, the reply.
+"""One request through a WSGI app, in a worker thread: environ, the reply.
 
 The app is an ordinary WSGI callable (the exporter's Site, with
 prometheus_client's own /metrics handler: content negotiation, gzip). The
@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
-
-from .auth import Checker
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -37,12 +35,13 @@ class Reply:
     body: bytes
 
 
-def respond(app: WSGIApp, request: Request, users: dict[str, bytes], checker: Checker
-            ) -> Reply:
-    """The reply to one request: 401 without valid credentials where users are set."""
-    if users and not checker.allowed(users, _header(request, b"authorization")):
-        return text(401, "Unauthorized\n",
-                    [("WWW-Authenticate", 'Basic realm="sockdoctor", charset="UTF-8"')])
+def unauthorized() -> Reply:
+    return text(401, "Unauthorized\n",
+                [("WWW-Authenticate", 'Basic realm="sockdoctor", charset="UTF-8"')])
+
+
+def respond(app: WSGIApp, request: Request) -> Reply:
+    """The reply of `app` to one (authorized) request."""
     if request.method not in ("GET", "HEAD"):
         return text(405, "only GET and HEAD\n", [("Allow", "GET, HEAD")])
     captured: list[Any] = []
@@ -100,7 +99,7 @@ def environ(request: Request) -> dict[str, Any]:
     return env
 
 
-def _header(request: Request, name: bytes) -> str | None:
+def header(request: Request, name: bytes) -> str | None:
     for key, value in request.headers:
         if key == name:  # h11 gives names in lower case
             return value.decode("latin-1")
