@@ -1,4 +1,4 @@
-"""Build sockdoctor's optional compiled parts: the C extension and the BPF programs.
+"""Build sockdoctor's optional compiled parts (the C extension and the BPF programs) and REVISION.
 
 `optional=True`: when there is no working C compiler the build of the
 extension fails, setuptools says so, and the package installs without it;
@@ -8,6 +8,9 @@ The BPF programs (src/sockdoctor/linux/bpf/*.bpf.c, see docs/design.md) are
 compiled by clang into `<name>.bpf.o` beside their source when clang is
 there; without it, or if it fails, the package installs without them and
 the kernel engine says so in `sockdoctor --version`.
+
+REVISION (the exporter's build_info revision): $SOCKDOCTOR_REVISION at build
+time, else the git commit when built from a checkout, else no file ("unknown").
 Everything else about the package is declared in pyproject.toml.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 BPF_SRC = Path("src/sockdoctor/linux/bpf")
 
@@ -48,7 +52,27 @@ class BuildExt(build_ext):
         build_bpf(out)
 
 
-setup(cmdclass={"build_ext": BuildExt},
+def revision() -> str:
+    given = os.environ.get("SOCKDOCTOR_REVISION", "").strip()
+    if given:
+        return given
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+class BuildWithRevision(build_py):
+    def run(self) -> None:
+        super().run()
+        found = revision()
+        if found and not self.dry_run:
+            with open(os.path.join(self.build_lib, "sockdoctor", "REVISION"), "w") as f:
+                f.write(found[:100] + "\n")
+
+
+setup(cmdclass={"build_ext": BuildExt, "build_py": BuildWithRevision},
       ext_modules=[Extension("sockdoctor._fast", ["src/sockdoctor/_fast.c"], optional=True,
-                             extra_compile_args=["-Wall", "-Wextra",
-                                                 "-Wno-unused-parameter"])])
+                             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"])])

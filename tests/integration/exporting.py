@@ -9,8 +9,11 @@ leaking server several exporter and sampler tests share.
 from __future__ import annotations
 
 import os
+import re
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,12 +22,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Remote
 from sockdoctor.lab.netlab import Lab
 
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 Series = dict[tuple[tuple[str, str], ...], float]  # sorted label pairs -> value
 
 
@@ -38,7 +43,7 @@ class Running:
 
     @property
     def base(self) -> str:
-        return self.url.removesuffix("/metrics")
+        return "/".join(self.url.split("/")[:3])  # scheme://host:port
 
     def get(self, path: str = "/metrics") -> tuple[int, str]:
         try:
@@ -91,9 +96,9 @@ def start(*args: str, env: dict[str, str] | None = None, prefix: list[str] | Non
         if not line:
             break
         lines.append(line.rstrip("\n"))
-        if "http://" in line:
-            url = line.split("http://", 1)[1].split(",", 1)[0]
-            return Running(proc, "http://" + url, lines)
+        found = re.search(r"https?://[^,\s]+", line)
+        if found:
+            return Running(proc, found.group(), lines)
     proc.kill()
     proc.wait()
     raise AssertionError(f"exporter did not start (exit {proc.returncode}): {lines}")
@@ -145,6 +150,43 @@ def value(series: Series, **labels: str) -> float | None:
     found = pick(series, **labels)
     assert len(found) <= 1, found
     return next(iter(found.values()), None)
+
+
+def run_prometheus(workdir: Path, config: str) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus with this configuration, on a free loopback port, its data
+    in `workdir`; (process, http://127.0.0.1:PORT/api/v1) once it is ready."""
+    (workdir / "prometheus.yml").write_text(config)
+    for _attempt in range(5):  # the port may be taken between finding it and binding it
+        port = free_port()
+        proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2):
+                    return proc, f"http://127.0.0.1:{port}/api/v1"
+            except OSError:
+                time.sleep(0.2)
+        stop_prometheus(proc)
+    raise AssertionError("Prometheus did not start")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_prometheus(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -202,15 +202,19 @@ def test_once_prints_the_metrics_and_the_endpoints_answer(lab: Lab) -> None:
 
 @pytest.mark.parametrize(("args", "code", "words"), [
     (("--netns", "sdlab-no-such-namespace"), 3, "no network namespace"),
-    (("--listen", "localhost:http"), 2, "--listen"),
+    (("--listen", "localhost:http"), 2, "--web.listen-address localhost:http"),
+    (("--web.listen-address", "127.0.0.1:0", "--web.telemetry-path", "metrics"), 2,
+     "--web.telemetry-path"),
+    (("--listen", "127.0.0.1:0", "--web.config.file", "/nonexistent/web.yml"), 3,
+     "no such file"),
     (("--interval", "0s"), 2, "--interval"),
     (("--textfile", "/nonexistent/dir"), 3, "no such directory"),
     (("state", "bogus-state"), 2, "bogus"),
 ])
 def test_mistakes_end_in_one_sentence_and_their_exit_code(args: tuple[str, ...], code: int,
                                                           words: str) -> None:
-    done = run_cli("exporter", "--once", *args) if "--listen" not in args else \
-        run_cli("exporter", *args)
+    web = any(a.startswith(("--listen", "--web.")) for a in args)
+    done = run_cli("exporter", *args) if web else run_cli("exporter", "--once", *args)
     assert done.returncode == code, done.stderr
     assert words in done.stderr and "Traceback" not in done.stderr
 

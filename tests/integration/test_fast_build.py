@@ -46,13 +46,15 @@ def build_and_ask(tmp: Path, env: dict[str, str]) -> tuple[list[str], str]:
 
 
 def test_with_a_compiler_the_extension_is_built_and_used(tmp_path: Path) -> None:
-    names, version = build_and_ask(tmp_path, {})
+    names, version = build_and_ask(tmp_path, {"SOCKDOCTOR_REVISION": "0123abcd"})
     assert any(n.startswith("sockdoctor/_fast.") and n.endswith(".so") for n in names)
     assert not any(n.endswith(".c") for n in names)
     assert "fast path: C extension" in version
     if shutil.which("clang"):  # the BPF programs too (the engine's own tests say if it loads)
         assert "sockdoctor/linux/bpf/owners.bpf.o" in names
         assert "kernel engine: BPF" in version
+    # the exporter's build_info revision, written at build time (setup.py)
+    assert (tmp_path / "site" / "sockdoctor" / "REVISION").read_text() == "0123abcd\n"
 
 
 @pytest.mark.parametrize("no_compiler", [{"CC": "/bin/false"}, {"PATH": "/nonexistent"}],

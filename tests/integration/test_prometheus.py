@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -27,11 +26,14 @@ import pytest
 from conftest import Remote, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 
-pytestmark = pytest.mark.root
+# Prometheus keeps its scrape connections open between scrapes (HTTP keep-alive):
+# those to this module's exporter are expected to outlive a test.
+SERVED: set[int] = set()
+pytestmark = [pytest.mark.root, pytest.mark.sockdoctor(
+    allow=lambda leak: {leak.socket.local_port, leak.socket.peer_port} & SERVED)]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PORT = 7511
 LEAKED = 4
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 @dataclass
@@ -59,44 +61,16 @@ class Stack:
         return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_prometheus(workdir: Path, target: str) -> tuple[subprocess.Popen, str]:
     shutil.copy(DEPLOY / "prometheus" / "alerts.yml", workdir / "alerts.yml")
-    (workdir / "prometheus.yml").write_text(
+    return exporting.run_prometheus(workdir, (
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "rule_files: [alerts.yml]\n"
         "scrape_configs:\n"
-        f"  - job_name: sockdoctor\n    static_configs: [{{targets: ['{target}']}}]\n")
-    for _attempt in range(5):  # the port may be taken between finding it and binding it
-        port = free_port()
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2):
-                    return proc, f"http://127.0.0.1:{port}/api/v1"
-            except OSError:
-                time.sleep(0.2)
-        stop(proc)
-    raise AssertionError("Prometheus did not start")
+        f"  - job_name: sockdoctor\n    static_configs: [{{targets: ['{target}']}}]\n"))
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+stop = exporting.stop_prometheus
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
         with exporting.running("--netns", lab.server.netns, "--interval", "1s",
                                "--stuck-after", "1s") as exporter:
             target = exporter.base.removeprefix("http://")
+            SERVED.add(int(target.rsplit(":", 1)[1]))
             prometheus, api = start_prometheus(workdir, target)
             try:
                 yield Stack(lab, exporter, api)

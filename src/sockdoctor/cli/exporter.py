@@ -10,8 +10,26 @@ from typing import Any
 import click
 
 from .common import CONTEXT, FILTER_HELP, build_query, filter_options
+from .web import check_path, web_options
 
 DEFAULT_LISTEN = ":19808"
+# The optional families, each with --[no-]collector.NAME (watch/metrics.py COLLECTORS;
+# written out here so that `--help` does not import the metrics code).
+COLLECTORS = {
+    "listen_queue": "accept queues (sockdoctor_listen_queue_*)",
+    "process_fds": "descriptors of the processes holding stuck sockets "
+                   "(sockdoctor_process_*_fds)",
+    "ephemeral_ports": "sockdoctor_ephemeral_ports_used_ratio",
+    "netns_info": "sockdoctor_netns_info",
+}
+
+
+def collector_options(command: Any) -> Any:
+    for name, what in reversed(COLLECTORS.items()):
+        command = click.option(f"--collector.{name}/--no-collector.{name}",
+                               f"collector_{name}", default=True,
+                               help=f"Export {what}.  [default: on]")(command)
+    return command
 
 EPILOG = FILTER_HELP + """
 \b
@@ -21,14 +39,17 @@ serves the latest sample. A FILTER narrows what is exported; the doctor
 still sees the listeners of the scanned namespaces.
 
 \b
-Endpoints: /metrics, /healthz (200 while samples succeed), / (a short page).
-Metrics, alerts, dashboard, systemd and Kubernetes: docs/exporter.md.
+Endpoints: /metrics (--web.telemetry-path), /healthz (200 while samples
+succeed), / (a short page). TLS, client certificates and basic auth: a
+--web.config.file in exporter-toolkit's format. Metrics, alerts, dashboard,
+systemd and Kubernetes: docs/exporter.md.
 Stops cleanly (exit 0) on SIGTERM or SIGINT.
 
 \b
 Examples:
   sockdoctor exporter                         http://*:19808/metrics, every 15s
-  sockdoctor exporter --listen 127.0.0.1:19808 --interval 30s
+  sockdoctor exporter --web.listen-address 127.0.0.1:19808 --interval 30s
+  sockdoctor exporter --web.config.file /etc/sockdoctor/web.yml --no-collector.doctor
   sockdoctor exporter --textfile /var/lib/node_exporter/textfile   for node_exporter
   sockdoctor exporter --once                  print one sample's metrics and exit
   sockdoctor exporter --netns host state close-wait
@@ -37,9 +58,7 @@ Examples:
 
 @click.command("exporter", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
-@click.option("--listen", metavar="ADDR:PORT",
-              help=f"Where to serve HTTP [default: {DEFAULT_LISTEN}; with --textfile: "
-                   "nowhere unless given].")
+@web_options(f"{DEFAULT_LISTEN}; with --textfile: no HTTP unless given")
 @click.option("--interval", default="15s", show_default=True, metavar="T",
               help="Time between samples (10s, 1m).")
 @click.option("--max-series", default=100, show_default=True, type=click.IntRange(1),
@@ -55,17 +74,24 @@ Examples:
 @click.option("--doctor-every", default="auto", show_default=True, metavar="N|auto",
               help="Run the doctor (findings metrics) on every N-th sample; auto: on every "
                    "sample while it costs under 2% of a CPU, less often on a big host.")
-@click.option("--no-doctor", is_flag=True, help="No findings metrics at all.")
+@click.option("--collector.doctor/--no-collector.doctor", "collector_doctor", default=True,
+              help="Run the doctor: the findings metrics.  [default: on]")
+@click.option("--no-doctor", is_flag=True, help="The same as --no-collector.doctor.")
+@collector_options
+@click.option("--web.disable-exporter-metrics", "no_own_metrics", is_flag=True,
+              help="Leave out the exporter's own process_* and python_* metrics.")
 @click.option("--full-walk-every", default=20, show_default=True, type=click.IntRange(1),
               metavar="N", help="Walk all of /proc for owners every N samples.")
 @click.option("--stuck-after", metavar="AGE",
               help="The doctor's stuck threshold (see `sockdoctor doctor --help`) "
                    "[default: 10s]")
 @click.option("--idle-after", metavar="AGE", help="The doctor's idle threshold [default: 30m]")
-def exporter_command(listen: str | None, interval: str, max_series: int,
-                     labels: tuple[str, ...], textfile_dir: str | None, once: bool,
-                     doctor_every: str, no_doctor: bool, full_walk_every: int,
-                     stuck_after: str | None, idle_after: str | None, **kw: Any) -> None:
+def exporter_command(listen: tuple[str, ...], telemetry_path: str, web_config: str | None,
+                     interval: str, max_series: int, labels: tuple[str, ...],
+                     textfile_dir: str | None, once: bool, doctor_every: str,
+                     collector_doctor: bool, no_doctor: bool, no_own_metrics: bool,
+                     full_walk_every: int, stuck_after: str | None, idle_after: str | None,
+                     **kw: Any) -> None:
     """Export stuck TCP sockets (CLOSE-WAIT by process, port and age) to Prometheus.
 
     Serves /metrics for Prometheus, or writes a file for node_exporter's
@@ -85,19 +111,30 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
     if doctor_every != "auto" and not (doctor_every.isdigit() and int(doctor_every) >= 1):
         raise UsageError(f"--doctor-every {doctor_every}: give a number of samples (1, 4) "
                          "or auto")
+    check_path(telemetry_path)
+    doctor = collector_doctor and not no_doctor
+    off = frozenset([*(name for name in COLLECTORS if not kw.pop(f"collector_{name}")),
+                     *(() if doctor else ("doctor",))])
     query = build_query(kw)
     textfile = ex.check_textfile_dir(textfile_dir) if textfile_dir else None
-    sampler = Sampler(query, netns=query.netns, interval=seconds, doctor=not no_doctor,
+    sampler = Sampler(query, netns=query.netns, interval=seconds,
+                      doctor=doctor,
                       doctor_config=config_for(stuck_after, idle_after),
                       full_walk_every=full_walk_every,
                       doctor_every=0 if doctor_every == "auto" else int(doctor_every))
     collector = ex.SampleCollector(metrics.Options(max_series=max_series,
-                                                   pid="pid" in labels))
-    exporter = ex.Exporter(sampler, collector, textfile=textfile)
-    if not once and (listen is not None or textfile is None):
-        host, port = ex.parse_listen(listen or DEFAULT_LISTEN)  # bound before the first
-        exporter.server = ex.listen(host, port, ex.Site(exporter.served, collector, seconds))
+                                                   pid="pid" in labels, off=off))
+    exporter = ex.Exporter(sampler, collector, textfile=textfile,
+                           own_metrics=not no_own_metrics)
+    if not once and (listen or textfile is None):  # bound before the first sample
+        exporter.serve(list(listen or (DEFAULT_LISTEN,)), telemetry_path, web_config)
     tune_gc()  # main() turned the cyclic collector off for short commands
+    _run(exporter, sampler, once, textfile)
+
+
+def _run(exporter: Any, sampler: Any, once: bool, textfile: str | None) -> None:
+    from ..watch import exporter as ex
+
     first = sampler.sample()  # the user's mistakes (unknown namespace...) end here, in one line
     if once:
         exporter.on_sample(first)
@@ -105,10 +142,10 @@ def exporter_command(listen: str | None, interval: str, max_series: int,
             sys.stdout.buffer.write(ex.generate_latest(exporter.textfile_registry))
         return
     stop = _stop_on_signals()
-    where = ex.bound_url(exporter.server) if exporter.server else f"writing {textfile}"
+    where = ", ".join(exporter.urls()) if exporter.server else f"writing {textfile}"
     exporter.on_sample(first)
-    exporter.say(f"{where}, a sample every {seconds:g}s (first: {len(first.snapshot.sockets)} "
-                 f"sockets in {first.duration_s:.2f}s)")
+    exporter.say(f"{where}, a sample every {sampler.interval:g}s (first: "
+                 f"{len(first.snapshot.sockets)} sockets in {first.duration_s:.2f}s)")
     del first  # the sampler and the collector keep what they need; this frame must not
     exporter.run(stop, wait_first=True)
     exporter.say("stopped")

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .common import CONTEXT, build_query, filter_options, reader_may_leave
+from .web import check_path, web_options
 
 REAP_HELP = """
 \b
@@ -30,6 +31,7 @@ Examples:
   sockdoctor reap --policy reap.toml --apply                     run as a daemon
   sockdoctor reap --policy reap.toml --check                     validate and exit
   sockdoctor reap --policy reap.toml --apply --netns web --json  NDJSON per cycle
+  sockdoctor reap --policy reap.toml --apply --web.listen-address 127.0.0.1:19809
 """
 
 
@@ -44,16 +46,17 @@ Examples:
               help="Append JSON lines for every action here [default: the policy's "
                    "audit_log, else /var/log/sockdoctor/audit.jsonl].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle (NDJSON).")
-@click.option("--listen", metavar="ADDR:PORT",
-              help="Serve the reaper's metrics (sockdoctor_reaped_total...) on /metrics.")
+@web_options(None)
 @click.option("--textfile", "textfile_dir", metavar="DIR",
               help="Write DIR/sockdoctor_reap.prom after every cycle (node_exporter).")
 def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
-                 audit_log: str | None, as_json: bool, listen: str | None,
-                 textfile_dir: str | None, **kw: Any) -> None:
+                 audit_log: str | None, as_json: bool, listen: tuple[str, ...],
+                 telemetry_path: str, web_config: str | None, textfile_dir: str | None,
+                 **kw: Any) -> None:
     """Reap stuck connections by a policy, cycle after cycle: planned, audited, verified."""
     from ..reap import policy as reap_policy
 
+    check_path(telemetry_path)
     policy = reap_policy.load(policy_path)
     if check:
         _describe(policy)
@@ -62,7 +65,8 @@ def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
                  or kw["process"] or kw["older_than"] or kw["filter_file"])
     query = build_query(kw)
     reaper, sampler = _start(policy, apply_, audit_log, query if named else None, query.netns)
-    say = _Output(as_json, _Metrics(reaper, listen, textfile_dir))
+    say = _Output(as_json, _Metrics(reaper, textfile_dir, listen))
+    say.metrics.serve(listen, telemetry_path, web_config)
     say.note(f"{len(policy.rules)} rule(s) from {policy.path}, every {policy.interval_s:g}s, "
              + ("acting (--apply)" if apply_ else "dry run (add --apply to act)")
              + say.metrics.where())
@@ -127,12 +131,12 @@ def _daemon(path: str, reaper: Any, sampler: Any, say: _Output) -> None:
 
 
 class _Metrics:
-    """The reaper's metrics through the exporter's HTTP server and textfile writer."""
+    """The reaper's metrics through the web server and textfile writer of the exporter."""
 
-    def __init__(self, reaper: Any, listen: str | None, textfile_dir: str | None) -> None:
+    def __init__(self, reaper: Any, textfile_dir: str | None, listen: tuple[str, ...]) -> None:
         self.server = self.textfile = None
-        if listen is None and textfile_dir is None:
-            return
+        if textfile_dir is None and not listen:
+            return  # no prometheus_client to import
         from ..reap.metrics import TEXTFILE_NAME, ReapCollector, registries
         from ..watch import exporter as ex
 
@@ -141,16 +145,24 @@ class _Metrics:
         if textfile_dir is not None:
             ex.check_textfile_dir(textfile_dir)
             self.textfile = f"{textfile_dir.rstrip('/')}/{TEXTFILE_NAME}"
-        if listen is not None:
-            from prometheus_client import make_wsgi_app
 
-            self.server = ex.listen(*ex.parse_listen(listen), make_wsgi_app(self.served))
-            threading.Thread(target=self.server.serve_forever, name="http",
-                             daemon=True).start()
-            self.url = ex.bound_url(self.server)
+    def serve(self, listen: tuple[str, ...], path: str, web_config: str | None) -> None:
+        """Bound now (a taken port ends the command before its first cycle), served at once."""
+        if not listen:
+            return
+        from prometheus_client import make_wsgi_app
+
+        from ..web import serve
+        from ..web.server import stderr_say
+        from ..web.wsgi import only
+
+        self.server = serve(list(listen), only(path, make_wsgi_app(self.served)), web_config,
+                            stderr_say("reap"))
+        self.server.start()
+        self.urls = self.server.urls(path)
 
     def where(self) -> str:
-        return "".join([f"; metrics on {self.url}" if self.server else "",
+        return "".join([f"; metrics on {', '.join(self.urls)}" if self.server else "",
                         f"; metrics in {self.textfile}" if self.textfile else ""])
 
     def update(self, cycle: Any) -> None:
@@ -164,8 +176,7 @@ class _Metrics:
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.stop()
 
 
 class _Output:

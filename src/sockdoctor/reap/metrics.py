@@ -1,8 +1,8 @@
 """The reaper's metrics, for Prometheus: what it did, by rule, method and outcome.
 
 A prometheus_client collector over the reaper's counts, served by the
-exporter's HTTP machinery (watch/exporter.py: listen, textfile) so that
-there is one way to serve sockdoctor's metrics:
+exporter's server (sockdoctor.web) and textfile writer (watch/exporter.py)
+so that there is one way to serve sockdoctor's metrics:
 
     sockdoctor_reaped_total{rule,method,outcome}   sockets acted on, by verified outcome
     sockdoctor_reap_cycles_total{mode}             cycles run (mode: apply, dry-run)

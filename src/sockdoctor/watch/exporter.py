@@ -4,7 +4,8 @@ A scrape never scans: the sampler runs on its own interval and each sample's
 metric families are built once (watch/metrics.py) and handed to a custom
 prometheus_client collector, which a scrape only serialises. The HTTP side
 is a small WSGI app: `/metrics` (prometheus_client's handler: content
-negotiation, gzip), `/healthz`, and `/`, a page linking them.
+negotiation, gzip; --web.telemetry-path), `/healthz`, and `/`, a page
+linking them, served by sockdoctor.web (bounded, TLS, basic auth).
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ from __future__ import annotations
 import contextlib
 import html
 import os
-import socket
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,12 +32,15 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
-from ..errors import NotFoundError, PermissionDeniedError, UsageError
+from ..errors import NotFoundError, PermissionDeniedError
 from ..jsontext import untrusted
 from ..linux.netns import can_enter_others
 from ..render.fmt import plural
 from . import metrics
 from .sampler import Sample, Sampler
+
+if TYPE_CHECKING:
+    from ..web import WebServer
 
 DEFAULT_PORT = 19808  # docs/exporter.md: why this one
 TEXTFILE_NAME = "sockdoctor.prom"
@@ -51,7 +52,8 @@ class SampleCollector:
 
     def __init__(self, options: metrics.Options) -> None:
         self.options = options
-        self.health = metrics.Health(not_root=not can_enter_others(), version=__version__)
+        self.health = metrics.Health(not_root=not can_enter_others(), version=__version__,
+                                     build=metrics.build_labels())
         self._families: list[Metric] = []
         self.latest: Sample | None = None
 
@@ -82,17 +84,20 @@ def _to_prometheus(family: metrics.Family) -> Metric:
     return out
 
 
-def registries(collector: SampleCollector) -> tuple[CollectorRegistry, CollectorRegistry]:
+def registries(collector: SampleCollector, own: bool = True
+               ) -> tuple[CollectorRegistry, CollectorRegistry]:
     """(for HTTP: ours plus the process's own metrics, for a textfile: ours only).
 
     node_exporter has process_* and python_* of its own: a textfile carrying
     them would clash, so the textfile registry holds sockdoctor's families only.
+    `own=False` (--web.disable-exporter-metrics): no process_* or python_* at all.
     """
     served = CollectorRegistry(auto_describe=False)
     served.register(collector)
-    ProcessCollector(registry=served)
-    PlatformCollector(registry=served)
-    GCCollector(registry=served)
+    if own:
+        ProcessCollector(registry=served)
+        PlatformCollector(registry=served)
+        GCCollector(registry=served)
     textfile = CollectorRegistry(auto_describe=False)
     textfile.register(collector)
     return served, textfile
@@ -133,63 +138,7 @@ def write_textfile(path: str, registry: CollectorRegistry) -> None:
 
 
 # --- HTTP ---------------------------------------------------------------------
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """ADDR:PORT, [V6ADDR]:PORT, :PORT (every address) or PORT -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {text}: write it as ADDR:PORT, [ADDR]:PORT or :PORT "
-                         f"(default :{DEFAULT_PORT})")
-    return host, int(port)
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # a scrape every 15 s is not news
-
-
-def listen(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> WSGIServer:
-    """Bind now (so a taken port fails before the first sample), serve later.
-
-    No host: every address, IPv6 and IPv4 on one socket where the host has
-    IPv6, IPv4 only where it has not.
-    """
-    candidates = [(host, _Server6 if ":" in host else _Server)] if host else \
-        [("::", _Server6), ("0.0.0.0", _Server)]
-    error: OSError | None = None
-    for addr, server_class in candidates:
-        try:
-            return make_server(addr, port, app, server_class=server_class,
-                               handler_class=_QuietHandler)
-        except OSError as exc:
-            error = exc
-            if exc.errno not in (97, 99):  # EAFNOSUPPORT, EADDRNOTAVAIL: try IPv4
-                break
-    assert error is not None
-    where = f"{host or '*'}:{port}"
-    if isinstance(error, PermissionError):
-        raise PermissionDeniedError(f"cannot listen on {where}: ports below 1024 need root "
-                                    "(CAP_NET_BIND_SERVICE)") from error
-    raise UsageError(f"cannot listen on {where}: {error.strerror or error} "
-                     "(choose another with --listen)") from error
-
-
-def bound_url(server: WSGIServer) -> str:
-    host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/metrics"
+# The server itself (bounded, with timeouts, TLS and basic auth) is sockdoctor.web.
 
 
 @dataclass
@@ -199,6 +148,7 @@ class Site:
     registry: CollectorRegistry
     collector: SampleCollector
     interval: float
+    telemetry_path: str = "/metrics"  # --web.telemetry-path
 
     def __post_init__(self) -> None:
         self._metrics = make_wsgi_app(self.registry)
@@ -206,7 +156,7 @@ class Site:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
-        if path == "/metrics":
+        if path == self.telemetry_path:
             return self._metrics(environ, start_response)
         if path == "/healthz":
             ok, text = self.health()
@@ -215,7 +165,7 @@ class Site:
         if path == "/":
             return _reply(start_response, "200 OK", "text/html; charset=utf-8", self.page())
         return _reply(start_response, "404 Not Found", "text/plain; charset=utf-8",
-                      "not found: try /metrics\n")
+                      f"not found: try {self.telemetry_path}\n")
 
     def health(self) -> tuple[bool, str]:
         """Healthy while samples succeed; not before the first, nor when they stop."""
@@ -236,7 +186,8 @@ class Site:
             "</title></head><body><h1>sockdoctor exporter</h1>"
             "<p>Stuck TCP connections (CLOSE-WAIT leaks and friends) by namespace, process, "
             "port and age, for Prometheus.</p><ul>"
-            "<li><a href='metrics'>/metrics</a></li>"
+            f"<li><a href='{html.escape(self.telemetry_path.lstrip('/'))}'>"
+            f"{html.escape(self.telemetry_path)}</a></li>"
             f"<li><a href='healthz'>/healthz</a>: {html.escape(text)}</li></ul>"
             f"<p>sockdoctor {html.escape(__version__)}; a sample every {self.interval:g}s. "
             "Explain what you see with <code>sockdoctor doctor</code>.</p></body></html>\n")
@@ -258,14 +209,28 @@ class Exporter:
     sampler: Sampler
     collector: SampleCollector
     textfile: str | None = None  # path of sockdoctor.prom
-    server: WSGIServer | None = None
+    server: WebServer | None = None
     # a log line may quote a process or namespace name: escaped, any locale prints it
     say: Callable[[str], None] = lambda line: print(f"sockdoctor exporter: {untrusted(line)}",
                                                     file=sys.stderr, flush=True)
+    own_metrics: bool = True  # process_* and python_* over HTTP
+    telemetry_path: str = "/metrics"
 
     def __post_init__(self) -> None:
-        self.served, self.textfile_registry = registries(self.collector)
+        self.served, self.textfile_registry = registries(self.collector, self.own_metrics)
         self._warned: list[str] = []
+
+    def serve(self, addresses: list[str], telemetry_path: str = "/metrics",
+              web_config: str | None = None) -> None:
+        """Check the web config and bind every address now; serving starts with run()."""
+        from ..web import serve
+
+        self.telemetry_path = telemetry_path
+        site = Site(self.served, self.collector, self.sampler.interval, telemetry_path)
+        self.server = serve(addresses, site, web_config, self.say)
+
+    def urls(self) -> list[str]:
+        return self.server.urls(self.telemetry_path) if self.server else []
 
     def on_sample(self, sample: Sample) -> None:
         self.collector.update(sample)
@@ -287,16 +252,12 @@ class Exporter:
         `wait_first`: a sample was just taken (and given to on_sample): wait
         one interval before the next.
         """
-        thread = None
         if self.server is not None:
-            thread = threading.Thread(target=self.server.serve_forever, name="http",
-                                      daemon=True)
-            thread.start()
+            self.server.start()
         try:
             if wait_first:
                 stop.wait(self.sampler.interval)
             self.sampler.run(stop, self.on_sample)
         finally:
             if self.server is not None:
-                self.server.shutdown()
-                self.server.server_close()
+                self.server.stop()

@@ -56,10 +56,23 @@ class Family:
                         for labels, value in self.samples]
 
 
+# --[no-]collector.NAME: the optional families, on by default (--no-collector.doctor
+# also stops the doctor itself)
+COLLECTORS: dict[str, tuple[str, ...]] = {
+    "doctor": ("sockdoctor_finding_sockets", "sockdoctor_findings",
+               "sockdoctor_doctor_last_run_timestamp_seconds"),
+    "listen_queue": ("sockdoctor_listen_queue_length", "sockdoctor_listen_queue_limit"),
+    "process_fds": ("sockdoctor_process_open_fds", "sockdoctor_process_max_fds"),
+    "ephemeral_ports": ("sockdoctor_ephemeral_ports_used_ratio",),
+    "netns_info": ("sockdoctor_netns_info",),
+}
+
+
 @dataclass(frozen=True)
 class Options:
     max_series: int = 100  # per family
     pid: bool = False  # add a `pid` label where there is a process (more series)
+    off: frozenset[str] = frozenset()  # names of COLLECTORS switched off
 
 
 @dataclass
@@ -72,6 +85,28 @@ class Health:
     last_success: float = 0.0
     not_root: bool = False
     version: str = ""
+    build: dict[str, str] = field(default_factory=dict)  # build_info's labels but version
+
+
+def build_labels() -> dict[str, str]:
+    """build_info's labels besides version: Python, the engine in use (C or pure), and
+    the revision when known (SOCKDOCTOR_REVISION, or a REVISION file written at build)."""
+    import os
+    import platform
+
+    from ..linux import native
+
+    revision = os.environ.get("SOCKDOCTOR_REVISION", "").strip()
+    if not revision:
+        try:
+            with open(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                   "REVISION")) as f:
+                revision = f.read(100).strip()
+        except OSError:
+            pass
+    return {"python_version": platform.python_version(),
+            "engine": "C" if native.fast is not None else "pure",
+            "revision": untrusted(revision) or "unknown"}
 
 
 def build(sample: Sample, health: Health, opts: Options) -> list[Family]:
@@ -84,15 +119,20 @@ def build(sample: Sample, health: Health, opts: Options) -> list[Family]:
         view = _View(snap, sample, opts)
         families += view.namespaces(dropped)
         families += view.close_wait(dropped)
-        families += view.listeners(dropped)
-        families += view.processes(dropped, sample.report)
-        families += view.findings(dropped, sample.report)
+        if "listen_queue" not in opts.off:
+            families += view.listeners(dropped)
+        if "process_fds" not in opts.off:
+            families += view.processes(dropped, sample.report)
+        if "doctor" not in opts.off:
+            families += view.findings(dropped, sample.report)
     families += _health(sample, health)
+    off = {name for collector in opts.off for name in COLLECTORS[collector]}
     families.append(Family("sockdoctor_series_dropped",
                            "Series folded into process=\"other\" (or netns=\"other\") by "
                            "--max-series, per metric family.", ("metric",),
-                           samples=[((name,), float(n)) for name, n in sorted(dropped.items())]))
-    return families
+                           samples=[((name,), float(n)) for name, n in sorted(dropped.items())
+                                    if name not in off]))
+    return [f for f in families if f.name not in off]
 
 
 class _View:
@@ -313,8 +353,10 @@ def _health(sample: Sample, health: Health) -> list[Family]:
                samples=[((), float(health.errors))]),
         Family("sockdoctor_full_walks_total", "Samples that walked all of /proc for owners.",
                kind="counter", samples=[((), float(health.full_walks))]),
-        Family("sockdoctor_build_info", "Version of the running exporter.", ("version",),
-               samples=[((health.version,), 1.0)]),
+        Family("sockdoctor_build_info", "The running exporter: version, Python version, "
+               "engine (C: the compiled fast path; pure: Python only) and revision.",
+               ("version", *health.build), samples=[((health.version,
+                                                       *health.build.values()), 1.0)]),
     ]
 
 
