@@ -78,7 +78,8 @@ def split_word(word: str, base: int) -> list[Token]:
             chars.append(word[i])
             i += 1
         text = "".join(chars)
-        tokens.append(Token(_KEYWORDS.get(text, VALUE), text, base + start))
+        if text:  # a lone trailing backslash escapes nothing: no empty token
+            tokens.append(Token(_KEYWORDS.get(text, VALUE), text, base + start))
     return tokens
 
 
