@@ -21,6 +21,7 @@ from .model import ALL_STATES_MASK, DeadSocketFd, Netns, Process, Snapshot, Sock
 from .query import Query
 from .render.fmt import plural
 from .selectors import unknown_netns, unknown_pids, unknown_process
+from .sides import PORT_RANGE_SYSCTL
 
 Progress = Callable[[str], None]
 
@@ -288,8 +289,10 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
                 sockets = sockdiag.dump(sock, opts, netns=ns.inode, families=families)
             finally:
                 sock.close()
+            # The port range always: it decides a socket's side (sides.py, ls --json).
             return _NsResult(sockets,
-                             procfs.read_sysctls(procfs.NET_SYSCTLS) if sysctls else {},
+                             procfs.read_sysctls(procfs.NET_SYSCTLS if sysctls
+                                                 else (PORT_RANGE_SYSCTL,)),
                              procfs.read_counters() if counters else {})
         return run
 

@@ -160,7 +160,7 @@ def test_audit_identity_names_socket_owner_and_namespace() -> None:
     entry = audit_mod.identity(plan.items[0])
     assert entry == {
         "netns": "web", "netns_inode": sk.netns, "method": "fin", "pid": APP, "comm": "app",
-        "fd": sk.owners[0].fd, "state": "CLOSE_WAIT", "local": "10.0.0.1:8080",
+        "fd": sk.owners[0].fd, "state": "CLOSE-WAIT", "local": "10.0.0.1:8080",
         "peer": f"10.0.0.2:{sk.peer_port}", "inode": sk.inode, "cookie": sk.cookie}
     dead = audit_mod.identity(plan.items[1])
     assert (dead["netns"], dead["netns_inode"], dead["state"]) == ("web", sk.netns, "dead-fd")

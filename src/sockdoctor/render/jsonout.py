@@ -13,15 +13,17 @@ import msgspec
 from .. import jsontext
 from ..linux.tcpinfo import of as tcp_info
 from ..model import SS_COLUMN_NAMES, TIMER_NAMES, SkMemInfo, Snapshot, Socket, TcpInfo
+from ..sides import Sides
 from . import fmt
 
-LS_SCHEMA = "sockdoctor.ls/1"
+LS_SCHEMA = "sockdoctor.ls/2"  # 2: comm always a string, comm_bytes, side, service
 
 
-class OwnerRecord(msgspec.Struct, gc=False):
+class OwnerRecord(msgspec.Struct, omit_defaults=True, gc=False):
     pid: int
     fd: int
-    comm: str  # "" when the process exited before we read its name
+    comm: str  # "" when the process exited before we read its name; escaped if not UTF-8
+    comm_bytes: list[int] | None = None  # the exact bytes, only when they are not UTF-8
 
 
 # Fields without a default are in every record; the others only when the scan
@@ -42,6 +44,8 @@ class SocketRecord(msgspec.Struct, omit_defaults=True, gc=False):
     timer: str
     expires_ms: int
     retrans: int
+    side: str  # server or client: the exporter's rule (sides.py)
+    service: int  # our listening port (server) or the peer's port (client)
     age_ms: int | None = None
     owners: list[OwnerRecord] | None = None
     owner_note: str | None = None
@@ -73,9 +77,14 @@ class LsDocument(msgspec.Struct):
 _FAMILY = {2: "ipv4", 10: "ipv6"}
 
 
-def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[SocketRecord]:
-    """One output record per socket, built positionally (this is the hot loop of --json)."""
+def records(snapshot: Snapshot, sockets: list[Socket] | None = None,
+            sides: Sides | None = None) -> list[SocketRecord]:
+    """One output record per socket, built positionally (this is the hot loop of --json).
+
+    `sides`: the snapshot's Sides, built once when records are made in chunks.
+    """
     sockets = snapshot.sockets if sockets is None else sockets
+    side_of = (sides or Sides(snapshot)).of
     names = fmt.netns_names(snapshot)
     state_names = SS_COLUMN_NAMES
     timers = TIMER_NAMES
@@ -85,7 +94,8 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[Soc
             names.get(sk.netns) or str(sk.netns), family.get(sk.family, "?"),
             state_names.get(sk.state, "?"), sk.local_addr, sk.local_port, sk.peer_addr,
             sk.peer_port, sk.recv_q, sk.send_q, sk.inode, sk.cookie, sk.uid,
-            timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans, sk.age_ms, None, None,
+            timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans, *side_of(sk), sk.age_ms,
+            None, None,
             sk.shutdown, sk.cgroup_id, sk.cong, tcp_info(sk), sk.mem)
         for sk in sockets
     ]
@@ -95,13 +105,21 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[Soc
 
 
 def _add_owners(snapshot: Snapshot, sockets: list[Socket], out: list[SocketRecord]) -> None:
-    comms = {pid: proc.comm for pid, proc in snapshot.processes.items()}
+    comms = {pid: _comm(proc.comm) for pid, proc in snapshot.processes.items()}
     for sk, rec in zip(sockets, out, strict=True):
         if sk.owners:
-            rec.owners = [OwnerRecord(o.pid, o.fd, comms.get(o.pid, "")) for o in sk.owners]
+            rec.owners = [OwnerRecord(o.pid, o.fd, *comms.get(o.pid, ("", None)))
+                          for o in sk.owners]
         else:
             rec.owners = []
             rec.owner_note = sk.owner_note()
+
+
+def _comm(comm: str) -> tuple[str, list[int] | None]:
+    """A process name as JSON text: itself when UTF-8 (JSON escapes control characters),
+    else escaped as the tables print it (\\xff) plus its exact bytes."""
+    exact = jsontext.exact(comm)
+    return (comm, None) if isinstance(exact, str) else (fmt.untrusted(comm), exact)
 
 
 def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
@@ -122,9 +140,9 @@ def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
     )
     head = jsontext.encode(doc, encoder)
     out.write(head[:-2])  # drop the closing "]}" of the empty sockets list
-    socks = snapshot.sockets
+    socks, sides = snapshot.sockets, Sides(snapshot)
     for start in range(0, len(socks), chunk):
-        body = jsontext.encode(records(snapshot, socks[start:start + chunk]), encoder)
+        body = jsontext.encode(records(snapshot, socks[start:start + chunk], sides), encoder)
         out.write(body[1:-1] if start == 0 else b"," + body[1:-1])
     out.write(b"]}\n")
 
@@ -132,6 +150,7 @@ def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
 def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
     """One JSON object per line, built and written a chunk at a time."""
     encoder = msgspec.json.Encoder()
-    socks = snapshot.sockets
+    socks, sides = snapshot.sockets, Sides(snapshot)
     for start in range(0, len(socks), chunk):
-        out.write(jsontext.encode_lines(records(snapshot, socks[start:start + chunk]), encoder))
+        out.write(jsontext.encode_lines(records(snapshot, socks[start:start + chunk], sides),
+                                        encoder))
