@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_PERMISSION, FilterSyntaxError, SockdoctorError
+from .complete import complete_netns, complete_state
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -104,6 +105,7 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-F", "--filter-file", cls=Once, metavar="FILE",
                      help="Read the filter expression from FILE (as ss -F; - reads stdin)."),
         click.option("--state", "states", multiple=True, metavar="STATE",
+                     shell_complete=complete_state,
                      help="Only this state (repeatable): close-wait, time-wait, established, "
                           "or a group: connected, synchronized, bucket, big, all."),
         click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535),
@@ -117,9 +119,10 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--older-than", cls=Once, metavar="AGE",
                      help="Only sockets whose peer has been silent at least AGE "
                           "(30s, 10m, 2h): see docs/age.md."),
-        click.option("-N", "--netns", cls=Once, default="all", metavar="NS",
-                     help="Network namespace: all (the default), host, self, a name from "
-                          "`ip netns`, container:ID, a PID inside it, or its inode."),
+        click.option("-N", "--netns", cls=Once, metavar="NS", shell_complete=complete_netns,
+                     help="Network namespace: all, host, self, a name from `ip netns`, "
+                          "container:ID, a PID inside it, or its inode. Default, as ss: the "
+                          "current one inside a network namespace, all on the host."),
         click.option("-t", "--tcp", "ss_tcp", is_flag=True, hidden=True),
         click.option("-a", "--all", "ss_all", is_flag=True, hidden=True),
         click.option("-n", "--numeric", "ss_numeric", is_flag=True, hidden=True),
@@ -146,8 +149,13 @@ def other_protocols(tcp: bool) -> None:
                      "TCP sockets)")
 
 
-def build_query(kw: dict[str, Any], family: int = 0, states: tuple[str, ...] = ()) -> Any:
-    """The Query of the shared filter options (popped from `kw`); `states` adds ls's -l."""
+def build_query(kw: dict[str, Any], family: int = 0, states: tuple[str, ...] = (),
+                live: bool = True) -> Any:
+    """The Query of the shared filter options (popped from `kw`); `states` adds ls's -l.
+
+    `live`: the host is scanned (not a --from snapshot), so --netns defaults as
+    ss does (linux.netns.default_scope).
+    """
     from ..query import Query
 
     other_protocols(kw.pop("ss_tcp"))
@@ -156,8 +164,40 @@ def build_query(kw: dict[str, Any], family: int = 0, states: tuple[str, ...] = (
     return Query.build(
         kw.pop("filter_words"), states=(*kw.pop("states"), *states), ports=kw.pop("ports"),
         pids=kw.pop("pids"), process=kw.pop("process"), older_than=kw.pop("older_than"),
-        netns=kw.pop("netns"), family=family, filter_file=kw.pop("filter_file"),
+        netns=scope(kw.pop("netns"), live), family=family, filter_file=kw.pop("filter_file"),
     )
+
+
+def scope(netns: str | None, live: bool) -> str:
+    """--netns as given, or its default; `-N all` inside a namespace says it reaches out."""
+    if not live:
+        return netns or "all"
+    from ..linux.netns import default_scope
+
+    default = default_scope()
+    if netns is None:
+        return default
+    if default == "self" and netns.strip() == "all":
+        warn(["--netns all: every network namespace, not only the current one (the "
+              "default inside a network namespace)"])
+    return netns
+
+
+def scope_words(netns: str) -> str:
+    """Where a daemon will act, every namespace named (reap's first line)."""
+    from ..linux import netns as netns_mod
+    from ..render.fmt import untrusted
+
+    try:
+        found, _denied = netns_mod.discover()
+        names = [untrusted(ns.name) for ns in netns_mod.select(found, netns)]
+    except (OSError, SockdoctorError):
+        return f"--netns {untrusted(netns)}"
+    if netns.strip() in ("", "all"):
+        return f"in every network namespace ({len(names)} now: {', '.join(names)})"
+    if len(names) == 1:
+        return f"in network namespace {names[0]}"
+    return f"in {len(names)} network namespaces: {', '.join(names)}"
 
 
 def exclusive(**given: bool) -> None:

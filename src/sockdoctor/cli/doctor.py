@@ -86,7 +86,7 @@ def doctor_command(interval: str | None, from_file: str | None, previous_file: s
     """
     from ..doctor import config_for, diagnose
 
-    query = build_query(kw)
+    query = build_query(kw, live=not from_file)
     config = config_for(stuck_after, idle_after)
     interval_s = _interval(interval, from_file, previous_file)
     if from_file == previous_file == "-":

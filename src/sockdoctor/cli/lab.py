@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .common import CONTEXT, need_root
+from .complete import complete_lab, complete_scenario
 
 LAB_EXAMPLES = """
 \b
@@ -48,7 +49,7 @@ Examples:
   sockdoctor lab run forgot-close --duration 60   for a minute
   sockdoctor lab run pool-idle-closed-by-server --keep     then: sockdoctor lab clean
 """)
-@click.argument("scenario")
+@click.argument("scenario", shell_complete=complete_scenario)
 @click.option("--keep", is_flag=True,
               help="Leave it running and return (remove it later with `sockdoctor lab clean`).")
 @click.option("--duration", type=click.FloatRange(min=0), metavar="SECONDS",
@@ -75,7 +76,7 @@ Examples:
   sockdoctor lab clean sdlab-forgot-close-4242-ab12    that one, even if its run goes on
   sockdoctor lab clean --force               every lab, live or not
 """)
-@click.argument("names", nargs=-1, metavar="[LAB]...")
+@click.argument("names", nargs=-1, metavar="[LAB]...", shell_complete=complete_lab)
 @click.option("--force", is_flag=True, help="Also remove labs whose run is still going.")
 def clean_command(names: tuple[str, ...], force: bool) -> None:
     """Remove lab namespaces (sdlab-*) whose run is over, and the programs still in them.

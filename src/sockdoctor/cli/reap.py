@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, build_query, filter_options, reader_may_leave
+from .common import CONTEXT, build_query, filter_options, reader_may_leave, scope_words
 
 REAP_HELP = """
 \b
@@ -65,7 +65,7 @@ def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
     say = _Output(as_json, _Metrics(reaper, listen, textfile_dir))
     say.note(f"{len(policy.rules)} rule(s) from {policy.path}, every {policy.interval_s:g}s, "
              + ("acting (--apply)" if apply_ else "dry run (add --apply to act)")
-             + say.metrics.where())
+             + f", {scope_words(query.netns)}" + say.metrics.where())
     if once:
         say.cycle(reaper.cycle(sampler.sample_safely()))
         return
