@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, reader_may_leave, user_errors
+from .common import CONTEXT, Group, reader_may_leave, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
 from .exporter import exporter_command
@@ -38,7 +38,7 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     ctx.exit()
 
 
-class _Commands(click.Group):
+class _Commands(Group):
     """The command group; a reader that leaves early (`ls | head`) ends a listing with 0.
 
     Commands with a status of their own (doctor, kill) print inside

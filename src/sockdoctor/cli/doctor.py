@@ -16,6 +16,7 @@ import click
 from ..errors import EXIT_INTERRUPTED, SockdoctorError, UsageError
 from .common import (
     CONTEXT,
+    DURATION,
     FILTER_HELP,
     Once,
     build_query,
@@ -61,7 +62,7 @@ Examples:
 
 @click.command("doctor", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
-@click.option("--interval", cls=Once, metavar="T",
+@click.option("--interval", cls=Once, metavar="T", type=DURATION,
               help="Take two samples T apart (10s, 1m) and report growth and trends.")
 @click.option("--from", "from_file", cls=Once, metavar="FILE",
               help="Diagnose a snapshot written by `sockdoctor snapshot` instead of the host "
@@ -70,9 +71,9 @@ Examples:
               help="An earlier snapshot of the same host, for trends (with --from or live).")
 @click.option("--json", "as_json", is_flag=True,
               help="The report as JSON (schema in docs/doctor.md).")
-@click.option("--stuck-after", cls=Once, metavar="AGE",
+@click.option("--stuck-after", cls=Once, metavar="AGE", type=DURATION,
               help="A socket counts as stuck after AGE in CLOSE-WAIT etc. [default: 10s]")
-@click.option("--idle-after", cls=Once, metavar="AGE",
+@click.option("--idle-after", cls=Once, metavar="AGE", type=DURATION,
               help="Connections without keepalive count as idle after AGE of silence "
                    "[default: 30m]")
 @click.option("--no-color", is_flag=True, help="No colours, even on a terminal.")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, FILTER_HELP, build_query, filter_options
+from .common import CONTEXT, DURATION, FILTER_HELP, build_query, filter_options
 
 DEFAULT_LISTEN = ":19808"
 
@@ -41,6 +41,7 @@ Examples:
               help=f"Where to serve HTTP [default: {DEFAULT_LISTEN}; with --textfile: "
                    "nowhere unless given].")
 @click.option("--interval", default="15s", show_default=True, metavar="T",
+              type=DURATION,
               help="Time between samples (10s, 1m).")
 @click.option("--max-series", default=100, show_default=True, type=click.IntRange(1),
               metavar="N", help="Series per metric family; the rest is folded into "
@@ -58,10 +59,11 @@ Examples:
 @click.option("--no-doctor", is_flag=True, help="No findings metrics at all.")
 @click.option("--full-walk-every", default=20, show_default=True, type=click.IntRange(1),
               metavar="N", help="Walk all of /proc for owners every N samples.")
-@click.option("--stuck-after", metavar="AGE",
+@click.option("--stuck-after", metavar="AGE", type=DURATION,
               help="The doctor's stuck threshold (see `sockdoctor doctor --help`) "
                    "[default: 10s]")
-@click.option("--idle-after", metavar="AGE", help="The doctor's idle threshold [default: 30m]")
+@click.option("--idle-after", metavar="AGE", type=DURATION,
+              help="The doctor's idle threshold [default: 30m]")
 def exporter_command(listen: str | None, interval: str, max_series: int,
                      labels: tuple[str, ...], textfile_dir: str | None, once: bool,
                      doctor_every: str, no_doctor: bool, full_walk_every: int,

@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, FILTER_HELP, build_query, filter_options, reader_may_leave, warn
+from .common import (
+    CONTEXT,
+    DURATION,
+    FILTER_HELP,
+    build_query,
+    filter_options,
+    reader_may_leave,
+    warn,
+)
 
 KEEPALIVE_HELP = FILTER_HELP + """
 \b
@@ -49,13 +57,15 @@ def _seconds(_ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 @click.command("keepalive", context_settings=CONTEXT, epilog=KEEPALIVE_HELP)
 @filter_options
-@click.option("--idle", default="60s", show_default=True, callback=_seconds, metavar="AGE",
+@click.option("--idle", default="60s", show_default=True, callback=_seconds, type=DURATION,
+              metavar="AGE",
               help="Silence before the first probe (TCP_KEEPIDLE).")
 @click.option("--interval", default="10s", show_default=True, callback=_seconds,
+              type=DURATION,
               metavar="AGE", help="Between probes (TCP_KEEPINTVL).")
 @click.option("--count", default=5, show_default=True, type=int,
               help="Unanswered probes before the connection is reset (TCP_KEEPCNT).")
-@click.option("--user-timeout", callback=_seconds, metavar="AGE",
+@click.option("--user-timeout", callback=_seconds, type=DURATION, metavar="AGE",
               help="Also TCP_USER_TIMEOUT: how long sent data may stay unacknowledged.")
 @click.option("-y", "--yes", is_flag=True, help="Apply the plan without asking.")
 @click.option("--force", is_flag=True, help="Also your own SSH session and sockdoctor's sockets.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import CONTEXT, need_root
+from .common import CONTEXT, DURATION, Group, need_root
 from .complete import complete_lab, complete_scenario
 
 LAB_EXAMPLES = """
@@ -17,7 +17,7 @@ Examples:
 """
 
 
-@click.group("lab", context_settings=CONTEXT, epilog=LAB_EXAMPLES)
+@click.group("lab", cls=Group, context_settings=CONTEXT, epilog=LAB_EXAMPLES)
 def lab_command() -> None:
     """Reproduce the classic stuck-socket bugs for real, in private network namespaces.
 
@@ -52,21 +52,24 @@ Examples:
 @click.argument("scenario", shell_complete=complete_scenario)
 @click.option("--keep", is_flag=True,
               help="Leave it running and return (remove it later with `sockdoctor lab clean`).")
-@click.option("--duration", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Remove everything after SECONDS instead of waiting for Ctrl-C.")
-def run_command(scenario: str, keep: bool, duration: float | None) -> None:
+@click.option("--duration", type=DURATION, metavar="T",
+              help="Remove everything after T (90s, 2m; a bare number: seconds) instead of "
+                   "waiting for Ctrl-C.")
+def run_command(scenario: str, keep: bool, duration: str | None) -> None:
     """Reproduce SCENARIO, say what it did and how to look at it, then clean up.
 
     Waits for Ctrl-C (or --duration) and removes the namespaces and programs.
     """
     from ..errors import UsageError
     from ..lab import get, run
+    from ..query import parse_duration
 
     get(scenario)  # an unknown name fails here, with the list of known ones
     if keep and duration is not None:
         raise UsageError("--keep and --duration exclude each other")
     need_root("lab run")
-    run(scenario, keep=keep, duration=duration, out=click.echo)
+    seconds = None if duration is None else parse_duration(duration, "--duration") / 1000
+    run(scenario, keep=keep, duration=seconds, out=click.echo)
 
 
 @lab_command.command("clean", context_settings=CONTEXT, epilog="""

@@ -23,10 +23,10 @@ from .common import (
 EPILOG = FILTER_HELP + """
 \b
 ss's habits work: -t alone lists connected sockets as ss -t does (no
-listeners, TIME-WAIT or SYN-RECV; -a adds them, and with no -t every state is
-listed), -n is accepted (always numeric), -l lists listeners, -s prints ss's summary, -N NS is --netns, and short
-flags combine (-tlnp, -tanpo). -u/-x/-w next to -t are ignored with a note:
-sockdoctor shows TCP only.
+listeners, TIME-WAIT or SYN-RECV; -a adds them; without -t every state is
+listed), -n is accepted (always numeric), -l lists listeners, -s prints ss's
+summary, -N NS is --netns, and short flags combine (-tlnp, -tanpo).
+-u/-x/-w next to -t are ignored with a note: sockdoctor shows TCP only.
 
 \b
 Examples:
