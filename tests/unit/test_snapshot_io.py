@@ -158,6 +158,6 @@ def test_save_replaces_an_older_file_whole(tmp_path: Path) -> None:
 def test_unwritable_targets(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match="is a directory"):
         snapshot_io.save(full_snapshot(), str(tmp_path))
-    with pytest.raises(NotFoundError, match="no such directory"):
+    with pytest.raises(WriteError, match="no such directory"):  # an output path: exit 7
         snapshot_io.save(full_snapshot(), str(tmp_path / "missing" / "snap.json"))
     assert os.listdir(tmp_path) == []

@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
-from ..errors import NotFoundError, PermissionDeniedError, UsageError
+from ..errors import PermissionDeniedError, UsageError, WriteError
 from ..linux.netns import can_enter_others
 from ..render.fmt import plural
 from . import metrics
@@ -102,7 +102,7 @@ def registries(collector: SampleCollector) -> tuple[CollectorRegistry, Collector
 def check_textfile_dir(path: str) -> str:
     """The directory for --textfile, checked once at start: it must exist and be writable."""
     if not os.path.isdir(path):
-        raise NotFoundError(f"--textfile {path}: no such directory (node_exporter's "
+        raise WriteError(f"--textfile {path}: no such directory (node_exporter's "
                             "--collector.textfile.directory must exist)")
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionDeniedError(f"--textfile {path}: this user may not write there")
