@@ -22,6 +22,7 @@ from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
 from .reap import reap_command
+from .shell import completion_command, man_command
 from .snapshot import snapshot_command
 from .top import top_command
 from .trace import trace_command
@@ -54,11 +55,16 @@ class _Commands(Group):
 @click.group(cls=_Commands, context_settings=CONTEXT, epilog="""
 \b
 Examples:
-  sockdoctor ls --summary            who holds which sockets, on one screen
-  sockdoctor doctor                  what is wrong, why, and how to fix it
-  sockdoctor kill state close-wait --port 8080      plan; add --yes to act
-  sockdoctor demo                    see it all on a reproduced leak
-  sockdoctor exporter                the same, watched, for Prometheus (:19808/metrics)
+  # who holds which sockets, on one screen
+  sockdoctor ls --summary
+  # what is wrong, why, and how to fix it
+  sockdoctor doctor
+  # the plan for CLOSE-WAIT on :8080 (add --yes to act)
+  sockdoctor kill state close-wait --port 8080
+  # see it all on a reproduced leak (needs root)
+  sockdoctor demo
+  # the same, watched, for Prometheus (:19808/metrics)
+  sockdoctor exporter
 """)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show the version and whether the compiled fast path is in use, and exit.")
@@ -83,6 +89,8 @@ cli.add_command(demo_command)
 cli.add_command(exporter_command)
 cli.add_command(trace_command)
 cli.add_command(top_command)
+cli.add_command(completion_command)
+cli.add_command(man_command)
 
 
 @user_errors

@@ -50,12 +50,18 @@ Errors: 2 bad arguments, 3 unknown namespace or file, 4 permission,
 
 \b
 Examples:
-  sockdoctor doctor                          every namespace, one sample
-  sockdoctor doctor --interval 10s           two samples: growth and trends
+  # one sample (every namespace on the host; inside one, that namespace)
+  sockdoctor doctor
+  # two samples: growth and trends
+  sockdoctor doctor --interval 10s
+  # one namespace, CLOSE-WAIT only
   sockdoctor doctor --netns web state close-wait
   sockdoctor doctor --process 'php-fpm*' --stuck-after 2s
+  # the relief commands only
   sockdoctor doctor --json | jq -r '.findings[] | .relief'
-  sockdoctor snapshot -o s.json; sockdoctor doctor --from s.json   (anywhere)
+  # save the evidence, diagnose it anywhere
+  sockdoctor snapshot -o s.json && sockdoctor doctor --from s.json
+  # another machine's
   ssh web1 sockdoctor snapshot -o - | sockdoctor doctor --from -
 """
 

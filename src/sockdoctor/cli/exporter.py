@@ -27,10 +27,13 @@ Stops cleanly (exit 0) on SIGTERM or SIGINT.
 
 \b
 Examples:
-  sockdoctor exporter                         http://*:19808/metrics, every 15s
+  # http://*:19808/metrics, a sample every 15s
+  sockdoctor exporter
   sockdoctor exporter --listen 127.0.0.1:19808 --interval 30s
-  sockdoctor exporter --textfile /var/lib/node_exporter/textfile   for node_exporter
-  sockdoctor exporter --once                  print one sample's metrics and exit
+  # for node_exporter's textfile collector
+  sockdoctor exporter --textfile /var/lib/node_exporter/textfile
+  # print one sample's metrics and exit
+  sockdoctor exporter --once
   sockdoctor exporter --netns host state close-wait
 """
 

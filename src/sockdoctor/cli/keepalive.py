@@ -32,7 +32,8 @@ alone, 2 bad arguments, 4 not permitted, 5 unsupported by this kernel.
 
 \b
 Examples:
-  sockdoctor keepalive --pid 4242 --port 5000                 the plan
+  # the plan (nothing changes)
+  sockdoctor keepalive --pid 4242 --port 5000
   sockdoctor keepalive --pid 4242 --idle 60s --interval 10s --count 5 --yes
   sockdoctor keepalive --netns web --port 6379 --idle 2m --user-timeout 30s --yes
 """

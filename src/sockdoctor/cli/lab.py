@@ -10,10 +10,14 @@ from .complete import complete_lab, complete_scenario
 LAB_EXAMPLES = """
 \b
 Examples:
-  sockdoctor lab list                           the scenarios
-  sockdoctor lab run forgot-close               reproduce one; Ctrl-C removes it
-  sockdoctor lab run et-accept-return --keep    leave it running, look at it yourself
-  sockdoctor lab clean                          remove what finished runs left behind
+  # the scenarios
+  sockdoctor lab list
+  # reproduce one; Ctrl-C removes it
+  sockdoctor lab run forgot-close
+  # leave it running, look at it yourself
+  sockdoctor lab run et-accept-return --keep
+  # remove what finished runs left behind
+  sockdoctor lab clean
 """
 
 
@@ -45,9 +49,12 @@ def list_command() -> None:
 @lab_command.command("run", context_settings=CONTEXT, epilog="""
 \b
 Examples:
-  sockdoctor lab run forgot-close                 until Ctrl-C (or SIGTERM)
-  sockdoctor lab run forgot-close --duration 60   for a minute
-  sockdoctor lab run pool-idle-closed-by-server --keep     then: sockdoctor lab clean
+  # until Ctrl-C (or SIGTERM)
+  sockdoctor lab run forgot-close
+  # for a minute
+  sockdoctor lab run forgot-close --duration 1m
+  # leave it running; remove it later with sockdoctor lab clean
+  sockdoctor lab run pool-idle-closed-by-server --keep
 """)
 @click.argument("scenario", shell_complete=complete_scenario)
 @click.option("--keep", is_flag=True,
@@ -75,9 +82,12 @@ def run_command(scenario: str, keep: bool, duration: str | None) -> None:
 @lab_command.command("clean", context_settings=CONTEXT, epilog="""
 \b
 Examples:
-  sockdoctor lab clean                       labs whose run is over (a --keep, a killed run)
-  sockdoctor lab clean sdlab-forgot-close-4242-ab12    that one, even if its run goes on
-  sockdoctor lab clean --force               every lab, live or not
+  # labs whose run is over (a --keep, a killed run)
+  sockdoctor lab clean
+  # that one, even if its run goes on
+  sockdoctor lab clean sdlab-forgot-close-4242-ab12
+  # every lab, live or not
+  sockdoctor lab clean --force
 """)
 @click.argument("names", nargs=-1, metavar="[LAB]...", shell_complete=complete_lab)
 @click.option("--force", is_flag=True, help="Also remove labs whose run is still going.")

@@ -30,13 +30,18 @@ summary, -N NS is --netns, and short flags combine (-tlnp, -tanpo).
 
 \b
 Examples:
-  sockdoctor ls -tanp state close-wait        like ss -tanp, in every namespace
-  sockdoctor ls -tlnp                         listeners and their owners
-  sockdoctor ls --summary                     counts by state x process x service
+  # like ss -tanp (every namespace on the host; inside one, that namespace)
+  sockdoctor ls -tanp state close-wait
+  # listeners and their owners
+  sockdoctor ls -tlnp
+  # counts by state x process x service
+  sockdoctor ls --summary
   sockdoctor ls -p --process 'python*' --older-than 10m
-  sockdoctor ls -N web -i dport = :5432       tcp_info of connections to postgres
+  # tcp_info of connections to postgres, in namespace web
+  sockdoctor ls -N web -i dport = :postgresql
   sockdoctor ls -p --json | jq '.sockets[] | select(.state == "CLOSE-WAIT")'
-  sockdoctor ls --from snap.json.gz --summary   a snapshot from another machine
+  # a snapshot from another machine
+  sockdoctor ls --from snap.json.gz --summary
 """
 
 

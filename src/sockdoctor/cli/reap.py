@@ -26,10 +26,14 @@ exits 0; SIGHUP reloads the policy (a bad file keeps the old one in force).
 
 \b
 Examples:
-  sockdoctor reap --policy /etc/sockdoctor/reap.toml --once      what it would do now
-  sockdoctor reap --policy reap.toml --apply                     run as a daemon
-  sockdoctor reap --policy reap.toml --check                     validate and exit
-  sockdoctor reap --policy reap.toml --apply --netns web --json  NDJSON per cycle
+  # what it would do now (a dry run, one cycle)
+  sockdoctor reap --policy /etc/sockdoctor/reap.toml --once
+  # run as a daemon
+  sockdoctor reap --policy reap.toml --apply
+  # validate and exit
+  sockdoctor reap --policy reap.toml --check
+  # NDJSON per cycle
+  sockdoctor reap --policy reap.toml --apply --netns web --json
 """
 
 

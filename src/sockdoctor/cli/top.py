@@ -25,9 +25,11 @@ on a big host). See docs/watch.md.
 
 \b
 Examples:
-  sockdoctor top                        every namespace, refreshed every second
+  # refreshed every second (every namespace on the host; inside one, that one)
+  sockdoctor top
   sockdoctor top --netns web state close-wait
-  sockdoctor top --once | less          one frame, for a script or a ticket
+  # one frame, for a script or a ticket
+  sockdoctor top --once | less
 """
 
 

@@ -32,7 +32,8 @@ Exit code: 0 (also after Ctrl-C), 2 bad arguments, 3 unknown namespace,
 
 \b
 Examples:
-  sockdoctor trace state close-wait            who lets connections fall into CLOSE-WAIT
+  # who lets connections fall into CLOSE-WAIT
+  sockdoctor trace state close-wait
   sockdoctor trace --netns web --port 8080 --ndjson | jq .
   sockdoctor trace --duration 30s --count 1000
 """
