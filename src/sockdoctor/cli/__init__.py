@@ -22,7 +22,7 @@ from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
 from .reap import reap_command
-from .shell import completion_command, man_command
+from .shell import COMPLETE_VAR, completion_command, man_command
 from .snapshot import snapshot_command
 from .top import top_command
 from .trace import trace_command
@@ -95,7 +95,8 @@ cli.add_command(man_command)
 
 @user_errors
 def _run() -> None:
-    rc = cli.main(standalone_mode=False)
+    # One name and one completion variable, also under `python -m sockdoctor`.
+    rc = cli.main(prog_name="sockdoctor", complete_var=COMPLETE_VAR, standalone_mode=False)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
 

@@ -82,8 +82,9 @@ def man_page(root: click.Group) -> str:
              ".SH DESCRIPTION", *_block(_help(root, ("sockdoctor",))), ".SH COMMANDS"]
     for path, command in _commands(root, ("sockdoctor",)):
         lines += [f".SS {_roff(' '.join(path))}", *_block(_help(command, path))]
-    lines += [".SH EXIT STATUS", *_block(EXIT_STATUS), ".SH SEE ALSO", r"\fBss\fR(8), \fBip-netns\fR(8)",
-              "The documents in the project's docs/ directory."]
+    lines += [".SH EXIT STATUS", *_block(EXIT_STATUS),
+              ".SH SEE ALSO", r"\fBss\fR(8), \fBip-netns\fR(8);",
+              "the documents in the project's docs/ directory."]
     return "\n".join(lines) + "\n"
 
 
@@ -100,8 +101,9 @@ def _commands(group: click.Group, path: tuple[str, ...]) -> list[tuple[tuple[str
 
 
 def _help(command: click.Command, path: tuple[str, ...]) -> str:
-    ctx = click.Context(command, info_name=" ".join(path), terminal_width=MAN_WIDTH,
-                        max_content_width=MAN_WIDTH)
+    settings = {**command.context_settings, "terminal_width": MAN_WIDTH,
+                "max_content_width": MAN_WIDTH}  # as --help has them (-h too)
+    ctx = click.Context(command, info_name=" ".join(path), **settings)
     return command.get_help(ctx)
 
 
