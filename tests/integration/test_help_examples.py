@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Remote
+from conftest import Remote, allow_stuck_sockets_in
 from helpexamples import all_examples
 from sockdoctor.lab.netlab import Lab
 
@@ -44,6 +44,7 @@ DEFAULT_CODES = {0, 3, 7}  # 3: an example naming a process this lab has not (ph
 
 @dataclass
 class Scene:
+    lab: Lab
     ns: str
     pid: int
     cwd: Path
@@ -67,7 +68,12 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         done = subprocess.run([f"{BIN}/sockdoctor", "snapshot", "-N", lab.server.netns, "-o",
                                str(cwd / "snap.json.gz")], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        yield Scene(lab.server.netns, server.pid, cwd)
+        yield Scene(lab, lab.server.netns, server.pid, cwd)
+
+
+@pytest.fixture(autouse=True)
+def _stuck_sockets_are_the_point(request: pytest.FixtureRequest, scene: Scene) -> None:
+    allow_stuck_sockets_in(request, scene.lab)
 
 
 def runnable(line: str, scene: Scene) -> str:
