@@ -240,3 +240,19 @@ def test_a_bad_rate_names_the_option() -> None:
     result = CliRunner().invoke(cli, ["kill", "--rate", "banana"])
     assert result.exit_code == 2
     assert "'--rate'" in result.output and "50/s" in result.output
+
+
+def test_a_plan_over_several_namespaces_names_each_in_its_header() -> None:
+    b = SnapshotBuilder()
+    b.netns("blue")
+    b.netns("green")
+    b.process(APP, "app")
+    b.process(APP + 1, "app")
+    b.sockets(2, "close-wait", "10.0.0.1:8080", "10.0.0.2", pid=APP, netns="blue")
+    b.sockets(1, "close-wait", "10.0.0.1:8080", "10.0.0.3", pid=APP + 1, netns="green")
+    plan = plan_kill(b.build(), host=HOST)
+    header = next(iter(text.render_plan(plan)))
+    # acting in more than one namespace is visible before --yes (and printed before acting)
+    assert header.endswith("in 2 network namespaces: blue, green."), header
+    assert next(iter(text.render_plan(plan, applying=True))).endswith(
+        "in 2 network namespaces: blue, green.")

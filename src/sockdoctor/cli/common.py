@@ -320,7 +320,10 @@ def click_sentence(exc: click.ClickException) -> str:
     """click's message as one sentence: lower-case start, one line, did-you-mean kept."""
     path = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else ""
     if isinstance(exc, click.NoSuchOption):
-        close = sorted(exc.possibilities or ())
+        import difflib
+
+        close = difflib.get_close_matches(exc.option_name, exc.possibilities or (), n=1,
+                                          cutoff=0)  # click's nearest few: the nearest
         where = f" for `{path}`" if path else ""
         hint = f"; did you mean {' or '.join(close)}?" if close else \
             f" (`{path or 'sockdoctor'} --help` lists them)"
@@ -337,7 +340,7 @@ class Group(click.Group):
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             import difflib
 
-            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.5)
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
             close += [c for c in self.list_commands(ctx)
                       if sorted(c) == sorted(name) and c not in close]  # sl -> ls
             hint = f"; did you mean {' or '.join(close)}?" if close else \
