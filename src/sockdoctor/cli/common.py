@@ -240,7 +240,8 @@ def scope_words(netns: str) -> str:
     except (OSError, SockdoctorError):
         return f"--netns {untrusted(netns)}"
     if netns.strip() in ("", "all"):
-        return f"in every network namespace ({len(names)} now: {', '.join(names)})"
+        more = f", ... {len(names) - 12} more" if len(names) > 12 else ""
+        return f"in every network namespace ({len(names)} now: {', '.join(names[:12])}{more})"
     if len(names) == 1:
         return f"in network namespace {names[0]}"
     return f"in {len(names)} network namespaces: {', '.join(names)}"

@@ -40,6 +40,9 @@ def _table(rows: list[list[str]], header: list[str]) -> Iterator[str]:
         yield "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
 
 
+MAX_NAMESPACES = 12  # named in a plan's header; the rows have a NETNS column
+
+
 def scope_text(plan: Plan | KeepalivePlan) -> str:
     """Where a plan acts, every namespace named: more than one must be visible before --yes."""
     names = sorted({untrusted(i.netns_name) for i in plan.items if i.method})
@@ -49,7 +52,10 @@ def scope_text(plan: Plan | KeepalivePlan) -> str:
         return ""
     if len(names) == 1:
         return f" in network namespace {names[0]}"
-    return f" in {len(names)} network namespaces: {', '.join(names)}"
+    shown = ", ".join(names[:MAX_NAMESPACES])
+    more = len(names) - MAX_NAMESPACES
+    return f" in {len(names)} network namespaces: {shown}" + (
+        f" and {more} more (see the NETNS column)" if more > 0 else "")
 
 
 def plan_header(plan: Plan, applying: bool) -> str:
