@@ -9,7 +9,7 @@ the server side of our own service (its service is our local port).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .model import Snapshot, Socket, TcpState
 
@@ -39,6 +39,20 @@ class Sides:
     def is_client(self, netns: int, local_port: int) -> bool:
         lo, hi = self.ranges.get(netns, DEFAULT_PORT_RANGE)
         return lo <= local_port <= hi and (netns, local_port) not in self.listening
+
+    def clients(self, sockets: Sequence[Socket]) -> list[bool]:
+        """is_client of each socket: the hot loop of --json and the exporter, so written
+        out with local names (a namespace's sockets come one after another)."""
+        out: list[bool] = []
+        append = out.append
+        ranges, listening, default = self.ranges, self.listening, DEFAULT_PORT_RANGE
+        last, (lo, hi) = None, default
+        for sk in sockets:
+            netns, port = sk.netns, sk.local_port
+            if netns != last:
+                last, (lo, hi) = netns, ranges.get(netns, default)
+            append(lo <= port <= hi and (netns, port) not in listening)
+        return out
 
     def of(self, sk: Socket) -> tuple[str, int]:
         """("server", our port) or ("client", the peer's port)."""

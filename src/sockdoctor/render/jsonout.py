@@ -19,11 +19,17 @@ from . import fmt
 LS_SCHEMA = "sockdoctor.ls/2"  # 2: comm always a string, comm_bytes, side, service
 
 
-class OwnerRecord(msgspec.Struct, omit_defaults=True, gc=False):
+class OwnerRecord(msgspec.Struct, gc=False):
     pid: int
     fd: int
     comm: str  # "" when the process exited before we read its name; escaped if not UTF-8
-    comm_bytes: list[int] | None = None  # the exact bytes, only when they are not UTF-8
+
+
+class OwnerRecordBytes(OwnerRecord, gc=False):
+    """An owner whose name is not UTF-8: also its exact bytes (a rare record type, so
+    the common one stays without optional fields, the fastest to encode)."""
+
+    comm_bytes: list[int]
 
 
 # Fields without a default are in every record; the others only when the scan
@@ -84,7 +90,7 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None,
     `sides`: the snapshot's Sides, built once when records are made in chunks.
     """
     sockets = snapshot.sockets if sockets is None else sockets
-    side_of = (sides or Sides(snapshot)).of
+    clients = (sides or Sides(snapshot)).clients(sockets)
     names = fmt.netns_names(snapshot)
     state_names = SS_COLUMN_NAMES
     timers = TIMER_NAMES
@@ -94,10 +100,10 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None,
             names.get(sk.netns) or str(sk.netns), family.get(sk.family, "?"),
             state_names.get(sk.state, "?"), sk.local_addr, sk.local_port, sk.peer_addr,
             sk.peer_port, sk.recv_q, sk.send_q, sk.inode, sk.cookie, sk.uid,
-            timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans, *side_of(sk), sk.age_ms,
-            None, None,
-            sk.shutdown, sk.cgroup_id, sk.cong, tcp_info(sk), sk.mem)
-        for sk in sockets
+            timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans,
+            "client" if client else "server", sk.peer_port if client else sk.local_port,
+            sk.age_ms, None, None, sk.shutdown, sk.cgroup_id, sk.cong, tcp_info(sk), sk.mem)
+        for sk, client in zip(sockets, clients, strict=True)
     ]
     if snapshot.owners_scanned:
         _add_owners(snapshot, sockets, out)
@@ -105,21 +111,29 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None,
 
 
 def _add_owners(snapshot: Snapshot, sockets: list[Socket], out: list[SocketRecord]) -> None:
-    comms = {pid: _comm(proc.comm) for pid, proc in snapshot.processes.items()}
+    comms = {pid: proc.comm for pid, proc in snapshot.processes.items()}
+    exact = {pid: _comm(comm) for pid, comm in comms.items() if _surrogates(comm)}
+    comms.update((pid, shown) for pid, (shown, _raw) in exact.items())
     for sk, rec in zip(sockets, out, strict=True):
         if sk.owners:
-            rec.owners = [OwnerRecord(o.pid, o.fd, *comms.get(o.pid, ("", None)))
-                          for o in sk.owners]
+            rec.owners = [OwnerRecord(o.pid, o.fd, comms.get(o.pid, "")) for o in sk.owners]
+            if exact:  # rare: a name that is not UTF-8 also gets its bytes
+                rec.owners = [OwnerRecordBytes(o.pid, o.fd, *exact[o.pid])
+                              if o.pid in exact else o for o in rec.owners]
         else:
             rec.owners = []
             rec.owner_note = sk.owner_note()
 
 
-def _comm(comm: str) -> tuple[str, list[int] | None]:
-    """A process name as JSON text: itself when UTF-8 (JSON escapes control characters),
-    else escaped as the tables print it (\\xff) plus its exact bytes."""
-    exact = jsontext.exact(comm)
-    return (comm, None) if isinstance(exact, str) else (fmt.untrusted(comm), exact)
+def _surrogates(text: str) -> bool:
+    """Was this name read from bytes that are not UTF-8 (surrogateescape)?"""
+    return not isinstance(jsontext.exact(text), str)
+
+
+def _comm(comm: str) -> tuple[str, list[int]]:
+    """A name that is not UTF-8 as JSON: escaped as the tables print it (\\xff), and its
+    exact bytes. (A UTF-8 name is itself: JSON escapes its control characters.)"""
+    return fmt.untrusted(comm), jsontext.exact(comm)
 
 
 def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:

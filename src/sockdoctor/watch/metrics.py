@@ -178,13 +178,12 @@ class _View:
         """
         groups: dict[tuple[int, int, bool, int], list[int]] = {}
         first_seen, started = self.sample.first_seen, self.sample.started
-        is_client = self.sides.is_client
-        for sk in [sk for sk in self.snap.sockets if sk.state == TcpState.CLOSE_WAIT]:
+        close_wait = [sk for sk in self.snap.sockets if sk.state == TcpState.CLOSE_WAIT]
+        for sk, client in zip(close_wait, self.sides.clients(close_wait), strict=True):
             owners = sk.owners
             pid = (owners[0].pid if len(owners) == 1 else first_pid(sk)) if owners \
                 else self.owner(sk)
             netns, port = sk.netns, sk.local_port
-            client = is_client(netns, port)
             key = (netns, pid, client, sk.peer_port if client else port)
             age = sk.age_ms or 0
             since = first_seen.get(sk.cookie)
