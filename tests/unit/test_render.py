@@ -270,7 +270,7 @@ def _documented_fields() -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("heading, struct", [
     ("Document", jsonout.LsDocument), ("Socket record", jsonout.SocketRecord),
-    ("Owner", jsonout.OwnerRecord), ("Namespace", jsonout.NamespaceRecord),
+    ("Owner", jsonout.OwnerRecordBytes), ("Namespace", jsonout.NamespaceRecord),
 ])
 def test_every_field_is_documented(heading: str, struct: type) -> None:
     assert _documented_fields()[heading] == set(struct.__struct_fields__)
