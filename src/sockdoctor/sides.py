@@ -31,9 +31,11 @@ class Sides:
 
     __slots__ = ("listening", "ranges")
 
-    def __init__(self, snap: Snapshot) -> None:
-        self.listening = {(sk.netns, sk.local_port) for sk in snap.sockets
-                          if sk.state == TcpState.LISTEN}
+    def __init__(self, snap: Snapshot, listeners: Sequence[Socket] | None = None) -> None:
+        """`listeners`: the snapshot's LISTEN sockets when the caller has them already."""
+        if listeners is None:
+            listeners = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
+        self.listening = {(sk.netns, sk.local_port) for sk in listeners}
         self.ranges = {ns.inode: port_range(ns.sysctls) for ns in snap.namespaces}
 
     def is_client(self, netns: int, local_port: int) -> bool:

@@ -95,7 +95,7 @@ class _View:
         # Label values must be text: a name that is not UTF-8 shows its bytes as \xNN.
         self.names = {ns.inode: readable(ns.name) for ns in snap.namespaces}
         self.listeners_ = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
-        self.sides = Sides(snap)  # the rule ls --json's side/service use too
+        self.sides = Sides(snap, self.listeners_)  # the rule of ls --json's side/service
         self.listening, self.ranges = self.sides.listening, self.sides.ranges
         self.pod = {pid: pod_uid(p.cgroup) for pid, p in snap.processes.items()}
         self.groups = self._close_wait_groups()
