@@ -95,6 +95,11 @@ class Query:
         )
 
     @property
+    def names_states(self) -> bool:
+        """Did the question name states (--state, `state`/`exclude`, also in a -F file)?"""
+        return self.states != ALL_STATES_MASK
+
+    @property
     def needs_owners(self) -> bool:
         return bool(self.pids or self.process)
 

@@ -92,8 +92,8 @@ def keepalive_command(idle: int, interval: int, count: int, user_timeout: int | 
 
     settings = Keepalive(idle_s=idle, interval_s=interval, count=count,
                          user_timeout_ms=user_timeout)
-    named = bool(kw["states"]) or any(w in ("state", "exclude") for w in kw["filter_words"])
     query = build_query(kw)
+    named = query.names_states  # --state, state words, or a -F file that starts with them
     states = query.states if named else None
     snapshot = scan_for_keepalive(query, states)
     warn(snapshot.warnings)

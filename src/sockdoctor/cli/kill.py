@@ -93,8 +93,8 @@ def kill_command(method: str, yes: bool, force: bool, max_count: int, rate: floa
     )
     from ..remedy.audit import AuditLog
 
-    named = bool(kw["states"]) or any(w in ("state", "exclude") for w in kw["filter_words"])
     query = build_query(kw)
+    named = query.names_states  # --state, state words, or a -F file that starts with them
     policy = KillPolicy(states=query.states if named else None, where=query,
                         methods=(method,), force=force, max_count=max_count, rate=rate,
                         dead_fds=("also" if named else "only") if dead_fds else "no",
