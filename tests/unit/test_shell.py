@@ -43,6 +43,7 @@ def test_completion_of_commands_states_and_scenarios(shell: str) -> None:
     assert "forgot-close" in complete(shell, "sockdoctor lab run for")
     assert {"all", "host", "self"} <= set(complete(shell, "sockdoctor ls -N "))
     assert "--older-than" in complete(shell, "sockdoctor doctor --ol")
+    assert complete(shell, "sockdoctor sl --j") == []  # a mistyped command: nothing, quietly
 
 
 def test_completion_scripts_name_the_protocol() -> None:

@@ -338,7 +338,8 @@ class Group(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         name = args[0] if args else ""
-        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None \
+                and not ctx.resilient_parsing:  # completion asks quietly
             import difflib
 
             close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
