@@ -28,11 +28,11 @@ def complete(shell: str, words: str, cword: int | None = None) -> list[str]:
     done = subprocess.run([sys.executable, "-m", "sockdoctor"], env=env, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 0 and not done.stderr, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line]
     if shell == "zsh":  # type, value, help: three lines each
-        lines = done.stdout.splitlines()
         return [lines[i + 1] for i in range(0, len(lines), 3)]
     # bash: type,value; fish: type,value<TAB>help
-    return [line.split(",", 1)[1].split("\t")[0] for line in done.stdout.splitlines()]
+    return [line.split(",", 1)[1].split("\t")[0] for line in lines]
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
