@@ -132,6 +132,10 @@ def test_completion_offers_the_namespace(scene: Scene) -> None:
     done = subprocess.run([f"{BIN}/sockdoctor"], env=env, capture_output=True, text=True,
                           timeout=30)
     assert f"plain,{scene.ns}" in done.stdout.splitlines()
+    env["COMP_WORDS"], env["COMP_CWORD"] = "sockdoctor lab clean sdlab-scope", "3"
+    done = subprocess.run([f"{BIN}/sockdoctor"], env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert f"plain,{scene.ns}" in done.stdout.splitlines()
 
 
 # --- state spellings ---------------------------------------------------------------

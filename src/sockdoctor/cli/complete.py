@@ -7,8 +7,6 @@ namespace list is what `ip netns` names plus the keywords.
 
 from __future__ import annotations
 
-import os
-
 import click
 from click.shell_completion import CompletionItem
 
@@ -30,15 +28,9 @@ def complete_state(_ctx: click.Context, _param: click.Parameter, incomplete: str
 
 def complete_netns(_ctx: click.Context, _param: click.Parameter, incomplete: str
                    ) -> list[CompletionItem]:
-    from ..linux.netns import NETNS_RUN_DIRS
+    from ..linux.netns import named
 
-    names: list[str] = list(NETNS_KEYWORDS)
-    for run_dir in NETNS_RUN_DIRS:
-        try:
-            names += sorted(os.listdir(run_dir))
-        except OSError:
-            continue
-    return _matching(list(dict.fromkeys(names)), incomplete)
+    return _matching([*NETNS_KEYWORDS, *named()], incomplete)
 
 
 def complete_scenario(_ctx: click.Context, _param: click.Parameter, incomplete: str
@@ -51,8 +43,7 @@ def complete_scenario(_ctx: click.Context, _param: click.Parameter, incomplete: 
 
 def complete_lab(_ctx: click.Context, _param: click.Parameter, incomplete: str
                  ) -> list[CompletionItem]:
-    try:
-        names = sorted(n for n in os.listdir("/run/netns") if n.startswith("sdlab-"))
-    except OSError:
-        names = []
-    return _matching(names, incomplete)
+    from ..lab.netlab import PREFIX
+    from ..linux.netns import named
+
+    return _matching([n for n in named() if n.startswith(PREFIX)], incomplete)

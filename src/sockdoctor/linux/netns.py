@@ -64,6 +64,17 @@ def host_inode() -> int | None:
     return None
 
 
+def named() -> list[str]:
+    """The names `ip netns` (and docker) give namespaces: no root needed (completion)."""
+    names: list[str] = []
+    for run_dir in NETNS_RUN_DIRS:
+        try:
+            names += sorted(os.listdir(run_dir))
+        except OSError:
+            continue
+    return list(dict.fromkeys(names))
+
+
 def default_scope() -> str:
     """What --netns means when it is not given, as ss decides it.
 
