@@ -90,3 +90,11 @@ def _all_commands() -> list[tuple[str, object]]:
         for sub, inner in getattr(command, "commands", {}).items():
             out.append((f"{name} {sub}", inner))
     return out
+
+
+def test_a_group_without_a_command_shows_its_help() -> None:
+    for args in ((), ("lab",)):
+        done = run(*args)
+        assert done.returncode in (0, 2) and "Traceback" not in done.stderr
+        shown = done.stdout + done.stderr
+        assert shown.startswith("Usage: sockdoctor") and "\nCommands:\n" in shown, shown

@@ -311,8 +311,15 @@ def _escaped(text: str, keep_lines: bool = False) -> str:
     return untrusted(text)
 
 
+# click >= 8.2: a group called without a command "fails" with its help text
+_HELP_ERROR = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _show_click_error(exc: click.ClickException) -> int:
     """click's usage errors in the house format: one sentence on one line, exit 2."""
+    if isinstance(exc, _HELP_ERROR):  # `sockdoctor`, `sockdoctor lab`: the help as it is
+        click.echo(exc.format_message(), err=True)
+        return exc.exit_code
     click.echo(f"sockdoctor: {_escaped(click_sentence(exc))}", err=True)
     return exc.exit_code
 
