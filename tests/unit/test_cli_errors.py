@@ -49,7 +49,7 @@ def one_sentence(done: subprocess.CompletedProcess[str], code: int) -> str:
                                                          "2h or 1d"),
     (("lab", "run", "forgot-close", "--duration", "2s", "--keep"),
      "sockdoctor: --keep and --duration exclude each other"),
-    (("completion", "tcsh"), "sockdoctor: invalid value for '{bash|zsh|fish}': 'tcsh' is not "
+    (("completion", "tcsh"), "sockdoctor: invalid value for 'SHELL': 'tcsh' is not "
                              "one of 'bash', 'zsh', 'fish'"),
 ])
 def test_usage_errors_are_one_sentence(args: tuple[str, ...], message: str) -> None:

@@ -45,7 +45,7 @@ Examples:
   # bash, this shell only
   eval "$(sockdoctor completion bash)"
 """)
-@click.argument("shell", type=click.Choice(SHELLS))
+@click.argument("shell", type=click.Choice(SHELLS), metavar="SHELL")
 def completion_command(shell: str) -> None:
     """Print the shell completion script for SHELL: commands, options, states, namespaces,
     lab scenarios."""
