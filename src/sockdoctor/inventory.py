@@ -33,6 +33,7 @@ from .model import (
 from .query import Query
 from .render.fmt import plural
 from .selectors import unknown_netns, unknown_pids, unknown_process
+from .sides import PORT_RANGE_SYSCTL
 
 Progress = Callable[[str], None]
 
@@ -371,8 +372,10 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
     def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
         def run() -> _NsResult:
             sockets = _dump_once(opts, ns.inode, families)
+            # The port range always: it decides a socket's side (sides.py, ls --json).
             return _NsResult(sockets,
-                             procfs.read_sysctls(procfs.NET_SYSCTLS) if sysctls else {},
+                             procfs.read_sysctls(procfs.NET_SYSCTLS if sysctls
+                                                 else (PORT_RANGE_SYSCTL,)),
                              procfs.read_counters() if counters else {})
         return run
 

@@ -24,6 +24,7 @@ from .selectors import (
     unknown_pids,
     unknown_process,
 )
+from .ssfilter.tokens import with_file_words
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
@@ -75,7 +76,7 @@ class Query:
         """Combine filter text (ss syntax) and flags; every part must hold (AND)."""
         words = filter_words.split() if isinstance(filter_words, str) else list(filter_words)
         if filter_file:
-            words += ssfilter.read_filter_file(filter_file)
+            words = with_file_words(words, ssfilter.read_filter_file(filter_file))
         bad = sorted(p for p in pids if p <= 0)
         if bad:
             raise UsageError(f"--pid takes a process id (a number above 0), not {bad[0]}")
@@ -104,6 +105,11 @@ class Query:
             text=" ".join(words),
             _process_match=process_matcher(process) if process else None,
         )
+
+    @property
+    def names_states(self) -> bool:
+        """Did the question name states (--state, `state`/`exclude`, also in a -F file)?"""
+        return self.states != ALL_STATES_MASK
 
     @property
     def needs_owners(self) -> bool:

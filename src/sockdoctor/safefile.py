@@ -170,8 +170,8 @@ def _error(exc: OSError, path: str, what: str,
     kept = "; the existing file is unchanged" if existing else "; nothing was written"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PermissionDeniedError(f"cannot write {what} to {path}: permission denied{kept}")
-    if exc.errno == errno.ENOENT:
-        return NotFoundError(f"cannot write {what} to {path}: no such directory "
+    if exc.errno == errno.ENOENT:  # an output path: exit 7 as README's table says
+        return WriteError(f"cannot write {what} to {path}: no such directory "
                              f"{os.path.dirname(os.path.abspath(path))}")
     return WriteError(f"cannot write {what} to {path}: {_reason(exc)}{kept}")
 

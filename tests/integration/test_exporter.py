@@ -208,7 +208,7 @@ def test_once_prints_the_metrics_and_the_endpoints_answer(lab: Lab) -> None:
     (("--listen", "127.0.0.1:0", "--web.config.file", "/nonexistent/web.yml"), 3,
      "no such file"),
     (("--interval", "0s"), 2, "--interval"),
-    (("--textfile", "/nonexistent/dir"), 3, "no such directory"),
+    (("--textfile", "/nonexistent/dir"), 7, "no such directory"),  # an output path
     (("state", "bogus-state"), 2, "bogus"),
 ])
 def test_mistakes_end_in_one_sentence_and_their_exit_code(args: tuple[str, ...], code: int,

@@ -137,7 +137,7 @@ def test_dash_writes_stdout_and_from_dash_reads_stdin(ns: str, tmp_path: Path) -
         back = subprocess.run([sys.executable, "-m", "sockdoctor", *command],
                               input=done.stdout, capture_output=True, timeout=60)
         assert back.returncode in (0, 1), back.stderr
-        assert json.loads(back.stdout)["schema"] in ("sockdoctor.ls/1", "sockdoctor.report/1")
+        assert json.loads(back.stdout)["schema"] in ("sockdoctor.ls/2", "sockdoctor.report/1")
 
 
 def test_a_full_stdout_is_one_sentence(ns: str, tmp_path: Path) -> None:

@@ -32,6 +32,11 @@ def test_the_first_commands_are_single_lines() -> None:
     assert main.count("\n") == 1 and tests.count("\n") == 1
     assert main.startswith("python3 -m venv ") and " demo" in main
     assert "pip install" in main and "--break-system-packages" not in main
+    # the test command works where the first one did (an externally managed Python): it
+    # uses the first command's .venv, and makes it when it runs alone (CI's fresh clone)
+    assert tests.startswith("python3 -m venv .venv && ")
+    assert re.fullmatch(r"python3 -m venv \.venv && \.venv/bin/pip install '\.\[test\]' && "
+                        r"\.venv/bin/python -m pytest -q\n", tests), tests
 
 
 def _externally_managed(python: str) -> bool:
@@ -67,3 +72,11 @@ def test_the_first_command_works_with_an_externally_managed_python(tmp_path: Pat
     # the demo exits 0 only when the cure worked and the server still serves
     assert "a new client was served" in done.stdout and "Lab removed." in done.stdout
     assert (clone / ".venv" / "bin" / "sockdoctor").exists()
+    # then the test command, word for word, in the same clone; pytest only collects
+    # (PYTEST_ADDOPTS): the suite itself is what runs this test
+    done = subprocess.run(["bash", "-c", readme_command("test-command")], cwd=clone,
+                          env={**env, "PYTEST_ADDOPTS": "--collect-only -q -p no:cacheprovider"},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # `--collect-only -q` lists each test file with its number of tests
+    assert re.search(r"^tests/unit/test_help\.py: \d+$", done.stdout, re.M), done.stdout[-2000:]

@@ -151,9 +151,9 @@ def test_snapshot_lab_and_demo_errors(ns: str, tmp_path: Path) -> None:
     user_error(run("lab", "run", "forgot-close", "--keep", "--duration", "1"), 2,
                "exclude each other")
     user_error(run("lab", "clean", "sdlab-no-such-lab"), 3, "no lab called")
-    user_error(run("lab", "frobnicate"), 2, "No such command")
+    user_error(run("lab", "frobnicate"), 2, "no such command")
     user_error(run("demo", "--scenario", "no-such-scenario"), 3, "no lab scenario called")
-    user_error(run("frobnicate"), 2, "No such command")
+    user_error(run("frobnicate"), 2, "no such command")
 
 
 # --- ss habits that must just work -----------------------------------------------------

@@ -1,63 +1,31 @@
-"""Every command's --help ends with real examples: commands that parse as written."""
+"""Every command's --help ends with real examples: lines you can paste and run.
+
+Each example is a command line of its own; what it does is on a `#` comment
+line above it (a description glued to the command would be pasted into the
+shell too). Here every example must parse as a command line, and every
+sockdoctor invocation in it (pipes, `&&`, `$(...)`, after `ssh HOST`) must
+parse as sockdoctor's arguments. tests/integration/test_help_examples.py runs
+the read-only ones.
+"""
 
 from __future__ import annotations
 
 import re
-import shlex
 
 import click
 import pytest
-from click.testing import CliRunner
 
+from helpexamples import argv_of, commands, examples, help_text
 from sockdoctor.cli import cli
-
-
-def commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out = [path]
-    for name, command in group.commands.items():
-        if isinstance(command, click.Group):
-            out.extend(commands(command, (*path, name)))
-        else:
-            out.append((*path, name))
-    return out
-
-
-def examples(help_text: str) -> list[str]:
-    """The example command lines at the end of a help text."""
-    tail = help_text.rsplit("Examples:", 1)
-    assert len(tail) == 2, "no Examples: section"
-    lines = [line.strip() for line in tail[1].splitlines()
-             if line.strip() and not line.strip().startswith("# ")]  # what the next one does
-    assert lines and all(line.startswith(("sockdoctor ", "ssh ")) for line in lines), lines
-    return lines
-
-
-def argv_of(example: str) -> list[list[str]]:
-    """Each sockdoctor invocation in an example line (pipes, `;`), comment dropped."""
-    example = re.split(r"\s{3,}", example)[0]  # the explanation after the command
-    lexer = shlex.shlex(example.replace("$(", "").replace(")", ""), posix=True,
-                        punctuation_chars="|;&>")  # > FILE: not an argument
-    lexer.whitespace_split = True
-    out, words = [], []
-    for token in [*lexer, "|"]:
-        if token.strip("|;&>"):
-            words.append(token)
-            continue
-        if words and words[0] == "ssh":
-            words = words[2:]
-        if words and words[0] == "sockdoctor":
-            out.append(words[1:])
-        words = []
-    return out
 
 
 @pytest.mark.parametrize("path", commands(), ids=lambda p: " ".join(p) or "sockdoctor")
 def test_help_ends_with_examples_that_parse(path: tuple[str, ...]) -> None:
-    done = CliRunner().invoke(cli, [*path, "--help"], terminal_width=100)
-    assert done.exit_code == 0, done.output
-    found = examples(done.output)
+    found = examples(help_text(path))
     assert len(found) >= 2
     for line in found:
+        # a description glued on ("...  listeners and their owners") is not a command
+        assert not re.search(r"\S {3,}\S", line), f"description on the command line: {line}"
         invocations = argv_of(line)
         assert invocations, line
         for argv in invocations:
@@ -67,3 +35,21 @@ def test_help_ends_with_examples_that_parse(path: tuple[str, ...]) -> None:
                 command = command.commands[words.pop(0)]
             assert not isinstance(command, click.Group), line
             command.make_context(command.name, words)  # raises on a bad option or value
+
+
+def test_descriptions_are_comment_lines_above_their_command() -> None:
+    text = help_text(("ls",))
+    tail = text.rsplit("Examples:", 1)[1].splitlines()
+    lines = [line.strip() for line in tail if line.strip()]
+    at = lines.index("# listeners and their owners")
+    assert lines[at + 1] == "sockdoctor ls -tlnp"
+
+
+def test_argv_of_finds_every_invocation() -> None:
+    assert argv_of('eval "$(sockdoctor completion bash)"') == [["completion", "bash"]]
+    assert argv_of("sockdoctor snapshot -o - | gzip > snap.json.gz") == [
+        ["snapshot", "-o", "-"]]
+    assert argv_of("ssh web1 sockdoctor snapshot -o - | sockdoctor doctor --from -") == [
+        ["snapshot", "-o", "-"], ["doctor", "--from", "-"]]
+    assert argv_of("sockdoctor snapshot -o s.json && sockdoctor doctor --from s.json") == [
+        ["snapshot", "-o", "s.json"], ["doctor", "--from", "s.json"]]

@@ -160,7 +160,7 @@ def test_audit_identity_names_socket_owner_and_namespace() -> None:
     entry = audit_mod.identity(plan.items[0])
     assert entry == {
         "netns": "web", "netns_inode": sk.netns, "method": "fin", "pid": APP, "comm": "app",
-        "fd": sk.owners[0].fd, "state": "CLOSE_WAIT", "local": "10.0.0.1:8080",
+        "fd": sk.owners[0].fd, "state": "CLOSE-WAIT", "local": "10.0.0.1:8080",
         "peer": f"10.0.0.2:{sk.peer_port}", "inode": sk.inode, "cookie": sk.cookie}
     dead = audit_mod.identity(plan.items[1])
     assert (dead["netns"], dead["netns_inode"], dead["state"]) == ("web", sk.netns, "dead-fd")
@@ -240,3 +240,19 @@ def test_a_bad_rate_names_the_option() -> None:
     result = CliRunner().invoke(cli, ["kill", "--rate", "banana"])
     assert result.exit_code == 2
     assert "'--rate'" in result.output and "50/s" in result.output
+
+
+def test_a_plan_over_several_namespaces_names_each_in_its_header() -> None:
+    b = SnapshotBuilder()
+    b.netns("blue")
+    b.netns("green")
+    b.process(APP, "app")
+    b.process(APP + 1, "app")
+    b.sockets(2, "close-wait", "10.0.0.1:8080", "10.0.0.2", pid=APP, netns="blue")
+    b.sockets(1, "close-wait", "10.0.0.1:8080", "10.0.0.3", pid=APP + 1, netns="green")
+    plan = plan_kill(b.build(), host=HOST)
+    header = next(iter(text.render_plan(plan)))
+    # acting in more than one namespace is visible before --yes (and printed before acting)
+    assert header.endswith("in 2 network namespaces: blue, green."), header
+    assert next(iter(text.render_plan(plan, applying=True))).endswith(
+        "in 2 network namespaces: blue, green.")

@@ -190,7 +190,8 @@ def _json(snap: Snapshot) -> dict[str, Any]:
 
 REQUIRED = {"netns": str, "family": str, "state": str, "local_addr": str, "local_port": int,
             "peer_addr": str, "peer_port": int, "recv_q": int, "send_q": int, "inode": int,
-            "cookie": int, "uid": int, "timer": str, "expires_ms": int, "retrans": int}
+            "cookie": int, "uid": int, "timer": str, "expires_ms": int, "retrans": int,
+            "side": str, "service": int}
 
 
 def test_json_document_schema(mixed: Snapshot) -> None:
@@ -198,7 +199,7 @@ def test_json_document_schema(mixed: Snapshot) -> None:
     doc = _json(mixed)
     assert list(doc) == ["schema", "created", "hostname", "kernel", "namespaces", "warnings",
                          "count", "sockets"]
-    assert doc["schema"] == "sockdoctor.ls/1"
+    assert doc["schema"] == "sockdoctor.ls/2"
     assert isinstance(doc["created"], float) and doc["hostname"] == "box"
     assert doc["kernel"] == "6.18.0" and doc["warnings"] == ["something was not readable"]
     assert doc["namespaces"] == [{"inode": NS_A, "name": "host", "kind": "host"},
@@ -224,6 +225,9 @@ def test_json_records_say_what_ss_says(mixed: Snapshot) -> None:
     assert (est["family"], est["netns"], est["owners"]) == ("ipv6", "blue", [])
     assert "accept queue" in est["owner_note"]
     assert v6lst["local_addr"] == "::" and "owner_note" in v6lst
+    # side and service: the exporter's rule (sides.py)
+    assert [(r["side"], r["service"]) for r in (lst, cw, est, v6lst)] == [
+        ("server", 8080), ("server", 8080), ("server", 443), ("server", 22)]
 
 
 def test_json_optional_parts_follow_the_scan() -> None:
@@ -266,7 +270,7 @@ def _documented_fields() -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("heading, struct", [
     ("Document", jsonout.LsDocument), ("Socket record", jsonout.SocketRecord),
-    ("Owner", jsonout.OwnerRecord), ("Namespace", jsonout.NamespaceRecord),
+    ("Owner", jsonout.OwnerRecordBytes), ("Namespace", jsonout.NamespaceRecord),
 ])
 def test_every_field_is_documented(heading: str, struct: type) -> None:
     assert _documented_fields()[heading] == set(struct.__struct_fields__)

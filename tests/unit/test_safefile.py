@@ -82,9 +82,11 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_missing_directory_is_named(tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match="no such directory"):
+    # an output file that cannot be written: exit 7 (README's table), not 3
+    with pytest.raises(WriteError, match="no such directory") as err:
         safefile.check(str(tmp_path / "no" / "x.json"))
-    with pytest.raises(NotFoundError, match="no such directory"):
+    assert err.value.exit_code == 7
+    with pytest.raises(WriteError, match="no such directory"):
         safefile.write(str(tmp_path / "no" / "x.json"), b"")
 
 

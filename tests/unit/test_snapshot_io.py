@@ -78,7 +78,7 @@ BAD = {
     "empty": b"",
     "json list": b"[1, 2, 3]",
     "foreign object": b'{"kind": "something else", "items": []}',
-    "ls output": b'{"schema": "sockdoctor.ls/1", "sockets": []}',
+    "ls output": b'{"schema": "sockdoctor.ls/2", "sockets": []}',
     "future schema": b'{"schema": "sockdoctor.snapshot/2", "sockets": []}',
     "wrong types": b'{"schema": "sockdoctor.snapshot/1", "created": "now", "hostname": "h",'
                    b' "kernel": "k", "sockets": []}',
@@ -105,7 +105,7 @@ def test_bad_files_are_a_clear_error(tmp_path: Path, what: str) -> None:
 
 
 def test_foreign_files_are_named_as_such(tmp_path: Path) -> None:
-    with pytest.raises(BadSnapshotError, match=r"not a sockdoctor snapshot.*sockdoctor\.ls/1"):
+    with pytest.raises(BadSnapshotError, match=r"not a sockdoctor snapshot.*sockdoctor\.ls/2"):
         snapshot_io.loads(BAD["ls output"], "x.json")
     with pytest.raises(BadSnapshotError, match="no schema field"):
         snapshot_io.loads(BAD["foreign object"], "x.json")
@@ -158,6 +158,6 @@ def test_save_replaces_an_older_file_whole(tmp_path: Path) -> None:
 def test_unwritable_targets(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match="is a directory"):
         snapshot_io.save(full_snapshot(), str(tmp_path))
-    with pytest.raises(NotFoundError, match="no such directory"):
+    with pytest.raises(WriteError, match="no such directory"):  # an output path: exit 7
         snapshot_io.save(full_snapshot(), str(tmp_path / "missing" / "snap.json"))
     assert os.listdir(tmp_path) == []

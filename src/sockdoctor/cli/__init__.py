@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, reader_may_leave, user_errors
+from .common import CONTEXT, Group, reader_may_leave, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
 from .exporter import exporter_command
@@ -23,6 +23,7 @@ from .kill import kill_command
 from .lab import lab_command
 from .ls import ls_command
 from .reap import reap_command
+from .shell import COMPLETE_VAR, completion_command, man_command
 from .snapshot import snapshot_command
 from .top import top_command
 from .trace import trace_command
@@ -42,7 +43,7 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     ctx.exit()
 
 
-class _Commands(click.Group):
+class _Commands(Group):
     """The command group; a reader that leaves early (`ls | head`) ends a listing with 0.
 
     Commands with a status of their own (doctor, kill) print inside
@@ -58,11 +59,16 @@ class _Commands(click.Group):
 @click.group(cls=_Commands, context_settings=CONTEXT, epilog="""
 \b
 Examples:
-  sockdoctor ls --summary            who holds which sockets, on one screen
-  sockdoctor doctor                  what is wrong, why, and how to fix it
-  sockdoctor kill state close-wait --port 8080      plan; add --yes to act
-  sockdoctor demo                    see it all on a reproduced leak
-  sockdoctor exporter                the same, watched, for Prometheus (:19808/metrics)
+  # who holds which sockets, on one screen
+  sockdoctor ls --summary
+  # what is wrong, why, and how to fix it
+  sockdoctor doctor
+  # the plan for CLOSE-WAIT on :8080 (add --yes to act)
+  sockdoctor kill state close-wait --port 8080
+  # see it all on a reproduced leak (needs root)
+  sockdoctor demo
+  # the same, watched, for Prometheus (:19808/metrics)
+  sockdoctor exporter
 """)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show the version and whether the compiled fast path is in use, and exit.")
@@ -88,11 +94,14 @@ cli.add_command(exporter_command)
 cli.add_command(trace_command)
 cli.add_command(top_command)
 cli.add_command(unit_command)
+cli.add_command(completion_command)
+cli.add_command(man_command)
 
 
 @user_errors
 def _run() -> None:
-    rc = cli.main(standalone_mode=False)
+    # One name and one completion variable, also under `python -m sockdoctor`.
+    rc = cli.main(prog_name="sockdoctor", complete_var=COMPLETE_VAR, standalone_mode=False)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
 

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_PERMISSION, FilterSyntaxError, SockdoctorError
+from .complete import complete_netns, complete_state
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -80,6 +81,51 @@ class PidType(click.ParamType):
         return pid
 
 
+class PortType(click.ParamType):
+    """A TCP port: a number 1-65535 or a service name (http, postgresql), as filters take."""
+
+    name = "PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().removeprefix(":")
+        if text.isdigit():
+            port = int(text)
+            if 1 <= port <= 65535:
+                return port
+            self.fail(f"{port} is not a port (1-65535)", param, ctx)
+        import socket
+
+        try:
+            return socket.getservbyname(text, "tcp")
+        except (OSError, ValueError):
+            self.fail(f"'{value}' is not a port number (1-65535) or a TCP service name "
+                      "(/etc/services)", param, ctx)
+
+
+class DurationType(click.ParamType):
+    """Every duration option's type: 500ms, 30s, 10m, 2h, 1d (a bare number: seconds).
+
+    Checked when the command line is read, with the one message of
+    query.parse_duration; the value stays text for the code that takes it.
+    """
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        from ..query import parse_duration
+
+        option = param.opts[-1] if param is not None and param.opts else ""
+        parse_duration(str(value), option)  # a UsageError: one sentence, exit 2
+        return str(value)
+
+
+DURATION = DurationType()
+PORT = PortType()
+
 # ss's protocol flags: sockdoctor lists TCP only (see other_protocols()).
 OTHER_PROTOCOLS = {"-u": "UDP", "-x": "Unix", "-w": "raw", "-d": "DCCP", "-S": "SCTP",
                    "-0": "packet", "-M": "MPTCP"}
@@ -104,22 +150,25 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-F", "--filter-file", cls=Once, metavar="FILE",
                      help="Read the filter expression from FILE (as ss -F; - reads stdin)."),
         click.option("--state", "states", multiple=True, metavar="STATE",
+                     shell_complete=complete_state,
                      help="Only this state (repeatable): close-wait, time-wait, established, "
                           "or a group: connected, synchronized, bucket, big, all."),
-        click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535),
-                     metavar="N", help="Local or peer port N (repeatable)."),
+        click.option("--port", "ports", multiple=True, type=PORT, metavar="PORT",
+                     help="Local or peer port, a number or a service name such as http "
+                          "(repeatable)."),
         click.option("--pid", "pids", multiple=True, type=PidType(), metavar="PID",
                      help="Only sockets held by this process (repeatable)."),
         click.option("--process", cls=Once, default="", metavar="NAME",
                      help="Only sockets held by processes called NAME: the process name "
                           "(comm, as ss -p shows it) or its program's base name, exactly, "
                           "or a glob such as 'python*'."),
-        click.option("--older-than", cls=Once, metavar="AGE",
+        click.option("--older-than", cls=Once, metavar="AGE", type=DURATION,
                      help="Only sockets whose peer has been silent at least AGE "
                           "(30s, 10m, 2h): see docs/age.md."),
-        click.option("-N", "--netns", cls=Once, default="all", metavar="NS",
-                     help="Network namespace: all (the default), host, self, a name from "
-                          "`ip netns`, container:ID, a PID inside it, or its inode."),
+        click.option("-N", "--netns", cls=Once, metavar="NS", shell_complete=complete_netns,
+                     help="Network namespace: all, host, self, a name from `ip netns`, "
+                          "container:ID, a PID inside it, or its inode. Default, as ss: the "
+                          "current one inside a network namespace, all on the host."),
         click.option("-t", "--tcp", "ss_tcp", is_flag=True, hidden=True),
         click.option("-a", "--all", "ss_all", is_flag=True, hidden=True),
         click.option("-n", "--numeric", "ss_numeric", is_flag=True, hidden=True),
@@ -146,8 +195,13 @@ def other_protocols(tcp: bool) -> None:
                      "TCP sockets)")
 
 
-def build_query(kw: dict[str, Any], family: int = 0, states: tuple[str, ...] = ()) -> Any:
-    """The Query of the shared filter options (popped from `kw`); `states` adds ls's -l."""
+def build_query(kw: dict[str, Any], family: int = 0, states: tuple[str, ...] = (),
+                live: bool = True) -> Any:
+    """The Query of the shared filter options (popped from `kw`); `states` adds ls's -l.
+
+    `live`: the host is scanned (not a --from snapshot), so --netns defaults as
+    ss does (linux.netns.default_scope).
+    """
     from ..query import Query
 
     other_protocols(kw.pop("ss_tcp"))
@@ -156,8 +210,41 @@ def build_query(kw: dict[str, Any], family: int = 0, states: tuple[str, ...] = (
     return Query.build(
         kw.pop("filter_words"), states=(*kw.pop("states"), *states), ports=kw.pop("ports"),
         pids=kw.pop("pids"), process=kw.pop("process"), older_than=kw.pop("older_than"),
-        netns=kw.pop("netns"), family=family, filter_file=kw.pop("filter_file"),
+        netns=scope(kw.pop("netns"), live), family=family, filter_file=kw.pop("filter_file"),
     )
+
+
+def scope(netns: str | None, live: bool) -> str:
+    """--netns as given, or its default; `-N all` inside a namespace says it reaches out."""
+    if not live:
+        return netns or "all"
+    from ..linux.netns import default_scope
+
+    default = default_scope()
+    if netns is None:
+        return default
+    if default == "self" and netns.strip() == "all":
+        warn(["--netns all: every network namespace, not only the current one (the "
+              "default inside a network namespace)"])
+    return netns
+
+
+def scope_words(netns: str) -> str:
+    """Where a daemon will act, every namespace named (reap's first line)."""
+    from ..linux import netns as netns_mod
+    from ..render.fmt import untrusted
+
+    try:
+        found, _denied = netns_mod.discover()
+        names = [untrusted(ns.name) for ns in netns_mod.select(found, netns)]
+    except (OSError, SockdoctorError):
+        return f"--netns {untrusted(netns)}"
+    if netns.strip() in ("", "all"):
+        more = f", ... {len(names) - 12} more" if len(names) > 12 else ""
+        return f"in every network namespace ({len(names)} now: {', '.join(names[:12])}{more})"
+    if len(names) == 1:
+        return f"in network namespace {names[0]}"
+    return f"in {len(names)} network namespaces: {', '.join(names)}"
 
 
 def exclusive(**given: bool) -> None:
@@ -224,15 +311,52 @@ def _escaped(text: str, keep_lines: bool = False) -> str:
     return untrusted(text)
 
 
+# click >= 8.2: a group called without a command "fails" with its help text
+_HELP_ERROR = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _show_click_error(exc: click.ClickException) -> int:
-    """click's own report (usage, hint, one-line error), with the user's text escaped."""
-    if isinstance(exc, click.UsageError) and exc.ctx is not None:
-        click.echo(exc.ctx.get_usage(), err=True)
-        if exc.ctx.command.get_help_option(exc.ctx) is not None:
-            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
-        click.echo("", err=True)
-    click.echo(f"Error: {_escaped(exc.format_message())}", err=True)
+    """click's usage errors in the house format: one sentence on one line, exit 2."""
+    if isinstance(exc, _HELP_ERROR):  # `sockdoctor`, `sockdoctor lab`: the help as it is
+        click.echo(exc.format_message(), err=True)
+        return exc.exit_code
+    click.echo(f"sockdoctor: {_escaped(click_sentence(exc))}", err=True)
     return exc.exit_code
+
+
+def click_sentence(exc: click.ClickException) -> str:
+    """click's message as one sentence: lower-case start, one line, did-you-mean kept."""
+    path = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else ""
+    if isinstance(exc, click.NoSuchOption):
+        import difflib
+
+        close = difflib.get_close_matches(exc.option_name, exc.possibilities or (), n=1,
+                                          cutoff=0)  # click's nearest few: the nearest
+        where = f" for `{path}`" if path else ""
+        hint = f"; did you mean {' or '.join(close)}?" if close else \
+            f" (`{path or 'sockdoctor'} --help` lists them)"
+        return f"no such option {exc.option_name}{where}{hint}"
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
+class Group(click.Group):
+    """A command group whose unknown command gets the nearest names ("did you mean ls?")."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None \
+                and not ctx.resilient_parsing:  # completion asks quietly
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
+            close += [c for c in self.list_commands(ctx)
+                      if sorted(c) == sorted(name) and c not in close]  # sl -> ls
+            hint = f"; did you mean {' or '.join(close)}?" if close else \
+                f" (`{ctx.command_path} --help` lists them)"
+            raise click.UsageError(f"no such command '{name}' in `{ctx.command_path}`{hint}",
+                                   ctx)
+        return super().resolve_command(ctx, args)
 
 
 # What ss users type that sockdoctor does not take, and what to type instead.

@@ -12,8 +12,11 @@ from .common import CONTEXT, Once, need_root
 @click.command("demo", context_settings=CONTEXT, epilog="""
 \b
 Examples:
-  sockdoctor demo                                   the forgot-close leak (seed 003)
-  sockdoctor demo --scenario et-accept-return       a never-drained accept queue
+  # the forgot-close leak (seed 003)
+  sockdoctor demo
+  # a never-drained accept queue
+  sockdoctor demo --scenario et-accept-return
+  # a client pool holding connections its server closed
   sockdoctor demo --scenario pool-idle-closed-by-server
 """)
 @click.option("--scenario", cls=Once, default="forgot-close", show_default=True,

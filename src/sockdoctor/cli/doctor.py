@@ -16,6 +16,7 @@ import click
 from ..errors import EXIT_INTERRUPTED, SockdoctorError, UsageError
 from .common import (
     CONTEXT,
+    DURATION,
     FILTER_HELP,
     Once,
     build_query,
@@ -49,20 +50,27 @@ Errors: 2 bad arguments, 3 unknown namespace or file, 4 permission,
 
 \b
 Examples:
-  sockdoctor doctor                          every namespace, one sample
-  sockdoctor doctor --interval 10s           two samples: growth and trends
+  # one sample (every namespace on the host; inside one, that namespace)
+  sockdoctor doctor
+  # two samples: growth and trends
+  sockdoctor doctor --interval 10s
+  # one namespace, CLOSE-WAIT only
   sockdoctor doctor --netns web state close-wait
   sockdoctor doctor --process 'php-fpm*' --stuck-after 2s
-  sockdoctor doctor --stacks                 where the owners' threads are
+  # where the owners' threads are (attaches briefly to each)
+  sockdoctor doctor --stacks
+  # the relief commands only
   sockdoctor doctor --json | jq -r '.findings[] | .relief'
-  sockdoctor snapshot -o s.json; sockdoctor doctor --from s.json   (anywhere)
+  # save the evidence, diagnose it anywhere
+  sockdoctor snapshot -o s.json && sockdoctor doctor --from s.json
+  # another machine's
   ssh web1 sockdoctor snapshot -o - | sockdoctor doctor --from -
 """
 
 
 @click.command("doctor", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
-@click.option("--interval", cls=Once, metavar="T",
+@click.option("--interval", cls=Once, metavar="T", type=DURATION,
               help="Take two samples T apart (10s, 1m) and report growth and trends.")
 @click.option("--from", "from_file", cls=Once, metavar="FILE",
               help="Diagnose a snapshot written by `sockdoctor snapshot` instead of the host "
@@ -71,9 +79,9 @@ Examples:
               help="An earlier snapshot of the same host, for trends (with --from or live).")
 @click.option("--json", "as_json", is_flag=True,
               help="The report as JSON (schema in docs/doctor.md).")
-@click.option("--stuck-after", cls=Once, metavar="AGE",
+@click.option("--stuck-after", cls=Once, metavar="AGE", type=DURATION,
               help="A socket counts as stuck after AGE in CLOSE-WAIT etc. [default: 10s]")
-@click.option("--idle-after", cls=Once, metavar="AGE",
+@click.option("--idle-after", cls=Once, metavar="AGE", type=DURATION,
               help="Connections without keepalive count as idle after AGE of silence "
                    "[default: 30m]")
 @click.option("--stacks", is_flag=True,
@@ -90,7 +98,7 @@ def doctor_command(interval: str | None, from_file: str | None, previous_file: s
     """
     from ..doctor import config_for, diagnose
 
-    query = build_query(kw)
+    query = build_query(kw, live=not from_file)
     config = config_for(stuck_after, idle_after)
     interval_s = _interval(interval, from_file, previous_file)
     if stacks and from_file:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, FILTER_HELP, build_query, filter_options
+from .common import CONTEXT, DURATION, FILTER_HELP, build_query, filter_options
 from .web import check_path, web_options
 
 DEFAULT_LISTEN = ":19808"
@@ -47,11 +47,15 @@ Stops cleanly (exit 0) on SIGTERM or SIGINT.
 
 \b
 Examples:
-  sockdoctor exporter                         http://*:19808/metrics, every 15s
+  # http://*:19808/metrics, a sample every 15s
+  sockdoctor exporter
   sockdoctor exporter --web.listen-address 127.0.0.1:19808 --interval 30s
+  # TLS and basic auth from exporter-toolkit's web config; no findings metrics
   sockdoctor exporter --web.config.file /etc/sockdoctor/web.yml --no-collector.doctor
-  sockdoctor exporter --textfile /var/lib/node_exporter/textfile   for node_exporter
-  sockdoctor exporter --once                  print one sample's metrics and exit
+  # for node_exporter's textfile collector
+  sockdoctor exporter --textfile /var/lib/node_exporter/textfile
+  # print one sample's metrics and exit
+  sockdoctor exporter --once
   sockdoctor exporter --netns host state close-wait
 """
 
@@ -60,6 +64,7 @@ Examples:
 @filter_options
 @web_options(f"{DEFAULT_LISTEN}; with --textfile: no HTTP unless given")
 @click.option("--interval", default="15s", show_default=True, metavar="T",
+              type=DURATION,
               help="Time between samples (10s, 1m).")
 @click.option("--max-series", default=100, show_default=True, type=click.IntRange(1),
               metavar="N", help="Series per metric family; the rest is folded into "
@@ -82,10 +87,11 @@ Examples:
               help="Leave out the exporter's own process_* and python_* metrics.")
 @click.option("--full-walk-every", default=20, show_default=True, type=click.IntRange(1),
               metavar="N", help="Walk all of /proc for owners every N samples.")
-@click.option("--stuck-after", metavar="AGE",
+@click.option("--stuck-after", metavar="AGE", type=DURATION,
               help="The doctor's stuck threshold (see `sockdoctor doctor --help`) "
                    "[default: 10s]")
-@click.option("--idle-after", metavar="AGE", help="The doctor's idle threshold [default: 30m]")
+@click.option("--idle-after", metavar="AGE", type=DURATION,
+              help="The doctor's idle threshold [default: 30m]")
 def exporter_command(listen: tuple[str, ...], telemetry_path: str, web_config: str | None,
                      interval: str, max_series: int, labels: tuple[str, ...],
                      textfile_dir: str | None, once: bool, doctor_every: str,

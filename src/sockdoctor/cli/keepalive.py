@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, FILTER_HELP, build_query, filter_options, reader_may_leave, warn
+from .common import (
+    CONTEXT,
+    DURATION,
+    FILTER_HELP,
+    build_query,
+    filter_options,
+    reader_may_leave,
+    warn,
+)
 
 KEEPALIVE_HELP = FILTER_HELP + """
 \b
@@ -24,7 +32,8 @@ alone, 2 bad arguments, 4 not permitted, 5 unsupported by this kernel.
 
 \b
 Examples:
-  sockdoctor keepalive --pid 4242 --port 5000                 the plan
+  # the plan (nothing changes)
+  sockdoctor keepalive --pid 4242 --port 5000
   sockdoctor keepalive --pid 4242 --idle 60s --interval 10s --count 5 --yes
   sockdoctor keepalive --netns web --port 6379 --idle 2m --user-timeout 30s --yes
 """
@@ -49,13 +58,15 @@ def _seconds(_ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 @click.command("keepalive", context_settings=CONTEXT, epilog=KEEPALIVE_HELP)
 @filter_options
-@click.option("--idle", default="60s", show_default=True, callback=_seconds, metavar="AGE",
+@click.option("--idle", default="60s", show_default=True, callback=_seconds, type=DURATION,
+              metavar="AGE",
               help="Silence before the first probe (TCP_KEEPIDLE).")
 @click.option("--interval", default="10s", show_default=True, callback=_seconds,
+              type=DURATION,
               metavar="AGE", help="Between probes (TCP_KEEPINTVL).")
 @click.option("--count", default=5, show_default=True, type=int,
               help="Unanswered probes before the connection is reset (TCP_KEEPCNT).")
-@click.option("--user-timeout", callback=_seconds, metavar="AGE",
+@click.option("--user-timeout", callback=_seconds, type=DURATION, metavar="AGE",
               help="Also TCP_USER_TIMEOUT: how long sent data may stay unacknowledged.")
 @click.option("-y", "--yes", is_flag=True, help="Apply the plan without asking.")
 @click.option("--force", is_flag=True, help="Also your own SSH session and sockdoctor's sockets.")
@@ -81,8 +92,8 @@ def keepalive_command(idle: int, interval: int, count: int, user_timeout: int | 
 
     settings = Keepalive(idle_s=idle, interval_s=interval, count=count,
                          user_timeout_ms=user_timeout)
-    named = bool(kw["states"]) or any(w in ("state", "exclude") for w in kw["filter_words"])
     query = build_query(kw)
+    named = query.names_states  # --state, state words, or a -F file that starts with them
     states = query.states if named else None
     snapshot = scan_for_keepalive(query, states)
     warn(snapshot.warnings)

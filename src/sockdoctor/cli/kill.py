@@ -37,11 +37,14 @@ kernel, 130 interrupted (what was done so far is printed and logged).
 
 \b
 Examples:
-  sockdoctor kill --port 8080                  the plan for CLOSE-WAIT on :8080
+  # the plan for CLOSE-WAIT on :8080 (nothing changes)
+  sockdoctor kill --port 8080
   sockdoctor kill --pid 4242 --older-than 10m --yes
   sockdoctor kill --netns web --state fin-wait-2 --method destroy --yes
-  sockdoctor kill --dead-fds --pid 4242 --yes  release shut-down, never-closed fds
-  sockdoctor kill -N web --process 'php-fpm*' --older-than 30s     every worker's
+  # release shut-down, never-closed descriptors
+  sockdoctor kill --dead-fds --pid 4242 --yes
+  # every worker's
+  sockdoctor kill -N web --process 'php-fpm*' --older-than 30s
 """
 
 
@@ -90,8 +93,8 @@ def kill_command(method: str, yes: bool, force: bool, max_count: int, rate: floa
     )
     from ..remedy.audit import AuditLog
 
-    named = bool(kw["states"]) or any(w in ("state", "exclude") for w in kw["filter_words"])
     query = build_query(kw)
+    named = query.names_states  # --state, state words, or a -F file that starts with them
     policy = KillPolicy(states=query.states if named else None, where=query,
                         methods=(method,), force=force, max_count=max_count, rate=rate,
                         dead_fds=("also" if named else "only") if dead_fds else "no",

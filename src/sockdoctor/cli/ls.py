@@ -22,20 +22,26 @@ from .common import (
 
 EPILOG = FILTER_HELP + """
 \b
-ss's habits work: -t -a -n are accepted (always TCP, every state, numeric),
--l lists listeners, -s prints ss's summary, -N NS is --netns, and short
-flags combine (-tlnp, -tanpo). -u/-x/-w next to -t are ignored with a note:
-sockdoctor shows TCP only.
+ss's habits work: -t alone lists connected sockets as ss -t does (no
+listeners, TIME-WAIT or SYN-RECV; -a adds them; without -t every state is
+listed), -n is accepted (always numeric), -l lists listeners, -s prints ss's
+summary, -N NS is --netns, and short flags combine (-tlnp, -tanpo).
+-u/-x/-w next to -t are ignored with a note: sockdoctor shows TCP only.
 
 \b
 Examples:
-  sockdoctor ls -tanp state close-wait        like ss -tanp, in every namespace
-  sockdoctor ls -tlnp                         listeners and their owners
-  sockdoctor ls --summary                     counts by state x process x service
+  # like ss -tanp (every namespace on the host; inside one, that namespace)
+  sockdoctor ls -tanp state close-wait
+  # listeners and their owners
+  sockdoctor ls -tlnp
+  # counts by state x process x service
+  sockdoctor ls --summary
   sockdoctor ls -p --process 'python*' --older-than 10m
-  sockdoctor ls -N web -i dport = :5432       tcp_info of connections to postgres
+  # tcp_info of connections to postgres, in namespace web
+  sockdoctor ls -N web -i dport = :postgresql
   sockdoctor ls -p --json | jq '.sockets[] | select(.state == "CLOSE-WAIT")'
-  sockdoctor ls --from snap.json.gz --summary   a snapshot from another machine
+  # a snapshot from another machine
+  sockdoctor ls --from snap.json.gz --summary
 """
 
 
@@ -73,10 +79,26 @@ def ls_command(listening: bool, processes: bool, info: bool, memory: bool, exten
     if resolve:
         warn(["-r (resolve names) is not supported: addresses and ports stay numeric"])
     family = _socket.AF_INET if ipv4 and not ipv6 else _socket.AF_INET6 if ipv6 and not ipv4 else 0
-    query = build_query(kw, family, ("listening",) if listening else ())
+    tcp_alone = kw["ss_tcp"] and not kw["ss_all"] and not listening
+    query = build_query(kw, family, ("listening",) if listening else (), live=not from_file)
+    if tcp_alone:
+        query = ss_default_states(query)
     snapshot = _snapshot(query, from_file, output, processes, info, memory, extended)
     warn(snapshot.warnings)
     _write(snapshot, output, processes, info, memory, extended, timers, not no_header)
+
+
+def ss_default_states(query: Any) -> Any:
+    """`-t` without -a or -l, as in ss: connected sockets only (no LISTEN, TIME-WAIT,
+    SYN-RECV), unless a state was named."""
+    import dataclasses
+
+    from ..model import ALL_STATES_MASK
+    from ..ssfilter import SS_CONN
+
+    if query.states != ALL_STATES_MASK:
+        return query
+    return dataclasses.replace(query, states=SS_CONN)
 
 
 def _snapshot(query: Any, from_file: str | None, output: str | None, processes: bool,

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, build_query, filter_options, reader_may_leave
+from .common import CONTEXT, build_query, filter_options, reader_may_leave, scope_words
 from .web import check_path, web_options
 
 REAP_HELP = """
@@ -27,10 +27,15 @@ exits 0; SIGHUP reloads the policy (a bad file keeps the old one in force).
 
 \b
 Examples:
-  sockdoctor reap --policy /etc/sockdoctor/reap.toml --once      what it would do now
-  sockdoctor reap --policy reap.toml --apply                     run as a daemon
-  sockdoctor reap --policy reap.toml --check                     validate and exit
-  sockdoctor reap --policy reap.toml --apply --netns web --json  NDJSON per cycle
+  # what it would do now (a dry run, one cycle)
+  sockdoctor reap --policy /etc/sockdoctor/reap.toml --once
+  # run as a daemon
+  sockdoctor reap --policy reap.toml --apply
+  # validate and exit
+  sockdoctor reap --policy reap.toml --check
+  # NDJSON per cycle
+  sockdoctor reap --policy reap.toml --apply --netns web --json
+  # serve the reaper's metrics
   sockdoctor reap --policy reap.toml --apply --web.listen-address 127.0.0.1:19809
 """
 
@@ -69,7 +74,7 @@ def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
     say.metrics.serve(listen, telemetry_path, web_config)
     say.note(f"{len(policy.rules)} rule(s) from {policy.path}, every {policy.interval_s:g}s, "
              + ("acting (--apply)" if apply_ else "dry run (add --apply to act)")
-             + say.metrics.where())
+             + f", {scope_words(query.netns)}" + say.metrics.where())
     if once:
         say.cycle(reaper.cycle(sampler.sample_safely()))
         return

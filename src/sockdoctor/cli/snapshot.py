@@ -27,11 +27,13 @@ stdout (plain JSON; pipe it through gzip yourself).
 
 \b
 Examples:
-  sockdoctor snapshot -o /tmp/$(hostname)-$(date +%s).json.gz
+  sockdoctor snapshot -o "$(hostname)-$(date +%s).json.gz"
   sockdoctor snapshot -o web.json --netns web state close-wait
   sockdoctor snapshot -o - | gzip > snap.json.gz
-  sockdoctor doctor --from snap.json.gz      diagnose it later, anywhere
-  sockdoctor ls --from snap.json.gz -p       list it like a live host
+  # diagnose it later, anywhere
+  sockdoctor doctor --from snap.json.gz
+  # list it like a live host
+  sockdoctor ls --from snap.json.gz -p
 """
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, FILTER_HELP, build_query, filter_options, warn
+from .common import CONTEXT, DURATION, FILTER_HELP, build_query, filter_options, warn
 
 EPILOG = FILTER_HELP + """
 \b
@@ -25,15 +25,17 @@ on a big host). See docs/watch.md.
 
 \b
 Examples:
-  sockdoctor top                        every namespace, refreshed every second
+  # refreshed every second (every namespace on the host; inside one, that one)
+  sockdoctor top
   sockdoctor top --netns web state close-wait
-  sockdoctor top --once | less          one frame, for a script or a ticket
+  # one frame, for a script or a ticket
+  sockdoctor top --once | less
 """
 
 
 @click.command("top", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
-@click.option("--interval", default="1s", show_default=True, metavar="T",
+@click.option("--interval", default="1s", show_default=True, metavar="T", type=DURATION,
               help="Time between samples.")
 @click.option("--sort", type=click.Choice(["count", "growth", "age"]), default="count",
               show_default=True, help="Initial sort.")

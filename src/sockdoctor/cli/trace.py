@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, FILTER_HELP, build_query, filter_options
+from .common import CONTEXT, DURATION, FILTER_HELP, build_query, filter_options
 
 EPILOG = FILTER_HELP + """
 \b
@@ -31,7 +31,8 @@ Exit code: 0 (also after Ctrl-C), 2 bad arguments, 3 unknown namespace,
 
 \b
 Examples:
-  sockdoctor trace state close-wait            who lets connections fall into CLOSE-WAIT
+  # who lets connections fall into CLOSE-WAIT
+  sockdoctor trace state close-wait
   sockdoctor trace --netns web --port 8080 --ndjson | jq .
   sockdoctor trace --duration 30s --count 1000
   sockdoctor trace --every 5s
@@ -42,11 +43,11 @@ Examples:
 @click.command("trace", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
 @click.option("--ndjson", is_flag=True, help="One JSON object per event (docs/watch.md).")
-@click.option("--duration", metavar="T", help="Stop after T (10s, 5m).")
+@click.option("--duration", metavar="T", type=DURATION, help="Stop after T (10s, 5m).")
 @click.option("--count", type=click.IntRange(1), help="Stop after N events.")
-@click.option("--refresh", default="10s", show_default=True, metavar="T",
+@click.option("--refresh", default="10s", show_default=True, metavar="T", type=DURATION,
               help="How often the sampler re-reads every socket and owner.")
-@click.option("--join-delay", default="1s", show_default=True, metavar="T",
+@click.option("--join-delay", default="1s", show_default=True, metavar="T", type=DURATION,
               help="How long an event may wait for its owner to be known.")
 @click.option("--no-destroy", is_flag=True, help="Do not report destroyed sockets.")
 @click.option("--buffer-kb", type=click.IntRange(64, 1 << 20), default=2048, show_default=True,

@@ -64,6 +64,30 @@ def host_inode() -> int | None:
     return None
 
 
+def named() -> list[str]:
+    """The names `ip netns` (and docker) give namespaces: no root needed (completion)."""
+    names: list[str] = []
+    for run_dir in NETNS_RUN_DIRS:
+        try:
+            names += sorted(os.listdir(run_dir))
+        except OSError:
+            continue
+    return list(dict.fromkeys(names))
+
+
+def default_scope() -> str:
+    """What --netns means when it is not given, as ss decides it.
+
+    Inside a network namespace other than the host's (`ip netns exec X`, a
+    container): "self", that namespace only. On the host: "all". When the
+    host's namespace cannot be read (/proc/1 and /proc/2 refused: not root,
+    or hidepid) it is "all" too: without that right other namespaces cannot
+    be entered either, so the scan covers the current one and says so.
+    """
+    host = host_inode()
+    return "self" if host is not None and current_inode() != host else "all"
+
+
 def discover() -> tuple[list[NsRef], int]:
     """Every network namespace reachable through a process or a bind mount.
 

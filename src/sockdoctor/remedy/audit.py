@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from .. import jsontext
 from ..errors import PermissionDeniedError, SockdoctorError, WriteError
-from ..model import TcpState
+from ..model import SS_COLUMN_NAMES
 from .steps import PlanItem
 
 DEFAULT_PATH = "/var/log/sockdoctor/audit.jsonl"
@@ -134,7 +134,9 @@ class Record(NamedTuple):
                 + jsontext.encode(self.fields)[1:])
 
 
-_STATE_NAMES = {int(s): s.name for s in TcpState}
+# The audit log spells states as the tables and JSON do (CLOSE-WAIT; before
+# schema 2 of ls's JSON it wrote CLOSE_WAIT): docs/kill.md#audit-log.
+_STATE_NAMES = SS_COLUMN_NAMES
 
 
 def identity(item: PlanItem) -> dict[str, Any]:

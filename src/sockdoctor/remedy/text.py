@@ -40,12 +40,28 @@ def _table(rows: list[list[str]], header: list[str]) -> Iterator[str]:
         yield "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
 
 
+MAX_NAMESPACES = 12  # named in a plan's header; the rows have a NETNS column
+
+
+def scope_text(plan: Plan | KeepalivePlan) -> str:
+    """Where a plan acts, every namespace named: more than one must be visible before --yes."""
+    names = sorted({untrusted(i.netns_name) for i in plan.items if i.method})
+    if not names:
+        names = sorted({untrusted(i.netns_name) for i in plan.items})
+    if not names:
+        return ""
+    if len(names) == 1:
+        return f" in network namespace {names[0]}"
+    shown = ", ".join(names[:MAX_NAMESPACES])
+    more = len(names) - MAX_NAMESPACES
+    return f" in {len(names)} network namespaces: {shown}" + (
+        f" and {more} more (see the NETNS column)" if more > 0 else "")
+
+
 def plan_header(plan: Plan, applying: bool) -> str:
     counts = plan.count_by_method()
     by = ", ".join(f"{n} by {m}" for m, n in sorted(counts.items()))
-    namespaces = {i.netns_name for i in plan.items}
-    where = f" in network namespace {untrusted(next(iter(namespaces)))}" \
-        if len(namespaces) == 1 and plan.items else ""
+    where = scope_text(plan)
     if not plan.items:
         return "Plan: nothing is selected, nothing to do."
     verb = "will be ended" if applying else "would be ended"
@@ -61,9 +77,7 @@ def render_plan(plan: Plan, applying: bool = False) -> Iterator[str]:
 
 def render_keepalive_plan(plan: KeepalivePlan, applying: bool = False) -> Iterator[str]:
     """The keepalive plan, laid out like a kill plan."""
-    namespaces = {i.netns_name for i in plan.items}
-    where = f" in network namespace {untrusted(next(iter(namespaces)))}" \
-        if len(namespaces) == 1 else ""
+    where = scope_text(plan)
     verb = "will be armed" if applying else "would be armed"
     yield (f"Plan: keepalive ({plan.settings.text()}) on {len(plan.actions)} of "
            f"{len(plan.items)} selected sockets: {verb}{where}." if plan.items else

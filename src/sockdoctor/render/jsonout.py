@@ -13,15 +13,23 @@ import msgspec
 from .. import jsontext
 from ..linux.tcpinfo import of as tcp_info
 from ..model import SS_COLUMN_NAMES, TIMER_NAMES, SkMemInfo, Snapshot, Socket, TcpInfo
+from ..sides import Sides
 from . import fmt
 
-LS_SCHEMA = "sockdoctor.ls/1"
+LS_SCHEMA = "sockdoctor.ls/2"  # 2: comm always a string, comm_bytes, side, service
 
 
 class OwnerRecord(msgspec.Struct, gc=False):
     pid: int
     fd: int
-    comm: str  # "" when the process exited before we read its name
+    comm: str  # "" when the process exited before we read its name; escaped if not UTF-8
+
+
+class OwnerRecordBytes(OwnerRecord, gc=False):
+    """An owner whose name is not UTF-8: also its exact bytes (a rare record type, so
+    the common one stays without optional fields, the fastest to encode)."""
+
+    comm_bytes: list[int]
 
 
 # Fields without a default are in every record; the others only when the scan
@@ -42,6 +50,8 @@ class SocketRecord(msgspec.Struct, omit_defaults=True, gc=False):
     timer: str
     expires_ms: int
     retrans: int
+    side: str  # server or client: the exporter's rule (sides.py)
+    service: int  # our listening port (server) or the peer's port (client)
     age_ms: int | None = None
     owners: list[OwnerRecord] | None = None
     owner_note: str | None = None
@@ -73,9 +83,14 @@ class LsDocument(msgspec.Struct):
 _FAMILY = {2: "ipv4", 10: "ipv6"}
 
 
-def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[SocketRecord]:
-    """One output record per socket, built positionally (this is the hot loop of --json)."""
+def records(snapshot: Snapshot, sockets: list[Socket] | None = None,
+            sides: Sides | None = None) -> list[SocketRecord]:
+    """One output record per socket, built positionally (this is the hot loop of --json).
+
+    `sides`: the snapshot's Sides, built once when records are made in chunks.
+    """
     sockets = snapshot.sockets if sockets is None else sockets
+    clients = (sides or Sides(snapshot)).clients(sockets)
     names = fmt.netns_names(snapshot)
     state_names = SS_COLUMN_NAMES
     timers = TIMER_NAMES
@@ -85,9 +100,10 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[Soc
             names.get(sk.netns) or str(sk.netns), family.get(sk.family, "?"),
             state_names.get(sk.state, "?"), sk.local_addr, sk.local_port, sk.peer_addr,
             sk.peer_port, sk.recv_q, sk.send_q, sk.inode, sk.cookie, sk.uid,
-            timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans, sk.age_ms, None, None,
-            sk.shutdown, sk.cgroup_id, sk.cong, tcp_info(sk), sk.mem)
-        for sk in sockets
+            timers.get(sk.timer, "?"), sk.expires_ms, sk.retrans,
+            "client" if client else "server", sk.peer_port if client else sk.local_port,
+            sk.age_ms, None, None, sk.shutdown, sk.cgroup_id, sk.cong, tcp_info(sk), sk.mem)
+        for sk, client in zip(sockets, clients, strict=True)
     ]
     if snapshot.owners_scanned:
         _add_owners(snapshot, sockets, out)
@@ -96,12 +112,28 @@ def records(snapshot: Snapshot, sockets: list[Socket] | None = None) -> list[Soc
 
 def _add_owners(snapshot: Snapshot, sockets: list[Socket], out: list[SocketRecord]) -> None:
     comms = {pid: proc.comm for pid, proc in snapshot.processes.items()}
+    exact = {pid: _comm(comm) for pid, comm in comms.items() if _surrogates(comm)}
+    comms.update((pid, shown) for pid, (shown, _raw) in exact.items())
     for sk, rec in zip(sockets, out, strict=True):
         if sk.owners:
             rec.owners = [OwnerRecord(o.pid, o.fd, comms.get(o.pid, "")) for o in sk.owners]
+            if exact:  # rare: a name that is not UTF-8 also gets its bytes
+                rec.owners = [OwnerRecordBytes(o.pid, o.fd, *exact[o.pid])
+                              if o.pid in exact else o for o in rec.owners]
         else:
             rec.owners = []
             rec.owner_note = sk.owner_note()
+
+
+def _surrogates(text: str) -> bool:
+    """Was this name read from bytes that are not UTF-8 (surrogateescape)?"""
+    return not isinstance(jsontext.exact(text), str)
+
+
+def _comm(comm: str) -> tuple[str, list[int]]:
+    """A name that is not UTF-8 as JSON: escaped as the tables print it (\\xff), and its
+    exact bytes. (A UTF-8 name is itself: JSON escapes its control characters.)"""
+    return fmt.untrusted(comm), jsontext.exact(comm)
 
 
 def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
@@ -122,9 +154,9 @@ def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
     )
     head = jsontext.encode(doc, encoder)
     out.write(head[:-2])  # drop the closing "]}" of the empty sockets list
-    socks = snapshot.sockets
+    socks, sides = snapshot.sockets, Sides(snapshot)
     for start in range(0, len(socks), chunk):
-        body = jsontext.encode(records(snapshot, socks[start:start + chunk]), encoder)
+        body = jsontext.encode(records(snapshot, socks[start:start + chunk], sides), encoder)
         out.write(body[1:-1] if start == 0 else b"," + body[1:-1])
     out.write(b"]}\n")
 
@@ -132,6 +164,7 @@ def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
 def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
     """One JSON object per line, built and written a chunk at a time."""
     encoder = msgspec.json.Encoder()
-    socks = snapshot.sockets
+    socks, sides = snapshot.sockets, Sides(snapshot)
     for start in range(0, len(socks), chunk):
-        out.write(jsontext.encode_lines(records(snapshot, socks[start:start + chunk]), encoder))
+        out.write(jsontext.encode_lines(records(snapshot, socks[start:start + chunk], sides),
+                                        encoder))

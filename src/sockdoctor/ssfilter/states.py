@@ -49,17 +49,33 @@ STATE_HELP = ("established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wai
               "synchronized, bucket, big")
 
 
+# Every spelling of a state is read the same: close-wait, close_wait, CLOSE-WAIT,
+# CLOSE_WAIT, closewait (any case). Output has one spelling per kind (docs/json.md).
+_ANY_NAME = {**_SS_STATE_NAMES, **_STATE_ALIASES}
+_BARE_SS = {k.replace("-", ""): v for k, v in _SS_STATE_NAMES.items()}
+_BARE_ANY = {k.replace("-", ""): v for k, v in _ANY_NAME.items()}
+
+
+def state_key(name: str) -> str:
+    """The one spelling a state name is looked up by: lower case, '-' between words."""
+    return name.strip().lower().replace("_", "-")
+
+
+def _lookup(name: str, table: dict[str, int], bare: dict[str, int]) -> int | None:
+    key = state_key(name)
+    return table.get(key, bare.get(key.replace("-", "")))
+
+
 def scan_state(name: str) -> int | None:
-    """The mask ss gives a state name after `state`/`exclude` (any case), or None."""
-    return _SS_STATE_NAMES.get(name.lower())
+    """The mask of a state name after `state`/`exclude` (any case and spelling), or None."""
+    return _lookup(name, _SS_STATE_NAMES, _BARE_SS)
 
 
 def states_from_names(names: Sequence[str]) -> int:
     """Mask for --state values: ss's names plus estab/listen/CLOSE_WAIT style spellings."""
     mask = 0
     for name in names:
-        key = name.strip().lower().replace("_", "-")
-        bits = _SS_STATE_NAMES.get(key, _STATE_ALIASES.get(key))
+        bits = _lookup(name, _ANY_NAME, _BARE_ANY)
         if bits is None:
             raise FilterSyntaxError(f"'{name}' is not a TCP state; use one of {STATE_HELP}")
         mask |= bits

@@ -115,3 +115,30 @@ def read_filter_file(path: str) -> list[str]:
             continue
         words.append("\\" + line if line in STATE_WORDS else line)
     return words
+
+
+def with_file_words(words: Sequence[str], file_words: Sequence[str]) -> list[str]:
+    """The command line's words, then a filter file's.
+
+    `state X` / `exclude X` at the head of the file join the command line's
+    leading state words, so a file holding `state close-wait` works (ss itself
+    refuses state words in a file: docs/design.md lists this difference).
+    """
+    lifted: list[str] = []
+    rest = list(file_words)
+    while rest:
+        parts = rest[0].split()
+        pairs: list[str] = []
+        while len(parts) >= 2 and parts[0] in STATE_WORDS:
+            pairs, parts = [*pairs, *parts[:2]], parts[2:]
+        if not pairs:
+            break
+        lifted += pairs
+        if parts:
+            rest[0] = " ".join(parts)
+            break
+        rest.pop(0)
+    head = 0
+    while head + 1 < len(words) and words[head] in STATE_WORDS:
+        head += 2
+    return [*words[:head], *lifted, *words[head:], *rest]

@@ -32,7 +32,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
-from ..errors import NotFoundError, PermissionDeniedError
+from ..errors import PermissionDeniedError, WriteError
 from ..jsontext import untrusted
 from ..linux.netns import can_enter_others
 from ..render.fmt import plural
@@ -108,7 +108,7 @@ def registries(collector: SampleCollector, own: bool = True
 def check_textfile_dir(path: str) -> str:
     """The directory for --textfile, checked once at start: it must exist and be writable."""
     if not os.path.isdir(path):
-        raise NotFoundError(f"--textfile {path}: no such directory (node_exporter's "
+        raise WriteError(f"--textfile {path}: no such directory (node_exporter's "
                             "--collector.textfile.directory must exist)")
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionDeniedError(f"--textfile {path}: this user may not write there")

@@ -20,11 +20,11 @@ from ..doctor.context import first_pid
 from ..doctor.finding import SEVERITY_RANK, Report
 from ..jsontext import untrusted
 from ..linux.procfs import pod_uid
-from ..model import ACCEPT_QUEUE_LABEL, Netns, Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_LABEL, Snapshot, Socket, TcpState
+from ..sides import DEFAULT_PORT_RANGE, Sides
 from .sampler import Sample
 
 OTHER = "other"
-DEFAULT_PORT_RANGE = (32768, 60999)
 # node_exporter's spelling (tcpstat collector), in kernel order
 STATE_NAMES: dict[int, str] = {
     TcpState.ESTABLISHED: "established", TcpState.SYN_SENT: "syn_sent",
@@ -142,8 +142,8 @@ class _View:
         self.snap, self.sample, self.opts = snap, sample, opts
         self.names = {ns.inode: ns.name for ns in snap.namespaces}  # escaped by Family
         self.listeners_ = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
-        self.listening = {(sk.netns, sk.local_port) for sk in self.listeners_}
-        self.ranges = {ns.inode: port_range(ns) for ns in snap.namespaces}
+        self.sides = Sides(snap, self.listeners_)  # the rule of ls --json's side/service
+        self.listening, self.ranges = self.sides.listening, self.sides.ranges
         self.pod = {pid: pod_uid(p.cgroup) for pid, p in snap.processes.items()}
         self.groups = self._close_wait_groups()
 
@@ -225,16 +225,12 @@ class _View:
         """
         groups: dict[tuple[int, int, bool, int], list[int]] = {}
         first_seen, started = self.sample.first_seen, self.sample.started
-        ranges, listening, default = self.ranges, self.listening, DEFAULT_PORT_RANGE
-        last_ns, (lo, hi) = None, default
-        for sk in [sk for sk in self.snap.sockets if sk.state == TcpState.CLOSE_WAIT]:
+        close_wait = [sk for sk in self.snap.sockets if sk.state == TcpState.CLOSE_WAIT]
+        for sk, client in zip(close_wait, self.sides.clients(close_wait), strict=True):
             owners = sk.owners
             pid = (owners[0].pid if len(owners) == 1 else first_pid(sk)) if owners \
                 else self.owner(sk)
             netns, port = sk.netns, sk.local_port
-            if netns != last_ns:  # a namespace's sockets come one after another
-                last_ns, (lo, hi) = netns, ranges.get(netns, default)
-            client = lo <= port <= hi and (netns, port) not in listening
             key = (netns, pid, client, sk.peer_port if client else port)
             age = sk.age_ms or 0
             since = first_seen.get(sk.cookie)
@@ -381,15 +377,6 @@ def fold(rows: dict[tuple[str, ...], list[float]], limit: int,
     value = reduce(merge, (v for _, v in rest))
     kept[key] = merge(kept[key], value) if key in kept else value
     return kept, len(rest)
-
-
-def port_range(ns: Netns) -> tuple[int, int]:
-    """The namespace's net.ipv4.ip_local_port_range, or the kernel default."""
-    try:
-        lo, hi = (int(x) for x in ns.sysctls.get("net.ipv4.ip_local_port_range", "").split())
-    except ValueError:
-        return DEFAULT_PORT_RANGE
-    return (lo, hi) if 0 < lo <= hi <= 65535 else DEFAULT_PORT_RANGE
 
 
 Rows = dict[tuple[str, ...], list[float]]

@@ -54,4 +54,4 @@ def _shut(handle: object, item: PlanItem) -> Action:
     except hostmod.Errors as exc:
         return Action(index=item.index, status=hostmod.status_of(exc),
                       detail=hostmod.describe(exc))
-    return Action(index=item.index, status="done", detail=f"shut down (was {state.name})")
+    return Action(index=item.index, status="done", detail=f"shut down (was {state.ss_name})")
