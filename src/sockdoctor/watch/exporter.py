@@ -10,11 +10,9 @@ linking them, served by sockdoctor.web (bounded, TLS, basic auth).
 
 from __future__ import annotations
 
-import contextlib
 import html
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,8 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .. import __version__
-from ..errors import NotFoundError, PermissionDeniedError
+from .. import __version__, safefile
+from ..errors import NotFoundError, PermissionDeniedError, WriteError
 from ..jsontext import untrusted
 from ..linux.netns import can_enter_others
 from ..render.fmt import plural
@@ -116,25 +114,13 @@ def check_textfile_dir(path: str) -> str:
 
 
 def write_textfile(path: str, registry: CollectorRegistry) -> None:
-    """Replace `path` atomically: node_exporter never reads half a file.
+    """Replace `path` in one piece (safefile): node_exporter never reads half a file.
 
-    The temporary name does not end in .prom, so the textfile collector
-    ignores it; rename(2) replaces whatever is at `path` without following it.
+    The temporary name starts with a dot and ends in .tmp, so the textfile
+    collector ignores it; a symlink or anything but a regular file in the
+    way is refused (WriteError), never written through.
     """
-    data = generate_latest(registry)
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{TEXTFILE_NAME}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    safefile.write(path, generate_latest(registry), "the metrics textfile", mode=0o644)
 
 
 # --- HTTP ---------------------------------------------------------------------
@@ -243,8 +229,8 @@ class Exporter:
         if self.textfile:
             try:
                 write_textfile(self.textfile, self.textfile_registry)
-            except OSError as exc:
-                self.say(f"cannot write {self.textfile}: {exc.strerror or exc}")
+            except WriteError as exc:  # a full disk must not stop the exporter
+                self.say(str(exc))
 
     def run(self, stop: threading.Event, wait_first: bool = False) -> None:
         """Serve (if there is a server) and sample until `stop` is set.
