@@ -19,6 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checkers
     from .doctor import diagnose
+    from .errors import (
+        BadSnapshotError,
+        FilterSyntaxError,
+        NotFoundError,
+        PermissionDeniedError,
+        SockdoctorError,
+        UnsupportedError,
+        UsageError,
+        WriteError,
+    )
     from .inventory import scan
     from .leakguard import Guard, SocketLeakError, SocketLeakWarning, guard
     from .model import Snapshot, Socket, TcpState
@@ -26,6 +36,7 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checker
     from .remedy import KillPolicy, apply_plan, host_facts, kill, plan_kill, scan_for_kill
     from .snapshot_io import load as load_snapshot
     from .snapshot_io import save as save_snapshot
+    from .watch.sampler import Sampler
 
 __version__ = "0.1.0"
 
@@ -48,12 +59,19 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Guard": ("sockdoctor.leakguard", "Guard"),
     "SocketLeakError": ("sockdoctor.leakguard", "SocketLeakError"),
     "SocketLeakWarning": ("sockdoctor.leakguard", "SocketLeakWarning"),
+    "Sampler": ("sockdoctor.watch.sampler", "Sampler"),
+    # the errors a caller may catch: each carries the CLI's exit code (exit_code)
+    **{name: ("sockdoctor.errors", name) for name in (
+        "SockdoctorError", "UsageError", "FilterSyntaxError", "NotFoundError",
+        "PermissionDeniedError", "UnsupportedError", "BadSnapshotError", "WriteError")},
 }
 
 # Spelled out (not built from _EXPORTS) so that linters and type checkers see it.
 __all__ = [
-    "Guard", "KillPolicy", "Query", "Snapshot", "Socket", "SocketLeakError", "SocketLeakWarning",
-    "TcpState", "__version__", "apply_plan", "diagnose", "guard", "host_facts", "kill",
+    "BadSnapshotError", "FilterSyntaxError", "Guard", "KillPolicy", "NotFoundError",
+    "PermissionDeniedError", "Query", "Sampler", "Snapshot", "SockdoctorError", "Socket",
+    "SocketLeakError", "SocketLeakWarning", "TcpState", "UnsupportedError", "UsageError",
+    "WriteError", "__version__", "apply_plan", "diagnose", "guard", "host_facts", "kill",
     "load_snapshot", "plan_kill", "save_snapshot", "scan", "scan_for_kill",
 ]
 

@@ -29,3 +29,12 @@ def test_importing_sockdoctor_stays_cheap() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['sockdoctor']"
+
+
+def test_errors_and_the_sampler_are_public() -> None:
+    """A caller catches sockdoctor's errors by class and reads the CLI's exit code."""
+    assert issubclass(sockdoctor.FilterSyntaxError, sockdoctor.UsageError)
+    assert issubclass(sockdoctor.WriteError, sockdoctor.SockdoctorError)
+    assert sockdoctor.BadSnapshotError.exit_code == 6 and sockdoctor.WriteError.exit_code == 7
+    with_sampler = sockdoctor.Sampler
+    assert with_sampler.__module__ == "sockdoctor.watch.sampler"

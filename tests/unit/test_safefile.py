@@ -122,3 +122,25 @@ def test_reading_refuses_what_is_not_a_file_or_a_pipe(tmp_path: Path) -> None:
     writer.start()
     assert safefile.read(str(fifo)) == b"piped"
     writer.join(timeout=10)
+
+
+def test_the_exporter_textfile_is_written_by_safefile(tmp_path: Path) -> None:
+    """One atomic writer: the textfile refuses a symlink in its place and keeps the target."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from sockdoctor.watch.exporter import write_textfile
+
+    registry = CollectorRegistry()
+    Gauge("sockdoctor_test", "a gauge", registry=registry).set(3)
+    path = tmp_path / "sockdoctor.prom"
+    write_textfile(str(path), registry)
+    assert "sockdoctor_test 3.0" in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o644
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    path.unlink()
+    path.symlink_to(victim)
+    with pytest.raises(WriteError, match="symbolic link"):
+        write_textfile(str(path), registry)
+    assert victim.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sockdoctor.prom", "victim"]

@@ -14,7 +14,8 @@ import sys
 
 import click
 
-from .common import CONTEXT, Group, reader_may_leave, user_errors
+from ..stdout import reader_may_leave
+from .common import CONTEXT, Group, user_errors
 from .demo import demo_command
 from .doctor import doctor_command
 from .exporter import exporter_command

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_PERMISSION, FilterSyntaxError, SockdoctorError
+from ..stdout import silence_stdout
 from .complete import complete_netns, complete_state
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -296,7 +296,7 @@ def user_errors(fn: Callable[[], Any]) -> Callable[[], int]:
                        "root", err=True)
             return EXIT_PERMISSION
         except BrokenPipeError:
-            _silence_stdout()
+            silence_stdout()
             return 0
         return 0
     return wrapper
@@ -397,29 +397,6 @@ def _ss_habit(exc: click.NoSuchOption) -> click.UsageError | None:
         return click.UsageError(f"{name} is an option of `sockdoctor ls` (as in ss); "
                                 f"`sockdoctor {command}` collects what it needs itself", exc.ctx)
     return None
-
-
-@contextlib.contextmanager
-def reader_may_leave() -> Iterator[None]:
-    """Output to a reader that may go away (`| head`): stop writing, keep the exit status.
-
-    click turns a broken pipe into exit 1, which means "warnings" for doctor
-    and "some sockets survived" for kill; a command that prints inside this
-    block still exits with its own status.
-    """
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-
-
-def _silence_stdout() -> None:
-    """After the reader of a pipe went away (`| head`), exit without a traceback."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
 
 
 def need_root(what: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_INTERRUPTED, SockdoctorError, UsageError
+from ..stdout import reader_may_leave
 from .common import (
     CONTEXT,
     DURATION,
@@ -23,7 +24,6 @@ from .common import (
     clear_progress,
     filter_options,
     progress,
-    reader_may_leave,
     warn,
 )
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from typing import Any
 
 import click
@@ -108,7 +106,6 @@ def exporter_command(listen: tuple[str, ...], telemetry_path: str, web_config: s
     from ..doctor import config_for
     from ..errors import UsageError
     from ..query import parse_duration
-    from ..watch import Sampler, metrics, tune_gc
     from ..watch import exporter as ex
 
     seconds = parse_duration(interval) / 1000
@@ -122,50 +119,24 @@ def exporter_command(listen: tuple[str, ...], telemetry_path: str, web_config: s
     off = frozenset([*(name for name in COLLECTORS if not kw.pop(f"collector_{name}")),
                      *(() if doctor else ("doctor",))])
     query = build_query(kw)
-    textfile = ex.check_textfile_dir(textfile_dir) if textfile_dir else None
-    sampler = Sampler(query, netns=query.netns, interval=seconds,
-                      doctor=doctor,
-                      doctor_config=config_for(stuck_after, idle_after),
-                      full_walk_every=full_walk_every,
-                      doctor_every=0 if doctor_every == "auto" else int(doctor_every))
-    collector = ex.SampleCollector(metrics.Options(max_series=max_series,
-                                                   pid="pid" in labels, off=off))
-    exporter = ex.Exporter(sampler, collector, textfile=textfile,
-                           own_metrics=not no_own_metrics)
-    if not once and (listen or textfile is None):  # bound before the first sample
-        exporter.serve(list(listen or (DEFAULT_LISTEN,)), telemetry_path, web_config)
-    tune_gc()  # main() turned the cyclic collector off for short commands
-    _run(exporter, sampler, once, textfile)
+    serve = not once and (listen or textfile_dir is None)
+    settings = ex.ExporterSettings(
+        listen=(tuple(listen) or (ex.DEFAULT_LISTEN,)) if serve else (),
+        telemetry_path=telemetry_path, web_config=web_config, interval_s=seconds,
+        textfile_dir=textfile_dir, max_series=max_series, pid_label="pid" in labels,
+        collectors_off=off, own_metrics=not no_own_metrics,
+        doctor_config=config_for(stuck_after, idle_after), full_walk_every=full_walk_every,
+        doctor_every=0 if doctor_every == "auto" else int(doctor_every))
+    if once:
+        _once(ex.build_exporter(query, settings))
+    else:
+        ex.serve_exporter(query, settings)
 
 
-def _run(exporter: Any, sampler: Any, once: bool, textfile: str | None) -> None:
+def _once(exporter: Any) -> None:
+    """One sample: written to the textfile, else printed."""
     from ..watch import exporter as ex
 
-    first = sampler.sample()  # the user's mistakes (unknown namespace...) end here, in one line
-    if once:
-        exporter.on_sample(first)
-        if textfile is None:
-            sys.stdout.buffer.write(ex.generate_latest(exporter.textfile_registry))
-        return
-    stop = _stop_on_signals()
-    where = ", ".join(exporter.urls()) if exporter.server else f"writing {textfile}"
-    exporter.on_sample(first)
-    exporter.say(f"{where}, a sample every {sampler.interval:g}s (first: "
-                 f"{len(first.snapshot.sockets)} sockets in {first.duration_s:.2f}s)")
-    del first  # the sampler and the collector keep what they need; this frame must not
-    exporter.run(stop, wait_first=True)
-    exporter.say("stopped")
-
-
-def _stop_on_signals() -> threading.Event:
-    """SIGTERM or SIGINT: finish the sample under way and exit 0; a second one: at once."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
+    exporter.on_sample(exporter.sampler.sample())  # a user's mistake ends here, in one line
+    if exporter.textfile is None:
+        sys.stdout.buffer.write(ex.generate_latest(exporter.textfile_registry))

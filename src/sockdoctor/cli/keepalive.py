@@ -7,15 +7,8 @@ from typing import Any
 
 import click
 
-from .common import (
-    CONTEXT,
-    DURATION,
-    FILTER_HELP,
-    build_query,
-    filter_options,
-    reader_may_leave,
-    warn,
-)
+from ..stdout import reader_may_leave
+from .common import CONTEXT, DURATION, FILTER_HELP, build_query, filter_options, warn
 
 KEEPALIVE_HELP = FILTER_HELP + """
 \b

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..stdout import reader_may_leave
 from .common import (
     CONTEXT,
     FILTER_HELP,
@@ -14,7 +15,6 @@ from .common import (
     clear_progress,
     filter_options,
     progress,
-    reader_may_leave,
     warn,
     write_lines,
 )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 from typing import Any
 
 import click
 
-from .common import CONTEXT, build_query, filter_options, reader_may_leave, scope_words
+from .common import CONTEXT, build_query, filter_options, scope_words
 from .web import check_path, web_options
 
 REAP_HELP = """
@@ -60,177 +57,20 @@ def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
                  **kw: Any) -> None:
     """Reap stuck connections by a policy, cycle after cycle: planned, audited, verified."""
     from ..reap import policy as reap_policy
+    from ..reap.daemon import ReapSettings, run
 
     check_path(telemetry_path)
-    policy = reap_policy.load(policy_path)
     if check:
-        _describe(policy)
+        _describe(reap_policy.load(policy_path))
         return
     named = bool(kw["states"] or kw["filter_words"] or kw["ports"] or kw["pids"]
                  or kw["process"] or kw["older_than"] or kw["filter_file"])
     query = build_query(kw)
-    reaper, sampler = _start(policy, apply_, audit_log, query if named else None, query.netns)
-    say = _Output(as_json, _Metrics(reaper, textfile_dir, listen))
-    say.metrics.serve(listen, telemetry_path, web_config)
-    say.note(f"{len(policy.rules)} rule(s) from {policy.path}, every {policy.interval_s:g}s, "
-             + ("acting (--apply)" if apply_ else "dry run (add --apply to act)")
-             + f", {scope_words(query.netns)}" + say.metrics.where())
-    if once:
-        say.cycle(reaper.cycle(sampler.sample_safely()))
-        return
-    _daemon(policy_path, reaper, sampler, say)
-    say.metrics.close()
-
-
-def _start(policy: Any, apply_: bool, audit_log: str | None, narrow: Any, netns: str
-           ) -> tuple[Any, Any]:
-    from ..reap.reaper import Reaper
-    from ..remedy import DEFAULT_PATH, host_facts
-    from ..remedy.audit import AuditLog
-    from ..watch import Sampler
-
-    path = audit_log or policy.audit_log or DEFAULT_PATH
-    if apply_:
-        AuditLog(path).close()  # an unwritable log stops us before the first cycle
-    reaper = Reaper(policy, apply=apply_, host=host_facts(), audit_log=path, narrow=narrow)
-    sampler = Sampler(query=None, netns=netns, interval=policy.interval_s, doctor=False,
-                      full_walk_every=10)
-    return reaper, sampler
-
-
-def _daemon(path: str, reaper: Any, sampler: Any, say: _Output) -> None:
-    """Cycle until SIGTERM/SIGINT (the cycle in progress finishes); SIGHUP reloads."""
-    from ..errors import SockdoctorError
-    from ..reap import policy as reap_policy
-    from ..watch import tune_gc
-
-    tune_gc()  # a daemon: cycles must be collected (main() turned the GC off)
-    stop, reload = threading.Event(), threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set())
-                for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
-
-    def on_sample(sample: Any) -> None:
-        if reload.is_set():
-            reload.clear()
-            try:
-                fresh = reap_policy.load(path)
-            except SockdoctorError as exc:
-                say.note(f"reload failed, the policy in force stays: {exc}")
-            except Exception as exc:  # a daemon keeps running, always
-                say.note(f"reload failed, the policy in force stays: {path}: "
-                         f"{type(exc).__name__}: {exc}")
-            else:
-                reaper.reload(fresh)
-                sampler.interval = fresh.interval_s
-                say.note(f"policy reloaded: {len(fresh.rules)} rule(s), every "
-                         f"{fresh.interval_s:g}s")
-        say.cycle(reaper.cycle(sample))
-
-    try:
-        sampler.run(stop, on_sample)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    say.stopped(reaper)
-
-
-class _Metrics:
-    """The reaper's metrics through the web server and textfile writer of the exporter."""
-
-    def __init__(self, reaper: Any, textfile_dir: str | None, listen: tuple[str, ...]) -> None:
-        self.server = self.textfile = None
-        if textfile_dir is None and not listen:
-            return  # no prometheus_client to import
-        from ..reap.metrics import TEXTFILE_NAME, ReapCollector, registries
-        from ..watch import exporter as ex
-
-        self.collector = ReapCollector(reaper)
-        self.served, self.textfile_registry = registries(self.collector)
-        if textfile_dir is not None:
-            ex.check_textfile_dir(textfile_dir)
-            self.textfile = f"{textfile_dir.rstrip('/')}/{TEXTFILE_NAME}"
-
-    def serve(self, listen: tuple[str, ...], path: str, web_config: str | None) -> None:
-        """Bound now (a taken port ends the command before its first cycle), served at once."""
-        if not listen:
-            return
-        from prometheus_client import make_wsgi_app
-
-        from ..web import serve
-        from ..web.server import stderr_say
-        from ..web.wsgi import only
-
-        self.server = serve(list(listen), only(path, make_wsgi_app(self.served)), web_config,
-                            stderr_say("reap"))
-        self.server.start()
-        self.urls = self.server.urls(path)
-
-    def where(self) -> str:
-        return "".join([f"; metrics on {', '.join(self.urls)}" if self.server else "",
-                        f"; metrics in {self.textfile}" if self.textfile else ""])
-
-    def update(self, cycle: Any) -> None:
-        if self.server is None and self.textfile is None:
-            return
-        self.collector.last_cycle = cycle.started
-        if self.textfile:
-            from ..watch.exporter import write_textfile
-
-            write_textfile(self.textfile, self.textfile_registry)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-
-
-class _Output:
-    """A line (or a JSON object) per cycle, flushed at once: it is a log."""
-
-    def __init__(self, as_json: bool, metrics: _Metrics) -> None:
-        self.as_json = as_json
-        self.metrics = metrics
-
-    def cycle(self, cycle: Any) -> None:
-        self.metrics.update(cycle)
-        if self.as_json:
-            self._json(cycle.to_json())
-        else:
-            self._line(cycle.line())
-
-    def note(self, text: str) -> None:
-        if self.as_json:
-            self._json({"event": "note", "note": text})
-        else:  # a reload's error may quote namespace names: any bytes
-            self._line(f"reap: {text}")
-
-    def stopped(self, reaper: Any) -> None:
-        if self.as_json:
-            totals = [{"rule": r, "method": m, "outcome": o, "count": n}
-                      for (r, m, o), n in sorted(reaper.totals.items())]
-            self._json({"event": "stopped", "cycles": reaper.cycles, "totals": totals})
-        else:
-            self._line(reaper.summary())
-
-    def _json(self, obj: dict) -> None:
-        from ..jsontext import encode  # names that are not UTF-8, exact
-
-        with reader_may_leave():  # bytes: UTF-8 JSON under any locale
-            sys.stdout.flush()
-            sys.stdout.buffer.write(encode(obj) + b"\n")
-            sys.stdout.buffer.flush()
-
-    @staticmethod
-    def _line(text: str) -> None:
-        """A line of text: escaped whole (rule and namespace names may hold any bytes)."""
-        from ..render.fmt import untrusted
-
-        _Output._write(untrusted(text))
-
-    @staticmethod
-    def _write(text: str) -> None:
-        with reader_may_leave():
-            sys.stdout.write(text + "\n")
+    run(policy_path, ReapSettings(
+        apply=apply_, once=once, audit_log=audit_log, narrow=query if named else None,
+        netns=query.netns, as_json=as_json, listen=listen, telemetry_path=telemetry_path,
+        web_config=web_config, textfile_dir=textfile_dir,
+        scope=scope_words(query.netns)))
 
 
 def _describe(policy: Any) -> None:

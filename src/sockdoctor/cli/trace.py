@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..signals import handling, interrupt
 from .common import CONTEXT, DURATION, FILTER_HELP, build_query, filter_options
 
 EPILOG = FILTER_HELP + """
@@ -74,22 +75,23 @@ def trace_command(ndjson: bool, duration: str | None, count: int | None, refresh
     from ..watch.trace import open_tracer
 
     tune_gc()  # it runs until stopped: cycles must be collected (main() turned the GC off)
-    _stop_on_signals()
-    tracer = open_tracer(query, refresh_s=parse_duration(refresh) / 1000,
-                         buffer_kb=buffer_kb, destroy=not no_destroy)
-    from .traceout import Events, Summaries
+    # SIGTERM and SIGHUP end a trace like Ctrl-C: the tracing instance is removed
+    with handling({signal.SIGTERM: interrupt, signal.SIGHUP: interrupt}):
+        tracer = open_tracer(query, refresh_s=parse_duration(refresh) / 1000,
+                             buffer_kb=buffer_kb, destroy=not no_destroy)
+        from .traceout import Events, Summaries
 
-    out = Summaries(tracer, ndjson, every_s) if summarize or every_s else Events(ndjson)
-    try:
-        _announce(tracer)
-        if not ndjson and not no_header:
-            out.header()
-        _loop(tracer, out, stop_at, count, parse_duration(join_delay) / 1000)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a trace is meant to end:
-        _drain(tracer, out, count)  # what still waited for its turn is printed, not lost
-    finally:
-        tracer.close()
-        out.end()
+        out = Summaries(tracer, ndjson, every_s) if summarize or every_s else Events(ndjson)
+        try:
+            _announce(tracer)
+            if not ndjson and not no_header:
+                out.header()
+            _loop(tracer, out, stop_at, count, parse_duration(join_delay) / 1000)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a trace is meant to end:
+            _drain(tracer, out, count)  # what still waited for its turn is printed, not lost
+        finally:
+            tracer.close()
+            out.end()
     _summary(tracer)
 
 
@@ -135,12 +137,3 @@ def _summary(tracer: Any) -> None:
                 "(--netns)" if unplaced else "")
     click.echo(f"sockdoctor: {s.changes} state changes, {s.destroyed} destroyed sockets, "
                f"{lost}{owned}{left_out}", err=True)
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM and SIGHUP end a trace like Ctrl-C: the tracing instance is removed."""
-    def interrupt(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from ..linux import host as _host
 from ..linux.host import Host
 from ..model import Snapshot, Socket
+from ..signals import stop_on_signals
 from ..ssfilter import states_from_names
-from .apply import KillReport, apply_plan, stop_on_signals
+from .apply import KillReport, apply_plan
 from .audit import DEFAULT_PATH
 from .plan import Plan, plan_kill
 from .policy import AUTO_ORDER, DEFAULT_MAX, DEFAULT_STATES, METHODS, KillPolicy, parse_rate

@@ -11,10 +11,7 @@ taken: the one in flight finishes, the rest is reported as not tried.
 
 from __future__ import annotations
 
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import msgspec
 
@@ -111,23 +108,3 @@ def _act(plan: Plan, log: AuditLog, stop: threading.Event, namespaces: hostmod.N
 def _identities(items: list[PlanItem]) -> dict[int, bytes]:
     """index -> the item's identity as the audit log writes it, encoded once per run."""
     return {item.index: audit_mod.identity_json(item) for item in items if item.method}
-
-
-@contextmanager
-def stop_on_signals(*signums: int) -> Iterator[threading.Event]:
-    """An Event set by SIGINT/SIGTERM (or `signums`) instead of dying, while inside.
-
-    Only the main thread can install handlers; elsewhere the Event is never
-    set by a signal. The previous handlers are restored on the way out.
-    """
-    stop = threading.Event()
-    wanted = signums or (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in wanted}
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -10,11 +10,10 @@ linking them, served by sockdoctor.web (bounded, TLS, basic auth).
 
 from __future__ import annotations
 
-import contextlib
 import html
 import os
+import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,13 +30,15 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .. import __version__
+from .. import __version__, safefile
+from ..doctor.config import DoctorConfig
 from ..errors import PermissionDeniedError, WriteError
 from ..jsontext import untrusted
 from ..linux.netns import can_enter_others
+from ..query import Query
 from ..render.fmt import plural
 from . import metrics
-from .sampler import Sample, Sampler
+from .sampler import Sample, Sampler, tune_gc
 
 if TYPE_CHECKING:
     from ..web import WebServer
@@ -116,25 +117,13 @@ def check_textfile_dir(path: str) -> str:
 
 
 def write_textfile(path: str, registry: CollectorRegistry) -> None:
-    """Replace `path` atomically: node_exporter never reads half a file.
+    """Replace `path` in one piece (safefile): node_exporter never reads half a file.
 
-    The temporary name does not end in .prom, so the textfile collector
-    ignores it; rename(2) replaces whatever is at `path` without following it.
+    The temporary name starts with a dot and ends in .tmp, so the textfile
+    collector ignores it; a symlink or anything but a regular file in the
+    way is refused (WriteError), never written through.
     """
-    data = generate_latest(registry)
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{TEXTFILE_NAME}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    safefile.write(path, generate_latest(registry), "the metrics textfile", mode=0o644)
 
 
 # --- HTTP ---------------------------------------------------------------------
@@ -243,8 +232,8 @@ class Exporter:
         if self.textfile:
             try:
                 write_textfile(self.textfile, self.textfile_registry)
-            except OSError as exc:
-                self.say(f"cannot write {self.textfile}: {exc.strerror or exc}")
+            except WriteError as exc:  # a full disk must not stop the exporter
+                self.say(str(exc))
 
     def run(self, stop: threading.Event, wait_first: bool = False) -> None:
         """Serve (if there is a server) and sample until `stop` is set.
@@ -261,3 +250,73 @@ class Exporter:
         finally:
             if self.server is not None:
                 self.server.stop()
+
+    def start(self, stop: threading.Event) -> None:
+        """The daemon: one sample now (a user's mistake ends here), then serve until `stop`."""
+        first = self.sampler.sample()
+        where = ", ".join(self.urls()) if self.server else f"writing {self.textfile}"
+        self.on_sample(first)
+        self.say(f"{where}, a sample every {self.sampler.interval:g}s (first: "
+                 f"{len(first.snapshot.sockets)} sockets in {first.duration_s:.2f}s)")
+        del first  # the sampler and the collector keep what they need; this frame must not
+        self.run(stop, wait_first=True)
+        self.say("stopped")
+
+
+# --- the library entry point ----------------------------------------------------
+
+DEFAULT_LISTEN = ":19808"
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    """What `sockdoctor exporter`'s options say, as one value (docs/exporter.md, Python)."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)  # () with a textfile: no HTTP at all
+    telemetry_path: str = "/metrics"
+    web_config: str | None = None  # exporter-toolkit's YAML: TLS, basic auth
+    interval_s: float = 15.0
+    textfile_dir: str | None = None  # also write DIR/sockdoctor.prom after each sample
+    max_series: int = 100
+    pid_label: bool = False
+    collectors_off: frozenset[str] = frozenset()  # "doctor", "listen_queue", ...
+    own_metrics: bool = True  # process_* and python_* over HTTP
+    doctor_config: DoctorConfig | None = None
+    full_walk_every: int = 20
+    doctor_every: int = 0  # 0: auto
+
+
+def build_exporter(query: Query | None = None,
+                   settings: ExporterSettings = ExporterSettings()) -> Exporter:
+    """Sampler, collector and exporter for `settings`, bound to its addresses (not serving)."""
+    query = query or Query()
+    textfile = check_textfile_dir(settings.textfile_dir) if settings.textfile_dir else None
+    sampler = Sampler(query, netns=query.netns, interval=settings.interval_s,
+                      doctor="doctor" not in settings.collectors_off,
+                      doctor_config=settings.doctor_config or DoctorConfig(),
+                      full_walk_every=settings.full_walk_every,
+                      doctor_every=settings.doctor_every)
+    collector = SampleCollector(metrics.Options(max_series=settings.max_series,
+                                                pid=settings.pid_label,
+                                                off=settings.collectors_off))
+    exporter = Exporter(sampler, collector, textfile=textfile,
+                        own_metrics=settings.own_metrics)
+    if settings.listen:  # bound before the first sample: a taken port fails at once
+        exporter.serve(list(settings.listen), settings.telemetry_path, settings.web_config)
+    return exporter
+
+
+def serve_exporter(query: Query | None = None,
+                   settings: ExporterSettings = ExporterSettings(),
+                   stop: threading.Event | None = None) -> None:
+    """Run an exporter until `stop` is set, or SIGTERM/SIGINT (in the main thread).
+
+        from sockdoctor.watch import ExporterSettings, serve_exporter
+        serve_exporter(settings=ExporterSettings(listen=("127.0.0.1:19808",)))
+    """
+    from ..signals import stop_on_signals
+
+    exporter = build_exporter(query, settings)
+    tune_gc()  # a daemon: cycles must be collected
+    with stop_on_signals(signal.SIGTERM, signal.SIGINT, again_interrupts=True) as signalled:
+        exporter.start(stop or signalled)

@@ -1,7 +1,7 @@
 """The sampling engine: scan on an interval, cheaply, and diagnose each sample.
 
 One engine for every continuous consumer (the exporter, top, trace, the
-reaper); the contract is written in /work/team/SAMPLER.md and docs/exporter.md.
+reaper); what a sample holds is below (Sample) and in docs/exporter.md ("The sampler").
 A sample is the same evidence as `scan(evidence=True, age=True)` plus what
 only a sampler can know: which sockets are new or gone since the previous
 sample and since when each one has been in its state. The steps are
@@ -46,7 +46,7 @@ _INODE = attrgetter("inode")
 
 @dataclass
 class Sample:
-    """One sample: plain data, no I/O. See SAMPLER.md for each field."""
+    """One sample: plain data, no I/O; each field says what it holds."""
 
     seq: int
     started: float  # time.time() when the sample began
@@ -82,7 +82,7 @@ class Sample:
 
 
 class Sampler:
-    """Takes samples of the host's TCP sockets; see the module doc and SAMPLER.md."""
+    """Takes samples of the host's TCP sockets; see the module doc."""
 
     def __init__(self, query: Query | str | None = None, netns: str = "all",
                  interval: float = 15.0, doctor: bool = True,
