@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_prometheus import free_port, stop
+from exporting import free_port
+from exporting import stop_prometheus as stop
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alertmanager.yml"
 AMTOOL = shutil.which("amtool") or "/usr/bin/amtool"
