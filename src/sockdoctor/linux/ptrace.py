@@ -50,6 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import SockdoctorError
 from .pidfd import FdGone, IdentityChanged, NotPermitted, ProcessGone, Unsupported
@@ -65,7 +66,10 @@ __all__ = [
     "Unsupported",
     "inject_close",
     "inject_close_many",
+    "while_frozen",
 ]
+
+T = TypeVar("T")
 
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
@@ -549,6 +553,62 @@ def _as_tracer_thread(fn: Callable[[], list]) -> list:
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]  # type: ignore[return-value]
+
+
+def _threads(pid: int) -> set[int]:
+    try:
+        return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(f"process {pid} does not exist (any more)") from exc
+
+
+def _freeze_all(pids: Iterable[int], timeout: float) -> list[_Tracee]:
+    """Every thread of every process stopped (threads made meanwhile too)."""
+    held: dict[int, _Tracee] = {}
+    try:
+        for pid in pids:
+            while True:  # a thread still running may make another: list again
+                new = _threads(pid) - held.keys()
+                if not new:
+                    break
+                for tid in sorted(new):
+                    tracee = held[tid] = _Tracee(pid, tid)
+                    try:
+                        tracee.attach(timeout)
+                    except ProcessGone:
+                        if not os.path.exists(f"/proc/{pid}"):
+                            raise
+                        tracee.attached = False  # that thread ended: nothing to hold
+    except BaseException:
+        for tracee in held.values():
+            tracee.release()
+        raise
+    return list(held.values())
+
+
+def while_frozen(pids: Iterable[int], fn: Callable[[], T], *, timeout: float = 5.0) -> T:
+    """fn() while every thread of `pids` is held in a ptrace stop, as a debugger's attach.
+
+    For the moment of fn() none of those programs runs a single instruction,
+    so none can accept(), close or read a socket meanwhile. Registers are not
+    touched; each thread resumes where it was (a blocked call restarts,
+    epoll_wait and a few others return EINTR, as after any stop). Raises
+    ProcessGone, NotPermitted, Unsupported or TraceeUnresponsive (then fn is
+    not called).
+    """
+    _require_x86_64()
+    todo = sorted(set(pids))
+    if os.getpid() in todo:
+        raise NotPermitted("cannot stop sockdoctor's own process")
+
+    def session() -> list[T]:
+        tracees = _freeze_all(todo, timeout)
+        try:
+            return [fn()]
+        finally:
+            for tracee in tracees:
+                tracee.release()
+    return _as_tracer_thread(session)[0]
 
 
 def inject_close_many(pid: int, targets: Iterable[tuple[int, int]], *,

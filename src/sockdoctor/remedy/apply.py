@@ -1,12 +1,17 @@
 """apply_plan(plan) -> KillReport: carry out exactly that plan, audit as it happens, verify.
 
 Methods are taken in APPLY_ORDER, each in batches (one process, one
-listener or one namespace; one socket at a time under a rate). Every
-batch's audit lines are written in one write right after the batch and
-before any verification. Identity is re-checked by each method at the
-moment it acts. When `stop` is set (SIGINT/SIGTERM under
-stop_on_signals()), or the audit log cannot be written, no new action is
-taken: the one in flight finishes, the rest is reported as not tried.
+listener or one namespace; one socket at a time under a rate). Before a
+batch acts, an `intent` line per socket is written and fsynced (one write,
+one fsync per batch): no action without its record on disk. If that fails
+(disk full, read-only), the batch is not carried out and nothing further is
+done. Right after the batch, its `act` lines say what each action did.
+Batches of every sockdoctor on this host are serialised by one lock
+(linux/host.py: acting())), and identity is re-checked by each method at the moment
+it acts, so of two actors on the same socket only the one that ended it
+claims it. When `stop` is set (SIGINT/SIGTERM under stop_on_signals()), or
+the audit log cannot be written, no new action is taken: the one in flight
+finishes, the rest is reported as not tried.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from contextlib import contextmanager
 
 import msgspec
 
-from ..errors import EXIT_INTERRUPTED, UsageError
+from ..errors import EXIT_INTERRUPTED, EXIT_WRITE, UsageError
 from ..linux import host as hostmod
 from . import audit as audit_mod
 from .audit import DEFAULT_PATH, AuditLog
@@ -36,17 +41,25 @@ class KillReport(msgspec.Struct, kw_only=True):
     outcomes: list[Outcome] = msgspec.field(default_factory=list)
     interrupted: bool = False
     audit_error: str = ""
+    audit_path: str = ""  # where the record of what was done is
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted; unapplied: what the plan could do; else 0 when every selected
-        socket is gone, 4 or 5 when every failure was for want of permission or of a
-        kernel feature, 1 otherwise."""
+        """130 interrupted; 7 the audit log failed (nothing more was done); unapplied:
+        what the plan could do; else 0 when every selected socket is gone, 4 or 5 when
+        every failure was for want of permission or of a kernel feature, 1 otherwise."""
         if self.interrupted:
             return EXIT_INTERRUPTED
+        if self.audit_error:
+            return EXIT_WRITE
         if not self.applied:
             return self.plan.exit_code
         return exit_code_for({o.outcome for o in self.outcomes if not o.success})
+
+    @property
+    def ended_here(self) -> int:
+        """Sockets this run ended itself (not those gone before or by another hand)."""
+        return sum(1 for o in self.outcomes if o.outcome in ("closed", "closing"))
 
     def counts(self) -> dict[str, int]:
         """ended (gone), left (still there or refused), not tried (interrupted)."""
@@ -77,7 +90,7 @@ def apply_plan(plan: Plan, *, audit_log: str | AuditLog | None = DEFAULT_PATH,
         interrupted = stop.is_set()
         results = outcomes(plan.items, actions, namespaces, interrupted=interrupted)
         report = KillReport(plan=plan, applied=True, outcomes=results, interrupted=interrupted,
-                            audit_error=log.error)
+                            audit_error=log.error, audit_path=log.path or "")
         log.write_many(audit_mod.Record("verify", ids[o.index], {
             "outcome": o.outcome, "detail": o.detail, "state_after": o.state_after})
             for o in results if o.index in actions)
@@ -100,7 +113,11 @@ def _act(plan: Plan, log: AuditLog, stop: threading.Event, namespaces: hostmod.N
             if stop.is_set() or log.error or (not first and not pacer.wait()):
                 return done
             first = False
-            acted = method.act(batch, rt)
+            if not log.write_many((audit_mod.Record("intent", ids[i.index], {})
+                                   for i in batch), sync=True):
+                return done  # no record on disk: this batch is not carried out
+            with hostmod.acting():
+                acted = method.act(batch, rt)
             done.update((a.index, a) for a in acted)
             if not log.write_many(audit_mod.Record("act", ids[a.index], {
                     "action": a.status, "detail": a.detail}) for a in acted):
