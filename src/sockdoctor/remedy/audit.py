@@ -165,8 +165,8 @@ class Record(NamedTuple):
     fields: dict[str, Any]
 
     def encode(self) -> bytes:
-        return (b'"event":"' + self.event.encode() + b'",' + self.identity + b","
-                + jsontext.encode(self.fields)[1:])
+        rest = b"," + jsontext.encode(self.fields)[1:] if self.fields else b"}"
+        return b'"event":"' + self.event.encode() + b'",' + self.identity + rest
 
 
 _STATE_NAMES = {int(s): s.name for s in TcpState}
