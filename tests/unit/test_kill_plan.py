@@ -286,7 +286,7 @@ def test_fin_and_close_on_a_socket_whose_owner_is_hidden_need_rights(scene: Scen
     ("owned_cw", "fin", "descriptor stays open", "its read returns EOF"),
     ("owned_est", "destroy", "ECONNABORTED", "ECONNRESET"),
     ("owned_est", "close", "never reused behind its back", "its read returns EOF"),
-    ("owned_fw2", "close", "stays taken by an unconnected socket", "our FIN went out already"),
+    ("owned_fw2", "close", "stays taken by a placeholder", "our FIN went out already"),
     ("owned_fw2", "destroy", "ECONNABORTED", "EPIPE"),
     ("orphan_fw2", "destroy", "no program holds it", "next write is answered with"),
     ("orphan_fw2", "rst", "no program holds it", "EPIPE"),
