@@ -2,8 +2,9 @@
 
 Methods are taken in APPLY_ORDER, each in batches (one process, one
 listener or one namespace; one socket at a time under a rate). Before a
-batch acts, an `intent` line per socket is written and fsynced (one write,
-one fsync per batch): no action without its record on disk. If that fails
+batch acts, an `intent` line per socket is on disk: written and fsynced in
+one write for the next INTENTS_AHEAD sockets (a second's worth under a
+rate): no action without its record on disk. If that fails
 (disk full, read-only), the batch is not carried out and nothing further is
 done. Right after the batch, its `act` lines say what each action did.
 Batches of every sockdoctor on this host are serialised by one lock
@@ -27,10 +28,14 @@ from ..errors import EXIT_INTERRUPTED, EXIT_WRITE, UsageError
 from ..linux import host as hostmod
 from . import audit as audit_mod
 from .audit import DEFAULT_PATH, AuditLog
-from .methods import APPLY_ORDER, BY_NAME, Pacer, Runtime
+from .methods import APPLY_ORDER, BY_NAME, Method, Pacer, Runtime
 from .plan import NOT_GATHERED, Plan, exit_code_for
 from .steps import Action, PlanItem
 from .verify import Outcome, outcomes
+
+# Sockets whose intent lines go to disk in one write and one fsync, ahead of their
+# actions: 16,000 sockets cost 4 fsyncs, not 63 (docs/reliability.md).
+INTENTS_AHEAD = 4096
 
 
 class KillReport(msgspec.Struct, kw_only=True):
@@ -105,24 +110,49 @@ def _act(plan: Plan, log: AuditLog, stop: threading.Event, namespaces: hostmod.N
     pacer = Pacer(plan.rate, stop)
     rt = Runtime(pacer=pacer, namespaces=namespaces, host=plan.host, bare_close=plan.bare_close)
     done: dict[int, Action] = {}
-    first = True
-    for name in APPLY_ORDER:
-        method = BY_NAME[name]
-        items = [item for item in plan.items if item.method == name]
-        for batch in method.batches(items, pacer.batch_size(method.batch)) if items else []:
-            if stop.is_set() or log.error or (not first and not pacer.wait()):
-                return done
-            first = False
-            if not log.write_many((audit_mod.Record("intent", ids[i.index], {})
-                                   for i in batch), sync=True):
-                return done  # no record on disk: this batch is not carried out
-            with hostmod.acting():
-                acted = method.act(batch, rt)
-            done.update((a.index, a) for a in acted)
-            if not log.write_many(audit_mod.Record("act", ids[a.index], {
-                    "action": a.status, "detail": a.detail}) for a in acted):
-                return done
+    batches = [(BY_NAME[name], batch) for name in APPLY_ORDER
+               for batch in _batches(plan, name, pacer)]
+    ahead = _intents_ahead(plan.rate)
+    recorded = 0  # batches[:recorded] have their intent lines on disk
+    for at, (method, batch) in enumerate(batches):
+        if stop.is_set() or log.error or (at and not pacer.wait()):
+            return done
+        if at == recorded:  # one write and one fsync for the next `ahead` sockets
+            recorded = _record_intents(log, batches, at, ahead, ids)
+            if not recorded:
+                return done  # no record on disk: nothing more is carried out
+        with hostmod.acting():
+            acted = method.act(batch, rt)
+        done.update((a.index, a) for a in acted)
+        if not log.write_many(audit_mod.Record("act", ids[a.index], {
+                "action": a.status, "detail": a.detail}) for a in acted):
+            return done
     return done
+
+
+def _batches(plan: Plan, name: str, pacer: Pacer) -> list[list[PlanItem]]:
+    method = BY_NAME[name]
+    items = [item for item in plan.items if item.method == name]
+    return method.batches(items, pacer.batch_size(method.batch)) if items else []
+
+
+def _intents_ahead(rate: float) -> int:
+    """How many sockets one fsynced write of intent lines covers: INTENTS_AHEAD, or about
+    a second's worth under a rate (a stopped run leaves few intents without their act)."""
+    return INTENTS_AHEAD if rate <= 0 else max(1, min(INTENTS_AHEAD, int(rate)))
+
+
+def _record_intents(log: AuditLog, batches: list[tuple[Method, list[PlanItem]]], start: int,
+                    ahead: int, ids: dict[int, bytes]) -> int:
+    """Write and fsync the intent lines of the batches from `start` on, whole batches of
+    about `ahead` sockets; the index after the last one recorded, 0 if writing failed."""
+    end, count = start, 0
+    while end < len(batches) and (end == start or count + len(batches[end][1]) <= ahead):
+        count += len(batches[end][1])
+        end += 1
+    lines = (audit_mod.Record("intent", ids[i.index], {})
+             for _, batch in batches[start:end] for i in batch)
+    return end if log.write_many(lines, sync=True) else 0
 
 
 def _identities(items: list[PlanItem]) -> dict[int, bytes]:
