@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -90,6 +91,27 @@ def test_audit_log_appends_json_lines_one_write_per_batch(tmp_path: Path) -> Non
     assert all({"time", "user", "event"} <= set(line) for line in lines)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert audit_mod.AuditLog(None).write({"ignored": True})  # no log asked for
+
+
+def test_audit_lines_start_on_a_line_of_their_own_and_a_failed_write_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"event": "earlier"}\n{"event": "cut sho')  # someone's partial line
+    with audit_mod.AuditLog(str(path)) as log:
+        assert log.write({"event": "a"})
+        real_write = os.write
+
+        def short_then_full(fd: int, data: bytes) -> int:  # a disk that fills mid-write
+            if real_write(fd, bytes(data[:10])) == 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return 0
+
+        monkeypatch.setattr(audit_mod.os, "write", short_then_full)
+        assert not log.write_many([{"event": "b"}, {"event": "c"}], sync=True)
+        assert "No space left on device" in log.error
+    lines = path.read_bytes().split(b"\n")
+    assert lines[:2] == [b'{"event": "earlier"}', b'{"event": "cut sho']
+    assert json.loads(lines[2])["event"] == "a" and lines[3:] == [b""]  # b, c: cut off
 
 
 def test_an_unwritable_audit_log_is_a_write_error_and_a_forbidden_one_a_permission_error(
