@@ -38,7 +38,8 @@ class ReapCollector:
         reaper = self.reaper
         reaped = CounterMetricFamily(
             "sockdoctor_reaped", "Sockets the reaper acted on, by rule, method and the "
-            "outcome verified afterwards (not those another hand ended first).", labels=["rule", "method", "outcome"])
+            "outcome verified afterwards (not those another hand ended first).",
+            labels=["rule", "method", "outcome"])
         counts = dict(reaper.totals)
         for rule in reaper.policy.rules:
             for method in rule.ladder:
