@@ -9,6 +9,7 @@ CLOSE)" for each: a success for work that was not its own.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,10 @@ import pytest
 from hostile import Holder, audit_lines, done_cookies, kill_argv, run
 
 import sockdoctor
-from sockdoctor.lab.netlab import Lab
+from conftest import Script
+from sockdoctor import KillPolicy
+from sockdoctor.lab.netlab import SERVER_V4, Lab
+from sockdoctor.model import TcpState
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 N = 1000
@@ -77,3 +81,44 @@ def test_applying_a_plan_after_someone_else_ended_its_sockets(solo: Lab,
     assert [o.outcome for o in report.outcomes] == ["already-gone"] * 3
     assert report.ended_here == 0 and report.exit_code == 0
     assert [a["action"] for a in audit_lines(log, "act")] == ["already-gone"] * 3
+
+
+KEEPER = """
+ls = socket.create_server(("0.0.0.0", 0))
+emit({"port": ls.getsockname()[1]})
+held = []
+while True:
+    held += [ls.accept()[0] for _ in range(int(wait()))]
+    emit(len(held))
+"""
+
+
+def test_destroy_does_not_claim_a_socket_another_run_has_shut_down(lab: Lab,
+                                                                  tmp_path: Path) -> None:
+    """The peer is gone, so after another run's fin the socket waits in LAST-ACK: still
+    in the table, but already ended by that run; destroying it now is not ours to claim."""
+    keeper = Script(lab, lab.server, KEEPER)
+    port: int = keeper.read()["port"]  # type: ignore[index]
+    peers = [lab.client.run(lambda: socket.create_connection((SERVER_V4, port)))
+             for _ in range(3)]
+    keeper.send("3")
+    assert keeper.read() == 3
+    for peer in peers:
+        peer.close()
+    query = f"state close-wait sport = :{port}"
+    snap = sockdoctor.scan(query, netns=lab.server.netns)
+    assert len(snap.sockets) == 3
+    lab.cut_link()  # our FIN will never be acknowledged
+    plan = sockdoctor.plan_kill(snap, KillPolicy(methods=("destroy",)),
+                                host=sockdoctor.host_facts())
+    first = run(kill_argv(lab, port, tmp_path / "first.jsonl"))
+    assert {line["action"] for line in audit_lines(tmp_path / "first.jsonl", "act")} == \
+        {"done"}, first.stdout
+    now = sockdoctor.scan(f"sport = :{port}", netns=lab.server.netns, owners=False)
+    assert {sk.state for sk in now.sockets if sk.state != TcpState.LISTEN} == \
+        {TcpState.LAST_ACK}
+    report = sockdoctor.apply_plan(plan, audit_log=str(tmp_path / "late.jsonl"))
+    assert [o.outcome for o in report.outcomes] == ["already-gone"] * 3
+    acts = audit_lines(tmp_path / "late.jsonl", "act")
+    assert [a["action"] for a in acts] == ["already-gone"] * 3
+    assert "already LAST-ACK when we came" in acts[0]["detail"]

@@ -363,6 +363,15 @@ def destroy(sockets: list[Socket]) -> list[int]:
         nl.close()
 
 
+def states_now(sockets: list[Socket]) -> list[int | None]:
+    """Each socket's TCP state now, by its exact id (None: gone); current namespace."""
+    nl = sockdiag.open_socket()
+    try:
+        return sockdiag.states_now(nl, sockets)
+    finally:
+        nl.close()
+
+
 def probe_destroy() -> tuple[bool, str]:
     """Destroy a loopback connection of our own and check that it died: (works, note).
 
