@@ -27,6 +27,9 @@ from sockdoctor.lab.netlab import Host, Lab
 pytest_plugins = ("pytester",)  # the pytest plugin is tested in subprocess runs
 
 ROOT = os.geteuid() == 0
+# tests/image builds the container image with podman: its own CI stage,
+# .ci/image-checks, which sets SOCKDOCTOR_IMAGE_TESTS=1.
+collect_ignore = [] if os.environ.get("SOCKDOCTOR_IMAGE_TESTS") else ["image"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

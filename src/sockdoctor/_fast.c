@@ -37,13 +37,13 @@
 /* What the Python side expects of this build (linux/native.py ABI); raise it
  * whenever a change here must not run with older Python code or the reverse.
  * 2: replies of type TCPDIAG_GETSOCK are parsed (sockdiag.dump's single walk). */
-#define FAST_ABI 2
+#define FAST_ABI 3
 
 /* Netlink and inet_diag constants (see sockdiag.py for their sources). */
 enum {
     NLMSG_HDRLEN_ = 16, DIAG_MSG_LEN = 72, HDR_DIAG_MSG = NLMSG_HDRLEN_ + DIAG_MSG_LEN,
     MSG_SOCK_DIAG = 20, MSG_TCPDIAG = 18, MSG_ERROR = 2, MSG_DONE = 3, F_DUMP_INTR = 0x10,
-    A_INFO = 2, A_CONG = 4, A_SKMEMINFO = 7, A_SHUTDOWN = 8, A_MARK = 15, A_CGROUP_ID = 21,
+    A_INFO = 2, A_VEGAS = 3, A_CONG = 4, A_DCTCP = 9, A_BBR = 16, A_SKMEMINFO = 7, A_SHUTDOWN = 8, A_MARK = 15, A_CGROUP_ID = 21,
     LAST_ACK_RECV = 56, AGE_IN_ATTR = 4 + LAST_ACK_RECV, SKMEM_LEN = 36,
 };
 /* Parser modes, mirroring DumpOptions (sockdiag.DumpParser._fast_mode). */
@@ -53,7 +53,7 @@ enum { M_ONLY_AGE = 1, M_INFO = 2, M_LAZY_INFO = 4 };
  * taken from sockdiag.py when the first dump is fed. */
 static PyObject *Socket_T, *SkMemInfo_T, *TcpInfo_T, *ParseError;
 static PyObject *s_out, *s_netns, *s_layouts, *s_age_at, *s_cong, *s_mode, *s_wanted,
-    *s_aged, *s_done, *s_interrupted, *s_age_ms, *s_info, *s_info_blob, *s_cong_attr,
+    *s_aged, *s_done, *s_interrupted, *s_age_ms, *s_info, *s_info_blob, *s_cong_attr, *s_cc_info,
     *s_shutdown, *s_cgroup_id, *s_mark, *s_mem, *s_inode, *s_owners, *s_pid;
 
 static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -272,6 +272,16 @@ static int attribute(Feed *f, PyObject *sk, int state, long kind, const uint8_t 
     }
     case A_CONG:
         return set_new(sk, s_cong_attr, cong_name(f, body, size));
+    case A_VEGAS:
+    case A_DCTCP:
+    case A_BBR: {  /* the congestion control's own info, kept raw: kind byte + body */
+        PyObject *raw = PyBytes_FromStringAndSize(NULL, size + 1);
+        if (raw) {
+            PyBytes_AS_STRING(raw)[0] = (char)(kind & 0x3FFF);
+            memcpy(PyBytes_AS_STRING(raw) + 1, body, size);
+        }
+        return set_new(sk, s_cc_info, raw);
+    }
     case A_SHUTDOWN:
         return size >= 1 ? set_new(sk, s_shutdown, PyLong_FromLong(body[0])) : 0;
     case A_CGROUP_ID:
@@ -785,7 +795,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
         {&s_cong, "_cong"}, {&s_mode, "_fast_mode"}, {&s_wanted, "_wanted_bits"},
         {&s_aged, "_aged_bits"}, {&s_done, "done"}, {&s_interrupted, "interrupted"},
         {&s_age_ms, "age_ms"}, {&s_info, "info"}, {&s_info_blob, "info_blob"},
-        {&s_cong_attr, "cong"}, {&s_shutdown, "shutdown"}, {&s_cgroup_id, "cgroup_id"},
+        {&s_cong_attr, "cong"}, {&s_cc_info, "cc_info"}, {&s_shutdown, "shutdown"}, {&s_cgroup_id, "cgroup_id"},
         {&s_mark, "mark"}, {&s_mem, "mem"}, {&s_inode, "inode"}, {&s_owners, "owners"},
         {&s_pid, "pid"},
     };

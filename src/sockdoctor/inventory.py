@@ -13,11 +13,23 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from .errors import PermissionDeniedError
-from .linux import deadsock, procfs, sockdiag
+from .linux import deadsock, procfs, runtime, sockdiag
 from .linux import netns as netns_mod
-from .model import ALL_STATES_MASK, DeadSocketFd, Netns, Process, Snapshot, Socket
+from .linux.bpf import owners as bpf_owners
+from .model import (
+    ALL_STATES_MASK,
+    KEEPALIVE_TIMER,
+    DeadSocketFd,
+    Netns,
+    Process,
+    Snapshot,
+    Socket,
+    TcpState,
+    state_mask,
+)
 from .query import Query
 from .render.fmt import plural
 from .selectors import unknown_netns, unknown_pids, unknown_process
@@ -48,7 +60,7 @@ class Facts:
 def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = False,
          mem: bool = False, age: bool = False, extended: bool = False, evidence: bool = False,
          netns: str | None = None, progress: Progress | None = None,
-         lazy_info: bool = False) -> Snapshot:
+         lazy_info: bool = False, counters: bool = False) -> Snapshot:
     """Every TCP socket matching `query`, in every selected network namespace.
 
     owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
@@ -62,6 +74,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
         holds every decoded tcp_info at once.
     netns: "all" (default), "host", a name from `ip netns`, a PID or an inode;
         overrides the query's own setting when given.
+    counters: read each namespace's /proc/net/{snmp,sockstat} (ss -s's numbers).
     """
     query = as_query(query)
     say = progress or (lambda _msg: None)
@@ -75,7 +88,9 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
                         evidence=evidence, lazy_info=lazy_info)
     say(f"dumping TCP sockets in {plural(len(namespaces), 'network namespace')}")
     netns_records, dumped = dump_namespaces(namespaces, opts, families(query), warnings,
-                                            sysctls=evidence, counters=evidence)
+                                            sysctls=evidence, counters=evidence or counters)
+    if evidence and opts.age and not info:
+        add_keepalive_info(namespaces, dumped, families(query))
     sockets = [sk for sk in dumped if query.match_socket(sk)]
     joined = Joined(sockets)
     if collect_owners is not None:
@@ -84,6 +99,8 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
         warn_denied(owner_map, warnings)
         joined = attach_owners(sockets, dumped, owner_map, query, netns_records,
                                evidence=evidence)
+        if evidence:
+            add_runtimes(joined)
     return assemble(joined, netns_records, warnings, owners=need_owners, info=info,
                     age=opts.age or info, evidence=evidence)
 
@@ -131,8 +148,13 @@ def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRe
 
     It takes the sockets found meanwhile: processes outside the scanned
     namespaces are walked only if one of them is still without an owner.
+    The owner source is the kernel engine's iter/task_file program when it
+    is in use (every process in one kernel pass), else the /proc walk.
     """
+    kernel_walk = bpf_owners.start()
     first_pids, other_pids = owner_pids(selected, found)
+    if kernel_walk is not None:
+        return _from_kernel(kernel_walk, first_pids, other_pids)
     collect = procfs.socket_owners_async(first_pids)
 
     def finish(sockets: list[Socket]) -> procfs.OwnerMap:
@@ -140,6 +162,20 @@ def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRe
         if other_pids and any(sk.inode and sk.inode not in owner_map.by_inode
                               for sk in sockets):
             owner_map.update(procfs.socket_owners(other_pids))  # held from outside the netns
+        return owner_map
+    return finish
+
+
+def _from_kernel(kernel_walk: Callable[[], procfs._Walk], first_pids: list[int],
+                 other_pids: list[int]) -> Callable[[list[Socket]], procfs.OwnerMap]:
+    """The kernel engine saw every process: keep what the /proc walk would have read."""
+    def finish(sockets: list[Socket]) -> procfs.OwnerMap:
+        walk = kernel_walk()
+        if not other_pids:
+            return walk.to_map()
+        owner_map = bpf_owners.subset(walk, set(first_pids)).to_map()
+        if any(sk.inode and sk.inode not in owner_map.by_inode for sk in sockets):
+            owner_map.update(bpf_owners.subset(walk, set(other_pids)).to_map())
         return owner_map
     return finish
 
@@ -193,6 +229,57 @@ def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs
             if proc is not None:
                 processes[pid] = proc
     return Joined(sockets, processes, dead_fds)
+
+
+# The sockets whose holders' runtime the doctor names: the stuck ones, and
+# listeners with a queue (whose workers may be busy).
+_RUNTIME_STATES = frozenset({TcpState.CLOSE_WAIT, TcpState.FIN_WAIT2})
+
+
+def add_runtimes(joined: Joined) -> None:
+    """Read the runtime of each process holding a stuck socket or a queued listener."""
+    pids = {o.pid for sk in joined.sockets for o in sk.owners
+            if sk.state in _RUNTIME_STATES or (sk.state == TcpState.LISTEN and sk.recv_q)}
+    for pid in pids:
+        proc = joined.processes.get(pid)
+        if proc is not None and proc.runtime is None:
+            proc.runtime = runtime.runtime_of(pid)
+
+
+def add_keepalive_info(namespaces: list[netns_mod.NsRef], dumped: list[Socket],
+                       fams: tuple[int, ...]) -> None:
+    """Full tcp_info for CLOSE-WAIT sockets whose keepalive probes reset their age.
+
+    A keepalive probe's answer refreshes tcp_info's last-ACK-received, the
+    age's usual source; last-data-received is not refreshed by it (docs/age.md).
+    Only those sockets' namespaces are dumped again, CLOSE-WAIT only.
+    """
+    wanted = {(sk.netns, sk.cookie): sk for sk in dumped
+              if sk.state == TcpState.CLOSE_WAIT and sk.timer == KEEPALIVE_TIMER
+              and sk.info is None}
+    if not wanted:
+        return
+    opts = sockdiag.DumpOptions(states=state_mask(TcpState.CLOSE_WAIT), info=True)
+    inodes = {key[0] for key in wanted}
+    for ns in namespaces:
+        if ns.inode not in inodes:
+            continue
+        try:
+            again = netns_mod.run_in(ns, partial(_dump_once, opts, ns.inode, fams))
+        except (OSError, sockdiag.NetlinkParseError, sockdiag.DumpInterrupted):
+            continue  # the ages keep their lower bound
+        for fresh in again:
+            sk = wanted.get((fresh.netns, fresh.cookie))
+            if sk is not None:
+                sk.info = fresh.info
+
+
+def _dump_once(opts: sockdiag.DumpOptions, inode: int, fams: tuple[int, ...]) -> list[Socket]:
+    sock = sockdiag.open_socket()
+    try:
+        return sockdiag.dump(sock, opts, netns=inode, families=fams)
+    finally:
+        sock.close()
 
 
 def assemble(joined: Joined, records: list[Netns], warnings: list[str], *, owners: bool,
@@ -283,11 +370,7 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
     """
     def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
         def run() -> _NsResult:
-            sock = sockdiag.open_socket()
-            try:
-                sockets = sockdiag.dump(sock, opts, netns=ns.inode, families=families)
-            finally:
-                sock.close()
+            sockets = _dump_once(opts, ns.inode, families)
             return _NsResult(sockets,
                              procfs.read_sysctls(procfs.NET_SYSCTLS) if sysctls else {},
                              procfs.read_counters() if counters else {})

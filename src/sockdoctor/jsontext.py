@@ -76,6 +76,40 @@ def readable(text: str) -> str:
                    for ch in text)
 
 
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def untrusted(text: str) -> str:
+    """Text from a process or the kernel, made safe for a terminal.
+
+    Any local user can name a process "\\x1b[31m..." or put a newline in it;
+    printed raw, that runs escape sequences in root's terminal or splits a row.
+    Control characters become \\n, \\t or \\xNN, bytes that were not UTF-8
+    (decoded with surrogateescape) become \\xNN, and a backslash is doubled so
+    the result reads back unambiguously: the escaping is injective (two
+    different names never print alike), which is why Prometheus label values
+    use it too (docs/exporter.md).
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    # \xNN above 0x7f is a raw byte, so a character there is \u00NN; the width of
+    # \u and \U is fixed: the escaping stays injective.
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def lossless(value: Any) -> Any:
     """Builtins (from msgspec.to_builtins) with every string made encodable."""
     if isinstance(value, dict):

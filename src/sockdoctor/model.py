@@ -10,10 +10,24 @@ sockets and every extra object per socket costs measurable time.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Annotated, Literal
 
 import msgspec
 
 SCHEMA = "sockdoctor.snapshot/1"
+
+# Ranges a decoded snapshot is checked against (a file is untrusted input: a
+# state of 99 or a port of 10**30 is a corrupt file, not a crash in a rule).
+# Constructing a Struct in Python does not check them: the scan stays as fast.
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+# unsigned 64-bit: no upper bound (msgspec's cannot pass int64, and 2**64-1 is real:
+# tcp_info's max_pacing_rate when unlimited); a huge one is only a large number
+U64 = Annotated[int, msgspec.Meta(ge=0)]
+Pid = Annotated[int, msgspec.Meta(ge=0, le=2**22)]  # PID_MAX_LIMIT
+State = Annotated[int, msgspec.Meta(ge=1, le=13)]  # TcpState
+Family = Literal[2, 10]  # AF_INET, AF_INET6
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e11)]  # a Unix time (finite)
 
 
 class TcpState(IntEnum):
@@ -85,6 +99,8 @@ TIMER_NAMES: dict[int, str] = {
     4: "persist",
 }
 
+KEEPALIVE_TIMER = 2  # idiag_timer while only the keepalive timer is armed
+
 ALL_STATES_MASK = sum(1 << s for s in TcpState if s not in (TcpState.NEW_SYN_RECV,
                                                               TcpState.BOUND_INACTIVE))
 
@@ -100,6 +116,11 @@ def state_mask(*states: int) -> int:
 # A connection without a descriptor in one of these states waits in an accept queue
 # (SYN-RECV ones are request socks, not yet in the queue); in these, it is an orphan.
 _QUEUE_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+# One short owner label for such sockets wherever sockets are grouped by owner
+# (top, ls --summary); the exporter's `process` label spells it "accept-queue".
+ACCEPT_QUEUE_OWNER = "(accept queue)"
+ACCEPT_QUEUE_LABEL = "accept-queue"
+NO_OWNER = "(no owner)"
 _ORPHAN_STATES = frozenset({TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK,
                             TcpState.CLOSING, TcpState.TIME_WAIT})
 
@@ -112,94 +133,94 @@ class TcpInfo(msgspec.Struct, gc=False, omit_defaults=True):
     the named fields at the end by the decoder and then dropped.
     """
 
-    state: int | None = None
-    ca_state: int | None = None
-    retransmits: int | None = None
-    probes: int | None = None
-    backoff: int | None = None
-    options: int | None = None
-    wscale_bits: int | None = None
-    rate_flags: int | None = None
-    rto: int | None = None
-    ato: int | None = None
-    snd_mss: int | None = None
-    rcv_mss: int | None = None
-    unacked: int | None = None
-    sacked: int | None = None
-    lost: int | None = None
-    retrans: int | None = None
-    fackets: int | None = None
-    last_data_sent: int | None = None
-    last_ack_sent: int | None = None
-    last_data_recv: int | None = None
-    last_ack_recv: int | None = None
-    pmtu: int | None = None
-    rcv_ssthresh: int | None = None
-    rtt: int | None = None
-    rttvar: int | None = None
-    snd_ssthresh: int | None = None
-    snd_cwnd: int | None = None
-    advmss: int | None = None
-    reordering: int | None = None
-    rcv_rtt: int | None = None
-    rcv_space: int | None = None
-    total_retrans: int | None = None
-    pacing_rate: int | None = None
-    max_pacing_rate: int | None = None
-    bytes_acked: int | None = None
-    bytes_received: int | None = None
-    segs_out: int | None = None
-    segs_in: int | None = None
-    notsent_bytes: int | None = None
-    min_rtt: int | None = None
-    data_segs_in: int | None = None
-    data_segs_out: int | None = None
-    delivery_rate: int | None = None
-    busy_time: int | None = None
-    rwnd_limited: int | None = None
-    sndbuf_limited: int | None = None
-    delivered: int | None = None
-    delivered_ce: int | None = None
-    bytes_sent: int | None = None
-    bytes_retrans: int | None = None
-    dsack_dups: int | None = None
-    reord_seen: int | None = None
-    rcv_ooopack: int | None = None
-    snd_wnd: int | None = None
-    rcv_wnd: int | None = None
-    rehash: int | None = None
-    total_rto: int | None = None
-    total_rto_recoveries: int | None = None
-    total_rto_time: int | None = None
-    received_ce: int | None = None
-    delivered_e1_bytes: int | None = None
-    delivered_e0_bytes: int | None = None
-    delivered_ce_bytes: int | None = None
-    received_e1_bytes: int | None = None
-    received_e0_bytes: int | None = None
-    received_ce_bytes: int | None = None
-    ecn_bits: int | None = None
-    snd_wscale: int | None = None
-    rcv_wscale: int | None = None
-    delivery_rate_app_limited: int | None = None
-    fastopen_client_fail: int | None = None
-    ecn_mode: int | None = None
-    accecn_opt_seen: int | None = None
-    accecn_fail_mode: int | None = None
+    state: U64 | None = None
+    ca_state: U64 | None = None
+    retransmits: U64 | None = None
+    probes: U64 | None = None
+    backoff: U64 | None = None
+    options: U64 | None = None
+    wscale_bits: U64 | None = None
+    rate_flags: U64 | None = None
+    rto: U64 | None = None
+    ato: U64 | None = None
+    snd_mss: U64 | None = None
+    rcv_mss: U64 | None = None
+    unacked: U64 | None = None
+    sacked: U64 | None = None
+    lost: U64 | None = None
+    retrans: U64 | None = None
+    fackets: U64 | None = None
+    last_data_sent: U64 | None = None
+    last_ack_sent: U64 | None = None
+    last_data_recv: U64 | None = None
+    last_ack_recv: U64 | None = None
+    pmtu: U64 | None = None
+    rcv_ssthresh: U64 | None = None
+    rtt: U64 | None = None
+    rttvar: U64 | None = None
+    snd_ssthresh: U64 | None = None
+    snd_cwnd: U64 | None = None
+    advmss: U64 | None = None
+    reordering: U64 | None = None
+    rcv_rtt: U64 | None = None
+    rcv_space: U64 | None = None
+    total_retrans: U64 | None = None
+    pacing_rate: U64 | None = None
+    max_pacing_rate: U64 | None = None
+    bytes_acked: U64 | None = None
+    bytes_received: U64 | None = None
+    segs_out: U64 | None = None
+    segs_in: U64 | None = None
+    notsent_bytes: U64 | None = None
+    min_rtt: U64 | None = None
+    data_segs_in: U64 | None = None
+    data_segs_out: U64 | None = None
+    delivery_rate: U64 | None = None
+    busy_time: U64 | None = None
+    rwnd_limited: U64 | None = None
+    sndbuf_limited: U64 | None = None
+    delivered: U64 | None = None
+    delivered_ce: U64 | None = None
+    bytes_sent: U64 | None = None
+    bytes_retrans: U64 | None = None
+    dsack_dups: U64 | None = None
+    reord_seen: U64 | None = None
+    rcv_ooopack: U64 | None = None
+    snd_wnd: U64 | None = None
+    rcv_wnd: U64 | None = None
+    rehash: U64 | None = None
+    total_rto: U64 | None = None
+    total_rto_recoveries: U64 | None = None
+    total_rto_time: U64 | None = None
+    received_ce: U64 | None = None
+    delivered_e1_bytes: U64 | None = None
+    delivered_e0_bytes: U64 | None = None
+    delivered_ce_bytes: U64 | None = None
+    received_e1_bytes: U64 | None = None
+    received_e0_bytes: U64 | None = None
+    received_ce_bytes: U64 | None = None
+    ecn_bits: U64 | None = None
+    snd_wscale: U64 | None = None
+    rcv_wscale: U64 | None = None
+    delivery_rate_app_limited: U64 | None = None
+    fastopen_client_fail: U64 | None = None
+    ecn_mode: U64 | None = None
+    accecn_opt_seen: U64 | None = None
+    accecn_fail_mode: U64 | None = None
 
 
 class SkMemInfo(msgspec.Struct, gc=False):
     """INET_DIAG_SKMEMINFO: the socket's memory accounting, as ss -m shows it."""
 
-    rmem_alloc: int
-    rcvbuf: int
-    wmem_alloc: int
-    sndbuf: int
-    fwd_alloc: int
-    wmem_queued: int
-    optmem: int
-    backlog: int
-    drops: int
+    rmem_alloc: U32
+    rcvbuf: U32
+    wmem_alloc: U32
+    sndbuf: U32
+    fwd_alloc: U32
+    wmem_queued: U32
+    optmem: U32
+    backlog: U32
+    drops: U32
 
 
 class Owner(msgspec.Struct, frozen=True, gc=False):
@@ -209,8 +230,8 @@ class Owner(msgspec.Struct, frozen=True, gc=False):
     for hours, which the cyclic collector would otherwise scan again and again.
     """
 
-    pid: int
-    fd: int
+    pid: Pid
+    fd: U32
 
 
 class Socket(msgspec.Struct, gc=False):
@@ -226,33 +247,36 @@ class Socket(msgspec.Struct, gc=False):
     from tcp_info's last-ACK-received; see docs/age.md for what it means.
     """
 
-    netns: int
-    family: int
-    state: int
+    netns: U64
+    family: Family
+    state: State
     local_addr: str
-    local_port: int
+    local_port: Port
     peer_addr: str
-    peer_port: int
-    inode: int
-    cookie: int
-    uid: int
-    recv_q: int
-    send_q: int
-    timer: int = 0
+    peer_port: Port
+    inode: U64
+    cookie: U64
+    uid: U32
+    recv_q: U32
+    send_q: U32
+    timer: U32 = 0
     expires_ms: int = 0
-    retrans: int = 0
-    ifindex: int = 0
+    retrans: U32 = 0
+    ifindex: U32 = 0
     owners: list[Owner] = msgspec.field(default_factory=list)
-    age_ms: int | None = None
-    shutdown: int | None = None
-    cgroup_id: int | None = None
-    mark: int | None = None
+    age_ms: U64 | None = None
+    shutdown: U32 | None = None
+    cgroup_id: U64 | None = None
+    mark: U32 | None = None
     cong: str | None = None
     info: TcpInfo | None = None
     mem: SkMemInfo | None = None
     # Raw tcp_info, kept instead of `info` by scan(lazy_info=True) so that a huge
     # listing decodes it a chunk at a time while writing (see tcpinfo.of()).
     info_blob: bytes | None = None
+    # The congestion control's own diag attribute (bbr, dctcp, vegas), raw:
+    # its attribute type in the first byte, then the body (linux/ccinfo.py).
+    cc_info: bytes | None = None
 
     @property
     def tcp_state(self) -> TcpState:
@@ -278,7 +302,7 @@ class Socket(msgspec.Struct, gc=False):
         if st == TcpState.TIME_WAIT:
             return "TIME-WAIT: kept by the kernel only, no process holds it"
         if self.queued:
-            return "in a listener's accept queue: never accept()ed"
+            return "accept queue: never accept()ed"
         if st == TcpState.SYN_RECV:
             return "a handshake in progress: no descriptor before accept()"
         if self.orphaned:
@@ -295,26 +319,41 @@ class ThreadInfo(msgspec.Struct, frozen=True):
     syscall: str = ""
 
 
+class Runtime(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a process runs, read without attaching to it (linux/runtime.py).
+
+    kind: "go", "java", "python", "node" or "native"; libraries: what the
+    doctor recognised ("net/http client", "HikariCP", "requests" ...), in the
+    order found; program: the server or tool it is (gunicorn, nginx ...).
+    """
+
+    kind: str
+    version: str = ""
+    libraries: list[str] = msgspec.field(default_factory=list)
+    program: str = ""
+
+
 class Process(msgspec.Struct, kw_only=True):
-    pid: int
+    pid: Pid
     comm: str
     cmdline: list[str] = msgspec.field(default_factory=list)
     uid: int = -1
     user: str = ""
     state: str = ""
-    ppid: int = 0  # the parent: prefork workers share the listener owner as parent
+    ppid: Pid = 0  # the parent: prefork workers share the listener owner as parent
     cgroup: str = ""
     container: str = ""
     netns: int = 0
     fd_count: int = 0
     fd_limit: int = 0
     threads: list[ThreadInfo] | None = None
+    runtime: Runtime | None = None  # with evidence, for the holders of stuck sockets
 
 
 class Netns(msgspec.Struct, kw_only=True):
     """A network namespace, named as a person would recognise it."""
 
-    inode: int
+    inode: U64
     name: str
     kind: str  # "host", "named" (ip netns), "container", "process"
     pid: int = 0  # a process inside it, when one is known
@@ -331,15 +370,15 @@ class DeadSocketFd(msgspec.Struct, frozen=True):
     could not be inspected (error_pending None).
     """
 
-    pid: int
-    fd: int
-    inode: int
+    pid: Pid
+    fd: U32
+    inode: U64
     protocol: str
     family: int = 0
     local_addr: str = ""
-    local_port: int = 0
+    local_port: Port = 0
     peer_addr: str = ""  # "" when it never had a peer (never connected)
-    peer_port: int = 0
+    peer_port: Port = 0
     error_pending: bool | None = None  # a reset or timeout the program has not read yet
     info: TcpInfo | None = None  # TCP_INFO of the dead socket
 
@@ -348,12 +387,12 @@ class Snapshot(msgspec.Struct, kw_only=True):
     """Complete evidence of one scan; serialises to JSON and back."""
 
     schema: str = SCHEMA
-    created: float
+    created: Seconds
     hostname: str
     kernel: str
     sockets: list[Socket]
     namespaces: list[Netns] = msgspec.field(default_factory=list)
-    processes: dict[int, Process] = msgspec.field(default_factory=dict)
+    processes: dict[Pid, Process] = msgspec.field(default_factory=dict)
     sysctls: dict[str, str] = msgspec.field(default_factory=dict)  # host-wide (fs.*)
     dead_fds: list[DeadSocketFd] = msgspec.field(default_factory=list)
     owners_scanned: bool = False

@@ -27,19 +27,28 @@ from .selectors import (
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+# The longest duration anything takes (an interval, --older-than, a timeout): one
+# year. Past it a wait overflows a C timeout (threading, select) or is a typo.
+MAX_DURATION_MS = 365 * 86_400_000
 
 
 def parse_duration(text: str, option: str = "") -> int:
     """'90s', '10m', '2h', '1d', '500ms' (a bare number means seconds) -> milliseconds.
 
-    `option` names the flag in the error ("--older-than: 'x' is not a duration ...").
+    At most MAX_DURATION_MS (365d). `option` names the flag in the error
+    ("--older-than: 'x' is not a duration ...").
     """
-    m = _DURATION.match(text)
+    lead = f"{option}: " if option else ""
+    m = _DURATION.match(text) if len(text) < 40 else None
     if not m:
-        lead = f"{option}: " if option else ""
-        raise UsageError(f"{lead}'{text}' is not a duration; write it like 30s, "
+        shown = text[:40].encode("unicode_escape").decode("ascii")
+        raise UsageError(f"{lead}'{shown}' is not a duration; write it like 30s, "
                          "10m, 2h or 1d")
-    return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    ms = float(m.group(1)) * _UNIT_MS[m.group(2)]
+    if ms > MAX_DURATION_MS:
+        raise UsageError(f"{lead}'{text.strip()}' is longer than a duration may be "
+                         "(at most 365d)")
+    return int(ms)
 
 
 @dataclass
@@ -70,6 +79,9 @@ class Query:
         bad = sorted(p for p in pids if p <= 0)
         if bad:
             raise UsageError(f"--pid takes a process id (a number above 0), not {bad[0]}")
+        bad = sorted(p for p in ports if not 0 < p <= 65535)
+        if bad:
+            raise UsageError(f"--port takes a port from 1 to 65535, not {bad[0]}")
         parsed = ssfilter.parse(words)
         mask = parsed.states if parsed.states is not None else ALL_STATES_MASK
         if states:

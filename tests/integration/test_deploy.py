@@ -23,6 +23,7 @@ import yaml
 
 from conftest import NOBODY, Remote, Unprivileged, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import Lab
+from sockdoctor.units import DOCUMENTED
 from sockdoctor.watch.exporter import DEFAULT_PORT
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -131,6 +132,27 @@ def test_the_kubernetes_manifests_validate() -> None:
         kubernetes_validate.validate(doc, "1.30", strict=True)  # raises on any error
 
 
+def test_the_daemonsets_image_is_the_placeholder_the_docs_replace() -> None:
+    """No image nobody can pull: the docs' sed line puts your registry's name in."""
+    container = daemonset()["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.com/sockdoctor:0.1.0"
+    docs = (DEPLOY.parent / "docs" / "exporter.md").read_text()
+    block = re.search(r"<!-- deploy-kubernetes -->\n```sh\n(.*?)```", docs, re.S)
+    assert block is not None
+    sed = next(line for line in block.group(1).splitlines() if line.startswith("sed "))
+    sed = sed.split(" | kubectl")[0].split(" > ")[0]
+    done = subprocess.run(["bash", "-c", sed], cwd=DEPLOY.parent, capture_output=True,
+                          text=True, timeout=30,
+                          env={**os.environ, "REGISTRY": "registry.internal:5000/platform"})
+    assert done.returncode == 0, done.stderr
+    docs_out = list(yaml.safe_load_all(done.stdout))
+    ds = next(d for d in docs_out if d["kind"] == "DaemonSet")
+    image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.internal:5000/platform/sockdoctor:0.1.0"
+    for doc in docs_out:
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+
+
 def test_the_daemonset_is_read_only_and_bounded() -> None:
     ds = daemonset()
     pod = ds["spec"]["template"]["spec"]
@@ -161,10 +183,15 @@ def test_the_podmonitor_selects_the_daemonsets_pods_by_the_metrics_port() -> Non
 
 
 def test_the_dockerfile_builds_this_repository_and_runs_what_the_daemonset_asks() -> None:
+    """The image itself is built and run by tests/image (.ci/image-checks)."""
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^COPY src \./src$", text, re.M) and "pip wheel" in text
-    assert f"EXPOSE {DEFAULT_PORT}" in text
-    assert 'ENTRYPOINT ["sockdoctor"]' in text
+    build, final = re.split(r"^FROM \$\{BASE\}.*$", text, flags=re.M)[1:]
+    assert re.search(r"^COPY pyproject.toml setup.py README.md ./$", build, re.M)
+    assert re.search(r"^COPY src \./src$", build, re.M) and "gcc" in build
+    assert 'grep -q "C extension"' in build  # no silent pure-Python image
+    assert "gcc" not in final and "COPY --from=build /opt/sockdoctor" in final
+    assert f"EXPOSE {DEFAULT_PORT}" in final
+    assert 'ENTRYPOINT ["sockdoctor"]' in final
     args = daemonset()["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "exporter"
     # the arguments the DaemonSet passes are accepted by this version's CLI
@@ -179,7 +206,7 @@ def assert_unit_verifies(unit: Path, tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     local = tmp_path / unit.name  # verify wants the ExecStart binary to exist
     sockdoctor = shutil.which("sockdoctor") or str(Path(sys.executable).parent / "sockdoctor")
-    local.write_text(unit.read_text().replace("/usr/local/bin/sockdoctor", sockdoctor))
+    local.write_text(unit.read_text().replace(DOCUMENTED, sockdoctor))
     verify = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
                             text=True, timeout=60)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr

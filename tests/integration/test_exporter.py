@@ -69,6 +69,8 @@ def test_a_leak_shows_with_its_namespace_process_side_port_count_and_age_until_k
         finding = pick(got["sockdoctor_finding_sockets"], netns=ns, rule="never-closed")
         assert list(finding.values()) == [5.0]
         assert dict(next(iter(finding)))["process"] == "sdt-leaker"
+        severity = pick(got["sockdoctor_finding_severity"], netns=ns, rule="never-closed")
+        assert set(severity) == set(finding) and set(severity.values()) <= {2.0, 3.0}
         assert value(got["sockdoctor_up"]) == 1
         kill = run_cli("kill", "--netns", ns, "--port", str(PORT), "--state", "close-wait",
                        "--yes")
@@ -77,6 +79,7 @@ def test_a_leak_shows_with_its_namespace_process_side_port_count_and_age_until_k
             lambda m: value(m["sockdoctor_tcp_sockets"], netns=ns, state="close_wait") == 0)
         assert pick(after.get("sockdoctor_close_wait_sockets", {}), netns=ns) == {}
         assert pick(after.get("sockdoctor_finding_sockets", {}), rule="never-closed") == {}
+        assert pick(after.get("sockdoctor_finding_severity", {}), rule="never-closed") == {}
 
 
 def test_a_client_that_leaks_is_labelled_client_with_the_remote_services_port(lab: Lab) -> None:

@@ -50,6 +50,9 @@ def test_with_a_compiler_the_extension_is_built_and_used(tmp_path: Path) -> None
     assert any(n.startswith("sockdoctor/_fast.") and n.endswith(".so") for n in names)
     assert not any(n.endswith(".c") for n in names)
     assert "fast path: C extension" in version
+    if shutil.which("clang"):  # the BPF programs too (the engine's own tests say if it loads)
+        assert "sockdoctor/linux/bpf/owners.bpf.o" in names
+        assert "kernel engine: BPF" in version
 
 
 @pytest.mark.parametrize("no_compiler", [{"CC": "/bin/false"}, {"PATH": "/nonexistent"}],
@@ -59,6 +62,11 @@ def test_without_a_compiler_the_install_works_in_pure_python(tmp_path: Path,
     names, version = build_and_ask(tmp_path, no_compiler)
     assert not any(n.endswith(".so") for n in names)
     assert "sockdoctor/cli/__init__.py" in names
-    assert version.splitlines() == [f"sockdoctor, version {sockdoctor.__version__}",
-                                    "fast path: not installed (sockdoctor._fast was not built: "
-                                    "no C compiler at install time?), pure Python in use"]
+    assert version.splitlines()[:2] == [f"sockdoctor, version {sockdoctor.__version__}",
+                                        "fast path: not installed (sockdoctor._fast was not "
+                                        "built: no C compiler at install time?), pure Python "
+                                        "in use"]
+    if "PATH" in no_compiler:  # no clang either: no BPF programs, and --version says so
+        assert not any(n.endswith(".bpf.o") for n in names)
+        assert version.splitlines()[2] == ("kernel engine: BPF not in use: its programs were "
+                                           "not built (no clang at install time?)")

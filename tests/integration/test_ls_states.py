@@ -511,7 +511,7 @@ def test_summary_names_who_holds_close_waits(zoo: Zoo, views: Views) -> None:
     assert re.match(r"\d+ TCP sockets: .*CLOSE-WAIT 4", out[0])
     rows = [re.split(r"\s{2,}", line.strip()) for line in out[3:]]  # columns: 2+ spaces
     assert ["2", "CLOSE-WAIT", f"sdt-srv({zoo.srv.pid})", ":7002", zoo.S] in rows
-    assert ["1", "CLOSE-WAIT", "(no owner)", ":7003", zoo.S] in rows
+    assert ["1", "CLOSE-WAIT", "(accept queue)", ":7003", zoo.S] in rows
     assert ["1", "LAST-ACK", "(no owner)", ":7007", zoo.S] in rows
     lib = summary.rows(scan(owners=True, netns=zoo.S))
     assert summary.SummaryRow(zoo.S, "CLOSE-WAIT", f"sdt-srv({zoo.srv.pid})", ":7002", 2) in lib

@@ -182,6 +182,19 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     assert all("sockdoctor_" in expr for _, expr in dashboard_queries())
 
 
+def test_a_finding_is_one_series_with_its_severity_as_a_value(stack: Stack) -> None:
+    """No severity label (it changes as a leak ages); the severity is a gauge's value."""
+    levels = stack.wait_query(f'sockdoctor_finding_severity{{netns="{stack.ns}"}}')
+    sockets = stack.query(f'sockdoctor_finding_sockets{{netns="{stack.ns}"}}')
+
+    def identities(series: list[dict]) -> set[frozenset]:
+        return {frozenset((k, v) for k, v in s["metric"].items() if k != "__name__")
+                for s in series}
+    assert identities(levels) == identities(sockets)
+    assert all("severity" not in s["metric"] for s in levels + sockets)
+    assert {float(s["value"][1]) for s in levels} <= {1.0, 2.0, 3.0}
+
+
 def test_the_dashboard_is_grafana_json_with_a_datasource_variable() -> None:
     dash = json.loads((DEPLOY / "grafana" / "sockdoctor.json").read_text())
     names = [v["name"] for v in dash["templating"]["list"]]

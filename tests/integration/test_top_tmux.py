@@ -47,10 +47,11 @@ while True:
 class Screen:
     """A tmux session running one command; read with capture-pane, type with send-keys."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, width: int = 180, height: int = 45) -> None:
         self.name = f"sdtop-{os.getpid()}-{time.monotonic_ns() % 100000}"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "180", "-y", "45",
-                        command], check=True, env={**os.environ, "TERM": "xterm-256color"})
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y",
+                        str(height), command], check=True,
+                       env={**os.environ, "TERM": "xterm-256color"})
 
     def text(self) -> str:
         done = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
@@ -78,7 +79,8 @@ def rows(screen: str, comm: str) -> list[tuple[int, str]]:
     """(count, state) of each group row of `comm`, top to bottom."""
     out = []
     for line in screen.splitlines():
-        m = re.match(r"\W*(\d+)\s+[+-]?\d+\s+[+-]?\d+\s+(\S+)\s+" + re.escape(comm), line)
+        # +LAST and +START (a narrow screen hides +START)
+        m = re.match(r"\W*(\d+)(?:\s+[+-]?\d+){1,2}\s+(\S+)\s+" + re.escape(comm), line)
         if m:
             out.append((int(m[1]), m[2]))
     return out
@@ -161,3 +163,70 @@ def test_top_once_prints_one_frame_without_a_terminal(lab: Lab) -> None:
     assert "COUNT" in done.stdout and "findings" in done.stdout
     assert count_of(done.stdout, f"leaker({pid})", "ESTAB") == 10
     assert count_of(done.stdout, f"leaker({pid})", "CLOSE-WAIT") >= 2
+
+
+def top_in(lab: Lab, tmp_path: Path, width: int = 180, height: int = 45
+           ) -> tuple[Screen, str, Path]:
+    """top on the leaking lab's server namespace in a tmux screen; (screen, comm, rc file)."""
+    server = Script(lab, lab.server, SERVER)
+    pid = server.read()["ready"]  # type: ignore[index]
+    Script(lab, lab.client, CLIENT).read()
+    rc = tmp_path / "rc"
+    top = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "sockdoctor", "top",
+                                            "--netns", lab.server.netns, "--interval", "0.5s",
+                                            "--doctor-every", "1"))
+    return Screen(f"{top}; echo $? > {rc}", width, height), f"leaker({pid})", rc
+
+
+@pytest.mark.root
+def test_top_help_screen_lists_every_key(lab: Lab, tmp_path: Path) -> None:
+    from sockdoctor.render.topframe import KEYS
+
+    screen, comm, _ = top_in(lab, tmp_path)
+    try:
+        # Enter and ? are in the footer
+        screen.wait_for(lambda s: count_of(s, comm, "ESTAB") == 10 and "? Help" in s
+                        and "⏎ Sockets" in s)
+        for key in ("?", "h", "F1"):
+            screen.keys(key)
+            shown = screen.wait_for(lambda s: "sockdoctor top: keys" in s)
+            for keys, what in KEYS:
+                assert re.search(rf"{re.escape(keys)}\s+{re.escape(what[:40])}", shown), keys
+            screen.keys("Escape")
+            screen.wait_for(lambda s: "sockdoctor top: keys" not in s and "q Quit" in s)
+    finally:
+        screen.close()
+
+
+def columns_of(screen: str) -> list[str]:
+    header = next(line for line in screen.splitlines() if " COUNT " in f" {line} ")
+    return header.split()
+
+
+@pytest.mark.root
+def test_top_fits_80x24(lab: Lab, tmp_path: Path) -> None:
+    """At 80x24 the essential columns all show, the findings leave room for the table."""
+    screen, comm, _ = top_in(lab, tmp_path, 80, 24)
+    try:
+        shown = screen.wait_for(lambda s: count_of(s, comm, "CLOSE-WAIT") >= 2
+                                and "findings: the doctor has not run" not in s)
+        lines = shown.splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        assert columns_of(shown)[:1] == ["COUNT"]
+        for essential in ("STATE", "PROCESS", "SERVICE", "OLDEST", "NETNS"):
+            assert essential in columns_of(shown), (essential, shown)
+        # the cells are there, not cut off: the server's port and the netns (maybe elided)
+        row = next(line for line in lines if comm in line and "ESTAB" in line)
+        assert ":7200" in row and re.search(r"\d+(ms|s|m)\s", row + " ")
+        ns = lab.server.netns
+        assert ns in row or (ns[:5] in row and ns[-4:] in row and "…" in row)
+        # the listener has no age
+        listen = next(line for line in lines if comm in line and "LISTEN" in line)
+        assert re.search(r":7200\s+-\s", listen), listen
+        table_rows = [line for line in lines if comm in line]
+        assert len(table_rows) >= 3  # LISTEN, ESTAB, CLOSE-WAIT all visible
+        screen.keys("d")  # findings hidden: their pane and its border go
+        screen.wait_for(lambda s: "findings:" not in s and "CRITICAL" not in s
+                        and "WARNING" not in s)
+    finally:
+        screen.close()

@@ -240,3 +240,79 @@ def test_trace_removes_what_a_killed_trace_left_behind(solo: Lab) -> None:
         subprocess.run(["umount", where], capture_output=True)
         if os.path.isdir(where):
             os.rmdir(where)
+
+
+CHURN = """
+import socket, time
+open("/proc/self/comm", "w").write("churn")
+srv = socket.create_server(("127.0.0.1", 0))
+port = srv.getsockname()[1]
+print(port, flush=True)
+keep = []
+for _ in range(6):
+    c = socket.create_connection(("127.0.0.1", port))
+    keep.append(srv.accept()[0])
+    c.close()  # the accepted side falls into CLOSE-WAIT and stays there
+    time.sleep(0.1)
+time.sleep(60)
+"""
+
+
+def _port_of(proc: subprocess.Popen) -> int:
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    assert ready, "the program did not start"
+    return int(proc.stdout.readline())  # type: ignore[union-attr]
+
+
+@pytest.mark.root
+def test_trace_names_a_namespace_created_after_it_started() -> None:
+    """Events of a namespace born after trace started carry its name from the first one,
+    long before the next sample (--refresh 60s); and every line comes in time order."""
+    trace = Trace("--ndjson", "--netns", "all", "--refresh", "60s")
+    try:
+        with Lab(f"late{os.getpid() % 10000}", pair=False) as lab:
+            ns = lab.server.netns
+            proc = lab.spawn(lab.server, [sys.executable, "-c", CHURN], stdout=subprocess.PIPE,
+                             text=True)
+            port = _port_of(proc)
+
+            def ours(events: list[dict]) -> list[dict]:
+                return [e for e in events if e["event"] == "state" and port in
+                        (e["local_port"], e["peer_port"]) and e["local_addr"] == "127.0.0.1"]
+
+            events = trace.wait_for(lambda ev: sum(e["new"] == "CLOSE-WAIT"
+                                                   for e in ours(ev)) >= 6, timeout=45)
+            mine = ours(events)
+            assert mine[0]["old"] == "CLOSE" and mine[0]["new"] == "LISTEN"
+            assert {e["netns"] for e in mine} == {ns}, [e["netns"] for e in mine]
+            assert all(e["netns_inode"] == lab.server.inode() for e in mine)
+            cw = [e for e in mine if e["new"] == "CLOSE-WAIT"]
+            assert all(o["comm"] == "churn" for e in cw for o in e["owners"]), cw
+            times = [e["time"] for e in events]
+            assert times == sorted(times)
+    finally:
+        trace.stop()
+
+
+@pytest.mark.root
+def test_trace_summary_counts_transitions_with_rates(solo: Lab) -> None:
+    ns = solo.server.netns
+    trace = subprocess.Popen([*SOCKDOCTOR, "trace", "--netns", ns, "--summary", "--duration",
+                              "4s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([trace.stderr], [], [], 60)
+        assert ready and "tracing" in trace.stderr.readline()  # type: ignore[union-attr]
+        leaker = solo.spawn(solo.server, [sys.executable, "-c", LEAKER])
+        out, err = trace.communicate(timeout=60)
+    finally:
+        if trace.poll() is None:
+            trace.kill()
+    assert trace.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("--- ") and " state changes (" in lines[0], out
+    assert lines[1].split() == ["COUNT", "PER-S", "CHANGE", "PROCESS", "SERVICE", "NETNS"]
+    rows = {(r.split()[2], r.split()[4], r.split()[5], r.split()[6]): r.split()[:2]
+            for r in lines[2:] if len(r.split()) == 8}
+    count, rate = rows[("ESTAB", "CLOSE-WAIT", f"leaker({leaker.pid})", ":7100")]
+    assert count == "5" and 0.5 < float(rate) < 2.5, out  # 5 in about 4 s
+    assert not any("->" in line and "LAST-ACK" in line and "leaker" in line for line in lines)

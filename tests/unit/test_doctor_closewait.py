@@ -271,3 +271,14 @@ def test_listener_port_inside_ephemeral_range_is_still_server_side():
     report = diagnose(b.build())
     assert len(of(report, "never-closed")) == 1
     assert of(report, "client-pool-dead-connections") == []
+
+
+def test_a_young_close_wait_with_an_unread_eof_is_a_note():
+    """doctor right after a leak (0.2 s): the unread EOF is mentioned (issue 15, item 8)."""
+    report = diagnose(leaky_server(n=5, age_ms=200, recv_q=1).build())
+    assert report.exit_code == 0
+    [note] = report.notes
+    assert note == ("5 CLOSE-WAIT sockets of python3 (pid 4242) on :8080, 5 of them with the "
+                    "peer's close not yet read (Recv-Q > 0), oldest 200ms: they count as "
+                    "stuck at 10s (--stuck-after), in 9s if they stay")
+    assert diagnose(leaky_server(n=5, age_ms=200, recv_q=0).build()).notes == []

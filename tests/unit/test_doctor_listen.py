@@ -150,3 +150,32 @@ def test_listeners_in_two_namespaces_are_separate():
     found = of(diagnose(b.build()), "accept-queue-not-drained")
     assert sorted((f.netns, f.processes[0].pid, f.sockets) for f in found) == [
         ("host", 88324, 24), ("other", 9, 6)]
+
+
+def test_several_owners_take_the_plural_verb():
+    """'gunicorn (pid 300) and 2 other processes accept and handle', not 'accepts'."""
+    b = SnapshotBuilder()
+    for pid in (300, 301, 302):
+        b.process(pid, "gunicorn", threads=[SLEEP], ppid=300 if pid != 300 else 1)
+    lst = b.listener(8080, pid=300, backlog=16, pids=(301, 302))
+    b.queued(16, "established", "10.0.0.1:8080", "10.0.0.2", lst, age_ms=3_000)
+    [f] = of(diagnose(b.build()), "backlog-or-slow-handler")
+    assert f.title.startswith("gunicorn (pid 300) and 2 other processes accept and handle "
+                              "connections on :8080 too slowly")
+    one = SnapshotBuilder()
+    one.process(300, "slowsrv", threads=[SLEEP])
+    single = one.listener(8080, pid=300, backlog=16)
+    one.queued(16, "established", "10.0.0.1:8080", "10.0.0.2", single, age_ms=3_000)
+    [g] = of(diagnose(one.build()), "backlog-or-slow-handler")
+    assert g.title.startswith("slowsrv (pid 300) accepts and handles connections")
+
+
+def test_several_stopped_owners_are_stopped():
+    b = SnapshotBuilder()
+    for pid in (300, 301):
+        b.process(pid, "worker", state="T", threads=[("T", "", "do_signal_stop")])
+    lst = b.listener(8080, pid=300, backlog=16, pids=(301,))
+    b.queued(5, "close-wait", "10.0.0.1:8080", "10.0.0.2", lst, age_ms=30_000)
+    [f] = of(diagnose(b.build()), "accept-queue-not-drained")
+    assert f.title.startswith("worker (pid 300) and 1 other process do not accept()")
+    assert "and 1 other process are stopped" in f.explanation

@@ -191,10 +191,29 @@ def test_findings_and_health() -> None:
     assert never == [4.0]
     key = next(k for k in found if dict(k)["rule"] == "never-closed")
     assert dict(key)["process"] == "web" and dict(key)["port"] == "8080"
-    assert dict(key)["severity"] in ("warning", "critical")
+    assert "severity" not in dict(key)
+    assert rows(got["sockdoctor_finding_severity"])[key] == 2.0  # warning
     assert rows(got["sockdoctor_up"]) == {(): 1.0}
     assert rows(got["sockdoctor_scan_duration_seconds"]) == {(): 0.5}
     assert rows(got["sockdoctor_doctor_last_run_timestamp_seconds"]) == {(): NOW}
+
+
+def test_a_finding_that_turns_critical_keeps_its_series() -> None:
+    """The leak grows past critical_stuck: same labels, the severity value goes 2 -> 3."""
+    def leak(n: int) -> dict[str, Family]:
+        socks = [sk(TcpState.LISTEN, 8080, 0, owner=10, inode=5)] + [
+            sk(TcpState.CLOSE_WAIT, 8080, 41000 + i, owner=10, age_ms=20_000) for i in range(n)]
+        return metrics(sample(socks, {10: proc(10, "web")}, doctor=True))
+
+    early, late = leak(4), leak(120)
+    for name in ("sockdoctor_finding_sockets", "sockdoctor_findings",
+                 "sockdoctor_finding_severity"):
+        assert set(rows(early[name])) == set(rows(late[name])), name
+    key = next(k for k in rows(early["sockdoctor_finding_severity"])
+               if dict(k)["rule"] == "never-closed")
+    assert rows(early["sockdoctor_finding_severity"])[key] == 2.0
+    assert rows(late["sockdoctor_finding_severity"])[key] == 3.0
+    assert rows(late["sockdoctor_finding_sockets"])[key] == 120.0
 
 
 def test_a_failed_sample_serves_health_only() -> None:

@@ -26,7 +26,8 @@ def examples(help_text: str) -> list[str]:
     """The example command lines at the end of a help text."""
     tail = help_text.rsplit("Examples:", 1)
     assert len(tail) == 2, "no Examples: section"
-    lines = [line.strip() for line in tail[1].splitlines() if line.strip()]
+    lines = [line.strip() for line in tail[1].splitlines()
+             if line.strip() and not line.strip().startswith("# ")]  # what the next one does
     assert lines and all(line.startswith(("sockdoctor ", "ssh ")) for line in lines), lines
     return lines
 
@@ -35,11 +36,11 @@ def argv_of(example: str) -> list[list[str]]:
     """Each sockdoctor invocation in an example line (pipes, `;`), comment dropped."""
     example = re.split(r"\s{3,}", example)[0]  # the explanation after the command
     lexer = shlex.shlex(example.replace("$(", "").replace(")", ""), posix=True,
-                        punctuation_chars="|;&")
+                        punctuation_chars="|;&>")  # > FILE: not an argument
     lexer.whitespace_split = True
     out, words = [], []
     for token in [*lexer, "|"]:
-        if token.strip("|;&"):
+        if token.strip("|;&>"):
             words.append(token)
             continue
         if words and words[0] == "ssh":

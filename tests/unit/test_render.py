@@ -101,7 +101,7 @@ def test_table_process_netns_and_age(mixed: Snapshot) -> None:
     assert rows[1].endswith('users:(("nginx",pid=10,fd=7))')
     assert " host " in rows[1] and " 12m34s " in rows[1]
     assert " blue " in rows[2] and " 850ms " in rows[2]
-    assert rows[2].endswith("(in a listener's accept queue: never accept()ed)")
+    assert rows[2].endswith("(accept queue: never accept()ed)")
     assert re.search(r" - +\(", rows[3])  # no age for a listener
     no_header = list(render(mixed, Columns(header=False, netns=False, age=False)))
     assert len(no_header) == 4 and not no_header[0].startswith("State")
@@ -134,7 +134,7 @@ def test_detail_lines_like_ss() -> None:
     assert second == ("\t skmem:(r832,rb131072,t0,tb69120,f3264,w0,o0,bl0,d0) ts sack cubic"
                       " wscale:7,9 rto:204 rtt:26.5/13.25 ato:40 mss:1448 pmtu:1500"
                       " rcvmss:536 advmss:1448 cwnd:10 bytes_received:1 segs_out:3 segs_in:4"
-                      " lastrcv:856 lastack:856 retrans:0/2 minrtt:0.027")
+                      " send 4371321bps lastrcv:856 lastack:856 retrans:0/2 minrtt:0.027")
     sk.uid, sk.shutdown = 1000, 3
     main = list(render(snapshot([sk]), Columns(extended=True, netns=False)))[1]
     assert main.endswith(" uid:1000 ino:4121636 sk:1ad083 ---")
@@ -286,7 +286,7 @@ def test_summary_groups_by_state_process_and_service() -> None:
     rows = summary.rows(snap)
     assert rows[0] == summary.SummaryRow("host", "CLOSE-WAIT", "app(10)", ":8080", 3)
     assert summary.SummaryRow("host", "ESTAB", "worker(11)", "-> 10.0.0.9:5432", 2) in rows
-    assert summary.SummaryRow("host", "CLOSE-WAIT", "(no owner)", ":8080", 1) in rows
+    assert summary.SummaryRow("host", "CLOSE-WAIT", "(accept queue)", ":8080", 1) in rows
     assert summary.SummaryRow("blue", "ESTAB", "(no owner)", "-> 10.0.0.9:5432", 1) in rows
     assert sum(r.count for r in rows) == len(socks) and len(rows) == 5
     lines = list(summary.render(snap))
@@ -322,8 +322,57 @@ def test_untrusted_text_never_reaches_the_terminal_raw() -> None:
     assert untrusted("café") == "café"
     hostile = "\x1b[31mRED\nroot\tx\r\x9b\x7f"
     escaped = untrusted(hostile)
-    assert escaped == "\\x1b[31mRED\\nroot\\tx\\r\\x9b\\x7f"
+    # U+009B is a character (\u009b); \xNN above 0x7f is kept for raw bytes
+    assert escaped == "\\x1b[31mRED\\nroot\\tx\\r\\u009b\\x7f"
     assert escaped.isprintable()
     assert untrusted(b"py\xff\xfe".decode("utf-8", "surrogateescape")) == "py\\xff\\xfe"
     assert untrusted("a\\x1b") == "a\\\\x1b"  # a literal backslash cannot fake an escape
     assert untrusted("\u200b") == "\\u200b"
+
+
+def test_info_rates_busy_and_congestion_details_like_ss() -> None:
+    """The ss -i fields beyond plain label:value, with ss's units and rules."""
+    import struct
+
+    from sockdoctor.render.infotext import info_text
+
+    info = TcpInfo(options=1, rto=3_000_000, rtt=1000, rttvar=500, snd_mss=1000, snd_cwnd=10,
+                   pacing_rate=1_000_000, max_pacing_rate=0xFFFFFFFFFFFFFFFF,
+                   delivery_rate=125, busy_time=4_000_000, rwnd_limited=1_000_000,
+                   sndbuf_limited=0, delivery_rate_app_limited=1, reordering=5,
+                   min_rtt=0xFFFFFFFF, rcv_wnd=65536)
+    sk = sock(TcpState.ESTABLISHED, "10.0.0.1", 80, "10.0.0.2", 5000, info=info, cong="bbr")
+    sk.cc_info = bytes((16,)) + struct.pack("=IIIII", 1000, 0, 27, 739, 512)
+    assert info_text(sk) == (
+        "bbr rtt:1/0.5 mss:1000 cwnd:10 bbr:(bw:8000bps,mrtt:0.027,pacing_gain:2.88672,"
+        "cwnd_gain:2) send 80000000bps pacing_rate 8000000bps delivery_rate 1000bps"
+        " app_limited busy:4000ms rwnd_limited:1000ms(25.0%) reordering:5 rcv_wnd:65536")
+    assert info_text(sk, options=True).startswith("ts bbr ")
+    sk.cong, sk.cc_info = "dctcp", bytes((9,)) + struct.pack("=HHIII", 1, 0, 1024, 7, 9)
+    assert " dctcp:(ce_state:0,alpha:1024,ab_ecn:7,ab_tot:9) " in info_text(sk)
+    sk.cc_info = bytes((9,)) + struct.pack("=HHIII", 0, 0, 0, 0, 0)
+    assert " dctcp:fallback_mode " in info_text(sk)
+    # vegas's own rtt replaces tcp_info's in the send rate, as in ss
+    sk.cong, sk.cc_info = "vegas", bytes((3,)) + struct.pack("=IIII", 1, 4, 2000, 1500)
+    assert " send 40000000bps " in info_text(sk)
+
+
+def test_ss_summary_from_counters_and_without_them() -> None:
+    from sockdoctor.model import Netns
+
+    socks = [sock(TcpState.LISTEN, "0.0.0.0", 80, "0.0.0.0", 0),
+             sock(TcpState.ESTABLISHED, "10.0.0.1", 80, "10.0.0.2", 5000)]
+    snap = snapshot(socks)
+    snap.namespaces = [Netns(inode=1, name="a", kind="named", counters={
+        "sockstat.sockets": {"used": 9}, "sockstat.TCP": {"inuse": 3, "orphan": 1, "tw": 2,
+                                                          "alloc": 5},
+        "sockstat.TCP6": {"inuse": 1}, "Tcp": {"CurrEstab": 2}})]
+    lines = list(summary.render_ss(snap))
+    # ss: total = alloc + tw; closed = alloc - (inuse4 + inuse6 - tw)
+    assert lines[:5] == ["Total: 9", "TCP:   7 (estab 2, closed 3, orphaned 1, timewait 2)",
+                         "", "Transport Total     IP        IPv6",
+                         "TCP       4         3         1"]
+    assert "leaves out ss's RAW, UDP, INET and FRAG rows" in lines[5]
+    assert lines[-1].split() == ["TCP", "2", "2", "0"]
+    snap.namespaces = []
+    assert "no kernel counters" in next(summary.render_ss(snap))

@@ -122,3 +122,72 @@ def test_the_status_line_counts_in_words() -> None:
         model = TopModel()
         model.update(sample(sockets))
         assert words in status(model, 1.0)
+
+
+def test_listener_has_no_age_and_queued_sockets_one_label() -> None:
+    from sockdoctor.watch.sampler import Sample  # noqa: F401  (the real age_ms is tested below)
+
+    listener = sk(TcpState.LISTEN, 8000, 0, 7, age=90_000)
+    queued = [sk(TcpState.CLOSE_WAIT, 8000, 50000 + i, None, age=5000) for i in range(2)]
+    for s in queued:
+        s.inode = 0  # never accept()ed: no descriptor
+    unowned = sk(TcpState.ESTABLISHED, 8000, 51000, None, age=5000)  # inode 1: not queued
+    model = TopModel()
+    model.update(sample([listener, *queued, unowned]))
+    by_state = {g.state: g for g in model.groups}
+    assert by_state[TcpState.LISTEN].oldest_ms is None
+    assert by_state[TcpState.CLOSE_WAIT].process == "(accept queue)"
+    assert by_state[TcpState.CLOSE_WAIT].oldest_ms == 5000
+    assert by_state[TcpState.ESTABLISHED].process == "(no owner)"
+    assert "--pid" not in model.relief(by_state[TcpState.CLOSE_WAIT])
+
+
+def test_narrow_screens_hide_then_shrink_columns_in_the_documented_order() -> None:
+    from sockdoctor.render.topframe import COLUMNS, GAP, elide, fit, fitted
+
+    row = ("12", "+1", "+3", "CLOSE-WAIT", "python3(123456)", "-> [fd00::1234:5678]:5432",
+           "3m", "0", "sdlab-leaky-12345-abcd-srv")
+    assert list(fit(200, [row])) == list(COLUMNS)
+    assert list(fit(110, [row])) == [c for c in COLUMNS if c not in ("+START", "RECV-Q")]
+    widths = fit(96, [row])  # NETNS shrinks first, and is enough here
+    assert "+LAST" in widths and sum(w + GAP for w in widths.values()) <= 96
+    assert widths["NETNS"] < len(row[-1]) and widths["SERVICE"] == len(row[5])
+    widths = fit(80, [row])  # everything shrinks, then +LAST goes
+    assert list(widths) == ["COUNT", "STATE", "PROCESS", "SERVICE", "OLDEST", "NETNS"]
+    assert sum(w + GAP for w in widths.values()) <= 80
+    cut = fitted([row], widths)[0]
+    assert cut[-1] == elide(row[-1], widths["NETNS"]) and "…" in cut[-1]
+    assert elide("sdlab-leaky-12345-abcd-srv", 12) == "sdlab…cd-srv"
+    assert elide("short", 12) == "short"
+
+
+def test_findings_pane_is_clipped_to_its_lines() -> None:
+    from sockdoctor.render.topframe import finding_lines
+
+    findings = [Finding(rule="never-closed", severity="warning", title=f"leak {i}",
+                        relief=f"sockdoctor kill --port {i}") for i in range(5)]
+    model = TopModel()
+    model.update(FakeSample(sample(leak(1)).snapshot, report=type("R", (), {
+        "findings": findings})()))
+    assert len(finding_lines(model, limit=5)) == 10
+    clipped = finding_lines(model, limit=5, max_lines=4)
+    assert len(clipped) == 4
+    assert clipped[-1][1].startswith("... 3 more")
+
+
+def test_one_frame_fits_80_columns() -> None:
+    import io
+
+    from sockdoctor.render.topframe import print_frame
+
+    model = TopModel()
+    model.update(sample(leak(3)))
+    out = io.StringIO()
+    print_frame(model, 1.0, out, 80)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    header = next(line for line in lines if line.startswith("COUNT"))
+    assert header.split() == ["COUNT", "+LAST", "+START", "STATE", "PROCESS", "SERVICE",
+                              "OLDEST", "RECV-Q", "NETNS"]  # all fit for short names
+    listen = next(line for line in lines if "LISTEN" in line)
+    assert listen.split()[6] == "-"  # no age for a listener

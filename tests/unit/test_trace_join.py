@@ -233,3 +233,21 @@ def test_owner_cache_refresh_of_a_known_process_reads_only_what_is_new(tmp_path,
     assert cache.refresh_pids([4242]) == 1
     assert [(o.pid, o.fd) for o in cache.holders(701)] == [(4242, 5)]
     assert cache.refresh_pids([4242], full=True) == 3
+
+
+def test_a_namespace_born_after_the_listing_is_found_by_listing_again(monkeypatch) -> None:
+    """No hint, not in any known namespace: the namespaces are listed again, once."""
+    NEW = 4026533333
+    k = Kernel(monkeypatch)
+    k.add(sk(NEW, ESTAB, inode=90, cookie=9))
+    listed: list[int] = []
+
+    def rediscover() -> list[int]:
+        listed.append(1)
+        return [NEW]
+
+    j = JoinMap(lambda ns: object(), lambda: [A, B], clock_offset=0.0, rediscover=rediscover)
+    j.use(snapshot([]))
+    [(_, tr, _)] = run(j, [change(0x7, TcpState.SYN_RECV, ESTAB)])
+    assert (tr.netns, tr.cookie, tr.inode) == (NEW, 9, 90)
+    assert listed == [1]

@@ -11,6 +11,8 @@ import json
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sockdoctor import jsontext, snapshot_io
 from sockdoctor.doctor import diagnose, from_json, render_text, to_json
@@ -146,7 +148,37 @@ def test_the_exporter_serves_hostile_names_as_readable_labels() -> None:
     from prometheus_client import generate_latest
 
     text = b"".join(generate_latest(r) for r in registries(collector)).decode()
-    # label values are text: the undecodable byte as \xNN (the newline and backslashes
-    # escaped by the exposition format itself)
-    assert 'netns="\x1b[31mRED\\nx\\\\xff\\\\",state="close_wait"} 5.0' in text
+    # label values escaped as on the terminal (ESC, newline, the byte, the backslash),
+    # then the exposition format doubles every backslash
+    assert 'netns="\\\\x1b[31mRED\\\\nx\\\\xff\\\\\\\\",state="close_wait"} 5.0' in text
+    assert "\x1b" not in text
     assert "\udcff" not in text
+
+
+def _unescape(text: str) -> str:
+    """The inverse of untrusted(): it exists, so two names never print alike."""
+    import re
+
+    named = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+
+    def one(m: re.Match[str]) -> str:
+        kind, digits = m.group(1)[0], m.group(1)[1:]
+        if kind in named and not digits:
+            return named[kind]
+        code = int(digits, 16)
+        return chr(0xDC00 + code) if kind == "x" and code >= 0x80 else chr(code)
+
+    return re.sub(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[\\nrt])", one, text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None), max_size=20)
+       | st.binary(max_size=20).map(lambda b: b.decode("utf-8", "surrogateescape")))
+def test_the_escaping_is_injective_and_printable(name: str) -> None:
+    """A byte 0xff and the text \\xff, a trailing newline, C1 characters (issue 15, item 8)."""
+    from sockdoctor.jsontext import untrusted
+
+    shown = untrusted(name)
+    assert shown.isprintable() and _unescape(shown) == name
+    assert untrusted("sd\udcffop") != untrusted("sd\\xffop")
+    assert untrusted("name\n").endswith("\\n")

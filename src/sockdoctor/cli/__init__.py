@@ -8,6 +8,7 @@ command; it is registered below.
 
 from __future__ import annotations
 
+import codecs
 import gc
 import sys
 
@@ -25,16 +26,19 @@ from .reap import reap_command
 from .snapshot import snapshot_command
 from .top import top_command
 from .trace import trace_command
+from .unit import unit_command
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    """--version: the version, and whether the C fast path is in use (linux/native.py)."""
+    """--version: the version, whether the C fast path (linux/native.py) and the BPF
+    kernel engine (linux/bpf/) are in use."""
     if not value or ctx.resilient_parsing:
         return
     from .. import __version__
+    from ..linux import bpf
     from ..linux.native import describe
 
-    click.echo(f"sockdoctor, version {__version__}\n{describe()}")
+    click.echo(f"sockdoctor, version {__version__}\n{describe()}\n{bpf.describe()}")
     ctx.exit()
 
 
@@ -83,6 +87,7 @@ cli.add_command(demo_command)
 cli.add_command(exporter_command)
 cli.add_command(trace_command)
 cli.add_command(top_command)
+cli.add_command(unit_command)
 
 
 @user_errors
@@ -97,4 +102,25 @@ def main() -> None:
     # small objects and no garbage cycles worth collecting: the cyclic garbage
     # collector only re-scans them over and over (a third of --json's time).
     gc.disable()
+    _escape_what_the_locale_cannot_encode()
     sys.exit(_run())
+
+
+def _escape_what_the_locale_cannot_encode() -> None:
+    """Under an ASCII locale (LANG=C with Python's UTF-8 coercion off) a process named
+    café cannot be printed as it is: it reads caf\\u00e9, not a UnicodeEncodeError
+    (\\u, as untrusted() writes characters: \\xNN above 0x7f is a raw byte). JSON
+    and metrics are bytes, always UTF-8, and do not pass through here."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        if codecs.lookup(encoding).name != "utf-8" and hasattr(stream, "reconfigure"):
+            codecs.register_error("sockdoctor-escape", _escape_unencodable)
+            stream.reconfigure(errors="sockdoctor-escape")
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    text = exc.object[exc.start:exc.end]
+    return "".join(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+                   for c in text), exc.end

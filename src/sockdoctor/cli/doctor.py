@@ -53,6 +53,7 @@ Examples:
   sockdoctor doctor --interval 10s           two samples: growth and trends
   sockdoctor doctor --netns web state close-wait
   sockdoctor doctor --process 'php-fpm*' --stuck-after 2s
+  sockdoctor doctor --stacks                 where the owners' threads are
   sockdoctor doctor --json | jq -r '.findings[] | .relief'
   sockdoctor snapshot -o s.json; sockdoctor doctor --from s.json   (anywhere)
   ssh web1 sockdoctor snapshot -o - | sockdoctor doctor --from -
@@ -75,10 +76,13 @@ Examples:
 @click.option("--idle-after", cls=Once, metavar="AGE",
               help="Connections without keepalive count as idle after AGE of silence "
                    "[default: 30m]")
+@click.option("--stacks", is_flag=True,
+              help="Show where the owners' threads are (py-spy for Python, jcmd for Java, "
+                   "the kernel's stacks otherwise): briefly attaches to each.")
 @click.option("--no-color", is_flag=True, help="No colours, even on a terminal.")
 def doctor_command(interval: str | None, from_file: str | None, previous_file: str | None,
                    as_json: bool, stuck_after: str | None, idle_after: str | None,
-                   no_color: bool, **kw: Any) -> int:
+                   stacks: bool, no_color: bool, **kw: Any) -> int:
     """Name the causes of stuck sockets: evidence, explanation, fix, and the relief command.
 
     Reports the most severe findings first. Run as root to see every process
@@ -89,6 +93,9 @@ def doctor_command(interval: str | None, from_file: str | None, previous_file: s
     query = build_query(kw)
     config = config_for(stuck_after, idle_after)
     interval_s = _interval(interval, from_file, previous_file)
+    if stacks and from_file:
+        raise UsageError("--stacks looks at the running processes: it cannot be used with "
+                         "--from")
     if from_file == previous_file == "-":
         raise UsageError("--from - and --previous - cannot both read stdin")
     if from_file:
@@ -106,9 +113,18 @@ def doctor_command(interval: str | None, from_file: str | None, previous_file: s
     if previous is not None and previous.created >= snap.created:
         warn(["the previous snapshot is not older than the current one: trends not shown"])
     report = diagnose(snap, previous, config=config, query=query)
+    if stacks:
+        _add_stacks(report, snap)
     with reader_may_leave():
         _write(report, as_json, no_color)
     return report.exit_code
+
+
+def _add_stacks(report: Any, snap: Any) -> None:
+    from ..doctor.stacks import add_stacks
+    from ..linux.stacks import raw_stacks
+
+    add_stacks(report, snap, raw_stacks)
 
 
 def _interval(text: str | None, from_file: str | None, previous_file: str | None

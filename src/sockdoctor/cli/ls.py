@@ -56,7 +56,7 @@ Examples:
 @click.option("--ndjson", is_flag=True, help="One JSON object per socket.")
 @click.option("--summary", is_flag=True, help="Counts by state x process x service.")
 @click.option("-s", "ss_summary", is_flag=True,
-              help="ss's summary: totals by state and family.")
+              help="ss's summary (TCP rows only), then totals by state and family.")
 @click.option("--from", "from_file", cls=Once, metavar="FILE",
               help="Read a snapshot written by `sockdoctor snapshot` instead of the host "
                    "(- reads stdin).")
@@ -92,7 +92,8 @@ def _snapshot(query: Any, from_file: str | None, output: str | None, processes: 
     # The summaries have no age column; every other output shows age (docs/age.md).
     snapshot = scan(query, owners=processes or output == "summary", info=info, mem=memory,
                     age=not output or "summary" not in output, extended=extended,
-                    progress=progress(show), lazy_info=output in ("json", "ndjson"))
+                    progress=progress(show), lazy_info=output in ("json", "ndjson"),
+                    counters=output == "ss-summary")
     clear_progress(show)
     return snapshot
 

@@ -108,6 +108,9 @@ def _daemon(path: str, reaper: Any, sampler: Any, say: _Output) -> None:
                 fresh = reap_policy.load(path)
             except SockdoctorError as exc:
                 say.note(f"reload failed, the policy in force stays: {exc}")
+            except Exception as exc:  # a daemon keeps running, always
+                say.note(f"reload failed, the policy in force stays: {path}: "
+                         f"{type(exc).__name__}: {exc}")
             else:
                 reaper.reload(fresh)
                 sampler.interval = fresh.interval_s
@@ -182,7 +185,7 @@ class _Output:
     def note(self, text: str) -> None:
         if self.as_json:
             self._json({"event": "note", "note": text})
-        else:
+        else:  # a reload's error may quote namespace names: any bytes
             self._line(f"reap: {text}")
 
     def stopped(self, reaper: Any) -> None:
@@ -196,10 +199,20 @@ class _Output:
     def _json(self, obj: dict) -> None:
         from ..jsontext import encode  # names that are not UTF-8, exact
 
-        self._line(encode(obj).decode())
+        with reader_may_leave():  # bytes: UTF-8 JSON under any locale
+            sys.stdout.flush()
+            sys.stdout.buffer.write(encode(obj) + b"\n")
+            sys.stdout.buffer.flush()
 
     @staticmethod
     def _line(text: str) -> None:
+        """A line of text: escaped whole (rule and namespace names may hold any bytes)."""
+        from ..render.fmt import untrusted
+
+        _Output._write(untrusted(text))
+
+    @staticmethod
+    def _write(text: str) -> None:
         with reader_may_leave():
             sys.stdout.write(text + "\n")
 

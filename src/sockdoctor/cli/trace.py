@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from typing import Any
 
@@ -35,6 +34,8 @@ Examples:
   sockdoctor trace state close-wait            who lets connections fall into CLOSE-WAIT
   sockdoctor trace --netns web --port 8080 --ndjson | jq .
   sockdoctor trace --duration 30s --count 1000
+  sockdoctor trace --every 5s
+  sockdoctor trace --summary --duration 1m state close-wait
 """
 
 
@@ -51,9 +52,12 @@ Examples:
 @click.option("--buffer-kb", type=click.IntRange(64, 1 << 20), default=2048, show_default=True,
               help="Ring buffer per CPU, in KiB (raise it if events are lost).")
 @click.option("-H", "--no-header", is_flag=True, help="Do not print the header line.")
+@click.option("--summary", "summarize", is_flag=True,
+              help="Count transitions (process x port x from -> to) and print them at the end.")
+@click.option("--every", metavar="T", help="With or without --summary: print the counts every T.")
 def trace_command(ndjson: bool, duration: str | None, count: int | None, refresh: str,
                   join_delay: str, no_destroy: bool, buffer_kb: int, no_header: bool,
-                  **kw: Any) -> None:
+                  summarize: bool, every: str | None, **kw: Any) -> None:
     """Show every TCP state change as it happens, with its process — no BPF needed."""
     from ..errors import UsageError
     from ..query import parse_duration
@@ -62,6 +66,9 @@ def trace_command(ndjson: bool, duration: str | None, count: int | None, refresh
         raise UsageError("--older-than does not apply to trace: state changes have no age")
     query = build_query(kw)
     stop_at = time.monotonic() + parse_duration(duration) / 1000 if duration else None
+    every_s = parse_duration(every) / 1000 if every else None
+    if every_s is not None and every_s <= 0:
+        raise UsageError("--every needs a time above zero, e.g. --every 5s")
     from ..watch import tune_gc
     from ..watch.trace import open_tracer
 
@@ -69,43 +76,45 @@ def trace_command(ndjson: bool, duration: str | None, count: int | None, refresh
     _stop_on_signals()
     tracer = open_tracer(query, refresh_s=parse_duration(refresh) / 1000,
                          buffer_kb=buffer_kb, destroy=not no_destroy)
+    from .traceout import Events, Summaries
+
+    out = Summaries(tracer, ndjson, every_s) if summarize or every_s else Events(ndjson)
     try:
         _announce(tracer)
         if not ndjson and not no_header:
-            from ..render.trace import header
-
-            click.echo(header())
-        _loop(tracer, ndjson, stop_at, count, parse_duration(join_delay) / 1000)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C or SIGTERM is how a trace is meant to end
+            out.header()
+        _loop(tracer, out, stop_at, count, parse_duration(join_delay) / 1000)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a trace is meant to end:
+        _drain(tracer, out, count)  # what still waited for its turn is printed, not lost
     finally:
         tracer.close()
+        out.end()
     _summary(tracer)
 
 
-def _loop(tracer: Any, ndjson: bool, stop_at: float | None, count: int | None,
+def _loop(tracer: Any, out: Any, stop_at: float | None, count: int | None,
           join_delay: float) -> None:
-    import msgspec
-
-    from ..render.trace import line
-
     tracer.join_delay_s = join_delay
-    encoder = msgspec.json.Encoder()
-    out = sys.stdout
     while True:
         done = stop_at is not None and time.monotonic() >= stop_at
         records = tracer.flush() if done else tracer.poll(0.1)
         if count is not None:
             records = records[:count - tracer.stats.printed]
         tracer.stats.printed += len(records)
-        if records:
-            if ndjson:
-                out.buffer.write(encoder.encode_lines(records))
-            else:
-                out.write("".join(line(rec) + "\n" for rec in records))
-            out.flush()
+        out.records(records)
         if done or (count is not None and tracer.stats.printed >= count):
             return
+
+
+def _drain(tracer: Any, out: Any, count: int | None) -> None:
+    try:
+        records = tracer.flush()
+        if count is not None:
+            records = records[:max(0, count - tracer.stats.printed)]
+        tracer.stats.printed += len(records)
+        out.records(records)
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C: stop now
 
 
 def _announce(tracer: Any) -> None:

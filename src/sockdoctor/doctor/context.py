@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..model import Process, Snapshot, Socket, TcpState
+from ..model import KEEPALIVE_TIMER, Process, Snapshot, Socket, TcpState
 from .config import DoctorConfig
 from .finding import Finding, ProcessRef
 from .text import command, duration_arg
@@ -94,9 +94,12 @@ class Context:
     def age_given(self, sk: Socket, persisted: bool) -> int | None:
         """age() when persistence is already known (saves a lookup in hot loops)."""
         lower = self.interval_ms if persisted and self.interval_ms else None
-        if sk.age_ms is None:
+        age = sk.age_ms
+        if age is None:
             return lower
-        return max(sk.age_ms, lower or 0)
+        if sk.timer == KEEPALIVE_TIMER and sk.state == TcpState.CLOSE_WAIT:
+            age = probed_age(sk, age)
+        return max(age, lower or 0)
 
     def is_listening(self, netns: int, port: int) -> bool:
         return (netns, port) in self.listeners
@@ -259,6 +262,29 @@ class Context:
         argv += ["--idle", duration_arg(idle_s * 1000), "--interval", f"{interval_s}s",
                  "--count", "3"]
         return command(argv), argv
+
+
+def probed_age(sk: Socket, ack_age: int) -> int:
+    """The age of a CLOSE-WAIT socket whose keepalive probes may have reset its last ACK.
+
+    Each probe's answer refreshes tcp_info's last-ACK-received, so a leak
+    under a 1 s keepalive would look 1 s old for ever. The keepalive timer
+    fires when nothing was heard for the keepalive time K, so K is the last
+    ACK's age plus the timer's time left. While the last data received (which
+    probes do not refresh) is younger than K, no probe has gone out since
+    the peer's FIN and the last ACK is exact. Otherwise the last data received
+    is used: an upper bound of the time since the FIN (docs/age.md).
+    """
+    return sk.info.last_data_recv if keepalive_probed(sk) else ack_age  # type: ignore[union-attr]
+
+
+def keepalive_probed(sk: Socket) -> bool:
+    """Keepalive probes may have refreshed the last ACK of this CLOSE-WAIT socket."""
+    info = sk.info
+    if sk.timer != KEEPALIVE_TIMER or sk.state != TcpState.CLOSE_WAIT or info is None \
+            or info.last_data_recv is None or sk.age_ms is None:
+        return False
+    return info.last_data_recv >= sk.age_ms + sk.expires_ms
 
 
 def _by_state(sockets: list[Socket]) -> dict[int, list[Socket]]:

@@ -348,6 +348,18 @@ def arm_keepalive(handle: pidfd.PidFd, fd: int, inode: int, wanted: dict[str, in
         return before, _keepalive_options(sock)
 
 
+def arm_keepalive_kernel(sockets: list[Socket], wanted: dict[str, int]
+                         ) -> list[tuple[int, dict[str, int], dict[str, int]] | None]:
+    """Arm keepalive on sockets of the current namespace with the kernel engine
+    (bpf_setsockopt from one iter/tcp pass): (errno, before, after) each, None for a
+    socket it did not settle (or all None when the engine is not in use)."""
+    from .bpf import keepalive as bpf_keepalive  # ctypes and libbpf only for keepalive
+
+    if not bpf_keepalive.usable():
+        return [None] * len(sockets)
+    return bpf_keepalive.arm(sockets, wanted)
+
+
 def _keepalive_options(sock: socket.socket) -> dict[str, int]:
     return {name: sock.getsockopt(level, option) for name, level, option in KEEPALIVE_OPTIONS}
 
@@ -370,6 +382,23 @@ def states_now(sockets: list[Socket]) -> list[int | None]:
         return sockdiag.states_now(nl, sockets)
     finally:
         nl.close()
+
+
+def destroy_via(sockets: list[Socket]) -> list[tuple[int, str]]:
+    """Destroy each socket of the current namespace: (errno, how) each.
+
+    The kernel engine first (bpf_sock_destroy from one iter/tcp pass, when
+    it is in use); SOCK_DESTROY for what it did not settle.
+    """
+    from .bpf import destroy as bpf_destroy  # ctypes and libbpf only for a kill
+
+    codes = bpf_destroy.destroy(sockets) if bpf_destroy.usable() else [None] * len(sockets)
+    rest = [i for i, code in enumerate(codes) if code is None]
+    out = [(code or 0, bpf_destroy.VIA) for code in codes]
+    if rest:
+        for i, code in zip(rest, destroy([sockets[i] for i in rest]), strict=True):
+            out[i] = (code, "SOCK_DESTROY")
+    return out
 
 
 def probe_destroy() -> tuple[bool, str]:

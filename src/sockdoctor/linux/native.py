@@ -3,8 +3,8 @@
 sockdiag.py and procfs.py hold the reference implementation in Python and
 call the C one instead when `fast` is not None: the extension was built at
 install time (it needs a C compiler; without one the install still works)
-and SOCKDOCTOR_PURE=1 is not set. Both give identical results; the tests
-compare them.
+and neither SOCKDOCTOR_PURE=1 nor SOCKDOCTOR_ENGINE=pure is set. Both give
+identical results; the tests compare them.
 """
 
 from __future__ import annotations
@@ -14,13 +14,20 @@ from types import ModuleType
 
 # The build this Python code expects (FAST_ABI in _fast.c). A stale build, e.g. an
 # in-place one older than the sources, is not used: it could misread new requests.
-ABI = 2
+ABI = 3
 _stale = False
+
+
+def pure_requested() -> bool:
+    """SOCKDOCTOR_PURE=1 or SOCKDOCTOR_ENGINE=pure: no compiled code at all."""
+    engine = os.environ.get("SOCKDOCTOR_ENGINE", "").strip().lower()
+    return engine == "pure" or (engine not in ("bpf", "c")
+                                and os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"))
 
 
 def _load() -> ModuleType | None:
     global _stale
-    if os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"):
+    if pure_requested():
         return None
     try:
         from .. import _fast
@@ -42,8 +49,8 @@ def describe() -> str:
     """One line for `sockdoctor --version`: which implementation the hot loops use."""
     if fast is not None:
         return "fast path: C extension (sockdoctor._fast)"
-    if os.environ.get("SOCKDOCTOR_PURE", "") not in ("", "0"):
-        return "fast path: off (SOCKDOCTOR_PURE is set), pure Python in use"
+    if pure_requested():
+        return "fast path: off (SOCKDOCTOR_PURE or SOCKDOCTOR_ENGINE=pure), pure Python in use"
     if _stale:
         return ("fast path: off (sockdoctor._fast is an older build than this code: "
                 "reinstall sockdoctor), pure Python in use")

@@ -345,20 +345,44 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
-_CONTAINER_PATTERNS = (
-    re.compile(r"(?:docker|cri-containerd|crio|libpod)-([0-9a-f]{12,64})\.scope"),
-    re.compile(r"/(?:docker|containerd|lxc|machine)/([0-9a-f]{12,64})"),
-    re.compile(r"kubepods.*?/(?:pod[^/]+/)?([0-9a-f]{64})"),
-)
+# A container's cgroup, as each runtime names it (docs/containers.md):
+#   docker, cgroupfs driver      /docker/<id>
+#   docker, systemd driver       /system.slice/docker-<id>.scope
+#   containerd (CRI)             .../cri-containerd-<id>.scope, /kubepods/<qos>/pod<uid>/<id>
+#   CRI-O                        .../crio-<id>.scope, /kubepods/<qos>/pod<uid>/crio-<id>
+#   podman, systemd              /machine.slice/libpod-<id>.scope (rootless: under
+#                                user@UID.service; --cgroups=split: .../libpod-<id>.scope/container)
+#   podman, cgroupfs             /libpod_parent/libpod-<id>
+# A path component that is the 64-hex id, bare or with the runtime's prefix;
+# the innermost one wins (a container in a container). conmon, the monitor
+# beside a podman or CRI-O container (libpod-conmon-<id>, crio-conmon-<id>.scope),
+# is not in it and does not match.
+_CONTAINER = re.compile(r"/(?:(?:docker|cri-containerd|crio|libpod)-)?([0-9a-f]{64})"
+                        r"(?:\.scope)?(?=/|$)")
+_SHORT_ID = re.compile(r"/(?:docker|containerd|lxc|machine)/([0-9a-f]{12,63})(?=/|$)")
 
 
 def container_id(cgroup: str) -> str:
     """Container id derived from a cgroup path, shortened like docker does."""
-    for pattern in _CONTAINER_PATTERNS:
-        m = pattern.search(cgroup)
-        if m:
-            return m.group(1)[:12]
-    return ""
+    found = _CONTAINER.findall(cgroup) or _SHORT_ID.findall(cgroup)
+    return found[-1][:12] if found else ""
+
+
+def cgroup_path(text: str) -> str:
+    """The telling path of a /proc/PID/cgroup: the one that names a container.
+
+    cgroup v2 has one line, `0::PATH`; v1 one per hierarchy; the hybrid layout
+    both, where the v2 line often stays `/` while the v1 ones name the
+    container. Looked at in order: v2, name=systemd, the controllers.
+    """
+    lines = [line.split(":", 2) for line in text.splitlines() if line.count(":") >= 2]
+    order = {"0": 0, "name=systemd": 1}
+    paths = [path for _id, _ctl, path in sorted(
+        lines, key=lambda f: order.get(f[0] if f[1] == "" else f[1], 2))]
+    for path in paths:
+        if container_id(path):
+            return path
+    return next((p for p in paths if p != "/"), paths[0] if paths else "")
 
 
 def process_names() -> list[Process]:
@@ -366,7 +390,7 @@ def process_names() -> list[Process]:
     out = []
     for pid in list_pids():
         try:
-            comm = _read(f"{PROC}/{pid}/comm").rstrip("\n")
+            comm = _read(f"{PROC}/{pid}/comm").removesuffix("\n")
             cmdline = [part for part in _read(f"{PROC}/{pid}/cmdline").split("\0") if part]
         except OSError:
             continue
@@ -390,7 +414,7 @@ def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process 
     """Facts about one process, or None if it is gone."""
     base = f"{PROC}/{pid}"
     try:
-        comm = _read(f"{base}/comm").rstrip("\n")
+        comm = _read(f"{base}/comm").removesuffix("\n")
         stat = _read(f"{base}/stat")
         uid = os.stat(base).st_uid
     except OSError:
@@ -404,10 +428,9 @@ def process_info(pid: int, fd_count: int = 0, threads: bool = False) -> Process 
     except OSError:
         pass
     try:
-        cgroup = _read(f"{base}/cgroup").strip().splitlines()
-        proc.cgroup = cgroup[-1].split(":", 2)[2] if cgroup else ""
+        proc.cgroup = cgroup_path(_read(f"{base}/cgroup"))
         proc.container = container_id(proc.cgroup)
-    except (OSError, IndexError):
+    except OSError:
         pass
     try:
         proc.netns = os.stat(f"{base}/ns/net").st_ino
@@ -437,7 +460,7 @@ def start_time(pid: int) -> tuple[int, str] | None:
 
 def comm(pid: int) -> str:
     try:
-        return _read(f"{PROC}/{pid}/comm").rstrip("\n")
+        return _read(f"{PROC}/{pid}/comm").removesuffix("\n")
     except OSError:
         return ""
 

@@ -42,16 +42,23 @@ SOL_NETLINK = 270
 # Response attributes (enum in include/uapi/linux/inet_diag.h).
 INET_DIAG_MEMINFO = 1
 INET_DIAG_INFO = 2
+INET_DIAG_VEGASINFO = 3
 INET_DIAG_CONG = 4
 INET_DIAG_SKMEMINFO = 7
 INET_DIAG_SHUTDOWN = 8
+INET_DIAG_DCTCPINFO = 9
 INET_DIAG_MARK = 15
+INET_DIAG_BBRINFO = 16
+# The congestion control's own info: asking for VEGASINFO brings whichever of
+# the three the socket's algorithm has (the request's ext byte has no bit 16).
+CC_INFO_ATTRIBUTES = (INET_DIAG_VEGASINFO, INET_DIAG_DCTCPINFO, INET_DIAG_BBRINFO)
 INET_DIAG_CGROUP_ID = 21
 INET_DIAG_REQ_BYTECODE = 1  # request attribute
 
 # Request bits in idiag_ext: bit (attribute - 1).
 EXT_INFO = 1 << (INET_DIAG_INFO - 1)
 EXT_CONG = 1 << (INET_DIAG_CONG - 1)
+EXT_VEGASINFO = 1 << (INET_DIAG_VEGASINFO - 1)
 EXT_SKMEMINFO = 1 << (INET_DIAG_SKMEMINFO - 1)
 
 NLMSGHDR = struct.Struct("=IHHII")
@@ -108,7 +115,7 @@ class DumpOptions:
         if self.info or self.age:
             ext |= EXT_INFO
         if self.info:
-            ext |= EXT_CONG
+            ext |= EXT_CONG | EXT_VEGASINFO
         if self.mem:
             ext |= EXT_SKMEMINFO
         return ext
@@ -118,7 +125,7 @@ class DumpOptions:
         if self.info or self.age:
             wanted.add(INET_DIAG_INFO)
         if self.info:
-            wanted.add(INET_DIAG_CONG)
+            wanted.update((INET_DIAG_CONG, *CC_INFO_ATTRIBUTES))
         if self.mem:
             wanted.add(INET_DIAG_SKMEMINFO)
         if self.attrs:
@@ -385,6 +392,8 @@ class DumpParser:
                 if cong is None:
                     cong = self._cong[raw] = raw.split(b"\0", 1)[0].decode("ascii", "replace")
                 sk.cong = cong
+            elif kind in CC_INFO_ATTRIBUTES:
+                sk.cc_info = bytes((kind,)) + bytes(data[body:body + size])
             elif kind == INET_DIAG_SHUTDOWN and size >= 1:
                 sk.shutdown = data[body]
             elif kind == INET_DIAG_CGROUP_ID and size >= 8:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..jsontext import untrusted
+
 if TYPE_CHECKING:
     from .reaper import Reaper
 
@@ -45,7 +47,7 @@ class ReapCollector:
             for method in rule.ladder:
                 counts.setdefault((rule.name, method, "closed"), 0)
         for (rule_name, method, outcome), n in sorted(counts.items()):
-            reaped.add_metric([rule_name, method, outcome], n)
+            reaped.add_metric([untrusted(rule_name), method, outcome], n)
         yield reaped
         cycles = CounterMetricFamily("sockdoctor_reap_cycles", "Reap cycles run.",
                                      labels=["mode"])
@@ -55,7 +57,7 @@ class ReapCollector:
             "sockdoctor_reap_given_up", "Sockets still there that the rule's ladder could "
             "not end (or a guard refused): reported once, left alone.", labels=["rule"])
         for rule in reaper.policy.rules:
-            given_up.add_metric([rule.name], len(reaper.memory[rule.name].done_with))
+            given_up.add_metric([untrusted(rule.name)], len(reaper.memory[rule.name].done_with))
         yield given_up
         last = GaugeMetricFamily("sockdoctor_reap_last_cycle_timestamp_seconds",
                                  "When the last reap cycle ran (Unix time).")

@@ -17,10 +17,17 @@
 Everything is checked when the file is read: an unknown key, a bad age, a
 rule that selects nothing is one sentence naming the file and the rule
 (exit 2), and a reload (SIGHUP) with such a file keeps the policy in force.
+The file itself is untrusted too (docs/reliability.md, "Input limits"): only
+a regular file of at most 1 MiB is read, opened without blocking (a FIFO at
+the path must not hang a reload), as UTF-8, nested no deeper than Python can
+parse; a `netns` must name a namespace that exists (else exit 3, as
+`--netns`).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +38,8 @@ from ..remedy.policy import METHODS, KillPolicy, parse_rate, resolvable
 
 DEFAULT_INTERVAL = "30s"
 DEFAULT_MAX_PER_CYCLE = 200
+PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT: every pid is below it
+MAX_POLICY_BYTES = 1 << 20
 TOP_KEYS = {"interval", "audit_log", "rate", "rule"}
 RULE_KEYS = {"name", "state", "filter", "older_than", "process", "pid", "netns", "port", "peer",
              "methods", "max_per_cycle", "force"}
@@ -69,16 +78,58 @@ class ReapPolicy:
 
 def load(path: str) -> ReapPolicy:
     """Read and check a policy file; PolicyError (or NotFoundError) says what is wrong."""
+    text = _read(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PolicyError(f"{path} nests arrays or tables deeper than a policy can "
+                          "be") from None
+    policy = parse(data, path)
+    _check_namespaces(policy)
+    return policy
+
+
+def _read(path: str) -> str:
+    """The text of a regular file, read without ever blocking (module doc)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise PolicyError(f"{path} is not a regular file: a policy is a TOML file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())  # what was opened, not what was stat()ed
+            if not stat.S_ISREG(st.st_mode):
+                raise PolicyError(f"{path} is not a regular file: a policy is a TOML file")
+            data = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
         raise NotFoundError(f"no policy file {path}") from None
     except OSError as exc:
         raise PolicyError(f"cannot read the policy file {path} ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path} is not valid TOML: {exc}") from None
-    return parse(data, path)
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{path} is larger than a policy may be (1 MiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path} is not UTF-8 text (byte {exc.start} is "
+                          f"0x{data[exc.start]:02x}); TOML files are UTF-8") from None
+
+
+def _check_namespaces(policy: ReapPolicy) -> None:
+    """A rule's netns must exist now: one that names nothing would never match, silently."""
+    wanted = {r.kill.where.netns: r.name for r in policy.rules if r.kill.where is not None
+              and r.kill.where.netns.strip() not in ("", "all", "host")}
+    if not wanted:
+        return
+    from ..linux import netns
+    from ..selectors import unknown_netns
+
+    known, _ = netns.discover()
+    for name, rule in wanted.items():
+        if not _checked(f"{policy.path}: rule '{rule}'", "netns",
+                        lambda name=name: netns.select(known, name)):
+            text = str(unknown_netns(name, known)).removeprefix("--netns: ")
+            raise NotFoundError(f"{policy.path}: rule '{rule}': netns: {text}")
 
 
 def parse(data: dict[str, Any], path: str = "policy") -> ReapPolicy:
@@ -153,8 +204,12 @@ def _query(raw: dict[str, Any], where: str) -> Query:
     states = _list(raw, "state", str)
     if "state" in raw and not states:
         raise UsageError("state is empty: name at least one, like \"close-wait\"")
-    return Query.build(words, states=states, ports=_list(raw, "port", int),
-                       pids=_list(raw, "pid", int),
+    pids = _list(raw, "pid", int)
+    bad = [p for p in pids if not 0 < p < PID_MAX_LIMIT]
+    if bad:
+        raise UsageError(f"pid {bad[0]} is not a process id (a number from 1 to "
+                         f"{PID_MAX_LIMIT - 1})")
+    return Query.build(words, states=states, ports=_list(raw, "port", int), pids=pids,
                        process=_text(raw.get("process", ""), "process"), netns=netns)
 
 

@@ -14,6 +14,8 @@ planned as a value (plan_keepalive is pure), applied with --yes
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from collections import defaultdict
 
@@ -176,22 +178,61 @@ def apply_keepalive(plan: KeepalivePlan, *, audit_log: str | AuditLog | None = D
         AuditLog(audit_log if plan.actions else None)
     results: dict[int, Outcome] = {}
     with log:
+        in_kernel = _arm_in_kernel(plan.actions, plan.settings, stop)
+        log.write_many(_record(item, o, plan.settings) for item, o in in_kernel)
+        results.update((o.index, o) for _, o in in_kernel)
         by_pid: dict[int, list[PlanItem]] = defaultdict(list)
         for item in plan.actions:
-            by_pid[item.owners[0].pid].append(item)
+            if item.index not in results:  # the pidfd path: what the engine did not settle
+                by_pid[item.owners[0].pid].append(item)
         pacer = Pacer(0, stop)
         for pid, group in by_pid.items():
             if not pacer.wait() or log.error:
                 break
             done = _arm(pid, group, plan.settings, pacer)
-            log.write_many(audit_mod.Record("keepalive", audit_mod.identity_json(item),
-                                            {"outcome": o.outcome, "detail": o.detail,
-                                             "settings": plan.settings.wanted})
+            log.write_many(_record(item, o, plan.settings)
                            for item, o in zip(group, done, strict=False))
             results.update((o.index, o) for o in done)
     outcomes = [results.get(i.index) or _left(i, stop.is_set()) for i in plan.items]
     return KeepaliveReport(plan=plan, applied=True, outcomes=outcomes,
                            interrupted=stop.is_set())
+
+
+def _record(item: PlanItem, o: Outcome, settings: Keepalive) -> audit_mod.Record:
+    return audit_mod.Record("keepalive", audit_mod.identity_json(item),
+                            {"outcome": o.outcome, "detail": o.detail,
+                             "settings": settings.wanted})
+
+
+def _arm_in_kernel(items: list[PlanItem], settings: Keepalive, stop: threading.Event
+                   ) -> list[tuple[PlanItem, Outcome]]:
+    """The kernel engine's pass per namespace (bpf_setsockopt, the owner never
+    stopped); what it settled. Nothing when it is off: then the pidfd path does all."""
+    by_netns: dict[int, list[PlanItem]] = defaultdict(list)
+    for item in items:
+        by_netns[item.netns_inode].append(item)
+    namespaces = hostmod.Namespaces()
+    done: list[tuple[PlanItem, Outcome]] = []
+    for inode, group in by_netns.items():
+        if stop.is_set():
+            break
+        sockets = [i.socket for i in group]
+        try:
+            armed = namespaces.run_in(inode, lambda s=sockets: hostmod.arm_keepalive_kernel(
+                s, settings.wanted))  # type: ignore[arg-type]
+        except hostmod.Errors:
+            continue  # the pidfd path tries and says why
+        for item, result in zip(group, armed, strict=True):
+            if result is not None:
+                code, before, after = result
+                done.append((item, _judged(item, settings, before, after, "bpf_setsockopt")
+                             if not code else _outcome(item, Action(
+                                 index=item.index, status=_KERNEL_STATUS.get(code, "failed"),
+                                 detail=os.strerror(code)))))
+    return done
+
+
+_KERNEL_STATUS = {errno.ESTALE: "identity-changed"}
 
 
 def _arm(pid: int, group: list[PlanItem], settings: Keepalive, pacer: Pacer) -> list[Outcome]:
@@ -217,11 +258,18 @@ def _arm_one(handle: object, item: PlanItem, settings: Keepalive) -> Outcome:
     except hostmod.Errors as exc:
         return _outcome(item, Action(index=item.index, status=hostmod.status_of(exc),
                                      detail=hostmod.describe(exc)))
-    wrong = {k: after.get(k) for k, v in wanted.items() if after.get(k) != v}
+    return _judged(item, settings, before, after)
+
+
+def _judged(item: PlanItem, settings: Keepalive, before: dict[str, int],
+            after: dict[str, int], via: str = "") -> Outcome:
+    """Armed if every option reads back as asked."""
+    wrong = {k: after.get(k) for k, v in settings.wanted.items() if after.get(k) != v}
     outcome = _outcome(item, Action(index=item.index, status="armed" if not wrong else "failed",
                                     detail=f"read back: {_options(after)}; before: "
                                            f"{_options(before)}"
-                                           + (f"; not as asked: {wrong}" if wrong else "")))
+                                           + (f"; not as asked: {wrong}" if wrong else "")
+                                           + (f"; set with {via}" if via else "")))
     outcome.state_after = settings.text() if not wrong else ""
     return outcome
 

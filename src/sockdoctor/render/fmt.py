@@ -4,35 +4,11 @@ from __future__ import annotations
 
 import socket
 
+from ..jsontext import untrusted
 from ..model import SS_COLUMN_NAMES, Process, Snapshot, Socket
 
-_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def untrusted(text: str) -> str:
-    """Text from a process or the kernel, made safe for a terminal.
-
-    Any local user can name a process "\\x1b[31m..." or put a newline in it;
-    printed raw, that runs escape sequences in root's terminal or splits a row.
-    Control characters become \\n, \\t or \\xNN, bytes that were not UTF-8
-    (decoded with surrogateescape) become \\xNN, and a backslash is doubled so
-    the result reads back unambiguously.
-    """
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(_escape_char(ch) for ch in text)
-
-
-def _escape_char(ch: str) -> str:
-    if ch in _NAMED_ESCAPES:
-        return _NAMED_ESCAPES[ch]
-    if ch.isprintable():
-        return ch
-    code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
+__all__ = ["duration", "endpoint", "netns_names", "plural", "shown_comms",
+           "shown_netns_names", "ss_timer", "state_name", "untrusted", "users"]
 
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 TCP socket', '2 TCP sockets'."""
@@ -40,8 +16,14 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def endpoint(addr: str, port: int, family: int, *, peer: bool = False) -> str:
-    """`10.0.0.1:80`, `[::1]:80`, `0.0.0.0:*` the way ss prints them."""
+    """`10.0.0.1:80`, `[::1]:80`, `0.0.0.0:*` the way ss prints them.
+
+    An address read from a snapshot is checked on load (snapshot_io), and
+    escaped here all the same: whatever is printed, a file chose.
+    """
     port_text = "*" if port == 0 and peer else str(port)
+    if not addr.isprintable():
+        addr = untrusted(addr)
     if family == socket.AF_INET6:
         return f"[{addr}]:{port_text}"
     return f"{addr}:{port_text}"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from ..model import Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_OWNER, NO_OWNER, Snapshot, Socket, TcpState
 from . import fmt
 
 MAX_ROWS = 40
@@ -41,7 +41,7 @@ def _process_label(sk: Socket, snapshot: Snapshot, comms: dict[int, str]) -> str
     if not sk.owners:
         if not snapshot.owners_scanned:
             return "-"
-        return "(no owner)"
+        return ACCEPT_QUEUE_OWNER if sk.queued else NO_OWNER
     owners = sk.owners
     if len(owners) == 1:
         pid = owners[0].pid
@@ -90,20 +90,56 @@ def render(snapshot: Snapshot, limit: int = MAX_ROWS) -> Iterator[str]:
         yield f"... {len(table) - limit} more groups ({rest} sockets); use --json for all"
 
 
-_ORPHAN_STATES = (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK, TcpState.CLOSING)
+def _ss_counts(snapshot: Snapshot) -> dict[str, int]:
+    """ss -s's inputs over the scanned namespaces (/proc/net/sockstat{,6}, snmp).
+
+    The kernel keeps `orphan` and `alloc` for the whole host (every namespace
+    shows the same numbers, as ss does): those are taken once, the others summed.
+    """
+    total: Counter[str] = Counter()
+    for ns in snapshot.namespaces:
+        c = ns.counters
+        tcp = c.get("sockstat.TCP", {})
+        total.update({"socks": c.get("sockstat.sockets", {}).get("used", 0),
+                      "tcp4": tcp.get("inuse", 0),
+                      "tcp6": c.get("sockstat.TCP6", {}).get("inuse", 0),
+                      "tw": tcp.get("tw", 0), "estab": c.get("Tcp", {}).get("CurrEstab", 0)})
+        for host_wide in ("orphan", "alloc"):
+            total[host_wide] = max(total[host_wide], tcp.get(host_wide, 0))
+    return total
 
 
 def render_ss(snapshot: Snapshot) -> Iterator[str]:
-    """`ls -s`: ss -s's TCP line, then every state by family (sockdoctor shows TCP only)."""
-    socks = snapshot.sockets
-    states = Counter(sk.state for sk in socks)
-    orphaned = sum(1 for sk in socks if not sk.inode and sk.state in _ORPHAN_STATES)
+    """`ls -s`: ss -s's layout with its TCP rows, then the selected sockets by state and family.
+
+    The numbers come from the kernel's counters as in ss (so a filter does not
+    change them); the rows for RAW, UDP, INET and FRAG are left out.
+    """
+    if not any(ns.counters for ns in snapshot.namespaces):  # e.g. an old snapshot file
+        yield "(no kernel counters in this snapshot: ss's Total and TCP lines are unknown)"
+        yield ""
+        yield from _by_family(snapshot.sockets)
+        return
+    n = _ss_counts(snapshot)
+    hashed = n["tcp4"] + n["tcp6"]
+    yield f"Total: {n['socks']}"
+    yield (f"TCP:   {n['alloc'] + n['tw']} (estab {n['estab']}, closed "
+           f"{n['alloc'] - (hashed - n['tw'])}, orphaned {n['orphan']}, timewait {n['tw']})")
+    yield ""
+    yield "Transport Total     IP        IPv6"
+    # ss prints "TCP\t  ": spaces to the same column, no control character in our output
+    yield f"TCP       {hashed:<9d} {n['tcp4']:<9d} {n['tcp6']:<9d}".rstrip()
     where = (f" in {fmt.plural(len(snapshot.namespaces), 'network namespace')}"
              if len(snapshot.namespaces) > 1 else "")
-    yield (f"TCP:   {len(socks)} (estab {states[TcpState.ESTABLISHED]}, closed "
-           f"{states[TcpState.CLOSE] + states[TcpState.BOUND_INACTIVE]}, orphaned {orphaned}, "
-           f"timewait {states[TcpState.TIME_WAIT]}){where}")
+    yield (f"(sockdoctor is TCP only: it leaves out ss's RAW, UDP, INET and FRAG rows; "
+           f"counts{where} from the kernel's counters, where `orphaned` and the total "
+           f"are the whole host's, as in ss)")
     yield ""
+    yield from _by_family(snapshot.sockets)
+
+
+def _by_family(socks: list[Socket]) -> Iterator[str]:
+    """The listed sockets (after any filter) by state and address family."""
     by_family = Counter((fmt.state_name(sk.state), sk.family) for sk in socks)
     names = sorted({name for name, _ in by_family}, key=lambda n: -sum(
         by_family[(n, f)] for f in (socket.AF_INET, socket.AF_INET6)))

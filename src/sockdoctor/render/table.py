@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..linux import tcpinfo
-from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket, TcpInfo, TcpState
+from ..model import SS_COLUMN_NAMES, TIMER_NAMES, Snapshot, Socket
 from . import fmt
+from .infotext import info_text
 
 
 @dataclass(frozen=True)
@@ -109,72 +109,10 @@ def _second_line(sk: Socket, cols: Columns) -> str:
                      f"tb{m.sndbuf},f{m.fwd_alloc},w{m.wmem_queued},"
                      f"o{m.optmem},bl{m.backlog},d{m.drops})")
     if cols.info and (sk.info or sk.info_blob):
-        parts.append(_info_text(sk))
+        parts.append(info_text(sk, options=cols.timers or cols.extended))
     return " ".join(parts)
 
 
 def _shutdown_arrows(bits: int) -> str:
     """ss's notation: '<' receive side open, '>' send side open, '-' when shut."""
     return ("-" if bits & 1 else "<") + "-" + ("-" if bits & 2 else ">")
-
-
-# What `ss -i` prints from tcp_info, in its order, as label:value when non-zero
-# (rates are left out). Times come in microseconds and print as milliseconds.
-_SS_OPTIONS = ((1, "ts"), (64, "usec_ts"), (2, "sack"), (8, "ecn"), (16, "ecnseen"),
-               (32, "fastopen"))
-_SS_FIELDS = (
-    ("rto", "rto"), ("backoff", "backoff"), ("rtt", "rtt"), ("ato", "ato"),
-    ("snd_mss", "mss"), ("pmtu", "pmtu"), ("rcv_mss", "rcvmss"), ("advmss", "advmss"),
-    ("snd_cwnd", "cwnd"), ("snd_ssthresh", "ssthresh"),
-    ("bytes_sent", "bytes_sent"), ("bytes_retrans", "bytes_retrans"),
-    ("bytes_acked", "bytes_acked"), ("bytes_received", "bytes_received"),
-    ("segs_out", "segs_out"), ("segs_in", "segs_in"),
-    ("data_segs_out", "data_segs_out"), ("data_segs_in", "data_segs_in"),
-    ("last_data_sent", "lastsnd"), ("last_data_recv", "lastrcv"), ("last_ack_recv", "lastack"),
-    ("delivered", "delivered"), ("delivered_ce", "delivered_ce"),
-    ("delivery_rate_app_limited", "app_limited"),
-    ("unacked", "unacked"), ("retrans", "retrans"), ("lost", "lost"), ("sacked", "sacked"),
-    ("dsack_dups", "dsack_dups"), ("fackets", "fackets"), ("reordering", "reordering"),
-    ("reord_seen", "reord_seen"), ("rcv_rtt", "rcv_rtt"), ("rcv_space", "rcv_space"),
-    ("rcv_ssthresh", "rcv_ssthresh"), ("notsent_bytes", "notsent"), ("min_rtt", "minrtt"),
-    ("rcv_ooopack", "rcv_ooopack"), ("snd_wnd", "snd_wnd"), ("rcv_wnd", "rcv_wnd"),
-    ("rehash", "rehash"),
-)
-_MICROSECONDS = {"rto", "rtt", "ato", "rcv_rtt", "min_rtt"}
-
-
-def _ss_field(i: TcpInfo, key: str, label: str, listening: bool) -> str:
-    """One `label:value` the way ss prints it, or "" where ss prints nothing."""
-    v = getattr(i, key)
-    if key == "reordering":  # ss shows it whenever it differs from the default 3
-        return f"reordering:{v}" if v is not None and v != 3 else ""
-    if key == "retrans":  # retransmitted segments in flight / in total
-        total = i.total_retrans or 0
-        return f"retrans:{v or 0}/{total}" if v or total else ""
-    if not v or v == 0xFFFFFFFF:
-        return ""
-    if (key == "rto" and v == 3_000_000) or (key == "snd_ssthresh" and v >= 0xFFFF) \
-            or (key == "sacked" and listening):  # initial RTO, "infinite", the backlog
-        return ""
-    if key == "delivery_rate_app_limited":
-        return label
-    if key == "rtt":
-        return f"rtt:{v / 1000:g}/{(i.rttvar or 0) / 1000:g}"
-    return f"{label}:{v / 1000:g}" if key in _MICROSECONDS else f"{label}:{v}"
-
-
-def _info_text(sk: Socket) -> str:
-    """tcp_info the way `ss -i` prints it."""
-    i = tcpinfo.of(sk)
-    if i is None:
-        return sk.cong or ""
-    options = i.options or 0
-    parts = [name for bit, name in _SS_OPTIONS if options & bit]
-    if sk.cong:
-        parts.append(sk.cong)
-    if options & 4:  # TCPI_OPT_WSCALE
-        parts.append(f"wscale:{i.snd_wscale or 0},{i.rcv_wscale or 0}")
-    listening = sk.state == TcpState.LISTEN
-    fields = (_ss_field(i, key, label, listening) for key, label in _SS_FIELDS)
-    parts.extend(f for f in fields if f)
-    return " ".join(parts)

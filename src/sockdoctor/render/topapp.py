@@ -20,9 +20,33 @@ from textual.widgets import DataTable, Footer, Input, Static
 from ..errors import SockdoctorError
 from ..watch.top import Group, TopModel
 from . import fmt
-from .topframe import COLUMNS, RIGHT, cells, finding_lines, status
+from .topframe import KEYS, RIGHT, cells, finding_lines, fit, fitted, status
 
 SOCKET_COLUMNS = ("STATE", "LOCAL", "PEER", "RECV-Q", "SEND-Q", "AGE", "OWNER")
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of top, one per line (topframe.KEYS)."""
+
+    BINDINGS: ClassVar = [Binding("q,escape,question_mark,h,f1,enter", "dismiss", "Back")]
+    CSS = "HelpScreen { align: center middle; } #help { width: auto; max-width: 100%; " \
+          "height: auto; border: solid $accent; padding: 0 1; }"
+
+    def compose(self) -> ComposeResult:
+        text = Text("sockdoctor top: keys\n\n", style="bold")
+        width = max(len(key) for key, _ in KEYS)
+        for key, what in KEYS:
+            text.append(f"{key:>{width}}", style="bold")
+            text.append(f"  {what}\n")
+        text.append("\nColumns that do not fit hide or shrink: +START, RECV-Q, then NETNS,\n"
+                    "PROCESS and SERVICE shrink, then +LAST (docs/watch.md).", style="dim")
+        yield Static(text, id="help")
+
+
+class GroupsTable(DataTable):
+    """The groups; Enter (open a group) is shown in the footer, as DataTable hides it."""
+
+    BINDINGS: ClassVar = [Binding("enter", "select_cursor", "Sockets")]
 
 
 class SocketsScreen(ModalScreen[None]):
@@ -47,6 +71,7 @@ class SocketsScreen(ModalScreen[None]):
                           fmt.endpoint(sk.local_addr, sk.local_port, sk.family),
                           fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True),
                           str(sk.recv_q), str(sk.send_q), fmt.duration(self.age_ms(sk)), owners)
+        # (the sampler's age_ms gives a listener no age: it waits for nothing)
         yield table
         yield Footer()
 
@@ -57,19 +82,22 @@ class TopApp(App[int]):
     CSS = """
     #status { height: 1; }
     #groups { height: 1fr; }
-    #findings { height: auto; max-height: 14; border-top: solid $accent; }
+    #findings { height: auto; max-height: 33%; border-top: solid $accent;
+                text-wrap: nowrap; text-overflow: ellipsis; }
+    #findings.hidden { display: none; }
     #filter { display: none; }
     #filter.shown { display: block; }
     #message { height: auto; }
     """
     BINDINGS: ClassVar = [
         Binding("q", "quit_top", "Quit"),
+        Binding("question_mark,h,f1", "help", "Help", key_display="?"),
         Binding("c", "sort('count')", "Sort count"),
         Binding("g", "sort('growth')", "Sort growth"),
         Binding("a", "sort('age')", "Sort age"),
         Binding("slash,f", "edit_filter", "Filter"),
-        Binding("enter", "sockets", "Sockets", show=True),
         Binding("r", "relief", "Relief cmd"),
+        Binding("d", "findings", "Findings"),
         Binding("escape", "back", "Back", show=False, priority=True),
     ]
 
@@ -81,10 +109,7 @@ class TopApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
-        table: DataTable = DataTable(id="groups", cursor_type="row", zebra_stripes=True)
-        for name in COLUMNS:
-            table.add_column(Text(name, justify="right" if name in RIGHT else "left"), key=name)
-        yield table
+        yield GroupsTable(id="groups", cursor_type="row", zebra_stripes=True)
         yield Input(placeholder="filter, as ss: state close-wait sport = :8000  (Enter applies, "
                                 "empty clears, Esc cancels)", id="filter")
         yield Static(id="message")
@@ -107,18 +132,35 @@ class TopApp(App[int]):
     def _show(self) -> None:
         self.query_one("#status", Static).update(Text(status(self.model, self.refresh_s),
                                                       style="bold"))
+        self._fill_table()
+        # the findings never take more than a quarter of the screen: the table stays visible
+        text = Text(no_wrap=True, overflow="ellipsis")
+        lines = finding_lines(self.model, limit=5, max_lines=max(1, (self.size.height - 4) // 4))
+        text.append("\n".join(line for _, line in lines))
+        at = 0
+        for style, line in lines:
+            text.stylize(style, at, at + len(line))
+            at += len(line) + 1
+        self.query_one("#findings", Static).update(text)
+
+    def _fill_table(self) -> None:
+        """The rows, with the columns that fit the screen's width (topframe.fit)."""
         table = self.query_one("#groups", DataTable)
         row = table.cursor_row
-        table.clear()
-        for g in self.model.groups:
+        rows = [cells(g) for g in self.model.groups]
+        widths = fit(self.size.width - 2, rows)  # 2: the vertical scrollbar
+        table.clear(columns=True)
+        for name, width in widths.items():
+            table.add_column(Text(name, justify="right" if name in RIGHT else "left"),
+                             key=name, width=width)
+        for cells_ in fitted(rows, widths):
             table.add_row(*(Text(c, justify="right" if n in RIGHT else "left")
-                            for n, c in zip(COLUMNS, cells(g), strict=True)))
-        if self.model.groups:
-            table.move_cursor(row=min(row, len(self.model.groups) - 1))
-        text = Text()
-        for style, line in finding_lines(self.model, limit=5):
-            text.append(line + "\n", style=style)
-        self.query_one("#findings", Static).update(text)
+                            for n, c in zip(widths, cells_, strict=True)))
+        if rows:
+            table.move_cursor(row=min(row, len(rows) - 1))
+
+    def on_resize(self) -> None:
+        self._show()
 
     def _selected(self) -> Group | None:
         table = self.query_one("#groups", DataTable)
@@ -168,6 +210,13 @@ class TopApp(App[int]):
         g = self._selected()
         if g is not None:
             self.push_screen(SocketsScreen(g, self.model.sample.age_ms))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_findings(self) -> None:
+        self.query_one("#findings", Static).toggle_class("hidden")
 
     def action_relief(self) -> None:
         g = self._selected()

@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .. import __version__
 from ..errors import NotFoundError, PermissionDeniedError, UsageError
+from ..jsontext import untrusted
 from ..linux.netns import can_enter_others
 from ..render.fmt import plural
 from . import metrics
@@ -258,7 +259,8 @@ class Exporter:
     collector: SampleCollector
     textfile: str | None = None  # path of sockdoctor.prom
     server: WSGIServer | None = None
-    say: Callable[[str], None] = lambda line: print(f"sockdoctor exporter: {line}",
+    # a log line may quote a process or namespace name: escaped, any locale prints it
+    say: Callable[[str], None] = lambda line: print(f"sockdoctor exporter: {untrusted(line)}",
                                                     file=sys.stderr, flush=True)
 
     def __post_init__(self) -> None:

@@ -101,9 +101,12 @@ class JoinMap:
 
     def __init__(self, diag_socket: Callable[[int], socket.socket | None],
                  namespaces: Callable[[], list[int]], clock_offset: float,
-                 allowed: set[int] | None = None) -> None:
+                 allowed: set[int] | None = None,
+                 rediscover: Callable[[], list[int]] | None = None) -> None:
         self.diag_socket = diag_socket  # netns inode -> a sock_diag socket bound there
         self.namespaces = namespaces  # every known netns inode
+        # namespaces born since they were last listed (rate-limited by the caller)
+        self.rediscover = rediscover or (lambda: [])
         self.allowed = allowed  # only these namespaces matter (--netns), None: all
         self.clock_offset = clock_offset  # wall time = monotonic ns / 1e9 + offset
         self.index = Index()
@@ -228,7 +231,10 @@ class JoinMap:
     def _look_up(self, tr: Track) -> Socket | None:
         """Exact sock_diag look-ups, first where the hints point, then everywhere."""
         hinted = self._hinted_namespaces(tr)
-        for group in (hinted, [ns for ns in self.namespaces() if ns not in hinted]):
+        groups = (lambda: hinted, lambda: [ns for ns in self.namespaces() if ns not in hinted],
+                  self.rediscover)  # last: a namespace born since trace last listed them
+        for next_group in groups:
+            group = next_group()
             hits = []
             for ns in group:
                 sock = self.diag_socket(ns)

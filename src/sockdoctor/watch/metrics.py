@@ -18,9 +18,9 @@ from operator import attrgetter
 
 from ..doctor.context import first_pid
 from ..doctor.finding import SEVERITY_RANK, Report
-from ..jsontext import readable
+from ..jsontext import untrusted
 from ..linux.procfs import pod_uid
-from ..model import Netns, Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_LABEL, Netns, Snapshot, Socket, TcpState
 from .sampler import Sample
 
 OTHER = "other"
@@ -34,6 +34,8 @@ STATE_NAMES: dict[int, str] = {
     TcpState.LISTEN: "listen", TcpState.CLOSING: "closing",
 }
 _ACCEPT_QUEUE, _ORPHAN = -1, -2  # owner "pids" of sockets no process holds
+# sockdoctor_finding_severity's values: 0 stays "no finding" in PromQL arithmetic
+SEVERITY_LEVEL: dict[str, int] = {name: rank + 1 for name, rank in SEVERITY_RANK.items()}
 _NETNS, _STATE, _LPORT = attrgetter("netns"), attrgetter("state"), attrgetter("local_port")
 
 
@@ -46,6 +48,12 @@ class Family:
     labels: tuple[str, ...] = ()
     kind: str = "gauge"  # or "counter" (name ends in _total)
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Every label value escaped once, here: a process or namespace name is any
+        # bytes a local user chose (jsontext.untrusted: injective, docs/exporter.md).
+        self.samples = [(tuple(map(untrusted, labels)), value)
+                        for labels, value in self.samples]
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,7 @@ class _View:
 
     def __init__(self, snap: Snapshot, sample: Sample, opts: Options) -> None:
         self.snap, self.sample, self.opts = snap, sample, opts
-        # Label values must be text: a name that is not UTF-8 shows its bytes as \xNN.
-        self.names = {ns.inode: readable(ns.name) for ns in snap.namespaces}
+        self.names = {ns.inode: ns.name for ns in snap.namespaces}  # escaped by Family
         self.listeners_ = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
         self.listening = {(sk.netns, sk.local_port) for sk in self.listeners_}
         self.ranges = {ns.inode: port_range(ns) for ns in snap.namespaces}
@@ -108,8 +115,8 @@ class _View:
     def who(self, pid: int) -> tuple[str, ...]:
         """process, container, pod_uid (and pid with --label pid) of an owner."""
         proc = self.snap.processes.get(pid) if pid > 0 else None
-        name = (readable(proc.comm) if proc else "unknown") if pid >= 0 else (
-            "accept-queue" if pid == _ACCEPT_QUEUE else "orphan")
+        name = (proc.comm if proc else "unknown") if pid >= 0 else (
+            ACCEPT_QUEUE_LABEL if pid == _ACCEPT_QUEUE else "orphan")
         labels = (name, proc.container if proc else "", self.pod.get(pid, "") if proc else "")
         return (*labels, str(pid) if pid > 0 else "") if self.opts.pid else labels
 
@@ -257,24 +264,27 @@ class _View:
                           "RLIMIT_NOFILE; 0: unlimited or unknown)."))
 
     def findings(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
+        """One series per finding identity (no severity label: it changes as a leak ages,
+        and a label change would start a new series); the severity is a value."""
         rows: dict[tuple[str, ...], list[float]] = {}
         for f in report.findings if report is not None else ():
             proc = f.processes[0] if f.processes else None
             who = self.who(proc.pid) if proc else ("", "", "", *(("",) if self.opts.pid else ()))
-            key = (f.netns, f.rule, f.severity, who[0], str(f.ports[0]) if f.ports else "",
-                   *who[1:])
-            value = [float(f.sockets), 1.0, float(SEVERITY_RANK[f.severity])]
+            key = (f.netns, f.rule, who[0], str(f.ports[0]) if f.ports else "", *who[1:])
+            value = [float(f.sockets), 1.0, float(SEVERITY_LEVEL[f.severity])]
             _accumulate(rows, key, value, _add_max)
         kept, folded = fold(rows, self.opts.max_series, lambda v: (v[2], v[0]), _add_max,
-                            force=3)
-        return _families(kept, folded, dropped, ("netns", "rule", "severity", "process",
-                                                  "port", *self.who_labels()[1:]),
+                            force=2)
+        return _families(kept, folded, dropped, ("netns", "rule", "process", "port",
+                                                  *self.who_labels()[1:]),
                          ("sockdoctor_finding_sockets", "Sockets concerned by each of the "
                           "doctor's findings on the latest sample (no series when healthy; "
                           "`sockdoctor doctor` explains them)."),
                          ("sockdoctor_findings", "Number of the doctor's findings (some "
-                          "concern no socket: sysctls, descriptor limits)."))
-
+                          "concern no socket: sysctls, descriptor limits)."),
+                         ("sockdoctor_finding_severity", "The doctor's severity of each "
+                          "finding: 1 info, 2 warning, 3 critical (the highest of the "
+                          "findings a series sums up)."))
 
 def _health(sample: Sample, health: Health) -> list[Family]:
     snap = sample.snapshot

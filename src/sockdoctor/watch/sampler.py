@@ -69,8 +69,11 @@ class Sample:
         """Best lower bound of the time `sk` has been in its state, in milliseconds.
 
         The larger of tcp_info's (docs/age.md) and the time since the sampler
-        (or trace) first saw it in this state. None when neither is known.
+        (or trace) first saw it in this state. None when neither is known, and
+        for a listener: it waits for nothing, so it has no age (as in `ls`).
         """
+        if sk.state == TcpState.LISTEN:
+            return None
         since = self.first_seen.get(sk.cookie)
         seen = int((self.started - since) * 1000) if since is not None else None
         if sk.age_ms is None:

@@ -17,12 +17,14 @@ from typing import Any
 
 from ..doctor import Finding
 from ..errors import UsageError
-from ..model import ALL_STATES_MASK, Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_OWNER, ALL_STATES_MASK, NO_OWNER, Snapshot, Socket, TcpState
 from ..query import Query
 from ..render import fmt
 
 SORTS = ("count", "growth", "age")
 GroupKey = tuple[int, tuple[int, ...], int, str]  # netns, pids, state, service
+# The "pids" of a group of sockets waiting in an accept queue (no process holds them yet).
+QUEUED: tuple[int, ...] = (-1,)
 
 
 @dataclass(slots=True)
@@ -32,7 +34,7 @@ class Group:
     netns: int
     netns_name: str
     pids: tuple[int, ...]
-    process: str  # "comm(pid)", "(no owner)", ...
+    process: str  # "comm(pid)", "(accept queue)", "(no owner)", ...
     state: int
     service: str  # ":8000" or "-> 10.0.0.5:5432"
     port: int  # the local port (server side) or the peer port (client side)
@@ -146,7 +148,7 @@ class TopModel:
                     and (not g.pids or pids & set(g.pids)):
                 return f.relief
         args = ["sockdoctor", "kill", "--netns", g.netns_name]
-        args += [f"--pid {pid}" for pid in g.pids]
+        args += [f"--pid {pid}" for pid in g.pids if pid > 0]
         args += ["--port", str(g.port), "--state", TcpState(g.state).filter_name]
         return " ".join(args)
 
@@ -163,8 +165,8 @@ def group(snap: Snapshot, sockets: list[Socket], sample: Any) -> list[Group]:
     buckets: dict[tuple, list[Socket]] = {}
     for sk in sockets:
         owners = sk.owners
-        pids = () if not owners else (owners[0].pid,) if len(owners) == 1 else \
-            tuple(sorted({o.pid for o in owners}))
+        pids = (QUEUED if sk.queued else ()) if not owners else (owners[0].pid,) \
+            if len(owners) == 1 else tuple(sorted({o.pid for o in owners}))
         port, peer = sk.local_port, sk.peer_port
         if peer == 0 or (sk.netns, port) in listening or (not listening and port <= peer):
             key = (sk.netns, pids, sk.state, port, None)  # server side: its local port
@@ -186,9 +188,9 @@ def _group(key: tuple, members: list[Socket], names: dict[int, str], snap: Snaps
         "-> " + fmt.endpoint(key[4], port, key[5], peer=True)
     g = Group(netns, names.get(netns, str(netns)), pids, _process(pids, snap), state, service,
               port, members)
-    if state != TcpState.LISTEN:
+    if state != TcpState.LISTEN:  # a listener has no age: it is not waiting for anything
         g.recv_q = sum(sk.recv_q for sk in members)
-    g.oldest_ms = _oldest(members, sample)
+        g.oldest_ms = _oldest(members, sample)
     return g
 
 
@@ -208,8 +210,10 @@ def _oldest(members: list[Socket], sample: Any) -> int | None:
 
 
 def _process(pids: tuple[int, ...], snap: Snapshot) -> str:
+    if pids == QUEUED:
+        return ACCEPT_QUEUE_OWNER
     if not pids:
-        return "(no owner)" if snap.owners_scanned else "-"
+        return NO_OWNER if snap.owners_scanned else "-"
     comms = [(snap.processes[p].comm if p in snap.processes else "?") for p in pids]
     return ",".join(f"{fmt.untrusted(c)}({p})" for c, p in zip(comms, pids, strict=True))
 

@@ -28,6 +28,7 @@ from ..model import SS_COLUMN_NAMES, Socket, TcpState
 from ..query import Query
 from .events import EventOwner, LostEvent, TraceEvent
 from .join import CLOSE, JoinMap, Track
+from .reorder import Reorder
 
 Record = TraceEvent | LostEvent
 FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
@@ -35,17 +36,39 @@ FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 STATE_NAMES = {**SS_COLUMN_NAMES, TcpState.CLOSE: "CLOSE"}
 ANY_STATE = 0xFFFFFFFF
 RETRY_S = 0.25  # how often sockets still waiting for their owner are looked up again
+REORDER_S = 0.1  # records wait this long behind the clock, to be printed in time order
 
 
 class NsSockets:
-    """Per network namespace: a sock_diag socket for look-ups and a destroy listener."""
+    """Per network namespace: a sock_diag socket for look-ups, a destroy listener, its name.
+
+    A namespace born after trace started is found when its first event names it
+    (through the creating task) or when a look-up finds nothing in the known
+    ones: then the namespaces are listed again, synchronously, so its events
+    carry its name from the first one on. An unknown inode lists them once when
+    first seen; again (if still unknown) only after RETRY_INODE_S, and no
+    listing for a failed look-up follows another within LIST_EVERY_S.
+    """
+
+    LIST_EVERY_S = 0.2  # listing walks /proc/*/ns/net: a few ms on a busy host
+    RETRY_INODE_S = 1.0  # a namespace that was not found is not looked for again sooner
 
     def __init__(self, destroy: bool, allowed: set[int] | None = None) -> None:
         self.destroy = destroy
         self.allowed = allowed  # --netns: never open sockets elsewhere
         self.diag: dict[int, socket.socket] = {}
         self.listeners: dict[int, socket.socket] = {}
-        self._last_discover = 0.0
+        self.names: dict[int, str] = {}  # every namespace seen listed, by inode
+        self.listings = 0  # how often the namespaces were listed (the cost, for the bench)
+        self._listed_at = -1.0
+        self._missed: dict[int, float] = {}  # inode -> when it was last looked for in vain
+
+    def _list(self) -> list[netns_mod.NsRef]:
+        self._listed_at = time.monotonic()
+        self.listings += 1
+        found, _ = netns_mod.discover()
+        self.names.update({ns.inode: ns.name for ns in found})
+        return found
 
     def sync(self, wanted: set[int]) -> None:
         """Open sockets in namespaces new to us; close those of namespaces gone."""
@@ -56,8 +79,36 @@ class NsSockets:
                 sock.close()
         missing = wanted - self.diag.keys()
         if missing:
-            found, _ = netns_mod.discover()
-            self._open([ns for ns in found if ns.inode in missing])
+            self._open([ns for ns in self._list() if ns.inode in missing])
+
+    def discover_new(self) -> list[int]:
+        """Namespaces born since the last listing, now open (rate-limited; [] when not due)."""
+        if time.monotonic() - self._listed_at < self.LIST_EVERY_S:
+            return []
+        fresh = [ns for ns in self._list() if ns.inode not in self.diag
+                 and (self.allowed is None or ns.inode in self.allowed)]
+        self._open(fresh)
+        return [ns.inode for ns in fresh if ns.inode in self.diag]
+
+    def name_of(self, inode: int) -> str | None:
+        """The namespace's name, listing the namespaces again if it is new (rate-limited)."""
+        name = self.names.get(inode)
+        if name is None and self._due(inode):
+            self._list()
+            name = self.names.get(inode)
+        return name
+
+    def _due(self, inode: int) -> bool:
+        """List again for an inode seen for the first time; a missing one only now and then."""
+        now = time.monotonic()
+        missed = self._missed.get(inode)
+        if missed is not None and (now - missed < self.RETRY_INODE_S
+                                   or now - self._listed_at < self.LIST_EVERY_S):
+            return False
+        if len(self._missed) > 4096:
+            self._missed.clear()
+        self._missed[inode] = now
+        return True
 
     def _open(self, refs: list[netns_mod.NsRef]) -> None:
         def opener(want_listener: bool) -> Callable[[], tuple[Any, Any]]:
@@ -76,8 +127,7 @@ class NsSockets:
         sock = self.diag.get(inode)
         if self.allowed is not None and inode not in self.allowed:
             return None
-        if sock is None and time.monotonic() - self._last_discover > 1.0:
-            self._last_discover = time.monotonic()  # a namespace born since the sample
+        if sock is None and self._due(inode):  # a namespace born since the sample
             self.sync(set(self.diag) | {inode})
             sock = self.diag.get(inode)
         return sock
@@ -132,9 +182,11 @@ class Tracer:
 
     def __init__(self, query: Query, sampler: Any, *, buffer_kb: int = 2048,
                  destroy: bool = True, netns_inodes: set[int] | None = None,
-                 join_delay_s: float = 1.0) -> None:
+                 join_delay_s: float = 1.0, reorder_s: float = REORDER_S) -> None:
         self.query = query
         self.join_delay_s = join_delay_s
+        self.reorder_s = reorder_s
+        self._reorder: Reorder[Record] = Reorder()
         self._pending: deque[tuple[ringbuf.StateChange, Track, float | None]] = deque()
         self._waiting: dict[int, Track] = {}  # not yet identified, events still pending
         self._last_retry = 0.0
@@ -145,7 +197,7 @@ class Tracer:
         self.ns = NsSockets(destroy, netns_inodes)
         self.clock_offset = time.time() - time.monotonic()
         self.join = JoinMap(self.ns.socket_for, lambda: list(self.ns.diag), self.clock_offset,
-                            netns_inodes)
+                            netns_inodes, rediscover=self.ns.discover_new)
         self._seq = 0
         self._lost_seen = self.session.lost()
         self._comms: dict[int, str] = {}
@@ -175,16 +227,26 @@ class Tracer:
         return self.poll(0)
 
     def poll(self, timeout_s: float = 0.1) -> list[Record]:
-        """Wait up to timeout_s, then return every event since the last poll, in order."""
+        """Wait up to timeout_s, then return the events nothing earlier can still precede."""
         self.session.reader.wait(timeout_s)
         latest = self.sampler.latest
         if latest is not None and latest.seq != self._seq:
             self._use(latest)
-        out: list[Record] = self._state_events(
-            self.session.reader.read(everything=self.join_delay_s == 0))
-        out.extend(self._destroy_events())
-        out.extend(self._lost_events())
-        return out
+        everything = self.join_delay_s == 0
+        reorder = self._reorder
+        reorder.push(self._state_events(self.session.reader.read(everything=everything)))
+        reorder.push(self._destroy_events())
+        reorder.push(self._lost_events())
+        if everything:
+            return reorder.drain()
+        return reorder.release(self._watermark())
+
+    def _watermark(self) -> float:
+        """The time up to which every record is in: the window, or the oldest still waiting."""
+        mark = time.time() - self.reorder_s
+        if self._pending:
+            mark = min(mark, self._pending[0][0].ts_ns / 1e9 + self.clock_offset - 1e-6)
+        return mark
 
     def _state_events(self, changes: list[ringbuf.StateChange]) -> list[Record]:
         """Join new changes; emit, in order, those whose socket is settled or waited enough.
@@ -263,9 +325,11 @@ class Tracer:
             owner_note=tr.note or None,
             netns_candidates=[self._ns_name(n, names) or "?" for n in tr.candidates] or None)
 
-    @staticmethod
-    def _ns_name(inode: int, names: dict[int, str]) -> str | None:
-        return (names.get(inode) or f"net:[{inode}]") if inode else None
+    def _ns_name(self, inode: int, names: dict[int, str]) -> str | None:
+        """The sample's name, else a fresh listing's (a namespace born since), else net:[N]."""
+        if not inode:
+            return None
+        return names.get(inode) or self.ns.name_of(inode) or f"net:[{inode}]"
 
     def _comm(self, pid: int) -> str:
         comm = self.join.index.comms.get(pid)

@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from ...model import Process, Socket, TcpState
 from ..context import Context, Service, first_pid, is_plain
 from ..finding import Finding, Severity, cap
+from ..runtimes import ClientAdvice, Unread, client_advice, describe, never_closed_fix
 from ..text import fmt_ms, host, plural, top, top_line
 from .clients import pool_knobs, service_name
 from .common import AgeStats, age_stats, growth_line, recv_q_counts, stuck_severity
@@ -24,6 +25,8 @@ from .common import AgeStats, age_stats, growth_line, recv_q_counts, stuck_sever
 GroupKey = tuple[int, tuple[str, str], tuple[str, str, int]]
 # Many workers: name them by --process in the relief command instead of one --pid each.
 MAX_RELIEF_PIDS = 6
+# A CLOSE-WAIT whose EOF is still unread this long is worth a note, however young.
+UNREAD_NOTE_MS = 100
 
 
 def check(ctx: Context) -> list[Finding]:
@@ -41,7 +44,7 @@ def check(ctx: Context) -> list[Finding]:
         growth = None if prev_n is None else len(socks) - prev_n
         sev = _severity(ctx, netns, svc, st, growth)
         if sev is None:
-            note = _young(ctx, netns, pids, svc, st)
+            note = _young(ctx, netns, pids, svc, st, socks)
             if note is not None:
                 young.append(note)
             continue
@@ -137,9 +140,14 @@ def _previous_counts(ctx: Context) -> dict[GroupKey, int]:
     return counts
 
 
-def _young(ctx: Context, netns: int, pids: list[int], svc: Service,
-           st: AgeStats) -> tuple[int, str] | None:
-    """A note for CLOSE-WAIT not yet old (or many) enough to count: (count, text)."""
+def _young(ctx: Context, netns: int, pids: list[int], svc: Service, st: AgeStats,
+           socks: list[Socket]) -> tuple[int, str] | None:
+    """A note for CLOSE-WAIT not yet old (or many) enough to count: (count, text).
+
+    Very young ones (under a tenth of --stuck-after) are a close in flight and
+    not mentioned, unless the program has not even read the peer's EOF
+    (Recv-Q > 0) for UNREAD_NOTE_MS: `doctor` run right after a leak says so.
+    """
     where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
     who = _who(ctx, pids)
     ns = f" [netns {ctx.ns_name(netns)}]" if len(ctx.snap.namespaces) > 1 else ""
@@ -149,10 +157,13 @@ def _young(ctx: Context, netns: int, pids: list[int], svc: Service,
                           f"{ctx.cfg.unknown_age_info} sockets; `sockdoctor doctor --interval "
                           "10s` tells whether they stay")
     oldest = st.oldest or 0
-    if oldest < ctx.cfg.stuck_age_ms // 10:
+    unread = sum(1 for sk in socks if sk.recv_q > 0)
+    if oldest < ctx.cfg.stuck_age_ms // 10 and not (unread and oldest >= UNREAD_NOTE_MS):
         return None  # a healthy program's close in flight: not worth a line
     wait = fmt_ms(max(0, st.threshold - oldest))
-    return (st.count, f"{head}, oldest {fmt_ms(oldest)}: they count as stuck at "
+    eof = (f", {unread} of them with the peer's close not yet read (Recv-Q > 0)"
+           if unread and oldest < ctx.cfg.stuck_age_ms // 10 else "")
+    return (st.count, f"{head}{eof}, oldest {fmt_ms(oldest)}: they count as stuck at "
                       f"{fmt_ms(st.threshold)} (--stuck-after), in {wait} if they stay")
 
 
@@ -195,6 +206,9 @@ def _common_evidence(ctx: Context, pids: list[int], socks: list[Socket], st: Age
         limit = f", limit {proc.fd_limit}" if proc.fd_limit else ""
         lines.append(f"fds {_fd_list(fds)} ({proc.fd_count} open{limit})")
         evidence.update(fd_count=proc.fd_count, fd_limit=proc.fd_limit)
+    if proc is not None and proc.runtime is not None:
+        evidence["runtime"] = describe(proc.runtime)
+        lines.append(f"owner: {evidence['runtime']}")
     others = sorted({o.pid for sk in socks for o in sk.owners} - mine)
     if others:
         evidence["also_held_by"] = others
@@ -247,7 +261,7 @@ def _never_closed(ctx: Context, netns: int, pids: list[int], svc: Service,
         netns_inode=netns, processes=ctx.refs(pids[:20]), ports=[svc.port],
         peers=list(peers), sockets=len(socks), evidence=evidence, evidence_lines=lines,
         explanation=_why_never_closed(who, evidence, ctx, pid),
-        fix=FIX_NEVER_CLOSED, relief=relief, relief_argv=argv)
+        fix=_fix_never_closed(ctx, pid), relief=relief, relief_argv=argv)
 
 
 def _relief_holders(ctx: Context, pids: list[int]) -> dict:
@@ -282,10 +296,19 @@ FIX_NEVER_CLOSED = (
     "Close the socket as soon as recv()/read() returns 0 (the peer closed) and in every "
     "error path (read() < 0 with an errno other than EAGAIN/EINTR, exceptions, early "
     "returns): Python `with socket.socket(...) as s:` or try/finally: s.close(); Java "
-    "try-with-resources; Go `defer conn.Close()`; C++ RAII. Keep every accepted socket "
-    "registered with the event loop until it is closed, and add an idle timeout that "
-    "closes sockets without activity. SO_KEEPALIVE does not fix this: it only turns a "
-    "dead connection into a closed socket, and the descriptor still leaks until close().")
+    "try-with-resources; Go `defer conn.Close()`; C++ RAII.")
+FIX_NEVER_CLOSED_ALWAYS = (
+    " Keep every accepted socket registered with the event loop until it is closed, and "
+    "add an idle timeout that closes sockets without activity. SO_KEEPALIVE does not fix "
+    "this: it only turns a dead connection into a closed socket, and the descriptor still "
+    "leaks until close().")
+
+
+def _fix_never_closed(ctx: Context, pid: int) -> str:
+    """The owner's runtime's way first; every language's only when it is unknown."""
+    proc = ctx.process(pid)
+    own = never_closed_fix(proc.runtime if proc is not None else None)
+    return (own or FIX_NEVER_CLOSED) + FIX_NEVER_CLOSED_ALWAYS
 
 
 def _client_pool(ctx: Context, netns: int, pid: int, svc: Service, socks: list[Socket],
@@ -299,28 +322,72 @@ def _client_pool(ctx: Context, netns: int, pid: int, svc: Service, socks: list[S
                     local_port_range=f"{lo}-{hi}")
     lines.append(f"local ports in the ephemeral range {lo}-{hi}; {live} ESTABLISHED "
                  f"connections of the same process to {svc.label}")
+    proc = ctx.process(pid)
+    unread = Unread(len(socks), evidence["recv_q_one"] + evidence["recv_q_more"],
+                    evidence["recv_q_more"])
+    advice = client_advice(proc.runtime if proc is not None else None, svc.port, unread)
+    if advice is not None and advice.signature:
+        evidence["signature"] = advice.signature
     relief, argv = ctx.kill(netns, ["close-wait"], pid=pid, port=svc.port,
                             older_than_ms=ctx.cfg.stuck_age_ms,
                             words=["dst", host(svc.addr)])
+    title, why = _client_story(who, target, svc, len(socks), advice)
     return Finding(
-        rule="client-pool-dead-connections", severity="info",
-        title=f"{who} keeps {plural(len(socks), 'connection')} to {target} that the "
-              "server closed (CLOSE-WAIT)",
+        rule="client-pool-dead-connections", severity="info", title=title,
         netns=ctx.ns_name(netns), netns_inode=netns, processes=ctx.refs([pid]),
         ports=[svc.port], peers=[svc.label], sockets=len(socks), evidence=evidence,
-        evidence_lines=lines,
-        explanation=(
+        evidence_lines=lines, explanation=why, fix=_client_fix(svc.port, advice),
+        relief=relief, relief_argv=argv)
+
+
+# Responses nobody finished (doctor/runtimes.py's signatures): title and explanation.
+_UNFINISHED = {
+    "go-body-not-closed": (
+        "never closed the response bodies of",
+        "Every connection {who} has to {peer} is in CLOSE-WAIT, none is ESTABLISHED, and "
+        "each still holds unread bytes (Recv-Q: the tail of the response and the EOF). That "
+        "is the signature of a Go program that never closed (or read to the end) resp.Body: "
+        "net/http cannot reuse or close a connection whose body is still open, so when the "
+        "server closes it after its own timeout the socket stays in CLOSE-WAIT with its "
+        "descriptor and ephemeral port, one more for each such request. Go's transport "
+        "closes idle pooled connections by itself; these are not idle, they belong to "
+        "responses nobody finished."),
+    "node-response-not-consumed": (
+        "never consumed the responses of",
+        "Every connection {who} has to {peer} is in CLOSE-WAIT, none is ESTABLISHED, and "
+        "each still holds the unread rest of a response and the EOF (Recv-Q). A Node.js "
+        "response that nobody reads pauses its socket, so the program never sees the "
+        "server's FIN: the agent cannot reuse or free the connection, and its keepalive "
+        "probes keep the server's side answering (which also keeps tcp_info's last ACK "
+        "young)."),
+}
+
+
+def _client_story(who: str, target: str, svc: Service, n: int,
+                  advice: ClientAdvice | None) -> tuple[str, str]:
+    """The title and the explanation: responses nobody finished, or an idle pool."""
+    unfinished = _UNFINISHED.get(advice.signature) if advice is not None else None
+    if unfinished is not None:
+        verb, why = unfinished
+        return (f"{who} {verb} {plural(n, 'connection')} to {target}: the server closed "
+                "them (CLOSE-WAIT)", why.format(who=who, peer=svc.label))
+    return (f"{who} keeps {plural(n, 'connection')} to {target} that the server closed "
+            "(CLOSE-WAIT)",
             f"The server at {svc.label} (or a load balancer or proxy in between) closed "
-            f"these connections, typically because they sat idle longer than its idle "
+            "these connections, typically because they sat idle longer than its idle "
             f"timeout; {who} acknowledged the FIN but keeps the sockets, most likely "
             "parked in a connection pool that has not noticed. The next request on one "
             "of them fails, and each one holds an ephemeral port and a descriptor until "
             "the client closes it. Without a pool, the client code itself forgets to "
-            "close when the server hangs up."),
-        fix=("Make the pool retire connections before the server does and check them "
-             "before use: " + pool_knobs(svc.port) + ". Code without a pool: close the "
-             "socket when recv() returns 0 and on every error path."),
-        relief=relief, relief_argv=argv)
+            "close when the server hangs up.")
+
+
+def _client_fix(port: int, advice: ClientAdvice | None) -> str:
+    if advice is not None:
+        return advice.fix if advice.signature else advice.fix + "."
+    return ("Make the pool retire connections before the server does and check them "
+            "before use: " + pool_knobs(port) + ". Code without a pool: close the "
+            "socket when recv() returns 0 and on every error path.")
 
 
 def _live_connections(ctx: Context) -> dict[tuple[int, int, str, int], int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ...model import Socket
-from ..context import Context
+from ...model import KEEPALIVE_TIMER, Socket
+from ..context import Context, keepalive_probed
 from ..finding import Severity
 from ..text import fmt_ms, plural
 
@@ -21,6 +21,7 @@ class AgeStats:
     very_old: int = 0  # at least cfg.long_stuck_ms old
     oldest: int | None = None
     persisted: int = 0  # already there, in the same state, in the previous sample
+    probed: int = 0  # aged by last-data-received: keepalive probes reset the last ACK
     threshold: int = 0
 
     def line(self, what: str) -> str:
@@ -29,6 +30,9 @@ class AgeStats:
         if not self.known:
             return f"{head} (ages not collected)"
         tail = f", oldest {fmt_ms(self.oldest)}" if self.oldest is not None else ""
+        if self.probed:
+            tail += (f" ({self.probed} under keepalive probes, which reset the last ACK: "
+                     "aged by the last data received, an upper bound)")
         return f"{head}, {self.stuck} silent for >= {fmt_ms(self.threshold)}{tail}"
 
 
@@ -40,6 +44,8 @@ def age_stats(ctx: Context, socks: Iterable[Socket], threshold: int) -> AgeStats
         st.count += 1
         persisted = with_prev and ctx.persisted(sk)
         st.persisted += persisted
+        if sk.timer == KEEPALIVE_TIMER:
+            st.probed += keepalive_probed(sk)
         age = ctx.age_given(sk, persisted)
         if age is None:
             continue

@@ -151,12 +151,25 @@ def _stalled(ctx: Context, v: ListenerView) -> bool:
     return _closed_signal(ctx, v) or v.all.stuck > 0
 
 
-def _owners_text(ctx: Context, pids: list[int]) -> str:
+class _Owners(str):
+    """The listener's owners as a sentence's subject, with the verb forms it takes."""
+
+    many: bool = False
+
+    def verb(self, one: str, several: str) -> str:
+        """'accepts' for one process, 'accept' for 'X and 2 other processes'."""
+        return several if self.many else one
+
+
+def _owners_text(ctx: Context, pids: list[int]) -> _Owners:
     if not pids:
-        return "its owner (not visible)"
-    more = f" and {plural(len(pids) - 1, 'other process', 'other processes')}" \
-        if len(pids) > 1 else ""
-    return ctx.label(pids[0]) + more
+        return _Owners("its owner (not visible)")
+    if len(pids) == 1:
+        return _Owners(ctx.label(pids[0]))
+    who = _Owners(ctx.label(pids[0]) + " and "
+                  + plural(len(pids) - 1, "other process", "other processes"))
+    who.many = True
+    return who
 
 
 def _listener_evidence(ctx: Context, v: ListenerView) -> tuple[dict, list[str]]:
@@ -203,8 +216,8 @@ def _not_drained(ctx: Context, v: ListenerView) -> Finding:
     relief, argv = ctx.kill(v.netns, ["close-wait"], words=["sport", "=", f":{v.port}"])
     return Finding(
         rule="accept-queue-not-drained", severity=sev,
-        title=f"{who} does not accept() on :{v.port}: {waiting} wait in its accept queue "
-              f"({v.qlen}/{v.backlog})",
+        title=f"{who} {who.verb('does', 'do')} not accept() on :{v.port}: {waiting} wait "
+              f"in its accept queue ({v.qlen}/{v.backlog})",
         netns=ctx.ns_name(v.netns), netns_inode=v.netns, processes=ctx.refs(v.pids),
         ports=[v.port], peers=sorted({sk.peer_addr for sk in v.queued})[:10],
         sockets=len(v.queued), evidence=evidence, evidence_lines=lines,
@@ -219,24 +232,26 @@ def _not_drained(ctx: Context, v: ListenerView) -> Finding:
         relief=relief, relief_argv=argv)
 
 
-def _why_not_drained(who: str, v: ListenerView) -> str:
+def _why_not_drained(who: _Owners, v: ListenerView) -> str:
     common = ("These connections completed the handshake but were never accept()ed; "
               "their clients gave up and closed them, and nobody will ever close our "
               "side: no process owns them (lsof shows nothing) and they count against "
               "the backlog. ")
     if v.activity == procstate.IDLE:
-        return common + (f"{who} sits idle (epoll_wait/poll or a lock) while its listener "
-                         "has a non-empty queue, so it is not being told about them: the "
-                         "classic cause is an edge-triggered listener whose accept loop "
-                         "stops before accept() returns EAGAIN, so the queue never produces "
-                         "another event.")
+        return common + (f"{who} {who.verb('sits', 'sit')} idle (epoll_wait/poll or a lock) "
+                         "while its listener has a non-empty queue, so it is not being told "
+                         "about them: the classic cause is an edge-triggered listener whose "
+                         "accept loop stops before accept() returns EAGAIN, so the queue "
+                         "never produces another event.")
     if v.activity == procstate.STOPPED:
-        return common + f"{who} is stopped (SIGSTOP, job control or a debugger)."
+        return common + (f"{who} {who.verb('is', 'are')} stopped (SIGSTOP, job control or a "
+                         "debugger).")
     if v.activity in (procstate.ZOMBIE, procstate.GONE):
-        return common + (f"{who} has exited or is a zombie while something still holds the "
-                         "listening socket.")
-    return common + (f"What {who} is doing was not collected (scan with thread states to "
-                     "see it); it is not calling accept() on this listener.")
+        gone = who.verb("has exited or is a zombie", "have exited or are zombies")
+        return common + (f"{who} {gone} while something still holds the listening socket.")
+    return common + (f"What {who} {who.verb('is', 'are')} doing was not collected (scan "
+                     f"with thread states to see it); {who.verb('it is', 'they are')} not "
+                     "calling accept() on this listener.")
 
 
 def _backlog(ctx: Context, v: ListenerView) -> Finding | None:
@@ -268,8 +283,9 @@ def _backlog(ctx: Context, v: ListenerView) -> Finding | None:
         relief, argv = ctx.kill(v.netns, ["close-wait"], words=["sport", "=", f":{v.port}"])
     return Finding(
         rule="backlog-or-slow-handler", severity=sev,
-        title=f"{who} accepts and handles connections on :{v.port} too slowly: accept "
-              f"queue {v.qlen}/{v.backlog}, oldest waiting {fmt_ms(v.all.oldest)}",
+        title=f"{who} {who.verb('accepts and handles', 'accept and handle')} connections on "
+              f":{v.port} too slowly: accept queue {v.qlen}/{v.backlog}, oldest waiting "
+              f"{fmt_ms(v.all.oldest)}",
         netns=ctx.ns_name(v.netns), netns_inode=v.netns, processes=ctx.refs(v.pids),
         ports=[v.port], sockets=len(v.queued) + v.churn, evidence=evidence,
         evidence_lines=lines, explanation=_WHY_SLOW, fix=_fix_slow(ctx, v),

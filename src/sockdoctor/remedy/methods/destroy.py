@@ -47,12 +47,33 @@ class Destroy(Method):
             status = "not-permitted" if note == hostmod.NO_NET_ADMIN else "unsupported"
             return [Action(index=i.index, status=status, detail=note) for i in batch]
         actions, todo = _not_ours(batch)
-        codes = hostmod.destroy([i.socket for i in todo]) if todo else []  # type: ignore[misc]
+        done = hostmod.destroy_via([i.socket for i in todo]) if todo else []  # type: ignore[misc]
         actions += [Action(index=item.index, status=_STATUS.get(code, "failed"),
-                           detail=_DETAIL.get(code, errno.errorcode.get(code, str(code))))
-                    for item, code in zip(todo, codes, strict=True)]
+                           detail=_detail(code, via))
+                    for item, (code, via) in zip(todo, done, strict=True)]
         order = {item.index: n for n, item in enumerate(batch)}
         return sorted(actions, key=lambda a: order[a.index])
+
+    def batches(self, items: list[PlanItem], size: int) -> list[list[PlanItem]]:
+        # The kernel engine destroys a namespace's planned sockets in one pass over its
+        # table: one batch per namespace then (unless a rate asks for one at a time).
+        if size > 1 and _engine_usable():
+            size = ENGINE_BATCH
+        return super().batches(items, size)
+
+
+ENGINE_BATCH = 1 << 16
+
+
+def _engine_usable() -> bool:
+    from ...linux.bpf import destroy as bpf_destroy  # only when destroying
+
+    return bpf_destroy.usable()
+
+
+def _detail(code: int, via: str) -> str:
+    detail = _DETAIL.get(code, errno.errorcode.get(code, str(code)))
+    return f"{detail} ({via})" if code == 0 else detail
 
 
 def _not_ours(batch: list[PlanItem]) -> tuple[list[Action], list[PlanItem]]:

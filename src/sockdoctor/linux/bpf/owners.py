@@ -1,0 +1,106 @@
+"""Socket owners from the kernel: the iter/task_file program (owners.bpf.c).
+
+Gives the same OwnerMap as procfs.socket_owners() (every (pid, fd) of every
+socket inode, and each process's number of open descriptors) in one kernel
+pass instead of a readlink per descriptor. PIDs are the kernel's global
+ones, so it serves only a process in the initial PID namespace.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from collections.abc import Callable
+from itertools import compress
+
+from .. import procfs
+from . import BpfError, BpfObject, available, requested
+
+RECORD = 16  # struct record in owners.bpf.c: s32 tgid, s32 fd, u64 inode
+# Loading the program costs ~15 ms (libbpf reads the kernel's BTF; the verifier);
+# the /proc walk ~4 us per open file: below this many open files on the host the
+# walk is faster, unless SOCKDOCTOR_ENGINE=bpf asks for the kernel engine anyway.
+MIN_FILES = 5_000
+
+
+def in_initial_pid_namespace() -> bool:
+    """Whether our PIDs are the kernel's (NSpid lists one number)."""
+    try:
+        for line in procfs._read(f"{procfs.PROC}/self/status").splitlines():
+            if line.startswith("NSpid:"):
+                return len(line.split()) == 2
+    except OSError:
+        pass
+    return False
+
+
+def usable() -> bool:
+    return available() and in_initial_pid_namespace()
+
+
+def walk() -> procfs._Walk:
+    """Run the program once: the walk's flat arrays, as procfs._walk() gives them."""
+    with BpfObject("owners") as obj:
+        data = obj.run_iter("socket_owners")
+    return decode(data)
+
+
+def decode(data: bytes) -> procfs._Walk:
+    """Records -> parallel arrays; count records (fd -1) -> per-process totals."""
+    data = data[:len(data) - len(data) % RECORD]
+    words = array("i", data)
+    wide = array("Q", data)
+    tgids, fds, inodes = words[0::4], words[1::4], wide[1::2]
+    out = procfs._Walk()
+    is_socket = [fd >= 0 for fd in fds]
+    out.inodes.extend(compress(inodes, is_socket))
+    out.pids.extend(compress(tgids, is_socket))
+    out.fds.extend(compress(fds, is_socket))
+    is_count = [not s for s in is_socket]
+    out.count_pids.extend(compress(tgids, is_count))
+    out.counts.extend(compress(inodes, is_count))
+    return out
+
+
+def socket_owners() -> procfs.OwnerMap:
+    return walk().to_map()
+
+
+def subset(found: procfs._Walk, pids: set[int]) -> procfs._Walk:
+    """The part of a walk that is about these processes."""
+    out = procfs._Walk(denied=found.denied)
+    keep = [pid in pids for pid in found.pids]
+    out.inodes.extend(compress(found.inodes, keep))
+    out.pids.extend(compress(found.pids, keep))
+    out.fds.extend(compress(found.fds, keep))
+    keep = [pid in pids for pid in found.count_pids]
+    out.count_pids.extend(compress(found.count_pids, keep))
+    out.counts.extend(compress(found.counts, keep))
+    return out
+
+
+def start() -> Callable[[], procfs._Walk] | None:
+    """Start the kernel walk in a thread (the read releases the GIL, so it overlaps
+    the sock_diag dump); the returned function collects it. None: engine off, or
+    the /proc walk is the faster source here."""
+    if requested() != "bpf" and procfs.open_files() < MIN_FILES:
+        return None
+    if not usable():
+        return None
+    result: list[procfs._Walk | BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(walk())
+        except BpfError as exc:
+            result.append(exc)
+    thread = threading.Thread(target=run, name="sockdoctor-bpf-owners", daemon=True)
+    thread.start()
+
+    def collect() -> procfs._Walk:
+        thread.join()
+        found = result[0] if result else None
+        if isinstance(found, procfs._Walk):
+            return found
+        return procfs._walk(procfs.list_pids())  # the program failed this time: /proc
+    return collect

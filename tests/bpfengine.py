@@ -1,0 +1,31 @@
+"""The kernel engine in tests: skip where it cannot load, but fail in CI.
+
+Under CI=true (or SOCKDOCTOR_REQUIRE_BPF=1) a machine where the engine does
+not load fails the BPF tests instead of skipping them, as
+SOCKDOCTOR_REQUIRE_FAST does for the C extension: a silent fallback would
+test nothing of the engine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sockdoctor.linux import bpf
+
+
+def required() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("CI", "SOCKDOCTOR_REQUIRE_BPF"))
+
+
+def need_engine() -> None:
+    """Skip (or fail, when required) unless the engine loads here and is wanted."""
+    reason = bpf._probe()
+    if os.geteuid() != 0:
+        reason = reason or "not root"
+    if reason:
+        if required():
+            pytest.fail(f"the BPF engine does not load here: {reason}")
+        pytest.skip(f"the BPF engine does not load here: {reason}")
