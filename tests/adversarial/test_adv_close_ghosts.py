@@ -99,6 +99,13 @@ def wait_for(check, limit: float = 10.0) -> bool:  # type: ignore[no-untyped-def
     return True
 
 
+def stopped(pid: int) -> bool:
+    """Every thread of the process is in the stopped state."""
+    tasks = Path(f"/proc/{pid}/task")
+    states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()]
+    return all(state == "T" for state in states)
+
+
 def kill(lab: Lab, tmp_path: Path, *args: str) -> tuple[int, dict]:
     done = run([sys.executable, "-m", "sockdoctor", "kill", "--netns", lab.server.netns,
                 *args, "--yes", "--json", "--audit-log", str(tmp_path / "audit.jsonl")])
@@ -109,10 +116,11 @@ def close_round(loop: EventLoop, tmp_path: Path, n: int) -> None:
     """n clients; the server stops; they leave; close their CLOSE-WAIT; it resumes."""
     clients = loop.clients(n)
     os.kill(loop.script.pid, signal.SIGSTOP)
+    assert wait_for(lambda: stopped(loop.script.pid))  # before a client leaves
     try:
         for c in clients:
             c.close()
-        assert wait_for(lambda: loop.close_waits() == n)
+        assert wait_for(lambda: loop.close_waits() == n), loop.close_waits()
         rc, report = kill(loop.lab, tmp_path, "--port", str(loop.port), "--method", "close")
         assert rc == 0 and [o["outcome"] for o in report["outcomes"]] == ["closed"] * n
     finally:
