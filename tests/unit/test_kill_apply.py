@@ -262,3 +262,30 @@ def test_a_bad_rate_names_the_option() -> None:
     result = CliRunner().invoke(cli, ["kill", "--rate", "banana"])
     assert result.exit_code == 2
     assert "'--rate'" in result.output and "50/s" in result.output
+
+
+def test_the_actors_lock_makes_a_second_actor_wait_and_a_stop_ends_the_wait(
+        tmp_path: Path) -> None:
+    from sockdoctor.linux import host as hostmod
+
+    path = str(tmp_path / "run" / "act.lock")
+    stop = threading.Event()
+    with hostmod.acting(stop, path) as first:
+        assert first and stat.S_IMODE(os.stat(path).st_mode) == 0o644  # flock needs read
+        got: list[bool] = []
+        waiter = threading.Thread(target=lambda: got.append(_try_lock(stop, path)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not got  # waits while another actor acts
+        stop.set()
+        waiter.join(5)
+    assert got == [False]  # told to stop while waiting: nothing may be done
+    with hostmod.acting(None, path) as again:
+        assert again
+
+
+def _try_lock(stop: threading.Event, path: str) -> bool:
+    from sockdoctor.linux import host as hostmod
+
+    with hostmod.acting(stop, path) as held:
+        return held

@@ -22,6 +22,8 @@ import fcntl
 import os
 import platform
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
@@ -196,28 +198,41 @@ Errors = (SockdoctorError, OSError)
 # --- one actor at a time ------------------------------------------------------------
 
 ACT_LOCK = "/run/sockdoctor/act.lock"
+LOCK_POLL_S = 0.01
 
 
 @contextmanager
-def acting(path: str = ACT_LOCK) -> Iterator[None]:
+def acting(stop: threading.Event | None = None, path: str = ACT_LOCK) -> Iterator[bool]:
     """Hold the host-wide lock every sockdoctor takes around a batch of actions.
 
     Between reading a socket's state and acting on it, another sockdoctor
     (a second `kill --yes`, `reap --apply`) could end it: then both would
     claim it. Under this lock, a method's "it was still CLOSE-WAIT, I sent
-    the FIN" is provable among sockdoctors. Without the right to create the
-    lock (not root), batches go unlocked: such a run can only reach its own
-    user's processes.
+    the FIN" is provable among sockdoctors. The file is readable by all
+    (flock needs no write access), so root's `kill` and the reaper's dynamic
+    user share it. Yields True once held; False if `stop` was set while
+    waiting (then nothing may be done). Without a lock file we may create or
+    read (not root, no /run/sockdoctor), batches go unlocked: such a run can
+    only reach its own user's processes.
     """
     try:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError:
-        yield
+        yield True
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        while True:  # polled, so that a stop (Ctrl-C, SIGTERM) ends the wait
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop is not None and stop.wait(LOCK_POLL_S):
+                    yield False
+                    return
+                if stop is None:
+                    time.sleep(LOCK_POLL_S)
+        yield True
     finally:
         os.close(fd)  # releases the lock
 

@@ -121,8 +121,10 @@ def _act(plan: Plan, log: AuditLog, stop: threading.Event, namespaces: hostmod.N
             recorded = _record_intents(log, batches, at, ahead, ids)
             if not recorded:
                 return done  # no record on disk: nothing more is carried out
-        with hostmod.acting():
-            acted = method.act(batch, rt)
+        with hostmod.acting(stop) as held:
+            acted = method.act(batch, rt) if held else []
+        if not held:
+            return done
         done.update((a.index, a) for a in acted)
         if not log.write_many(audit_mod.Record("act", ids[a.index], {
                 "action": a.status, "detail": a.detail}) for a in acted):
