@@ -429,10 +429,12 @@ def test_method_ends_the_socket(scene: Scene, case: str, method: str) -> None:
     if case == "established":
         assert scene.tell(scene.server, "look") == [OWNER_SEES[chosen]] * len(targets)
 
-    # an audit line per action as it was taken, then one with its verified outcome
+    # an intent line per socket on disk before the action, an audit line per action as
+    # it was taken, then one with its verified outcome
+    intents = scene.audit_lines("intent")
     acts, verified = scene.audit_lines("act"), scene.audit_lines("verify")
-    assert len(acts) == len(verified) == len(targets)
-    assert scene.audit_lines()[:len(acts)] == acts  # every action logged before verifying
+    assert len(intents) == len(acts) == len(verified) == len(targets)
+    assert scene.audit_lines()[:2 * len(acts)] == intents + acts  # intents, acts, verifies
     for line in acts:
         assert set(line) >= AUDIT_FIELDS | {"action"}
         assert (line["method"], line["action"]) == (chosen, "done")

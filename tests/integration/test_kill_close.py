@@ -109,9 +109,9 @@ def test_dead_fds_keep_the_number_taken_so_nothing_reaches_a_new_file(pool: Pool
     fresh.close()
 
     lines = [json.loads(line) for line in pool.audit.read_text().splitlines()]
-    assert [line["event"] for line in lines] == ["act", "verify"]
+    assert [line["event"] for line in lines] == ["intent", "act", "verify"]
     assert {line["netns"] for line in lines} == {pool.lab.server.netns}  # the real namespace
-    assert lines[0]["state"] == "dead-fd" and lines[1]["outcome"] == "closed"
+    assert lines[0]["state"] == "dead-fd" and lines[2]["outcome"] == "closed"
 
 
 def test_a_bare_close_frees_the_number_and_a_new_connection_gets_the_old_writes(

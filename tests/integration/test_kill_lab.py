@@ -103,7 +103,8 @@ def test_the_suggested_kill_clears_the_scenario(name: str, tmp_path: Path) -> No
             # already-gone: a busy server may accept (and close) some of them itself
             assert set(outcomes) <= {"closed", "closing", "already-gone"}, result["outcomes"]
             assert outcomes.count("already-gone") < len(outcomes) / 2, outcomes
-            assert events == ["act"] * len(acted) + ["verify"] * len(outcomes)
+            assert events == ["intent"] * len(acted) + ["act"] * len(acted) + \
+                ["verify"] * len(outcomes)
             assert len(acted) == len(outcomes)
 
         assert not still_there(stuck, evidence(info), sc, info)

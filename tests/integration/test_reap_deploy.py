@@ -100,5 +100,5 @@ def test_the_units_capabilities_are_enough_to_reap(unprivileged: Unprivileged,
         return
     assert rule["ended"] == 1 and not left
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert [line["event"] for line in lines] == ["act", "verify"]
-    assert lines[0]["comm"] == "sdt-leaker" and lines[1]["outcome"] == "closed"
+    assert [line["event"] for line in lines] == ["intent", "act", "verify"]
+    assert lines[0]["comm"] == "sdt-leaker" and lines[2]["outcome"] == "closed"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -90,6 +91,27 @@ def test_audit_log_appends_json_lines_one_write_per_batch(tmp_path: Path) -> Non
     assert all({"time", "user", "event"} <= set(line) for line in lines)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert audit_mod.AuditLog(None).write({"ignored": True})  # no log asked for
+
+
+def test_audit_lines_start_on_a_line_of_their_own_and_a_failed_write_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"event": "earlier"}\n{"event": "cut sho')  # someone's partial line
+    with audit_mod.AuditLog(str(path)) as log:
+        assert log.write({"event": "a"})
+        real_write = os.write
+
+        def short_then_full(fd: int, data: bytes) -> int:  # a disk that fills mid-write
+            if real_write(fd, bytes(data[:10])) == 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return 0
+
+        monkeypatch.setattr(audit_mod.os, "write", short_then_full)
+        assert not log.write_many([{"event": "b"}, {"event": "c"}], sync=True)
+        assert "No space left on device" in log.error
+    lines = path.read_bytes().split(b"\n")
+    assert lines[:2] == [b'{"event": "earlier"}', b'{"event": "cut sho']
+    assert json.loads(lines[2])["event"] == "a" and lines[3:] == [b""]  # b, c: cut off
 
 
 def test_an_unwritable_audit_log_is_a_write_error_and_a_forbidden_one_a_permission_error(
@@ -256,3 +278,30 @@ def test_a_plan_over_several_namespaces_names_each_in_its_header() -> None:
     assert header.endswith("in 2 network namespaces: blue, green."), header
     assert next(iter(text.render_plan(plan, applying=True))).endswith(
         "in 2 network namespaces: blue, green.")
+
+
+def test_the_actors_lock_makes_a_second_actor_wait_and_a_stop_ends_the_wait(
+        tmp_path: Path) -> None:
+    from sockdoctor.linux import host as hostmod
+
+    path = str(tmp_path / "run" / "act.lock")
+    stop = threading.Event()
+    with hostmod.acting(stop, path) as first:
+        assert first and stat.S_IMODE(os.stat(path).st_mode) == 0o644  # flock needs read
+        got: list[bool] = []
+        waiter = threading.Thread(target=lambda: got.append(_try_lock(stop, path)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not got  # waits while another actor acts
+        stop.set()
+        waiter.join(5)
+    assert got == [False]  # told to stop while waiting: nothing may be done
+    with hostmod.acting(None, path) as again:
+        assert again
+
+
+def _try_lock(stop: threading.Event, path: str) -> bool:
+    from sockdoctor.linux import host as hostmod
+
+    with hostmod.acting(stop, path) as held:
+        return held

@@ -174,6 +174,41 @@ def test_the_listener_bound_to_the_exact_address_wins_over_a_wildcard() -> None:
     assert item.method == "drain" and item.listener is not None and item.listener.pid == 2
 
 
+def test_drain_is_not_chosen_while_its_queue_holds_connections_not_in_the_plan() -> None:
+    """accept() hands out the oldest first: with live connections in the queue, draining
+    could end one of them, so auto destroys the planned one and says why."""
+    b = SnapshotBuilder()
+    b.process(1, "app")
+    listener = b.listener(8080, pid=1, addr="10.0.0.1")
+    b.queued(2, "established", SERVER, CLIENT, listener)  # live, not selected
+    b.queued(1, "close-wait", SERVER, CLIENT, listener)
+    (item,) = plan_kill(b.build(), host=HOST).items
+    assert item.method == "destroy"
+    assert "its accept queue holds 2 connections not in the plan" in item.why
+    (asked,) = plan_kill(b.build(), KillPolicy(methods=("drain",)), host=HOST).items
+    assert (asked.method, asked.unable) == ("", "unsafe")
+    assert plan_kill(b.build(), KillPolicy(methods=("drain",)), host=HOST).exit_code == 1
+
+
+def test_drain_is_not_chosen_where_two_listeners_share_the_address() -> None:
+    b = SnapshotBuilder()
+    b.process(1, "app")
+    first = b.listener(8080, pid=1, addr="10.0.0.1")
+    b.listener(8080, pid=1, addr="10.0.0.1")  # SO_REUSEPORT: which queue is whose?
+    b.queued(1, "close-wait", SERVER, CLIENT, first)
+    (item,) = plan_kill(b.build(), host=HOST).items
+    assert item.method == "destroy" and "2 listening sockets share" in item.why
+
+
+def test_drain_needs_ptrace_to_hold_the_listeners_owner_still() -> None:
+    b = SnapshotBuilder()
+    b.process(1, "app")
+    b.queued(1, "close-wait", SERVER, CLIENT, b.listener(8080, pid=1, addr="10.0.0.1"))
+    host = msgspec.structs.replace(HOST, ptrace=False)
+    (item,) = plan_kill(b.build(), host=host).items
+    assert item.method == "destroy"
+
+
 # --- an order of methods (the reaper's escalation ladder) --------------------------
 
 @pytest.mark.parametrize(("order", "name", "method"), [
@@ -286,7 +321,7 @@ def test_fin_and_close_on_a_socket_whose_owner_is_hidden_need_rights(scene: Scen
     ("owned_cw", "fin", "descriptor stays open", "its read returns EOF"),
     ("owned_est", "destroy", "ECONNABORTED", "ECONNRESET"),
     ("owned_est", "close", "never reused behind its back", "its read returns EOF"),
-    ("owned_fw2", "close", "stays taken by an unconnected socket", "our FIN went out already"),
+    ("owned_fw2", "close", "stays taken by a placeholder", "our FIN went out already"),
     ("owned_fw2", "destroy", "ECONNABORTED", "EPIPE"),
     ("orphan_fw2", "destroy", "no program holds it", "next write is answered with"),
     ("orphan_fw2", "rst", "no program holds it", "EPIPE"),

@@ -423,3 +423,17 @@ def test_filter_travels_as_a_request_attribute() -> None:
     assert struct.unpack_from("=HH", request, 72) == (4 + len(program),
                                                        sockdiag.INET_DIAG_REQ_BYTECODE)
     assert sockdiag.port_filter([]) == b""
+
+
+def test_states_now_answers_are_read_by_sequence_number() -> None:
+    """One inet_diag_msg (its state byte) or one error per exact request."""
+    def message(kind: int, seq: int, body: bytes) -> bytes:
+        raw = sockdiag.NLMSGHDR.pack(sockdiag.NLMSG_HDRLEN + len(body), kind, 0, seq, 0) + body
+        return raw + b"\0" * (-len(raw) % 4)
+
+    diag = bytes([socket.AF_INET, TcpState.LAST_ACK]) + b"\0" * 70
+    data = message(sockdiag.SOCK_DIAG_BY_FAMILY, 2, diag) + \
+        message(sockdiag.NLMSG_ERROR, 1, struct.pack("=i", -errno.ENOENT) + b"\0" * 16)
+    assert list(sockdiag._iter_states(memoryview(data))) == [(2, TcpState.LAST_ACK), (1, None)]
+    with pytest.raises(sockdiag.NetlinkParseError):
+        list(sockdiag._iter_states(memoryview(data[:-4])))

@@ -18,10 +18,12 @@ Errors from the modules below reach the caller as the SockdoctorError family;
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import platform
-import select
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
@@ -193,6 +195,48 @@ def describe(exc: BaseException) -> str:
 Errors = (SockdoctorError, OSError)
 
 
+# --- one actor at a time ------------------------------------------------------------
+
+ACT_LOCK = "/run/sockdoctor/act.lock"
+LOCK_POLL_S = 0.01
+
+
+@contextmanager
+def acting(stop: threading.Event | None = None, path: str = ACT_LOCK) -> Iterator[bool]:
+    """Hold the host-wide lock every sockdoctor takes around a batch of actions.
+
+    Between reading a socket's state and acting on it, another sockdoctor
+    (a second `kill --yes`, `reap --apply`) could end it: then both would
+    claim it. Under this lock, a method's "it was still CLOSE-WAIT, I sent
+    the FIN" is provable among sockdoctors. The file is readable by all
+    (flock needs no write access), so root's `kill` and the reaper's dynamic
+    user share it. Yields True once held; False if `stop` was set while
+    waiting (then nothing may be done). Without a lock file we may create or
+    read (not root, no /run/sockdoctor), batches go unlocked: such a run can
+    only reach its own user's processes.
+    """
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        yield True
+        return
+    try:
+        while True:  # polled, so that a stop (Ctrl-C, SIGTERM) ends the wait
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop is not None and stop.wait(LOCK_POLL_S):
+                    yield False
+                    return
+                if stop is None:
+                    time.sleep(LOCK_POLL_S)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # --- namespaces -----------------------------------------------------------------
 
 class NamespaceGone(pidfd.ProcessGone):
@@ -225,41 +269,72 @@ def open_process(pid: int) -> pidfd.PidFd:
     return pidfd.PidFd(pid)
 
 
-def shutdown(handle: pidfd.PidFd, fd: int, inode: int) -> TcpState:
-    """Method fin: shutdown(SHUT_RDWR) the process's socket; its TCP state before."""
-    return handle.shutdown(fd, inode)
+def shutdown(handle: pidfd.PidFd, fd: int, inode: int,
+             only_from: frozenset[TcpState] | None = None) -> TcpState:
+    """Method fin: shutdown(SHUT_RDWR) the process's socket; its TCP state before
+    (read through the same duplicate: not shut down unless it was in `only_from`)."""
+    return handle.shutdown(fd, inode, only_from=only_from)
 
 
 class Drained(msgspec.Struct):
     taken: list[int]  # cookies of the planned connections accepted and closed
-    foreign: int  # connections that were not planned, taken and closed gracefully
+    foreign: list[str] = msgspec.field(default_factory=list)  # never expected: see below
+    refused: str = ""  # why nothing was accepted (the queue was not provably ours)
 
 
-def drain_queue(pid: int, fd: int, inode: int, cookies: set[int],
-                before_each: Callable[[], bool]) -> Drained:
-    """Accept queued connections through a duplicate of a listener and close them.
+def drain_queue(listener: tuple[int, int, int], holders: list[int], cookies: set[int],
+                queued_now: Callable[[], set[int]], go_on: Callable[[], bool]) -> Drained:
+    """Accept the planned connections from a listener's queue and close them: only those.
 
-    accept() hands out the oldest first; each one is identified by its
-    cookie. Never more accepts than `cookies`: anything beyond is somebody's
-    live client. `before_each()` paces (and returns False to stop early).
+    listener: (pid, fd, inode) to borrow it from; holders: every process that
+    holds it. accept() hands out the oldest connection first and nothing can
+    give one back, so it is only called when the queue provably holds planned
+    connections only: with every holder stopped (ptrace, no accept of theirs
+    can interleave), the queue length the kernel reports (tcp_info of the
+    listener) must equal the number of planned connections still waiting in
+    it (`queued_now()`, looked up by cookie). New arrivals join at the tail,
+    so exactly that many accepts return exactly them. Otherwise nothing is
+    accepted and `refused` says why.
     """
-    out = Drained(taken=[], foreign=0)
-    with pidfd.PidFd(pid) as handle, handle.borrow(fd, inode) as listener:
-        poller = select.poll()
-        poller.register(listener.fileno(), select.POLLIN)
-        for _ in range(len(cookies)):
-            if not poller.poll(0) or not before_each():
-                break  # queue empty (the program may have accepted them itself)
-            conn, _addr = listener.accept()
-            with conn:
-                cookie = int.from_bytes(conn.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8),
-                                        "little")
-                if cookie in cookies:
-                    out.taken.append(cookie)
-                else:
-                    out.foreign += 1
-                    conn.shutdown(socket.SHUT_RDWR)
+    from . import ptrace
+
+    pid, fd, inode = listener
+    with pidfd.PidFd(pid) as handle, handle.borrow(fd, inode) as sock:
+        return ptrace.while_frozen(holders or [pid], lambda: _drain_frozen(
+            sock, cookies, queued_now, go_on))
+
+
+def _drain_frozen(sock: socket.socket, cookies: set[int], queued_now: Callable[[], set[int]],
+                  go_on: Callable[[], bool]) -> Drained:
+    waiting = queued_now() & cookies
+    length = pidfd.listen_queue(sock)
+    if length != len(waiting):
+        return Drained(taken=[], refused=(
+            f"the accept queue holds {length} connection(s), {len(waiting)} of them planned: "
+            "accept() hands out the oldest first, so draining could take one that is not "
+            "planned; left alone"))
+    out = Drained(taken=[])
+    sock.setblocking(False)
+    for _ in range(length):
+        if not go_on():
+            break
+        conn, _addr = sock.accept()
+        with conn:
+            cookie = int.from_bytes(conn.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
+            if cookie in waiting:
+                out.taken.append(cookie)
+            else:  # cannot happen with every holder stopped; if it does, say so loudly
+                out.foreign.append(_conn_name(conn, cookie))
+                conn.shutdown(socket.SHUT_RDWR)
     return out
+
+
+def _conn_name(conn: socket.socket, cookie: int) -> str:
+    try:
+        peer = conn.getpeername()
+    except OSError:
+        peer = ("?", 0)
+    return f"{peer[0]}:{peer[1]} (cookie {cookie})"
 
 
 KEEPALIVE_OPTIONS = (  # (name, level, option) as read back after arming
@@ -311,6 +386,15 @@ def destroy(sockets: list[Socket]) -> list[int]:
     nl = sockdiag.open_socket()
     try:
         return sockdiag.destroy(nl, sockets)
+    finally:
+        nl.close()
+
+
+def states_now(sockets: list[Socket]) -> list[int | None]:
+    """Each socket's TCP state now, by its exact id (None: gone); current namespace."""
+    nl = sockdiag.open_socket()
+    try:
+        return sockdiag.states_now(nl, sockets)
     finally:
         nl.close()
 

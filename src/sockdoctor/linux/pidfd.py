@@ -147,10 +147,12 @@ class PidFd:
             raise IdentityChanged(
                 f"file descriptor {fd} of process {self.pid} is not a socket") from exc
 
-    def shutdown(self, fd: int, inode: int, *, allow_listen: bool = False) -> TcpState:
+    def shutdown(self, fd: int, inode: int, *, allow_listen: bool = False,
+                 only_from: frozenset[TcpState] | None = None) -> TcpState:
         """shutdown(SHUT_RDWR) the process's socket `fd`; returns its TCP state before.
 
-        A socket already in CLOSE (reset, or never connected) is left as it is.
+        A socket already in CLOSE (reset, or never connected), or in a state
+        not in `only_from` when given, is left as it is.
         """
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, self.getfd(fd, inode))
         try:
@@ -158,7 +160,7 @@ class PidFd:
             if state == TcpState.LISTEN and not allow_listen:
                 raise ListenerRefused(f"file descriptor {fd} of process {self.pid} is a "
                                       "listening socket: refusing to shut it down")
-            if state != TcpState.CLOSE:
+            if state != TcpState.CLOSE and (only_from is None or state in only_from):
                 sock.shutdown(socket.SHUT_RDWR)
             return state
         finally:
@@ -191,6 +193,13 @@ def _raw_tcp_info(sock: socket.socket, pid: int, fd: int) -> bytes:
             raise IdentityChanged(
                 f"file descriptor {fd} of process {pid} is not a TCP socket") from exc
         raise
+
+
+def listen_queue(sock: socket.socket) -> int:
+    """How many connections wait in a listening socket's accept queue now (the kernel's
+    sk_ack_backlog, which tcp_info reports as tcpi_unacked for a listener)."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+    return tcpinfo.decode(raw)["unacked"]
 
 
 def _tcp_state(sock: socket.socket, pid: int, fd: int) -> TcpState:

@@ -528,6 +528,48 @@ def socket_protocol(pid: int, fd: int) -> str:
     return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
+EpollWatch = tuple[int, int, int]  # (epoll fd, events, data) of one registration
+
+
+def epoll_watches(pid: int, fd: int, inode: int) -> list[EpollWatch]:
+    """The process's epoll instances that watch its descriptor `fd` (naming `inode`).
+
+    From /proc/PID/fdinfo of each eventpoll descriptor: "tfd: N events: X
+    data: Y ... ino:I" per watched descriptor. Unreadable: none.
+    """
+    found: list[EpollWatch] = []
+    base = f"{PROC}/{pid}"
+    try:
+        names = os.listdir(f"{base}/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            if os.readlink(f"{base}/fd/{name}") != "anon_inode:[eventpoll]":
+                continue
+            text = _read(f"{base}/fdinfo/{name}")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            watch = _epoll_line(line, fd, inode)
+            if watch is not None:
+                found.append((int(name), *watch))
+    return found
+
+
+def _epoll_line(line: str, fd: int, inode: int) -> tuple[int, int] | None:
+    words = line.split()
+    if len(words) < 6 or words[0] != "tfd:" or words[2] != "events:":
+        return None
+    fields = dict(w.split(":", 1) for w in words[6:] if ":" in w)
+    try:
+        if int(words[1]) != fd or int(fields.get("ino", "-1"), 16) != inode:
+            return None
+        return int(words[3], 16), int(words[5], 16)
+    except ValueError:
+        return None
+
+
 def dead_tcp_fds(owners: OwnerMap, live_inodes: set[int], namespaces: set[int],
                  protocols: dict[int, str] | None = None) -> list[DeadSocketFd]:
     """Descriptors pointing at TCP sockets that are in no TCP table any more.

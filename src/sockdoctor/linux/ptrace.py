@@ -24,10 +24,12 @@ descriptor number, so after close(fd) the program's next open()/accept()
 gets that number while the program still believes it is the old connection;
 its next write on that object lands in the new file or in another client's
 socket. So by default the descriptor is not freed but swapped: the stopped
-thread runs socket() (a fresh, unconnected TCP socket), dup3(placeholder,
-fd) and close(placeholder). The kernel socket is released, the number stays
-taken until the program closes it itself, and its reads and writes on it fail
-(ENOTCONN, EPIPE) as on any dead connection. A bare close stays available as
+thread runs socket() (an unconnected unix socket named "sockdoctor-closed:..."),
+dup3(placeholder, fd) and close(placeholder), and puts the placeholder into
+the epoll sets that watched the old socket. The kernel socket is released,
+the number stays taken until the program closes it itself, its reads and
+writes on it fail (ENOTCONN) as on any dead connection, and an event loop is
+told it hung up (see _swap). A bare close stays available as
 an explicit choice (`placeholder=False`) for when the descriptor itself must
 be freed (a process at its descriptor limit).
 
@@ -46,12 +48,15 @@ import errno
 import os
 import platform
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import SockdoctorError
+from . import procfs
 from .pidfd import FdGone, IdentityChanged, NotPermitted, ProcessGone, Unsupported
 from .procfs import SYSCALL_NAMES
 
@@ -65,7 +70,10 @@ __all__ = [
     "Unsupported",
     "inject_close",
     "inject_close_many",
+    "while_frozen",
 ]
+
+T = TypeVar("T")
 
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
@@ -81,12 +89,20 @@ WALL = 0x40000000  # __WALL: wait for threads too
 SIGINFO_SIZE = 128
 
 SYS_CLOSE = 3
+SYS_MMAP = 9
+SYS_MUNMAP = 11
 SYS_SOCKET = 41
+SYS_BIND = 49
+SYS_EPOLL_CTL = 233
 SYS_SHUTDOWN = 48
 SYS_TGKILL = 234
 SYS_DUP3 = 292
 SHUT_RDWR = 2
-AF_INET, SOCK_STREAM = 2, 1
+AF_UNIX, SOCK_SEQPACKET = 1, 5
+EPOLL_CTL_ADD = 1
+PROT_RW, MAP_PRIVATE_ANON = 3, 0x22
+PAGE = 4096
+PLACEHOLDER_NAME = "sockdoctor-closed"  # abstract unix name prefix: `ss -xp | grep` finds them
 O_CLOEXEC = 0o2000000  # also SOCK_CLOEXEC on x86_64
 SYSCALL_INSN = b"\x0f\x05"
 USER_CS_64 = 0x33  # a 64-bit task's code segment; compat (32-bit) tasks have 0x23
@@ -133,6 +149,7 @@ class CloseResult:
     interrupted: str  # the system call the thread was in, "" when it was running
     after: str  # what that call does once we detach
     placeholder: bool = False  # the number now holds an unconnected socket, not freed
+    rewatched: int = 0  # epoll sets the placeholder was put into in the old socket's place
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -243,6 +260,7 @@ class _Tracee:
         self.pending: list[tuple[int, bytes]] = []  # signals to hand back on detach
         self.syscall_addr = 0
         self.resume_rip = 0  # where the thread goes on once we restore it
+        self.page = 0  # a page mapped in the tracee for the arguments of injected calls
 
     def attach(self, timeout: float) -> None:
         try:
@@ -364,6 +382,25 @@ class _Tracee:
         finally:
             os.close(fd)
 
+    def scratch(self, data: bytes) -> int:
+        """`data` copied into a page of the tracee's that we mapped for it; its address."""
+        if not self.page:
+            addr = self.inject(SYS_MMAP, 0, PAGE, PROT_RW, MAP_PRIVATE_ANON, (1 << 64) - 1, 0)
+            if addr < 0:
+                raise OSError(-addr, os.strerror(-addr))
+            self.page = addr
+        fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
+        try:
+            os.pwrite(fd, data, self.page)
+        finally:
+            os.close(fd)
+        return self.page
+
+    def unmap_scratch(self) -> None:
+        if self.page:
+            self.inject(SYS_MUNMAP, self.page, PAGE)
+            self.page = 0
+
     def find_syscall(self) -> int:
         """Address of a `syscall` instruction in the tracee's executable memory."""
         rip = self.saved.rip
@@ -468,33 +505,55 @@ def _close_one(tracee: _Tracee, fd: int, inode: int, shutdown_first: bool,
     if shutdown_first:
         shutdown_rc = tracee.inject(SYS_SHUTDOWN, fd, SHUT_RDWR)
         tracee.check_fd(fd, inode)
-    close_rc = _swap(tracee, fd, inode) if placeholder else tracee.inject(SYS_CLOSE, fd)
+    rewatched = 0
+    if placeholder:
+        close_rc, rewatched = _swap(tracee, fd, inode)
+    else:
+        close_rc = tracee.inject(SYS_CLOSE, fd)
     if close_rc == -errno.EBADF:
         raise FdGone(f"file descriptor {fd} of process {tracee.pid} was closed meanwhile")
     name, after = describe_interrupted(tracee.saved.orig_rax, tracee.saved.rax)
     if tracee.resume_rip != tracee.saved.rip:
         after = "continues at its rseq abort handler (as after a preemption)"
     return CloseResult(tracee.pid, tracee.tid, fd, inode, shutdown_rc, close_rc, name, after,
-                       placeholder)
+                       placeholder, rewatched)
 
 
-def _swap(tracee: _Tracee, fd: int, inode: int) -> int:
-    """Put an unconnected socket in place of `fd`: 0, or the -errno that stopped us.
+def _swap(tracee: _Tracee, fd: int, inode: int) -> tuple[int, int]:
+    """Put a placeholder in place of `fd`: (0 or the -errno that stopped us, epoll sets).
 
-    dup3() replaces the descriptor atomically (no moment where the number is
-    free), releasing the program's reference to the old socket. FD_CLOEXEC
-    is kept as it was, so an exec() still does not inherit the number.
+    The placeholder is an unconnected unix seqpacket socket bound to the
+    abstract name "sockdoctor-closed:PID:FD:INODE": recognisable (ss -xp,
+    /proc/net/unix), not a TCP socket, so never taken for a leaked
+    connection. Reads and writes on it fail with ENOTCONN (no SIGPIPE) and
+    poll reports a hang-up, as on a dead connection. dup3()
+    replaces the descriptor atomically (no moment where the number is free),
+    releasing the program's reference to the old socket; FD_CLOEXEC is kept.
+    The old socket's epoll registrations go with it, so the placeholder is
+    put into the same epoll sets with the same events and data: an event
+    loop hears of the hang-up and closes it as any dead connection, instead
+    of keeping a ghost it will never look at.
     """
+    watches = procfs.epoll_watches(tracee.pid, fd, inode)
     cloexec = O_CLOEXEC if _fd_flags(tracee.pid, fd) & O_CLOEXEC else 0
-    spare = tracee.inject(SYS_SOCKET, AF_INET, SOCK_STREAM | cloexec, 0)
+    spare = tracee.inject(SYS_SOCKET, AF_UNIX, SOCK_SEQPACKET | cloexec, 0)
     if spare < 0:
-        return spare  # e.g. -EMFILE: the process is at its descriptor limit
+        return spare, 0  # e.g. -EMFILE: the process is at its descriptor limit
     try:
+        name = f"\0{PLACEHOLDER_NAME}:{tracee.pid}:{fd}:{inode}".encode()
+        addr = tracee.scratch(struct.pack("=H", AF_UNIX) + name)
+        tracee.inject(SYS_BIND, spare, addr, 2 + len(name))  # a name is a courtesy
         tracee.check_fd(fd, inode)
         rc = tracee.inject(SYS_DUP3, spare, fd, cloexec)
     finally:
         tracee.inject(SYS_CLOSE, spare)
-    return 0 if rc == fd else rc
+    if rc != fd:
+        return rc, 0
+    rewatched = 0
+    for epfd, events, data in watches:
+        event = tracee.scratch(struct.pack("=IQ", events, data))  # x86_64: packed
+        rewatched += tracee.inject(SYS_EPOLL_CTL, epfd, EPOLL_CTL_ADD, fd, event) == 0
+    return 0, rewatched
 
 
 def _fd_flags(pid: int, fd: int) -> int:
@@ -520,7 +579,11 @@ def _session(pid: int, targets: list[tuple[int, int]], shutdown_first: bool, pla
             except (FdGone, IdentityChanged) as exc:
                 results.append(exc)
     finally:
-        tracee.release()
+        try:
+            if tracee.attached:
+                tracee.unmap_scratch()
+        finally:
+            tracee.release()
     return results
 
 
@@ -549,6 +612,62 @@ def _as_tracer_thread(fn: Callable[[], list]) -> list:
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]  # type: ignore[return-value]
+
+
+def _threads(pid: int) -> set[int]:
+    try:
+        return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(f"process {pid} does not exist (any more)") from exc
+
+
+def _freeze_all(pids: Iterable[int], timeout: float) -> list[_Tracee]:
+    """Every thread of every process stopped (threads made meanwhile too)."""
+    held: dict[int, _Tracee] = {}
+    try:
+        for pid in pids:
+            while True:  # a thread still running may make another: list again
+                new = _threads(pid) - held.keys()
+                if not new:
+                    break
+                for tid in sorted(new):
+                    tracee = held[tid] = _Tracee(pid, tid)
+                    try:
+                        tracee.attach(timeout)
+                    except ProcessGone:
+                        if not os.path.exists(f"/proc/{pid}"):
+                            raise
+                        tracee.attached = False  # that thread ended: nothing to hold
+    except BaseException:
+        for tracee in held.values():
+            tracee.release()
+        raise
+    return list(held.values())
+
+
+def while_frozen(pids: Iterable[int], fn: Callable[[], T], *, timeout: float = 5.0) -> T:
+    """fn() while every thread of `pids` is held in a ptrace stop, as a debugger's attach.
+
+    For the moment of fn() none of those programs runs a single instruction,
+    so none can accept(), close or read a socket meanwhile. Registers are not
+    touched; each thread resumes where it was (a blocked call restarts,
+    epoll_wait and a few others return EINTR, as after any stop). Raises
+    ProcessGone, NotPermitted, Unsupported or TraceeUnresponsive (then fn is
+    not called).
+    """
+    _require_x86_64()
+    todo = sorted(set(pids))
+    if os.getpid() in todo:
+        raise NotPermitted("cannot stop sockdoctor's own process")
+
+    def session() -> list[T]:
+        tracees = _freeze_all(todo, timeout)
+        try:
+            return [fn()]
+        finally:
+            for tracee in tracees:
+                tracee.release()
+    return _as_tracer_thread(session)[0]
 
 
 def inject_close_many(pid: int, targets: Iterable[tuple[int, int]], *,

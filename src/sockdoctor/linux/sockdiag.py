@@ -492,6 +492,44 @@ def lookup(sock: socket.socket, sk: Socket, opts: DumpOptions | None = None) -> 
     return None
 
 
+def states_now(sock: socket.socket, sockets: list[Socket], batch: int = 256,
+               ) -> list[int | None]:
+    """Each socket's TCP state now (None: gone, or its 4-tuple taken by another one).
+
+    Exact requests like lookup(), `batch` of them in one sendmsg, and only the
+    state read from each answer: cheap enough to ask right before acting.
+    """
+    results: list[int | None] = [None] * len(sockets)
+    for start in range(0, len(sockets), batch):
+        chunk = sockets[start:start + batch]
+        sock.send(b"".join(build_request(sk.family, ALL_STATES, 0, start + i + 1,
+                                         SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, sockid(sk))
+                           for i, sk in enumerate(chunk)))
+        pending = len(chunk)
+        buf = bytearray(RECV_BUFSIZE)
+        while pending:
+            n = sock.recv_into(buf)
+            for seq, state in _iter_states(memoryview(buf)[:n]):
+                if start < seq <= start + len(chunk):
+                    results[seq - 1] = state
+                    pending -= 1
+    return results
+
+
+def _iter_states(data: memoryview) -> Iterator[tuple[int, int | None]]:
+    """(seq, state) per answer: an inet_diag_msg's state, None for an error."""
+    offset, end = 0, len(data)
+    while offset + NLMSG_HDRLEN <= end:
+        length, msg_type, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSG_HDRLEN or offset + length > end:
+            raise NetlinkParseError(f"netlink answer length {length} is out of bounds")
+        if msg_type == NLMSG_ERROR:
+            yield seq, None
+        elif length >= NLMSG_HDRLEN + 2:
+            yield seq, data[offset + NLMSG_HDRLEN + 1]  # inet_diag_msg.idiag_state
+        offset += (length + 3) & ~3
+
+
 # --- SOCK_DESTROY -----------------------------------------------------------
 
 def sockid(sk: Socket) -> bytes:

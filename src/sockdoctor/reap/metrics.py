@@ -4,7 +4,9 @@ A prometheus_client collector over the reaper's counts, served by the
 exporter's server (sockdoctor.web) and textfile writer (watch/exporter.py)
 so that there is one way to serve sockdoctor's metrics:
 
-    sockdoctor_reaped_total{rule,method,outcome}   sockets acted on, by verified outcome
+    sockdoctor_reaped_total{rule,method,outcome}   sockets the reaper ended or tried to, by
+                                                   verified outcome; one something else
+                                                   ended first (already-gone) is not counted
     sockdoctor_reap_cycles_total{mode}             cycles run (mode: apply, dry-run)
     sockdoctor_reap_given_up{rule}                 sockets the ladder could not end, left alone
     sockdoctor_reap_last_cycle_timestamp_seconds   when the last cycle ran
@@ -38,7 +40,8 @@ class ReapCollector:
         reaper = self.reaper
         reaped = CounterMetricFamily(
             "sockdoctor_reaped", "Sockets the reaper acted on, by rule, method and the "
-            "outcome verified afterwards.", labels=["rule", "method", "outcome"])
+            "outcome verified afterwards (not those another hand ended first).",
+            labels=["rule", "method", "outcome"])
         counts = dict(reaper.totals)
         for rule in reaper.policy.rules:
             for method in rule.ladder:

@@ -186,11 +186,12 @@ class Reaper:
             if not item.method or item.socket is None:
                 continue
             cookie = item.socket.cookie
-            self.totals[(rule.name, item.method, outcome.outcome)] += 1
+            if outcome.outcome != "already-gone":  # another hand's work is not counted
+                self.totals[(rule.name, item.method, outcome.outcome)] += 1
             result.outcomes[outcome.outcome] += 1
             memory.next_rung.pop(cookie, None)
             if outcome.success:
-                result.ended += 1
+                result.ended += outcome.outcome != "already-gone"
             elif outcome.outcome == "not-tried":
                 continue  # the audit log failed: tried again next cycle
             elif rule.rung(item.method) + 1 < len(rule.ladder):
@@ -230,7 +231,7 @@ class Reaper:
         by_method: Counter[str] = Counter()
         ended = 0
         for (_rule, method, outcome), n in self.totals.items():
-            if outcome in ("closed", "closing", "already-gone"):
+            if outcome in ("closed", "closing"):
                 ended += n
                 by_method[method] += n
         gave_up = sum(len(m.done_with) for m in self.memory.values())

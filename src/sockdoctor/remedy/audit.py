@@ -1,10 +1,19 @@
 """The audit log: JSON lines, appended as things happen, never rewritten.
 
-Per acted-on socket there is an `act` line, written right after its batch
-was carried out and before anything is verified, and a `verify` line with
-what became of it. An interrupted run ends with an `interrupted` line that
-counts what was ended, left and not tried. Each batch is one write(2) on a
-descriptor opened with O_APPEND, so lines of concurrent runs never mix.
+Per acted-on socket there is first an `intent` line, on disk (written and
+fsynced, once per batch) before anything is done to it: no action without
+its record, even if the power goes or sockdoctor is killed mid-batch. Then an
+`act` line with what the action did, written right after its batch and
+before anything is verified, and a `verify` line with what became of it. An
+interrupted run ends with an `interrupted` line that counts what was ended,
+left and not tried.
+
+Each write is whole lines in one write(2) on a descriptor opened with
+O_APPEND, under an exclusive flock(2) shared by every sockdoctor writing the
+file, so lines of concurrent runs never mix. A write that fails half-way
+(disk full) is cut back to the length before it, and a file that does not
+end in a newline (a crash of something else) gets one first: the next
+append is always a whole line.
 
 The file is opened without following a symbolic link planted in its place
 (O_NOFOLLOW) and must be a regular file: the default path is in a directory
@@ -14,6 +23,7 @@ other users may be able to prepare.
 from __future__ import annotations
 
 import errno
+import fcntl
 import getpass
 import os
 import stat
@@ -31,7 +41,7 @@ DEFAULT_PATH = "/var/log/sockdoctor/audit.jsonl"
 # a reader: ENXIO).
 _REFUSED = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a directory",
             errno.ENXIO: "a FIFO, a device or a socket"}
-_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class AuditLog:
@@ -51,18 +61,24 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write_many(self, entries: Iterable[dict[str, Any] | Record]) -> bool:
-        """Append the entries in one write; False (and .error set) if that failed."""
+    def write_many(self, entries: Iterable[dict[str, Any] | Record], *,
+                   sync: bool = False) -> bool:
+        """Append the entries as whole lines in one write (fsynced if `sync`);
+        False (and .error set) if that failed: then nothing of it is left in the file."""
         if self.fd < 0 or self.error:
             return not self.error
         head = jsontext.encode({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "user": self.user})[:-1] + b","
+                                "user": self.user})[:-1] + b","
         data = b"".join(head + (e.encode() if isinstance(e, Record)
                                 else jsontext.encode(e)[1:]) + b"\n" for e in entries)
-        view = memoryview(data)
+        if not data:
+            return True
         try:
-            while view:
-                view = view[os.write(self.fd, view):]
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                _append_whole(self.fd, data, sync)
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
         except OSError as exc:
             self.error = f"writing the audit log {self.path} failed ({exc.strerror})"
             return False
@@ -75,6 +91,25 @@ class AuditLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _append_whole(fd: int, data: bytes, sync: bool) -> None:
+    """Append `data` (whole lines) or nothing: a partial write is cut back off."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data  # someone's partial last line: ours start on a line of their own
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            pass  # nothing more we can do; the next append starts with a newline
+        raise
 
 
 def _open(path: str) -> int:
@@ -130,8 +165,8 @@ class Record(NamedTuple):
     fields: dict[str, Any]
 
     def encode(self) -> bytes:
-        return (b'"event":"' + self.event.encode() + b'",' + self.identity + b","
-                + jsontext.encode(self.fields)[1:])
+        rest = b"," + jsontext.encode(self.fields)[1:] if self.fields else b"}"
+        return b'"event":"' + self.event.encode() + b'",' + self.identity + rest
 
 
 # The audit log spells states as the tables and JSON do (CLOSE-WAIT; before

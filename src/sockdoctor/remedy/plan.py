@@ -21,7 +21,7 @@ from ..linux.host import Host
 from ..model import DeadSocketFd, Owner, Snapshot, Socket, TcpState
 from ..render import fmt
 from .methods import BY_NAME, Choice, Method, Target
-from .methods.base import FIN_STATES, HIDDEN_OWNER
+from .methods.base import FIN_STATES, HIDDEN_OWNER, UNSAFE
 from .policy import KillPolicy
 from .steps import OwnerRef, PlanItem
 
@@ -97,7 +97,9 @@ class _Planner:
         self.snapshot, self.policy, self.host = snapshot, policy, host
         self.names = fmt.netns_names(snapshot)
         self._listeners: dict[tuple[int, int], list[Socket]] | None = None
-        self._decided: dict[tuple[int, bool, bool, bool], tuple[Choice, tuple[str, str]]] = {}
+        self._decided: dict[tuple[int, bool, bool, bool, str],
+                            tuple[Choice, tuple[str, str]]] = {}
+        self._queue_notes: dict[int, str] = {}
 
     def item(self, index: int, sk: Socket) -> PlanItem:
         item = PlanItem(index=index, socket=sk, netns_name=self._name(sk.netns),
@@ -107,21 +109,26 @@ class _Planner:
             item.skipped, item.why = guard, "refused: " + guard
             return item
         listener = self.listener_of(sk) if sk.queued else None
+        note = ""
         if listener is not None:
             holder = listener.owners[0]
             item.listener = OwnerRef(holder.pid, holder.fd, self._comm(holder.pid))
             item.listener_inode = listener.inode
+            item.listener_pids = sorted({o.pid for o in listener.owners})
+            note = self.queue_note(listener)
         (item.method, item.why, item.unable), (item.program_sees, item.peer_sees) = \
-            self.decide(sk, item.listener)
+            self.decide(sk, item.listener, note)
         return item
 
-    def decide(self, sk: Socket, listener: OwnerRef | None) -> tuple[Choice, tuple[str, str]]:
+    def decide(self, sk: Socket, listener: OwnerRef | None,
+               queue_note: str = "") -> tuple[Choice, tuple[str, str]]:
         """The choice and its effects, which depend only on the socket's shape (cached:
         a plan of 16,000 alike sockets decides once)."""
-        key = (sk.state, bool(sk.owners), sk.inode == 0, listener is not None)
+        key = (sk.state, bool(sk.owners), sk.inode == 0, listener is not None, queue_note)
         found = self._decided.get(key)
         if found is None:
-            choice = choose(Target(sk, self.host, listener, self.policy.bare_close), self.policy)
+            choice = choose(Target(sk, self.host, listener, self.policy.bare_close,
+                                   queue_note), self.policy)
             sees = BY_NAME[choice.method].effects(sk, self.policy.bare_close) \
                 if choice.method else ("", "")
             found = self._decided[key] = (choice, sees)
@@ -138,6 +145,33 @@ class _Planner:
         exact = [ls for ls in candidates if ls.local_addr == sk.local_addr]
         wild = [ls for ls in candidates if ls.local_addr in ("0.0.0.0", "::")]
         return (exact or wild or [None])[0]
+
+    def queue_note(self, listener: Socket) -> str:
+        """"" when the listener's accept queue holds selected connections only, else why
+        draining it could take a connection that is not in the plan."""
+        note = self._queue_notes.get(listener.cookie)
+        if note is None:
+            note = self._queue_notes[listener.cookie] = self._queue_check(listener)
+        return note
+
+    def _queue_check(self, listener: Socket) -> str:
+        on_port = (self._listeners or {}).get((listener.netns, listener.local_port), [])
+        same = [ls for ls in on_port if ls.local_addr == listener.local_addr]
+        if len(same) > 1:
+            return (f"{len(same)} listening sockets share {listener.local_addr} port "
+                    f"{listener.local_port}: which queue holds which connection cannot be "
+                    "told, so draining could take one that is not planned")
+        selects = self.policy.selector(self.snapshot)
+        mine = sum(1 for sk in self.snapshot.sockets if sk.queued and sk.netns ==
+                   listener.netns and sk.local_port == listener.local_port and selects(sk)
+                   and self.listener_of(sk) is listener
+                   and not guard_for(sk, self.policy.force, self.host))
+        if listener.recv_q > mine:
+            extra = listener.recv_q - mine
+            return (f"its accept queue holds {extra} connection{'s' if extra != 1 else ''} "
+                    "not in the plan, and accept() hands out the oldest first: draining "
+                    "could end one of them")
+        return ""
 
     def dead_fd_items(self, start: int) -> list[PlanItem]:
         """Descriptors of sockets in no TCP table (shut down, never closed)."""
@@ -221,7 +255,7 @@ def choose(t: Target, policy: KillPolicy) -> Choice:
 
 def _because(t: Target, refusals: list[tuple[Method, Choice]], joiner: str = ", and ") -> str:
     """Why the safer methods were passed over, for the socket `t`."""
-    extra = [c.why for m, c in refusals if c.unable and not m.graceful]
+    extra = [c.why for m, c in refusals if c.unable and (not m.graceful or c.unable == UNSAFE)]
     return _no_fin_reason(t) + (joiner + "; ".join(extra) if extra else "")
 
 

@@ -38,6 +38,7 @@ class PlanItem(msgspec.Struct, kw_only=True):
     unable: str = ""
     listener: OwnerRef | None = None  # drain: the listening socket's holder
     listener_inode: int = 0
+    listener_pids: list[int] = msgspec.field(default_factory=list)  # drain: all its holders
     dead_inode: int = 0  # a dead descriptor: the socket inode it must still name
 
     @property

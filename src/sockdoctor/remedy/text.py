@@ -148,5 +148,8 @@ def render_report(report: KillReport) -> Iterator[str]:
         yield (f"Interrupted: {c['ended']} ended, {c['left']} left, {c['not_tried']} not "
                "tried (written to the audit log).")
     if report.audit_error:
-        yield f"Stopped: {report.audit_error}; no further action was taken."
+        ended = report.ended_here
+        yield (f"Stopped: {report.audit_error}; no further action was taken. "
+               f"{ended} socket{'' if ended == 1 else 's'} had been ended by this run"
+               + (f"; each has its intent line in {report.audit_path}." if ended else "."))
     yield from render_outcomes(report.outcomes)

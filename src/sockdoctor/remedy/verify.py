@@ -75,8 +75,8 @@ def _by_action(status: str, outcome: Outcome) -> None:
         outcome.outcome = "already-gone"
         outcome.detail = ("it closed by itself; its descriptor number now holds another "
                           "socket, which was left alone")
-    elif status == "already-gone" and outcome.outcome == "closed":
-        outcome.outcome = "already-gone"  # gone before we acted
+    elif status == "already-gone":
+        outcome.outcome = "already-gone"  # gone, or being ended, before we acted: not ours
 
 
 def _settle(items: list[PlanItem], result: dict[int, Outcome],

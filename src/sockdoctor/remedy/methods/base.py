@@ -34,6 +34,7 @@ PEER_LATE_RESET = ("nothing at once: the kernel keeps an orphaned FIN-WAIT-2 as 
                    "and drops it without a reset; the peer's next write is answered with one")
 LISTENER = ("it stops listening: accept() fails from now on",
             "clients waiting in its accept queue are reset; new ones are refused")
+UNSAFE = "unsafe"  # Choice.unable: the method could act, but not on this socket alone
 HIDDEN_OWNER = "the process holding it is not visible here (another user's? run as root)"
 
 
@@ -53,6 +54,7 @@ class Target:
     host: hostmod.Host
     listener: OwnerRef | None = None  # holder of the listener whose queue has it
     bare_close: bool = False
+    queue_note: str = ""  # why draining its queue could take an unplanned connection
 
     @property
     def owned(self) -> bool:

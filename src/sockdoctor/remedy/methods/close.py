@@ -9,6 +9,14 @@ kernel socket is released, the number stays taken until the program closes
 it, and its reads and writes there fail as on any dead connection. The bare
 close is an explicit choice (`--bare-close`), for a process that must get
 the descriptor itself back. Never chosen by `auto`.
+
+The placeholder is a unix socket named "sockdoctor-closed:PID:FD:INODE"
+(`ss -xp | grep sockdoctor-closed`), so the doctor never takes it for a
+leaked TCP socket and --dead-fds never selects it. An event loop loses its
+epoll registration with the old socket; the placeholder is put into the same
+epoll sets, so the loop hears a hang-up and closes it. A descriptor the
+program watches nowhere and never touches again keeps its placeholder until
+the program exits: the plan says so.
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ from ..steps import Action, PlanItem
 from .base import FIN_STATES, HIDDEN_OWNER, LISTENER, Choice, Method, Runtime, Target
 
 PLACEHOLDER_SEES = ("the connection is released inside the program (ptrace); its descriptor "
-                    "number stays taken by an unconnected socket until the program closes it: "
-                    "reads and writes on it fail (ENOTCONN, EPIPE), the number is never "
-                    "reused behind its back")
+                    "number stays taken by a placeholder (a unix socket named "
+                    "sockdoctor-closed) until the program closes it: reads and writes on it "
+                    "fail (ENOTCONN), an event loop watching it (epoll) is told it hung up, "
+                    "the number is never reused behind its back; a descriptor the program "
+                    "never looks at again keeps its placeholder until the program exits")
 BARE_SEES = ("the descriptor is closed inside the program (like gdb's close(fd)); it may "
              "later reuse that number for something else (--bare-close)")
 DEAD_PEER = "nothing: the connection is already over"
@@ -98,7 +108,10 @@ def _action(index: int, fd: int, result: Any) -> Action:
         return Action(index=index, status=hostmod.status_of(exc), detail=hostmod.describe(exc))
     note = f"; the interrupted {result.interrupted} {result.after}" if result.interrupted else ""
     if result.close_rc == 0:
-        done = f"fd {fd} now holds a placeholder" if result.placeholder else f"fd {fd} closed"
+        watched = f", in {result.rewatched} epoll set(s) in the old one's place" \
+            if result.rewatched else ""
+        done = f"fd {fd} now holds a placeholder{watched}" if result.placeholder \
+            else f"fd {fd} closed"
         return Action(index=index, status="done", detail=done + note)
     if result.close_rc == -errno.EMFILE:
         return Action(index=index, status="failed", detail=(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 
 from ...linux import host as hostmod
+from ...render import fmt
 from ..steps import Action, PlanItem
-from .base import Choice, Method, Runtime, Target
+from .base import FIN_STATES, Choice, Method, Runtime, Target
 
 _STATUS = {0: "done", errno.ENOENT: "already-gone", errno.ESTALE: "identity-changed",
            errno.EPERM: "not-permitted", errno.EACCES: "not-permitted",
@@ -45,10 +46,13 @@ class Destroy(Method):
         if not works:
             status = "not-permitted" if note == hostmod.NO_NET_ADMIN else "unsupported"
             return [Action(index=i.index, status=status, detail=note) for i in batch]
-        done = hostmod.destroy_via([i.socket for i in batch])  # type: ignore[misc]
-        return [Action(index=item.index, status=_STATUS.get(code, "failed"),
-                       detail=_detail(code, via))
-                for item, (code, via) in zip(batch, done, strict=True)]
+        actions, todo = _not_ours(batch)
+        done = hostmod.destroy_via([i.socket for i in todo]) if todo else []  # type: ignore[misc]
+        actions += [Action(index=item.index, status=_STATUS.get(code, "failed"),
+                           detail=_detail(code, via))
+                    for item, (code, via) in zip(todo, done, strict=True)]
+        order = {item.index: n for n, item in enumerate(batch)}
+        return sorted(actions, key=lambda a: order[a.index])
 
     def batches(self, items: list[PlanItem], size: int) -> list[list[PlanItem]]:
         # The kernel engine destroys a namespace's planned sockets in one pass over its
@@ -70,6 +74,25 @@ def _engine_usable() -> bool:
 def _detail(code: int, via: str) -> str:
     detail = _DETAIL.get(code, errno.errorcode.get(code, str(code)))
     return f"{detail} ({via})" if code == 0 else detail
+
+
+def _not_ours(batch: list[PlanItem]) -> tuple[list[Action], list[PlanItem]]:
+    """Read every socket's state right before acting (under the actors' lock): one that is
+    gone, or whose FIN another hand has sent since the plan, is not ours to claim."""
+    states = hostmod.states_now([i.socket for i in batch])  # type: ignore[misc]
+    actions, todo = [], []
+    for item, state in zip(batch, states, strict=True):
+        planned = item.socket.state  # type: ignore[union-attr]
+        if state is None:
+            actions.append(Action(index=item.index, status="already-gone",
+                                  detail=_DETAIL[errno.ENOENT]))
+        elif planned in FIN_STATES and state not in FIN_STATES:
+            actions.append(Action(index=item.index, status="already-gone", detail=(
+                f"already {fmt.state_name(state)} when we came: ended by another hand, "
+                "left as it was")))
+        else:
+            todo.append(item)
+    return actions, todo
 
 
 def _checked(rt: Runtime) -> tuple[bool, str]:

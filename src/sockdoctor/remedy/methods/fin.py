@@ -50,8 +50,13 @@ def _shut(handle: object, item: PlanItem) -> Action:
     assert item.socket is not None
     fd = item.owners[0].fd
     try:
-        state = hostmod.shutdown(handle, fd, item.socket.inode)  # type: ignore[arg-type]
+        state = hostmod.shutdown(handle, fd, item.socket.inode,  # type: ignore[arg-type]
+                                 FIN_STATES)
     except hostmod.Errors as exc:
         return Action(index=item.index, status=hostmod.status_of(exc),
                       detail=hostmod.describe(exc))
+    if state not in FIN_STATES:  # someone else sent the FIN (or it was reset): not ours
+        return Action(index=item.index, status="already-gone", detail=(
+            f"already {fmt.state_name(state)} when we came: ended by another hand, left "
+            "as it was"))
     return Action(index=item.index, status="done", detail=f"shut down (was {state.ss_name})")
