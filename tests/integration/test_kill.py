@@ -438,7 +438,7 @@ def test_method_ends_the_socket(scene: Scene, case: str, method: str) -> None:
     for line in acts:
         assert set(line) >= AUDIT_FIELDS | {"action"}
         assert (line["method"], line["action"]) == (chosen, "done")
-        assert line["netns"] == scene.netns and line["state"] == STATE[case].name
+        assert line["netns"] == scene.netns and line["state"] == STATE[case].ss_name
     outcomes = {o["index"]: o["outcome"] for o in run.outcomes}
     assert sorted(line["outcome"] for line in verified) == sorted(outcomes.values())
     assert {line["cookie"] for line in acts} == {sk.cookie for sk in targets}
