@@ -61,6 +61,7 @@ class Judge:
     strict: bool = False  # pools are leaks too
     full_stack: bool = False
     extra_library: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()  # the test runner's own code: left out of full stacks
     children: dict[int, Maker] = field(default_factory=dict)  # direct child pid -> maker
     inspector: FdInspector = field(default_factory=FdInspector)
 
@@ -159,7 +160,8 @@ class Judge:
             leak.site_source = next((src for f, n, src in stack if f"{f}:{n}" == leak.site), "")
             leak.thread = rec.thread
             if self.full_stack:
-                leak.created = [(guardreport._short(f), n, src) for f, n, src in stack]
+                leak.created = [(guardreport._short(f), n, src) for f, n, src in stack
+                                if not f.startswith(self.hide)]
             leaks.append(leak)
         return leaks
 

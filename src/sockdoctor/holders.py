@@ -50,7 +50,8 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
         step: list[Any] = []
         ours.add(id(step))
         for ref in refs:
-            if id(ref) in seen or id(ref) in ours or isinstance(ref, FrameType):
+            if id(ref) in seen or id(ref) in ours or isinstance(ref, FrameType) or \
+                    _runner(ref):
                 continue
             seen.add(id(ref))
             if id(ref) in fixtures:
@@ -72,6 +73,15 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
         if not frontier:
             break
     return Holder()
+
+
+RUNNER = ("_pytest.", "pytest.", "pluggy.", "xdist.", "execnet.", "sockdoctor.")
+
+
+def _runner(obj: object) -> bool:
+    """pytest's own objects (fixture caches, reports, nodes): they hold a finished test's
+    values only until pytest lets go, and are never what keeps a socket by design."""
+    return f"{type(obj).__module__}.".startswith(RUNNER)
 
 
 def _through_namespace(cls: object, frontier: list[Any]) -> bool:

@@ -128,7 +128,7 @@ def _register(config: pytest.Config, settings: Settings) -> None:
     tracker = Tracker().install()
     judge = Judge(tracker, settings.grace_ms / 1000, quiet_gc=settings.mode == "warn",
                   strict=settings.strict, full_stack=settings.stack,
-                  extra_library=settings.library)
+                  extra_library=settings.library, hide=_runner_dirs())
     checker = Checker(settings, tracker, judge)
     config.stash[_CHECKER] = checker
     config.pluginmanager.register(checker, "sockdoctor-checker")
@@ -393,6 +393,15 @@ def _allowed(item: pytest.Item) -> Callable[[Leak], bool]:
             rules.extend(_compile(rule) for rule in
                          (allow if isinstance(allow, list | tuple | set) else [allow]))
     return lambda leak: any(rule(leak) for rule in rules)
+
+
+def _runner_dirs() -> tuple[str, ...]:
+    """pytest's, pluggy's and runpy's code: not where a test's socket was made."""
+    import _pytest
+    import pluggy
+
+    dirs = (os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy, pytest))
+    return (*dirs, "<frozen")
 
 
 def _where(fixturedef: pytest.FixtureDef[Any]) -> str:
