@@ -43,7 +43,8 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
     frontier: list[Any] = [sock]
     seen = {id(sock)}
     ours = {id(frontier), id(seen)}
-    pool: object | None = None
+    pool: object | None = None  # the outermost object of an installed package on the way
+    in_class = ""  # a class attribute that holds it, if no module global is found
     for _level in range(MAX_LEVELS):
         refs = gc.get_referrers(*frontier)
         ours.add(id(refs))
@@ -57,14 +58,14 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
             if id(ref) in fixtures:
                 return Holder("fixture", fixtures[id(ref)])
             if isinstance(ref, type | ModuleType):
-                if pool is not None and _through_namespace(ref, frontier):
-                    return Holder("pool", None, _describe(pool, ref, namespaces, seen))
+                if pool is not None and _through_namespace(ref, frontier) and not in_class:
+                    in_class = _describe(pool, ref, namespaces, seen)
                 continue  # a class only as every instance's type: not a holder
             if id(ref) in namespaces:
                 if pool is not None:
                     return Holder("pool", None, _describe(pool, ref, namespaces, seen))
                 continue  # a module's global: nothing above it is more telling
-            if pool is None and _installed(ref, installed):
+            if _installed(ref, installed):
                 pool = ref
             step.append(ref)
         del refs
@@ -72,7 +73,7 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
         ours.add(id(frontier))
         if not frontier:
             break
-    return Holder()
+    return Holder("pool", None, in_class) if in_class else Holder()
 
 
 RUNNER = ("_pytest.", "pytest.", "pluggy.", "xdist.", "execnet.", "sockdoctor.")
