@@ -45,6 +45,7 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
     ours = {id(frontier), id(seen)}
     pool: object | None = None  # the outermost object of an installed package on the way
     in_class = ""  # a class attribute that holds it, if no module global is found
+    roots: list[Any] = []  # module namespaces met on the way
     for _level in range(MAX_LEVELS):
         refs = gc.get_referrers(*frontier)
         ours.add(id(refs))
@@ -62,9 +63,10 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
                     in_class = _describe(pool, ref, namespaces, seen)
                 continue  # a class only as every instance's type: not a holder
             if id(ref) in namespaces:
-                if pool is not None:
+                roots.append(ref)  # a module's global: nothing above it is more telling
+                if pool is not None and any(value is pool for value in dict(ref).values()):
                     return Holder("pool", None, _describe(pool, ref, namespaces, seen))
-                continue  # a module's global: nothing above it is more telling
+                continue
             if _installed(ref, installed):
                 pool = ref
             step.append(ref)
@@ -73,6 +75,8 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
         ours.add(id(frontier))
         if not frontier:
             break
+    if pool is not None and roots:
+        return Holder("pool", None, _describe(pool, roots[-1], namespaces, seen))
     return Holder("pool", None, in_class) if in_class else Holder()
 
 
