@@ -57,7 +57,6 @@ class Verdict:
 class Judge:
     tracker: Tracker
     grace: float
-    quiet_gc: bool = False  # warn mode: our gc.collect() must not turn ResourceWarnings to errors
     strict: bool = False  # pools are leaks too
     full_stack: bool = False
     extra_library: tuple[str, ...] = ()
@@ -115,9 +114,8 @@ class Judge:
         return records, helds
 
     def _collect(self) -> None:
-        if not self.quiet_gc:
-            gc.collect()
-            return
+        """Our collection must not be where an unclosed socket's ResourceWarning lands (under
+        filterwarnings = error it would fail the test being judged, in any mode)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()

@@ -126,9 +126,9 @@ def _register(config: pytest.Config, settings: Settings) -> None:
     from .socktrack import Tracker
 
     tracker = Tracker().install()
-    judge = Judge(tracker, settings.grace_ms / 1000, quiet_gc=settings.mode == "warn",
-                  strict=settings.strict, full_stack=settings.stack,
-                  extra_library=settings.library, hide=_runner_dirs())
+    judge = Judge(tracker, settings.grace_ms / 1000, strict=settings.strict,
+                  full_stack=settings.stack, extra_library=settings.library,
+                  hide=_runner_dirs())
     checker = Checker(settings, tracker, judge)
     config.stash[_CHECKER] = checker
     config.pluginmanager.register(checker, "sockdoctor-checker")
