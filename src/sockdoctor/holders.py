@@ -116,5 +116,5 @@ def _describe(pool: object, root: object, namespaces: dict[int, str], seen: set[
         names = [key for key, value in dict(root).items() if id(value) in seen]  # type: ignore[call-overload]
         place = namespaces[id(root)] + (f".{names[0]}" if names else "")
     else:
-        place = getattr(root, "__qualname__", getattr(root, "__name__", "?"))
+        place = f"{getattr(root, '__module__', '?')}.{getattr(root, '__qualname__', '?')}"
     return f"a {what} kept in {place}"
