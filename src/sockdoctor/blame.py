@@ -98,27 +98,32 @@ class Judge:
             self.tracker.quiet = 0
 
     def _settled(self, maker: Maker) -> tuple[list[Record], dict[Hashable, Held]]:
-        """The maker's open sockets once closes in flight have landed (or the grace ran out)."""
+        """The maker's open sockets once closes in flight have landed (or the grace ran out).
+
+        Garbage is collected young first (a test's objects are young, and that costs
+        little); a full collection only for what is still open after the grace.
+        """
         records = self.tracker.made_by(maker)
         helds = self._child_view(maker)
         deadline = time.monotonic() + self.grace
-        collected = False
+        if records:
+            self._collect(1)
+            records = _still_open(records)
         while (records or helds) and time.monotonic() < deadline:
-            if records and not collected:
-                self._collect()
-                collected = True
-            else:
-                time.sleep(max(0.0, min(_POLL, deadline - time.monotonic())))
-            records = [rec for rec in records if rec.socket() is not None]
+            time.sleep(max(0.0, min(_POLL, deadline - time.monotonic())))
+            records = _still_open(records)
             helds = self._child_view(maker) if helds else helds
+        if records:
+            self._collect(2)
+            records = _still_open(records)
         return records, helds
 
-    def _collect(self) -> None:
+    def _collect(self, generation: int) -> None:
         """Our collection must not be where an unclosed socket's ResourceWarning lands (under
         filterwarnings = error it would fail the test being judged, in any mode)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+            gc.collect(generation)
 
     def _sort_out(self, records: list[Record], fixtures: dict[int, Maker],
                   verdict: Verdict) -> list[Record]:
@@ -177,6 +182,10 @@ class Judge:
         self.inspector.describe(helds.values())
         return [Leak(_stuck_kind(held) or guardreport.OPEN, held.socket, held.owners)
                 for held in helds.values() if held.socket is not None]
+
+
+def _still_open(records: list[Record]) -> list[Record]:
+    return [rec for rec in records if rec.socket() is not None]
 
 
 def _ident() -> int:
