@@ -46,6 +46,7 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
     pool: object | None = None  # the outermost object of an installed package on the way
     in_class = ""  # a class attribute that holds it, if no module global is found
     roots: list[Any] = []  # module namespaces met on the way
+    home: Any = None  # the namespace that holds the pool itself
     for _level in range(MAX_LEVELS):
         refs = gc.get_referrers(*frontier)
         ours.add(id(refs))
@@ -65,12 +66,14 @@ def held_by(sock: object, fixtures: dict[int, Maker], installed: tuple[str, ...]
             if id(ref) in namespaces:
                 roots.append(ref)  # a module's global: nothing above it is more telling
                 if pool is not None and any(value is pool for value in dict(ref).values()):
-                    return Holder("pool", None, _describe(pool, ref, namespaces, seen))
+                    home = ref  # the pool's own global; a fixture on this level still wins
                 continue
             if _installed(ref, installed):
                 pool = ref
             step.append(ref)
         del refs
+        if home is not None:
+            return Holder("pool", None, _describe(pool, home, namespaces, seen))
         frontier = step[:MAX_FRONTIER]
         ours.add(id(frontier))
         if not frontier:
