@@ -114,6 +114,7 @@ def run(src: Path, venv: Path, netns: str, select: list[str], mode: str) -> Run:
     start = time.monotonic()
     out = subprocess.run(cmd, cwd=src, capture_output=True, text=True, timeout=1800).stdout
     result = Run(mode, time.monotonic() - start)
+    (src / f"pytest-{mode}-{int(start)}.log").write_text(out)  # kept, to read what went wrong
     result.times = {f"{case.get('classname')}::{case.get('name')}": float(case.get("time", 0))
                     for case in ElementTree.parse(xml).iter("testcase")}
     section = False
