@@ -56,6 +56,9 @@ class Leak:
     netns: str = ""  # name of the socket's namespace when it is not ours
     created: list[tuple[str, int, str]] = field(default_factory=list)  # (file, line, source)
     created_note: str = ""  # why `created` is empty, or how to fill it
+    site: str = ""  # file:line of the code that made it (the pytest guard's records)
+    site_source: str = ""  # that line's text
+    thread: str = ""  # the thread that made it
 
     @property
     def state(self) -> str:
@@ -66,6 +69,8 @@ class Leak:
     @property
     def created_at(self) -> str:
         """file:line of the first frame outside the standard library, or ''."""
+        if self.site:
+            return _short(self.site)
         for filename, lineno, _source in reversed(self.created):
             if not _is_library(filename):
                 return f"{filename}:{lineno}"
@@ -93,8 +98,15 @@ class Leak:
         if self.kind == OPEN and self.socket.state == TcpState.CLOSE:
             why = "a socket that was never connected, still open after the guarded code"
         out.append(f"    {why}")
+        if self.site:
+            thread = f" (thread {fmt.untrusted(self.thread)})" if self.thread and \
+                self.thread != "MainThread" else ""
+            out.append(f"    created at {fmt.untrusted(self.created_at)}{thread}")
+            if self.site_source and not self.created:
+                out.append(f"        {fmt.untrusted(self.site_source)}")
         if self.created:
-            out.append(f"    created at {self.created_at}")
+            if not self.site:
+                out.append(f"    created at {self.created_at}")
             for filename, lineno, source in self.created:
                 out.append(f"        {fmt.untrusted(filename)}:{lineno}")
                 if source:
@@ -187,7 +199,8 @@ def describe(leaks: list[Leak], hint: str = TRACEMALLOC_HINT, hide: tuple[str, .
     if not leaks:
         return
     own = os.getpid()
-    objects = _socket_objects() if any(o.pid == own for leak in leaks for o in leak.owners) else {}
+    objects = _socket_objects() if any(o.pid == own and not leak.site
+                                       for leak in leaks for o in leak.owners) else {}
     names = _netns_names()
     own_ns = procfs.netns_inode(own)
     for leak in leaks:
@@ -195,7 +208,8 @@ def describe(leaks: list[Leak], hint: str = TRACEMALLOC_HINT, hide: tuple[str, .
             leak.processes.setdefault(owner.pid, _process_name(owner.pid))
         if leak.socket.netns and leak.socket.netns != own_ns:
             leak.netns = names.get(leak.socket.netns, f"net:[{leak.socket.netns}]")
-        _find_creation(leak, own, objects, hint, hide)
+        if not leak.site:
+            _find_creation(leak, own, objects, hint, hide)
 
 
 def _find_creation(leak: Leak, own: int, objects: dict[int, socket.socket], hint: str,

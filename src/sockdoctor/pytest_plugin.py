@@ -1,48 +1,46 @@
-"""pytest plugin: fail (or warn about) tests that leak TCP sockets.
+"""pytest plugin: fail (or report) tests that leave TCP sockets behind.
 
 Registered through the `pytest11` entry point, so installing sockdoctor is
 enough; it does nothing until asked (`--sockdoctor=fail|warn`, the ini
 option `sockdoctor`, the marker or the fixture), so installing it never
 changes anybody's results.
 
-Per test, a sockdoctor.guard() watches this process and its descendants from
-the start of setup:
-- at the end of the test body, a socket in CLOSE-WAIT, an owned FIN-WAIT-2
-  or a dead descriptor fails the test (fixtures are still up, but the peer
-  has closed and nobody answered with close() within the grace period);
-- after the test's fixtures are torn down, a socket made during the test
-  that is still open is an error at teardown, as any fixture problem is.
-Sockets made while a broader-scoped fixture is set up (a session server)
-belong to that fixture, not to the test; what is still open when the session
-ends and no test was blamed for is named in the summary. With
-`--sockdoctor-scope=module` there is one check per module, after its last
-test's teardown. docs/pytest.md has the details.
+Who is blamed is decided from who made each socket (socktrack.py records it
+when the socket is made), and when is fixed: a test is judged after its
+function-scoped fixtures are torn down, for the sockets it made (in its
+setup, body or teardown, in threads it started, accepted on its listeners,
+or held by processes it started) that are still open then. A broader
+fixture's sockets (and its threads' and processes') are judged when its scope
+ends; a pool of an installed package kept in a module is reported once per
+session. Warn mode reports through pytest's report sections and terminal
+summary, never through Python warnings, so `filterwarnings = error` cannot
+turn it into failures. blame.py takes the verdicts; docs/pytest.md has the
+details.
 """
 
 from __future__ import annotations
 
-import tracemalloc
-import warnings
-from collections.abc import Generator
+import os
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
-    from .guardreport import GuardReport
-    from .leakguard import Guard
+    from .blame import Judge, Verdict
+    from .guardreport import GuardReport, Leak
+    from .socktrack import Maker, Tracker
 
 MODES = ("fail", "warn", "off")
 SCOPES = ("test", "module")
 BROADER = {"test": ("class", "module", "package", "session"), "module": ("package", "session")}
-HINT = ("where it was created: unknown (tracemalloc is off: run pytest with "
-        "--sockdoctor-tracemalloc=20, or set PYTHONTRACEMALLOC=20)")
 MARKER = ("sockdoctor(allow=..., mode=...): allow known TCP sockets (a port, an ss filter such "
           "as 'sport = :8080', a socket object, or a function of a sockdoctor Leak), or set "
           "the leak check's mode (fail, warn, off) for these tests")
 _CHECKER = pytest.StashKey["Checker"]()
-_GUARD = pytest.StashKey["Guard"]()
+_MAKER = pytest.StashKey["Maker"]()
+_RULES = pytest.StashKey["list"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,19 +49,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fail or warn when a test leaks TCP sockets (default: off, or the "
                          "ini option sockdoctor)")
     group.addoption("--sockdoctor-scope", choices=SCOPES, default=None,
-                    dest="sockdoctor_scope", help="check after every test (default) or once "
-                                                  "per module")
+                    dest="sockdoctor_scope", help="judge every test (default) or each module "
+                                                  "as a whole")
     group.addoption("--sockdoctor-grace", type=float, default=None, metavar="MS",
                     dest="sockdoctor_grace",
                     help="milliseconds a closing socket gets before it counts (default 100)")
-    group.addoption("--sockdoctor-tracemalloc", type=int, default=None, metavar="FRAMES",
-                    dest="sockdoctor_tracemalloc",
-                    help="start tracemalloc with FRAMES frames so leaks show the line that "
-                         "created the socket (slows tests down)")
+    group.addoption("--sockdoctor-strict", action="store_true", default=None,
+                    dest="sockdoctor_strict",
+                    help="sockets kept by long-lived pools of installed packages are leaks too")
+    group.addoption("--sockdoctor-stack", action="store_true", default=None,
+                    dest="sockdoctor_stack", help="show the full stack that created each "
+                                                  "leaked socket, not only the creating line")
     parser.addini("sockdoctor", "leak check mode: fail, warn or off", default="off")
     parser.addini("sockdoctor_scope", "leak check scope: test or module", default="test")
     parser.addini("sockdoctor_grace", "grace period in milliseconds", default="100")
-    parser.addini("sockdoctor_tracemalloc", "tracemalloc frames to keep (0: off)", default="0")
+    parser.addini("sockdoctor_strict", "pools of installed packages count as leaks",
+                  type="bool", default=False)
+    parser.addini("sockdoctor_stack", "show full creation stacks", type="bool", default=False)
+    parser.addini("sockdoctor_library", "directories whose code is library code, not the "
+                  "creating line (besides the standard library and site-packages)",
+                  type="paths", default=[])
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ class Settings:
     mode: str
     scope: str
     grace_ms: float
-    tracemalloc: int
+    strict: bool = False
+    stack: bool = False
+    library: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, config: pytest.Config) -> Settings:
@@ -85,12 +92,14 @@ class Settings:
         if scope not in SCOPES:
             raise pytest.UsageError(f"sockdoctor: scope must be test or module, not {scope!r}")
         try:
-            grace, frames = float(pick("sockdoctor_grace")), int(pick("sockdoctor_tracemalloc"))
+            grace = float(pick("sockdoctor_grace"))
         except ValueError as exc:
             raise pytest.UsageError(f"sockdoctor: {exc}") from None
-        if grace < 0 or frames < 0:
-            raise pytest.UsageError("sockdoctor: grace and tracemalloc frames cannot be negative")
-        return cls(mode, scope, grace, frames)
+        if grace < 0:
+            raise pytest.UsageError("sockdoctor: the grace period cannot be negative")
+        library = tuple(os.path.join(str(p), "") for p in config.getini("sockdoctor_library"))
+        return cls(mode, scope, grace, bool(pick("sockdoctor_strict")),
+                   bool(pick("sockdoctor_stack")), library)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -100,18 +109,10 @@ def pytest_configure(config: pytest.Config) -> None:
         _register(config, settings)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
-    """Trace allocations only while tests run: tracing imports and collection (and the
-    imports other plugins make at the end) would cost more than the tests."""
-    frames = Settings.of(session.config).tracemalloc
-    if not frames or tracemalloc.is_tracing():
-        return (yield)
-    tracemalloc.start(frames)
-    try:
-        return (yield)
-    finally:
-        tracemalloc.stop()
+def pytest_unconfigure(config: pytest.Config) -> None:
+    checker = config.stash.get(_CHECKER, None)
+    if checker is not None:
+        checker.tracker.uninstall()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -121,9 +122,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _register(config: pytest.Config, settings: Settings) -> None:
-    from . import leakguard  # noqa: F401  (imported now, before tracemalloc may start tracing)
+    from .blame import Judge
+    from .socktrack import Tracker
 
-    checker = Checker(settings)
+    tracker = Tracker().install()
+    judge = Judge(tracker, settings.grace_ms / 1000, strict=settings.strict,
+                  full_stack=settings.stack, extra_library=settings.library,
+                  hide=_runner_dirs())
+    checker = Checker(settings, tracker, judge)
     config.stash[_CHECKER] = checker
     config.pluginmanager.register(checker, "sockdoctor-checker")
 
@@ -134,17 +140,38 @@ def _opted_in(item: pytest.Item) -> bool:
         "sockdoctor_guard" in getattr(item, "fixturenames", ())
 
 
+class SocketWatch:
+    """What the `sockdoctor_guard` fixture gives a test: allow sockets, look mid-way."""
+
+    def __init__(self, checker: Checker, item: pytest.Item) -> None:
+        self._checker, self._item = checker, item
+
+    def allow(self, *rules: Any) -> SocketWatch:
+        """Never report sockets matching a rule (as the marker's allow=)."""
+        from .leakguard import _compile
+
+        self._item.stash.setdefault(_RULES, []).extend(_compile(rule) for rule in rules)
+        return self
+
+    def check(self) -> GuardReport:
+        """What this test made that is still open now; those are not reported again."""
+        return self._checker.look(self._item)
+
+
 @pytest.fixture
-def sockdoctor_guard(request: pytest.FixtureRequest) -> Guard:
-    """The sockdoctor Guard watching this test.
+def sockdoctor_guard(request: pytest.FixtureRequest) -> SocketWatch:
+    """sockdoctor's watch over this test.
 
     Requesting it turns the leak check on for this test even when
     --sockdoctor is off. `sockdoctor_guard.allow(8080)` allows sockets at run
-    time; `sockdoctor_guard.check()` returns what leaked so far (those leaks
-    are then the test's business and are not reported again).
+    time; `sockdoctor_guard.check()` returns what the test holds open so far
+    (those sockets are then the test's business and are not reported again).
     """
     checker = request.config.stash[_CHECKER]
-    return checker.guard_of(request.node)
+    if request.node.stash.get(_MAKER, None) is None or checker.mode_of(request.node) == "off":
+        raise pytest.UsageError(f"{request.node.nodeid}: sockdoctor does not check this test "
+                                "(its mark says mode='off')")
+    return SocketWatch(checker, request.node)
 
 
 @dataclass(eq=False)  # pytest keeps plugins in sets: identity, not value
@@ -152,15 +179,15 @@ class Checker:
     """The hooks, registered only when some test is checked."""
 
     settings: Settings
-    module_guard: Guard | None = None
-    module_key: str = ""
+    tracker: Tracker
+    judge: Judge
+    fixtures: dict[Any, Maker] = field(default_factory=dict)  # live broader fixtures
+    current: Maker | None = None  # the test (or module) being set up, run or torn down
+    module_maker: Maker | None = None
     leaks: dict[str, list[str]] = field(default_factory=dict)  # nodeid -> summaries
     tests_seen: int = 0
-    current: pytest.Item | None = None  # the test being set up, run or torn down
-    last_view: dict[Any, Any] | None = None  # the sockets seen by the last test's final look
-    session_guard: Guard | None = None  # from the first test on: what outlives every fixture
-    reported: set[int] = field(default_factory=set)  # inodes already reported on a test
-    session_leaks: list[list[str]] = field(default_factory=list)  # left open at the end
+    session_leaks: list[list[str]] = field(default_factory=list)  # fixtures', the session's
+    pools: dict[str, list[str]] = field(default_factory=dict)  # pool -> lines, once each
 
     def mode_of(self, item: pytest.Item) -> str:
         marker = item.get_closest_marker("sockdoctor")
@@ -174,77 +201,95 @@ class Checker:
                                     f"off, not {mode!r}")
         return str(mode)
 
-    def guard_of(self, item: pytest.Item) -> Guard:
-        guard = item.stash.get(_GUARD, None)
-        if guard is None:
-            raise pytest.UsageError(f"{item.nodeid}: sockdoctor does not check this test "
-                                    "(its mark says mode='off')")
-        return guard
-
-    def _new_guard(self) -> Guard:
-        from .leakguard import Guard
-
-        return Guard(mode="return", grace=self.settings.grace_ms / 1000, trace_hint=HINT,
-                     trace_hide=_RUNNER_DIRS)
-
-    # --- hooks -----------------------------------------------------------------
+    # --- who is running now ----------------------------------------------------
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
-        self.current = item
-        if self.mode_of(item) != "off":
-            item.stash[_GUARD] = self._start(item)
+        from .socktrack import Maker
+
+        self.judge.claim_children(self.tracker.maker)  # started between tests
+        if self.settings.scope == "module":
+            key = _module_key(item)
+            if self.module_maker is None or self.module_maker.name != key:
+                self.module_maker = Maker("test", f"module {key}")
+            maker = self.module_maker
+        else:
+            maker = Maker("test", item.nodeid)
+        maker.checked = maker.checked and self.mode_of(item) != "off"
+        item.stash[_MAKER] = self.current = self.tracker.maker = maker
         return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any],
                              request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
-        item = self.current
-        guard = item.stash.get(_GUARD, None) if item is not None else None
-        if guard is None or fixturedef.scope not in BROADER[self.settings.scope]:
+        if fixturedef.scope not in BROADER[self.settings.scope]:
             return (yield)
-        try:
-            return (yield)
-        finally:
-            guard.adopt()  # what a broader fixture opens belongs to it, not to this test
+        from .socktrack import Maker
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        guard = item.stash.get(_GUARD, None)
-        if guard is None or self.settings.scope != "test":
-            return (yield)
+        before = self.tracker.maker
+        self.judge.claim_children(before)
+        maker = Maker("fixture", fixturedef.argname, fixturedef.scope, _where(fixturedef))
+        self.tracker.maker = maker
         try:
-            result = yield
-        except BaseException:
-            self._report(item, self._check(item, guard, stuck_only=True), "call", failed=True)
-            raise
-        self._report(item, self._check(item, guard, stuck_only=True), "call", failed=False)
-        return result
+            value = yield
+        finally:
+            self.judge.claim_children(maker)
+            self.tracker.maker = before
+        maker.value_id = id(value)
+        self.fixtures[fixturedef] = maker
+        fixturedef.addfinalizer(lambda: setattr(self.tracker, "maker", maker))
+        return value
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any],
+                                      request: pytest.FixtureRequest) -> None:
+        maker = self.fixtures.pop(fixturedef, None)
+        if maker is None:
+            return
+        self.tracker.maker = self.current or self._session()
+        if self.settings.mode != "off":
+            self._session_verdict(maker, self.judge.judge(maker, self._values()),
+                                  "after its teardown")
+        maker.done = True
+
+    # --- verdicts ----------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item,
                                 nextitem: pytest.Item | None) -> Generator[None, None, None]:
-        guard = item.stash.get(_GUARD, None)
-        if guard is None:
-            self.current = self.last_view = None  # an unchecked test ran: nothing to reuse
-            return (yield)
-        if self.settings.scope == "module":
-            if nextitem is not None and _module_key(nextitem) == self.module_key:
-                self.last_view = None
-                return (yield)
-            self.module_guard = None  # this was the module's last test here
-        del item.stash[_GUARD]
+        maker = item.stash.get(_MAKER, None)
+        last = self.settings.scope == "test" or nextitem is None or \
+            _module_key(nextitem) != _module_key(item)
         try:
             result = yield
         except BaseException:
-            self._report(item, self._check(item, guard), "teardown", failed=True)
+            self._finish(item, maker, last, failed=True)
             raise
-        finally:
-            self.current = None
-        report = self._check(item, guard)
-        self.last_view = guard.last_view
-        self._report(item, report, "teardown", failed=False)
+        self._finish(item, maker, last, failed=False)
         return result
+
+    def _finish(self, item: pytest.Item, maker: Maker | None, last: bool, failed: bool) -> None:
+        if maker is None:
+            return
+        self.current = None
+        self.tracker.maker = self._session()
+        if not last:
+            return
+        self.judge.claim_children(maker)
+        self.tracker.forget_closed()
+        maker.done = True
+        if not maker.checked:
+            return
+        verdict = self.judge.judge(maker, self._values(), _allowed(item))
+        self._keep_pools(verdict, maker)
+        self._report(item, verdict.leaks, failed)
+
+    def look(self, item: pytest.Item) -> GuardReport:
+        """The sockdoctor_guard fixture's check(): what the test holds open now."""
+        from .guardreport import GuardReport
+
+        maker = item.stash[_MAKER]
+        verdict = self.judge.judge(maker, self._values(), _allowed(item))
+        return GuardReport(verdict.leaks, 1, len(verdict.leaks))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown":
@@ -254,27 +299,25 @@ class Checker:
                 self.leaks[report.nodeid].append(value)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Sockets still open once every fixture is gone, not yet blamed on a test: those
-        of session- or package-scoped fixtures that do not close what they open."""
+        """What is still open once every fixture is gone: sockets made outside any test,
+        and sockets made for a test after it was judged (by a thread it left running)."""
         config = session.config
-        if self.session_guard is not None:
-            report = self.session_guard.check()
-            report.leaks = [leak for leak in report.leaks
-                            if leak.socket.inode not in self.reported]
-            if report.leaks:
-                self.session_leaks.append(_oneline(report, "session").splitlines())
-                if hasattr(config, "workerinput"):  # an xdist worker tells the controller
-                    config.workeroutput["sockdoctor_session"] = self.session_leaks[-1]  # type: ignore[attr-defined]
+        if self.settings.mode != "off":
+            self._late_verdicts()
+        if hasattr(config, "workerinput"):  # an xdist worker tells the controller
+            config.workeroutput["sockdoctor_session"] = self.session_leaks  # type: ignore[attr-defined]
+            config.workeroutput["sockdoctor_pools"] = self.pools  # type: ignore[attr-defined]
         if (self.session_leaks and self.settings.mode == "fail"
                 and session.exitstatus == pytest.ExitCode.OK):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
-        """xdist's controller: a worker's end-of-session leaks, sent in its workeroutput."""
-        lines = getattr(node, "workeroutput", {}).get("sockdoctor_session")
-        if lines:
-            self.session_leaks.append(list(lines))
+        """xdist's controller: a worker's session-level findings, sent in its workeroutput."""
+        output = getattr(node, "workeroutput", {})
+        self.session_leaks.extend(list(lines) for lines in output.get("sockdoctor_session", ()))
+        for what, lines in output.get("sockdoctor_pools", {}).items():
+            self.pools.setdefault(what, list(lines))
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if hasattr(config, "workerinput"):
@@ -283,93 +326,120 @@ class Checker:
 
     # --- helpers ---------------------------------------------------------------
 
-    def _start(self, item: pytest.Item) -> Guard:
-        # The previous test's last look ended a moment ago, with nothing run since:
-        # it serves as this test's starting point (one look per test saved).
-        view, self.last_view = self.last_view, None
-        if self.session_guard is None and self.settings.mode != "off":
-            self.session_guard = self._new_guard().start(view)  # for pytest_sessionfinish
-            view = view if view is not None else self.session_guard.last_view
-        if self.settings.scope == "test":
-            return self._new_guard().start(view)
-        key = _module_key(item)
-        if self.module_guard is None or key != self.module_key:
-            self.module_guard, self.module_key = self._new_guard().start(view), key
-        return self.module_guard
+    def _session(self) -> Maker:
+        from .socktrack import SESSION
 
-    def _check(self, item: pytest.Item, guard: Guard, stuck_only: bool = False) -> GuardReport:
-        _apply_allow(item, guard)
-        return guard.check(stuck_only=stuck_only)
+        return SESSION
 
-    def _report(self, item: pytest.Item, report: GuardReport, when: str, failed: bool) -> None:
-        if report.ok:
+    def _values(self) -> dict[int, Maker]:
+        return {maker.value_id: maker for maker in self.fixtures.values() if maker.value_id}
+
+    def _late_verdicts(self) -> None:
+        from .socktrack import SESSION
+
+        self.judge.claim_children(SESSION)
+        late: dict[int, Maker] = {}
+        for rec in self.tracker.open_records():
+            if rec.maker.kind in ("test", "fixture") and rec.maker.done and rec.maker.checked:
+                late.setdefault(id(rec.maker), rec.maker)
+        for maker in [SESSION, *late.values()]:
+            verdict = self.judge.judge(maker, {})
+            self._keep_pools(verdict, maker)
+            when = "at the end of the session" if maker is SESSION else \
+                "made after its end, by a thread it started"
+            self._session_verdict(maker, verdict, when)
+
+    def _session_verdict(self, maker: Maker, verdict: Verdict, when: str) -> None:
+        from .guardreport import GuardReport
+
+        self._keep_pools(verdict, maker)
+        if verdict.leaks:
+            report = GuardReport(verdict.leaks)
+            self.session_leaks.append([f"{maker.label()}: {report.summary()} ({when})",
+                                       *_leak_lines(verdict.leaks)])
+
+    def _keep_pools(self, verdict: Verdict, maker: Maker) -> None:
+        for pool in verdict.pools:
+            lines = self.pools.setdefault(pool.what, [f"first used by {maker.label()}"])
+            lines.extend(_leak_lines(pool.leaks))
+        verdict.pools = []
+
+    def _report(self, item: pytest.Item, leaks: list[Leak], failed: bool) -> None:
+        from .guardreport import GuardReport
+
+        if not leaks:
             return
-        where = item.nodeid if self.settings.scope == "test" else f"module {self.module_key}"
+        report = GuardReport(leaks, grace_ms=round(self.settings.grace_ms))
+        where = item.nodeid if self.settings.scope == "test" else f"module {_module_key(item)}"
         text = report.text(where)
-        self.reported.update(leak.socket.inode for leak in report.leaks)
-        item.user_properties.append(("sockdoctor", _oneline(report, when)))
-        if self.mode_of(item) == "warn":
-            from .leakguard import SocketLeakWarning
-
-            _path, lineno, _name = item.location
-            warnings.warn_explicit(SocketLeakWarning(text), SocketLeakWarning, str(item.path),
-                                   (lineno or 0) + 1)
-        elif failed:  # the test already failed: add the leak, do not hide the failure
-            item.add_report_section(when, "sockdoctor", text)
+        item.user_properties.append(
+            ("sockdoctor", "\n".join([f"{report.summary()} (after teardown)",
+                                      *_leak_lines(leaks)])))
+        if self.mode_of(item) == "warn" or failed:  # never hide a failure under ours
+            item.add_report_section("teardown", "sockdoctor", text)
         else:
             pytest.fail(text, pytrace=False)
 
 
-def _apply_allow(item: pytest.Item, guard: Guard) -> None:
-    """The allow= of every sockdoctor mark on the test (fixtures may add marks in setup)."""
-    applied = item.stash.setdefault(_APPLIED, set())
+def _allowed(item: pytest.Item) -> Callable[[Leak], bool]:
+    """The allow= of every sockdoctor mark on the test (fixtures may add marks in setup),
+    and what the test allowed through sockdoctor_guard.allow()."""
+    from .leakguard import _compile
+
+    rules = list(item.stash.get(_RULES, []))
     for marker in item.iter_markers("sockdoctor"):
-        if id(marker) not in applied and "allow" in marker.kwargs:
-            applied.add(id(marker))
-            rules = marker.kwargs["allow"]
-            guard.allow(*(rules if isinstance(rules, list | tuple | set) else [rules]))
-
-
-_APPLIED = pytest.StashKey[set]()
+        if "allow" in marker.kwargs:
+            allow = marker.kwargs["allow"]
+            rules.extend(_compile(rule) for rule in
+                         (allow if isinstance(allow, list | tuple | set) else [allow]))
+    return lambda leak: any(rule(leak) for rule in rules)
 
 
 def _runner_dirs() -> tuple[str, ...]:
-    """pytest's and pluggy's own code: not where a test's socket was made."""
-    import os
-
+    """pytest's, pluggy's and runpy's code: not where a test's socket was made."""
     import _pytest
     import pluggy
 
-    return tuple(os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy))
+    dirs = (os.path.join(os.path.dirname(m.__file__ or ""), "") for m in (_pytest, pluggy, pytest))
+    return (*dirs, "<frozen")
 
 
-_RUNNER_DIRS = _runner_dirs()
+def _where(fixturedef: pytest.FixtureDef[Any]) -> str:
+    code = getattr(fixturedef.func, "__code__", None)
+    if code is None:
+        return ""
+    from .guardreport import _short
+
+    return f"{_short(code.co_filename)}:{code.co_firstlineno}"
 
 
 def _module_key(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-def _oneline(report: GuardReport, when: str) -> str:
-    phase = {"call": "end of the test", "teardown": "after teardown",
-             "session": "still open at the end of the session"}[when]
-    lines = [f"{report.summary()} ({phase})"]
-    for leak in report.leaks:
+def _leak_lines(leaks: list[Leak]) -> list[str]:
+    lines = []
+    for leak in leaks:
         where = f", created at {leak.created_at}" if leak.created_at else ""
         lines.append(f"{leak.state} {leak.endpoints()}  {leak.holders()}{where}")
-    return "\n".join(lines)
+    return lines
 
 
 def _summary(tr: Any, checker: Checker) -> None:
     settings = checker.settings
     leaky = {nodeid: found for nodeid, found in checker.leaks.items() if found}
-    if not leaky and not checker.session_leaks and settings.mode == "off":
+    if not leaky and not checker.session_leaks and not checker.pools and settings.mode == "off":
         return  # only tests that asked were checked, and they said nothing
     tr.write_sep("=", "sockdoctor")
     scope = "per test" if settings.scope == "test" else "per module"
     for head, *rest in checker.session_leaks:
-        tr.write_line(f"the session: {head} (opened by session or package fixtures, "
-                      "or outside any test)")
+        tr.write_line(head)
+        for line in rest:
+            tr.write_line(f"    {line}")
+    for what, (first, *rest) in checker.pools.items():
+        n = len(rest)
+        tr.write_line(f"held by a long-lived pool: {what}, {first}: {n} TCP socket"
+                      f"{'s' if n != 1 else ''} (not a leak; --sockdoctor-strict counts it)")
         for line in rest:
             tr.write_line(f"    {line}")
     if not leaky:
