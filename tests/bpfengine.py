@@ -29,3 +29,15 @@ def need_engine() -> None:
         if required():
             pytest.fail(f"the BPF engine does not load here: {reason}")
         pytest.skip(f"the BPF engine does not load here: {reason}")
+
+
+# Remote code (conftest.Remote) shared by the destroy and keepalive tests: a
+# listener on loopback and `pair(sport)`, a client and its accepted server end.
+PAIRS = """
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+port = srv.getsockname()[1]
+def pair(sport=0):
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.bind(("127.0.0.1", sport)); c.connect(("127.0.0.1", port))
+    return c, srv.accept()[0]
+"""

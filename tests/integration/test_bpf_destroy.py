@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 import sockdoctor
-from bpfengine import need_engine
+from bpfengine import PAIRS, need_engine
 from conftest import Remote
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.linux import netns as netns_mod
@@ -27,13 +27,7 @@ from sockdoctor.model import Socket, TcpState
 
 pytestmark = pytest.mark.root
 
-MAKE = """
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
-port = srv.getsockname()[1]
-def pair(sport=0):
-    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    c.bind(("127.0.0.1", sport)); c.connect(("127.0.0.1", port))
-    return c, srv.accept()[0]
+MAKE = PAIRS + """
 half = [pair() for _ in range(12)]
 for c, _ in half: c.shutdown(socket.SHUT_WR)     # their server ends go CLOSE-WAIT
 whole = [pair() for _ in range(2)]

@@ -19,21 +19,15 @@ import msgspec
 import pytest
 
 import sockdoctor
-from bpfengine import need_engine
+from bpfengine import PAIRS, need_engine
 from conftest import Remote
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.remedy.keepalive import Keepalive, apply_keepalive, plan_keepalive
 
 pytestmark = pytest.mark.root
 
-MAKE = """
+MAKE = PAIRS + """
 import struct
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
-port = srv.getsockname()[1]
-def pair(sport=0):
-    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    c.bind(("127.0.0.1", sport)); c.connect(("127.0.0.1", port))
-    return c, srv.accept()[0]
 conns = [pair() for _ in range(10)]
 def armed(s):
     return [s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),

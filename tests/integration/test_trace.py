@@ -100,6 +100,22 @@ def _owned_fds(netns: str, pid: int) -> dict[int, int]:
 
 
 @pytest.mark.root
+def trace_while_leaking(solo: Lab, *args: str) -> tuple[subprocess.Popen, str]:
+    """`trace --netns NS ARGS`, and the LEAKER started once trace says it is tracing."""
+    trace = subprocess.Popen([*SOCKDOCTOR, "trace", "--netns", solo.server.netns, *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([trace.stderr], [], [], 60)
+        assert ready and "tracing" in trace.stderr.readline()  # type: ignore[union-attr]
+        leaker = solo.spawn(solo.server, [sys.executable, "-c", LEAKER])
+        out, err = trace.communicate(timeout=60)
+    finally:
+        if trace.poll() is None:
+            trace.kill()
+    assert trace.returncode == 0, err
+    return leaker, out
+
+
 def test_trace_names_the_server_for_every_leak_and_reports_each_destroy(leak) -> None:
     lab, trace, info = leak
     ns, server = lab.server.netns, info.pids["echo-server"]
@@ -149,18 +165,7 @@ def test_trace_names_the_server_for_every_leak_and_reports_each_destroy(leak) ->
 def test_trace_table_filter_and_count(solo: Lab) -> None:
     """The table, a state filter and --count: stops by itself after N events."""
     ns = solo.server.netns
-    trace = subprocess.Popen([*SOCKDOCTOR, "trace", "--netns", ns, "state", "close-wait",
-                              "--count", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    try:
-        ready, _, _ = select.select([trace.stderr], [], [], 60)
-        assert ready and "tracing" in trace.stderr.readline()  # type: ignore[union-attr]
-        leaker = solo.spawn(solo.server, [sys.executable, "-c", LEAKER])
-        out, err = trace.communicate(timeout=60)
-    finally:
-        if trace.poll() is None:
-            trace.kill()
-    assert trace.returncode == 0, err
+    leaker, out = trace_while_leaking(solo, "state", "close-wait", "--count", "3")
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["TIME", "CHANGE", "LOCAL"]
     assert len(lines) == 4, out
@@ -296,18 +301,7 @@ def test_trace_names_a_namespace_created_after_it_started() -> None:
 
 @pytest.mark.root
 def test_trace_summary_counts_transitions_with_rates(solo: Lab) -> None:
-    ns = solo.server.netns
-    trace = subprocess.Popen([*SOCKDOCTOR, "trace", "--netns", ns, "--summary", "--duration",
-                              "4s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready, _, _ = select.select([trace.stderr], [], [], 60)
-        assert ready and "tracing" in trace.stderr.readline()  # type: ignore[union-attr]
-        leaker = solo.spawn(solo.server, [sys.executable, "-c", LEAKER])
-        out, err = trace.communicate(timeout=60)
-    finally:
-        if trace.poll() is None:
-            trace.kill()
-    assert trace.returncode == 0, err
+    leaker, out = trace_while_leaking(solo, "--summary", "--duration", "4s")
     lines = out.splitlines()
     assert lines[0].startswith("--- ") and " state changes (" in lines[0], out
     assert lines[1].split() == ["COUNT", "PER-S", "CHANGE", "PROCESS", "SERVICE", "NETNS"]
