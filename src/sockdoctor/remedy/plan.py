@@ -1,8 +1,9 @@
 """plan_kill(snapshot, policy, host) -> Plan: what will be done to which socket, and why.
 
 Pure: it reads the snapshot, the policy and the host's facts and changes
-nothing, not even its input, so a plan can be shown, confirmed, saved as
-JSON and then applied as the very same object. Per selected socket:
+nothing, not even its input, so a plan can be shown, confirmed (and written
+out as JSON by `kill --json`) and then applied as the very same object. Per
+selected socket:
 1. the guards (listeners, the caller's own session, $SSH_CONNECTION) refuse
    it unless the policy says force;
 2. the policy's methods are asked in order whether they can end it (auto:
