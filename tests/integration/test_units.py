@@ -135,7 +135,9 @@ def test_the_documented_production_install_works_as_written(tmp_path: Path) -> N
     for sub in ("opt", "usr/local/bin", "etc/systemd/system"):
         (root / sub).mkdir(parents=True)
     source = clone(tmp_path / "clone")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    # as a user's shell has it: no venv, and no SOCKDOCTOR_* switch of this test run
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VIRTUAL_ENV", "PYTHON", "SOCKDOCTOR_"))}
     env["PATH"] = f"{root}/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
     outputs = []
     for line in documented_install():
