@@ -62,7 +62,13 @@ def test_kill_and_reap_at_once_each_claim_only_their_own(solo: Lab, tmp_path: Pa
     assert kill.returncode == 0 and reap.returncode == 0, (kill.stderr, err)
     by_kill, by_reap = done_cookies(kill_log), done_cookies(reap_log)
     assert len(by_kill) + len(by_reap) == N and set(by_kill) | set(by_reap) == targets
-    assert by_kill and by_reap  # they did overlap
+    # Who gets how many is scheduling (one batch under the actors' lock may take all);
+    # whatever the split, each log accounts for every socket it planned, and claims
+    # only what its own run ended.
+    for log in (kill_log, reap_log):
+        acts = audit_lines(log, "act")
+        assert {a["action"] for a in acts} <= {"done", "already-gone"}
+        assert len(audit_lines(log, "intent")) == len(acts)
     ended = re.search(r"ended (\d+) of (\d+)", out)
     assert ended and int(ended.group(1)) == len(by_reap), out  # the reaper's own account
 

@@ -173,7 +173,7 @@ def test_bad_filter_points_at_the_token(net: Net, expr: list[str], token: str | 
 # --- unprivileged ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def with_nobody(net: Net, unprivileged: Unprivileged) -> Net:
+def with_nobody(net: Net, unprivileged: Unprivileged) -> Iterator[Net]:
     if net.nobody is None:
         net.nobody = Remote(net.lab, net.lab.server, "sdt-nobody", prefix=SETPRIV,
                             python=unprivileged.python)
@@ -184,7 +184,10 @@ def with_nobody(net: Net, unprivileged: Unprivileged) -> Net:
             peer = socket.create_connection(("127.0.0.1", 7301))
             conn, _ = lst.accept()
         """)
-    return net
+    yield net
+    nobody, net.nobody = net.nobody, None  # its sockets end with this fixture, not later
+    nobody.proc.kill()
+    nobody.proc.wait()
 
 
 def as_nobody(net: Net, how: Unprivileged, *args: str) -> subprocess.CompletedProcess:
