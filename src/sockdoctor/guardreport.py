@@ -18,10 +18,10 @@ import tracemalloc
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import words
 from .linux import procfs
 from .linux.netns import NETNS_RUN_DIRS
 from .model import Owner, Socket, TcpState
-from .render import fmt
 
 # Kinds of leak, in the order a report lists them.
 CLOSE_WAIT = "close-wait"
@@ -64,7 +64,7 @@ class Leak:
     def state(self) -> str:
         if self.kind == DEAD:
             return "DEAD"
-        return fmt.state_name(self.socket.state)
+        return words.state_name(self.socket.state)
 
     @property
     def created_at(self) -> str:
@@ -81,36 +81,36 @@ class Leak:
         if sk.state == TcpState.CLOSE and not sk.local_port:
             return f"socket:[{sk.inode}], in no TCP table"
         if sk.state == TcpState.CLOSE:
-            local = fmt.endpoint(sk.local_addr, sk.local_port, sk.family)
+            local = words.endpoint(sk.local_addr, sk.local_port, sk.family)
             return f"{local}, in no TCP table (socket:[{sk.inode}])"
-        return (f"{fmt.endpoint(sk.local_addr, sk.local_port, sk.family)} -> "
-                f"{fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)}")
+        return (f"{words.endpoint(sk.local_addr, sk.local_port, sk.family)} -> "
+                f"{words.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)}")
 
     def holders(self) -> str:
-        return ", ".join(f"{fmt.untrusted(self.processes.get(o.pid, '?'))} pid {o.pid} fd {o.fd}"
+        return ", ".join(f"{words.untrusted(self.processes.get(o.pid, '?'))} pid {o.pid} fd {o.fd}"
                          for o in self.owners) or self.socket.owner_note()
 
     def lines(self) -> list[str]:
         out = [f"{self.state:<11} {self.endpoints()}  {self.holders()}"]
         if self.netns:
-            out.append(f"    in network namespace {fmt.untrusted(self.netns)}")
+            out.append(f"    in network namespace {words.untrusted(self.netns)}")
         why = WHY[self.kind]
         if self.kind == OPEN and self.socket.state == TcpState.CLOSE:
             why = "a socket that was never connected, still open after the guarded code"
         out.append(f"    {why}")
         if self.site:
-            thread = f" (thread {fmt.untrusted(self.thread)})" if self.thread and \
+            thread = f" (thread {words.untrusted(self.thread)})" if self.thread and \
                 self.thread != "MainThread" else ""
-            out.append(f"    created at {fmt.untrusted(self.created_at)}{thread}")
+            out.append(f"    created at {words.untrusted(self.created_at)}{thread}")
             if self.site_source and not self.created:
-                out.append(f"        {fmt.untrusted(self.site_source)}")
+                out.append(f"        {words.untrusted(self.site_source)}")
         if self.created:
             if not self.site:
                 out.append(f"    created at {self.created_at}")
             for filename, lineno, source in self.created:
-                out.append(f"        {fmt.untrusted(filename)}:{lineno}")
+                out.append(f"        {words.untrusted(filename)}:{lineno}")
                 if source:
-                    out.append(f"            {fmt.untrusted(source)}")
+                    out.append(f"            {words.untrusted(source)}")
         elif self.created_note:
             out.append(f"    {self.created_note}")
         return out

@@ -31,9 +31,9 @@ from .model import (
     state_mask,
 )
 from .query import Query
-from .render.fmt import plural
 from .selectors import unknown_netns, unknown_pids, unknown_process
 from .sides import PORT_RANGE_SYSCTL
+from .words import plural
 
 Progress = Callable[[str], None]
 

@@ -9,7 +9,7 @@ import msgspec
 
 from .. import jsontext
 from ..errors import BadSnapshotError
-from ..render.fmt import untrusted
+from ..words import untrusted
 from .finding import Finding, Report
 from .text import fmt_ms, plural
 

@@ -6,7 +6,7 @@ import shlex
 from collections import Counter
 from collections.abc import Iterable
 
-from ..render.fmt import plural
+from ..words import plural
 
 __all__ = ["command", "duration_arg", "endpoint", "fmt_ms", "host", "plural", "top", "top_line"]
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from ..errors import NotFoundError
 from ..linux import procfs
 from ..model import Socket, TcpState
-from ..render.fmt import plural, untrusted
+from ..words import plural, untrusted
 from . import netlab
 from .scenario import RunInfo, Scenario, count_states
 from .scenarios import REGISTRY

@@ -17,10 +17,10 @@ from collections import defaultdict
 
 import msgspec
 
+from .. import words
 from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_PERMISSION, EXIT_UNSUPPORTED, UsageError
 from ..linux.host import Host
 from ..model import DeadSocketFd, Owner, Snapshot, Socket, TcpState
-from ..render import fmt
 from .methods import BY_NAME, Choice, Method, Target
 from .methods.base import FIN_STATES, HIDDEN_OWNER, UNSAFE
 from .policy import KillPolicy
@@ -96,7 +96,7 @@ class _Planner:
 
     def __init__(self, snapshot: Snapshot, policy: KillPolicy, host: Host) -> None:
         self.snapshot, self.policy, self.host = snapshot, policy, host
-        self.names = fmt.netns_names(snapshot)
+        self.names = words.netns_names(snapshot)
         self._listeners: dict[tuple[int, int], list[Socket]] | None = None
         self._decided: dict[tuple[int, bool, bool, bool, str],
                             tuple[Choice, tuple[str, str]]] = {}
@@ -267,7 +267,7 @@ def _no_fin_reason(t: Target) -> str:
     if not sk.owners:
         return HIDDEN_OWNER if sk.inode else "no process holds it"
     if sk.state not in FIN_STATES:
-        return f"our FIN is already out ({fmt.state_name(sk.state)})"
+        return f"our FIN is already out ({words.state_name(sk.state)})"
     if not t.host.pidfd:
         return "its owner cannot be reached with pidfd_getfd"
     return "a graceful shutdown was not among the methods allowed"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from .. import words
 from ..model import Socket
-from ..render import fmt
 
 
 class OwnerRef(msgspec.Struct, frozen=True):
@@ -46,10 +46,10 @@ class PlanItem(msgspec.Struct, kw_only=True):
         sk = self.socket
         if sk is None:
             owner = self.owners[0]
-            return f"dead fd {owner.fd} of {fmt.untrusted(owner.comm)}({owner.pid})"
-        return (f"{fmt.state_name(sk.state)} "
-                f"{fmt.endpoint(sk.local_addr, sk.local_port, sk.family)} -> "
-                f"{fmt.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)}")
+            return f"dead fd {owner.fd} of {words.untrusted(owner.comm)}({owner.pid})"
+        return (f"{words.state_name(sk.state)} "
+                f"{words.endpoint(sk.local_addr, sk.local_port, sk.family)} -> "
+                f"{words.endpoint(sk.peer_addr, sk.peer_port, sk.family, peer=True)}")
 
     @property
     def inode(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from ..render.fmt import untrusted
+from ..words import untrusted
 from .apply import KillReport
 from .keepalive import KeepalivePlan
 from .plan import Plan

@@ -1,37 +1,14 @@
-"""Small formatting helpers shared by every renderer (ss-style endpoints, durations)."""
+"""Formatting helpers of the renderers (durations, ss timers, users:(...)); the vocabulary
+they share with the rest of the package (plurals, state names, endpoints) is words.py."""
 
 from __future__ import annotations
 
-import socket
-
 from ..jsontext import untrusted
-from ..model import SS_COLUMN_NAMES, Process, Snapshot, Socket
+from ..model import Process, Snapshot, Socket
+from ..words import endpoint, netns_names, plural, state_name
 
 __all__ = ["duration", "endpoint", "netns_names", "plural", "shown_comms",
            "shown_netns_names", "ss_timer", "state_name", "untrusted", "users"]
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """'1 TCP socket', '2 TCP sockets'."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
-
-
-def endpoint(addr: str, port: int, family: int, *, peer: bool = False) -> str:
-    """`10.0.0.1:80`, `[::1]:80`, `0.0.0.0:*` the way ss prints them.
-
-    An address read from a snapshot is checked on load (snapshot_io), and
-    escaped here all the same: whatever is printed, a file chose.
-    """
-    port_text = "*" if port == 0 and peer else str(port)
-    if not addr.isprintable():
-        addr = untrusted(addr)
-    if family == socket.AF_INET6:
-        return f"[{addr}]:{port_text}"
-    return f"{addr}:{port_text}"
-
-
-def state_name(state: int) -> str:
-    return SS_COLUMN_NAMES.get(state, f"STATE-{state}")
-
 
 def duration(ms: int | None) -> str:
     """Compact human duration: 850ms, 42s, 7m12s, 3h05m, 2d04h."""
@@ -92,10 +69,6 @@ def users(sk: Socket, comms: dict[int, str]) -> str:
 def shown_comms(processes: dict[int, Process]) -> dict[int, str]:
     """pid -> process name, escaped for the terminal (once per process, not per socket)."""
     return {pid: untrusted(p.comm) for pid, p in processes.items()}
-
-
-def netns_names(snapshot: Snapshot) -> dict[int, str]:
-    return {ns.inode: ns.name for ns in snapshot.namespaces}
 
 
 def shown_netns_names(snapshot: Snapshot) -> dict[int, str]:

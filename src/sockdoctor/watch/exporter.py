@@ -36,7 +36,7 @@ from ..errors import PermissionDeniedError, WriteError
 from ..jsontext import untrusted
 from ..linux.netns import can_enter_others
 from ..query import Query
-from ..render.fmt import plural
+from ..words import plural
 from . import metrics
 from .sampler import Sample, Sampler, tune_gc
 

@@ -15,11 +15,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import words
 from ..doctor import Finding
 from ..errors import UsageError
 from ..model import ACCEPT_QUEUE_OWNER, ALL_STATES_MASK, NO_OWNER, Snapshot, Socket, TcpState
 from ..query import Query
-from ..render import fmt
 
 SORTS = ("count", "growth", "age")
 GroupKey = tuple[int, tuple[int, ...], int, str]  # netns, pids, state, service
@@ -54,7 +54,7 @@ class Group:
 
     @property
     def state_name(self) -> str:
-        return fmt.state_name(self.state)
+        return words.state_name(self.state)
 
 
 class TopModel:
@@ -177,7 +177,7 @@ def group(snap: Snapshot, sockets: list[Socket], sample: Any) -> list[Group]:
             buckets[key] = [sk]
         else:
             bucket.append(sk)
-    names = fmt.netns_names(snap)
+    names = words.netns_names(snap)
     return [_group(key, members, names, snap, sample) for key, members in buckets.items()]
 
 
@@ -185,7 +185,7 @@ def _group(key: tuple, members: list[Socket], names: dict[int, str], snap: Snaps
            sample: Any) -> Group:
     netns, pids, state, port = key[:4]
     service = f":{port}" if key[4] is None else \
-        "-> " + fmt.endpoint(key[4], port, key[5], peer=True)
+        "-> " + words.endpoint(key[4], port, key[5], peer=True)
     g = Group(netns, names.get(netns, str(netns)), pids, _process(pids, snap), state, service,
               port, members)
     if state != TcpState.LISTEN:  # a listener has no age: it is not waiting for anything
@@ -215,7 +215,7 @@ def _process(pids: tuple[int, ...], snap: Snapshot) -> str:
     if not pids:
         return NO_OWNER if snap.owners_scanned else "-"
     comms = [(snap.processes[p].comm if p in snap.processes else "?") for p in pids]
-    return ",".join(f"{fmt.untrusted(c)}({p})" for c, p in zip(comms, pids, strict=True))
+    return ",".join(f"{words.untrusted(c)}({p})" for c, p in zip(comms, pids, strict=True))
 
 
 def _selects_everything(q: Query) -> bool:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
+from ... import words
 from ...linux import host as hostmod
 from ...model import Socket, TcpState
-from ...render import fmt
 from ..steps import Action, OwnerRef, PlanItem
 
 FIN_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
@@ -144,7 +144,7 @@ class Method:
         """(outcome, state now) for an item this method acted on; now None: gone."""
         if now is None:
             return "closed", ""
-        state = fmt.state_name(now.state)
+        state = words.state_name(now.state)
         if now.state == TcpState.TIME_WAIT or now.orphaned:
             return "closing", f"{state} (the kernel finishes the close on its own)"
         if now.state == TcpState.FIN_WAIT2:

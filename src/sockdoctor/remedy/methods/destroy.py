@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 
+from ... import words
 from ...linux import host as hostmod
-from ...render import fmt
 from ..steps import Action, PlanItem
 from .base import FIN_STATES, Choice, Method, Runtime, Target
 
@@ -88,7 +88,7 @@ def _not_ours(batch: list[PlanItem]) -> tuple[list[Action], list[PlanItem]]:
                                   detail=_DETAIL[errno.ENOENT]))
         elif planned in FIN_STATES and state not in FIN_STATES:
             actions.append(Action(index=item.index, status="already-gone", detail=(
-                f"already {fmt.state_name(state)} when we came: ended by another hand, "
+                f"already {words.state_name(state)} when we came: ended by another hand, "
                 "left as it was")))
         else:
             todo.append(item)

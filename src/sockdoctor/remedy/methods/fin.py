@@ -7,9 +7,9 @@ what `auto` picks for every owned socket that still has to send its FIN.
 
 from __future__ import annotations
 
+from ... import words
 from ...linux import host as hostmod
 from ...model import TcpState
-from ...render import fmt
 from ..steps import Action, PlanItem
 from .base import FIN_STATES, HIDDEN_OWNER, Choice, Method, Runtime, Target, one_by_one
 
@@ -32,7 +32,7 @@ class Fin(Method):
         if st not in FIN_STATES:
             done = "it is a listening socket" if st == TcpState.LISTEN else \
                 "our FIN was already sent"
-            return Choice("", f"fin cannot end {fmt.state_name(st)}: {done} (try destroy)")
+            return Choice("", f"fin cannot end {words.state_name(st)}: {done} (try destroy)")
         if not t.host.pidfd:
             return Choice("", "this kernel has no pidfd_getfd (Linux >= 5.6 needed)",
                           "unsupported")
@@ -57,6 +57,6 @@ def _shut(handle: object, item: PlanItem) -> Action:
                       detail=hostmod.describe(exc))
     if state not in FIN_STATES:  # someone else sent the FIN (or it was reset): not ours
         return Action(index=item.index, status="already-gone", detail=(
-            f"already {fmt.state_name(state)} when we came: ended by another hand, left "
+            f"already {words.state_name(state)} when we came: ended by another hand, left "
             "as it was"))
     return Action(index=item.index, status="done", detail=f"shut down (was {state.ss_name})")
