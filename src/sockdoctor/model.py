@@ -10,7 +10,7 @@ sockets and every extra object per socket costs measurable time.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 
@@ -58,37 +58,38 @@ class TcpState(IntEnum):
         return SS_FILTER_NAMES[self]
 
 
-SS_COLUMN_NAMES: dict[int, str] = {
-    TcpState.ESTABLISHED: "ESTAB",
-    TcpState.SYN_SENT: "SYN-SENT",
-    TcpState.SYN_RECV: "SYN-RECV",
-    TcpState.FIN_WAIT1: "FIN-WAIT-1",
-    TcpState.FIN_WAIT2: "FIN-WAIT-2",
-    TcpState.TIME_WAIT: "TIME-WAIT",
-    TcpState.CLOSE: "UNCONN",
-    TcpState.CLOSE_WAIT: "CLOSE-WAIT",
-    TcpState.LAST_ACK: "LAST-ACK",
-    TcpState.LISTEN: "LISTEN",
-    TcpState.CLOSING: "CLOSING",
-    TcpState.NEW_SYN_RECV: "SYN-RECV",
-    TcpState.BOUND_INACTIVE: "UNCONN",
+class StateWords(NamedTuple):
+    """Every name one TCP state goes by, in one row (the one state table)."""
+
+    column: str  # ss's State column: ESTAB, CLOSE-WAIT, UNCONN
+    filter: str  # what ss accepts after `state`: established, close-wait, closed
+    event: str  # a state change (trace): ss's column, but a connection ends in CLOSE
+    metric: str | None  # node_exporter's tcpstat label; None: a state it does not count
+
+
+# The one state table: every other table is a column of it.
+STATE_WORDS: dict[int, StateWords] = {
+    TcpState.ESTABLISHED: StateWords("ESTAB", "established", "ESTAB", "established"),
+    TcpState.SYN_SENT: StateWords("SYN-SENT", "syn-sent", "SYN-SENT", "syn_sent"),
+    TcpState.SYN_RECV: StateWords("SYN-RECV", "syn-recv", "SYN-RECV", "syn_recv"),
+    TcpState.FIN_WAIT1: StateWords("FIN-WAIT-1", "fin-wait-1", "FIN-WAIT-1", "fin_wait1"),
+    TcpState.FIN_WAIT2: StateWords("FIN-WAIT-2", "fin-wait-2", "FIN-WAIT-2", "fin_wait2"),
+    TcpState.TIME_WAIT: StateWords("TIME-WAIT", "time-wait", "TIME-WAIT", "time_wait"),
+    TcpState.CLOSE: StateWords("UNCONN", "closed", "CLOSE", "close"),
+    TcpState.CLOSE_WAIT: StateWords("CLOSE-WAIT", "close-wait", "CLOSE-WAIT", "close_wait"),
+    TcpState.LAST_ACK: StateWords("LAST-ACK", "last-ack", "LAST-ACK", "last_ack"),
+    TcpState.LISTEN: StateWords("LISTEN", "listening", "LISTEN", "listen"),
+    TcpState.CLOSING: StateWords("CLOSING", "closing", "CLOSING", "closing"),
+    TcpState.NEW_SYN_RECV: StateWords("SYN-RECV", "syn-recv", "SYN-RECV", None),
+    TcpState.BOUND_INACTIVE: StateWords("UNCONN", "closed", "UNCONN", None),
 }
 
-SS_FILTER_NAMES: dict[int, str] = {
-    TcpState.ESTABLISHED: "established",
-    TcpState.SYN_SENT: "syn-sent",
-    TcpState.SYN_RECV: "syn-recv",
-    TcpState.FIN_WAIT1: "fin-wait-1",
-    TcpState.FIN_WAIT2: "fin-wait-2",
-    TcpState.TIME_WAIT: "time-wait",
-    TcpState.CLOSE: "closed",
-    TcpState.CLOSE_WAIT: "close-wait",
-    TcpState.LAST_ACK: "last-ack",
-    TcpState.LISTEN: "listening",
-    TcpState.CLOSING: "closing",
-    TcpState.NEW_SYN_RECV: "syn-recv",
-    TcpState.BOUND_INACTIVE: "closed",
-}
+SS_COLUMN_NAMES: dict[int, str] = {st: w.column for st, w in STATE_WORDS.items()}
+SS_FILTER_NAMES: dict[int, str] = {st: w.filter for st, w in STATE_WORDS.items()}
+EVENT_STATE_NAMES: dict[int, str] = {st: w.event for st, w in STATE_WORDS.items()}
+# in kernel order, as node_exporter's tcpstat collector lists them
+METRIC_STATE_NAMES: dict[int, str] = {st: w.metric for st, w in STATE_WORDS.items()
+                                      if w.metric is not None}
 
 # Kernel timer codes in inet_diag_msg.idiag_timer, named as ss names them.
 TIMER_NAMES: dict[int, str] = {

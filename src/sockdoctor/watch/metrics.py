@@ -20,19 +20,12 @@ from ..doctor.context import first_pid
 from ..doctor.finding import SEVERITY_RANK, Report
 from ..jsontext import untrusted
 from ..linux.procfs import pod_uid
-from ..model import ACCEPT_QUEUE_LABEL, Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_LABEL, METRIC_STATE_NAMES, Snapshot, Socket, TcpState
 from ..sides import DEFAULT_PORT_RANGE, Sides
 from .sampler import Sample
 
 OTHER = "other"
-# node_exporter's spelling (tcpstat collector), in kernel order
-STATE_NAMES: dict[int, str] = {
-    TcpState.ESTABLISHED: "established", TcpState.SYN_SENT: "syn_sent",
-    TcpState.SYN_RECV: "syn_recv", TcpState.FIN_WAIT1: "fin_wait1",
-    TcpState.FIN_WAIT2: "fin_wait2", TcpState.TIME_WAIT: "time_wait", TcpState.CLOSE: "close",
-    TcpState.CLOSE_WAIT: "close_wait", TcpState.LAST_ACK: "last_ack",
-    TcpState.LISTEN: "listen", TcpState.CLOSING: "closing",
-}
+STATE_NAMES = METRIC_STATE_NAMES  # node_exporter's spelling (tcpstat collector)
 _ACCEPT_QUEUE, _ORPHAN = -1, -2  # owner "pids" of sockets no process holds
 # sockdoctor_finding_severity's values: 0 stays "no finding" in PromQL arithmetic
 SEVERITY_LEVEL: dict[str, int] = {name: rank + 1 for name, rank in SEVERITY_RANK.items()}

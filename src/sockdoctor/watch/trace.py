@@ -24,7 +24,7 @@ from ..errors import NotFoundError
 from ..linux import netns as netns_mod
 from ..linux import procfs, ringbuf, sockdiag, tracefs
 from ..linux.nssockets import NsSockets
-from ..model import SS_COLUMN_NAMES, Socket, TcpState
+from ..model import EVENT_STATE_NAMES, Socket, TcpState
 from ..query import Query
 from .events import EventOwner, LostEvent, TraceEvent
 from .join import CLOSE, JoinMap, Track
@@ -32,8 +32,7 @@ from .reorder import Reorder
 
 Record = TraceEvent | LostEvent
 FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
-# ss's names, except that a connection's end reads CLOSE (ss lists state 7 as UNCONN)
-STATE_NAMES = {**SS_COLUMN_NAMES, TcpState.CLOSE: "CLOSE"}
+STATE_NAMES = EVENT_STATE_NAMES  # ss's names, but a connection's end reads CLOSE
 ANY_STATE = 0xFFFFFFFF
 RETRY_S = 0.25  # how often sockets still waiting for their owner are looked up again
 REORDER_S = 0.1  # records wait this long behind the clock, to be printed in time order
