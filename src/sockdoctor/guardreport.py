@@ -19,8 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import words
-from .linux import procfs
-from .linux.netns import NETNS_RUN_DIRS
+from .linux import netns, procfs
 from .model import Owner, Socket, TcpState
 
 # Kinds of leak, in the order a report lists them.
@@ -201,7 +200,7 @@ def describe(leaks: list[Leak], hint: str = TRACEMALLOC_HINT, hide: tuple[str, .
     own = os.getpid()
     objects = _socket_objects() if any(o.pid == own and not leak.site
                                        for leak in leaks for o in leak.owners) else {}
-    names = _netns_names()
+    names = netns.names_by_inode()
     own_ns = procfs.netns_inode(own)
     for leak in leaks:
         for owner in leak.owners:
@@ -276,18 +275,3 @@ def _short_arg(arg: str) -> str:
     """One argument of a command line, cut at its first line and at 40 characters."""
     first = arg.strip().split("\n", 1)[0]
     return first if len(first) <= 40 and first == arg else first[:40] + "…"
-
-
-def _netns_names() -> dict[int, str]:
-    names: dict[int, str] = {}
-    for run_dir in NETNS_RUN_DIRS:
-        try:
-            entries = os.listdir(run_dir)
-        except OSError:
-            continue
-        for name in entries:
-            try:
-                names.setdefault(os.stat(f"{run_dir}/{name}").st_ino, name)
-            except OSError:
-                continue
-    return names

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -75,6 +75,29 @@ def named() -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def names_by_inode() -> dict[int, str]:
+    """The name `ip netns` (or docker) gives each bind-mounted namespace, by inode."""
+    names: dict[int, str] = {}
+    for name, _path, inode in _bound():
+        names.setdefault(inode, name)
+    return names
+
+
+def _bound() -> Iterator[tuple[str, str, int]]:
+    """(name, path, inode) of each namespace bind-mounted under NETNS_RUN_DIRS."""
+    for run_dir in NETNS_RUN_DIRS:
+        try:
+            names = sorted(os.listdir(run_dir))
+        except OSError:
+            continue
+        for name in names:
+            path = f"{run_dir}/{name}"
+            try:
+                yield name, path, os.stat(path).st_ino
+            except OSError:
+                continue
+
+
 def default_scope() -> str:
     """What --netns means when it is not given, as ss decides it.
 
@@ -96,19 +119,9 @@ def discover() -> tuple[list[NsRef], int]:
     """
     host = host_inode()
     found: dict[int, NsRef] = {}
-    for run_dir in NETNS_RUN_DIRS:
-        try:
-            names = sorted(os.listdir(run_dir))
-        except OSError:
-            continue
-        for name in names:
-            path = f"{run_dir}/{name}"
-            try:
-                inode = os.stat(path).st_ino
-            except OSError:
-                continue
-            if inode != host and inode not in found:
-                found[inode] = NsRef(inode, name, "named", path)
+    for name, path, inode in _bound():
+        if inode != host and inode not in found:
+            found[inode] = NsRef(inode, name, "named", path)
     own = current_inode()
     # Without root PID 1 and 2 are not inspectable: the namespace we run in is
     # then the best guess at "the host" (unless `ip netns` names it).
