@@ -92,6 +92,7 @@ def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = 
                                             sysctls=evidence, counters=evidence or counters)
     if evidence and opts.age and not info:
         add_keepalive_info(namespaces, dumped, families(query))
+    query.learn(netns_records)  # `autobound`: each namespace's own port range
     sockets = [sk for sk in dumped if query.match_socket(sk)]
     joined = Joined(sockets)
     if collect_owners is not None:

@@ -9,7 +9,7 @@ scan must collect to answer it (owners for --pid/--process, tcp_info for
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -119,6 +119,12 @@ class Query:
     def needs_age(self) -> bool:
         return self.older_than_ms is not None
 
+    def learn(self, namespaces: Iterable[Netns]) -> None:
+        """What the filter needs from a snapshot's namespace records (`autobound`: each
+        namespace's own port range). Call before judging that snapshot's sockets."""
+        if self.expr is not None:
+            self.expr.learn(namespaces)
+
     def match_socket(self, sk: Socket) -> bool:
         """Everything that can be decided from the socket alone."""
         if not (self.states >> sk.state) & 1:
@@ -174,6 +180,7 @@ class Query:
     def apply(self, snapshot: Snapshot, source: str = "the snapshot") -> Snapshot:
         """The part of a saved snapshot this query selects (for `--from FILE`)."""
         self.check_processes(snapshot, source)
+        self.learn(snapshot.namespaces)
         keep_ns = {ns.inode for ns in self.namespaces_in(snapshot, source)}
         sockets = [sk for sk in snapshot.sockets
                    if sk.netns in keep_ns and self.selects(sk, snapshot.processes)]

@@ -11,14 +11,17 @@ import io
 import ipaddress
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sockdoctor import ssfilter
 from sockdoctor.errors import FilterSyntaxError, NotFoundError, PermissionDeniedError
-from sockdoctor.model import Socket, TcpState
+from sockdoctor.linux import procfs
+from sockdoctor.model import Netns, Socket, TcpState
 from sockdoctor.query import Query
 from sockdoctor.ssfilter import (
     SS_ALL,
@@ -331,16 +334,54 @@ def test_match_quirks(text: str, sock: Socket, expected: bool) -> None:
     assert matches(text, sock) is expected
 
 
-def test_autobound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(leaves, "_ephemeral", (32768, 60999))
+def autobound_in(text: str, ranges: dict[int, str]) -> ssfilter.Expr:
+    """`text` compiled, having learned each namespace's recorded port range."""
+    expr = parse(text.split(" ")).expr
+    assert expr is not None
+    expr.learn([Netns(inode=ns, name=f"ns{ns}", kind="named",
+                      sysctls={"net.ipv4.ip_local_port_range": r} if r else {})
+                for ns, r in ranges.items()])
+    return expr
+
+
+def test_autobound() -> None:
+    expr = autobound_in("autobound", {1: "32768 60999"})
     client = sk("127.0.0.1", 40000)
     server_side = sk("127.0.0.1", 80)
     listener = sk("127.0.0.1", 40000, state=TcpState.LISTEN)
-    assert matches("autobound", client)
-    assert not matches("autobound", server_side) and not matches("autobound", listener)
+    assert expr.match(client)
+    assert not expr.match(server_side) and not expr.match(listener)
     # the kernel counts accepted sockets as autobound: `not autobound` skips them
-    assert not matches("not autobound", server_side)
-    assert matches("not autobound", sk("0.0.0.0", 22, state=TcpState.LISTEN))
+    negated = autobound_in("not autobound", {1: "32768 60999"})
+    assert not negated.match(server_side)
+    assert negated.match(sk("0.0.0.0", 22, state=TcpState.LISTEN))
+
+
+def test_autobound_judges_each_socket_by_its_own_namespace() -> None:
+    expr = autobound_in("autobound", {1: "32768 60999", 2: "10000 10099", 3: ""})
+    here, there, old_file = (msgspec.structs.replace(sk("10.0.0.1", port), netns=ns)
+                             for ns, port in ((1, 10050), (2, 10050), (3, 40000)))
+    assert not expr.match(here) and expr.match(there)
+    # a namespace recorded without a range (an older file): the kernel's default range
+    assert expr.match(old_file)
+    assert not expr.match(msgspec.structs.replace(old_file, local_port=10050))
+    # `dev` leaves only ss's own verdict: the same rule there
+    dev = autobound_in("autobound and not dev lo", {1: "32768 60999", 2: "10000 10099"})
+    assert dev.match(there) and not dev.match(here)
+
+
+def test_autobound_outside_any_snapshot_reads_this_namespace(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    sysctl = tmp_path / "sys/net/ipv4/ip_local_port_range"
+    sysctl.parent.mkdir(parents=True)
+    sysctl.write_text("20000\t20010\n")
+    monkeypatch.setattr(procfs, "PROC", str(tmp_path))
+    expr = autobound_in("autobound", {})
+    assert expr.match(sk("127.0.0.1", 20005)) and not expr.match(sk("127.0.0.1", 40000))
+    sysctl.unlink()  # read once: what the filter took stays
+    assert expr.match(sk("127.0.0.1", 20010))
+    assert ssfilter.PortRanges().here() == (1024, 4999)  # unreadable: ss's own fallback
 
 
 def test_dev_turns_off_the_kernel_verdict() -> None:
@@ -546,7 +587,8 @@ def test_both_verdict_modes_agree_where_they_cannot_differ(data: st.DataObject) 
     cond = data.draw(expressions())
     expr = parse(cond.text.split(" ")).expr
     assert expr is not None
-    paired = evaluate._compile_pair(expr.tree, set())  # force the two-bit path everywhere
+    # force the two-bit path everywhere
+    paired = evaluate._compile_pair(expr.tree, set(), expr.port_ranges)
     for s in data.draw(st.lists(SOCKETS, min_size=1, max_size=5)):
         assert (paired(s) == ssfilter.BOTH) is expr.match(s)
 

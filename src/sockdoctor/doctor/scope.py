@@ -61,6 +61,7 @@ def select(snapshot: Snapshot, query: Query, *, strict: bool = True,
         if everywhere:
             return snapshot, None
         return _subset(snapshot, in_ns, namespaces, _owners(in_ns)), None
+    query.learn(snapshot.namespaces)
     chosen = [sk for sk in in_ns if query.selects(sk, snapshot.processes)]
     picked = {id(sk) for sk in chosen}
     kept = [sk for sk in in_ns if id(sk) in picked or sk.state == TcpState.LISTEN]

@@ -19,8 +19,10 @@ Where this deliberately differs from ss:
 - `autobound`: the kernel's half asks whether the port was bound explicitly,
   which sock_diag does not report; every non-listener counts as not bound
   explicitly, so a client that bind()s a fixed port before connect() is
-  judged differently. ss's half (port in ip_local_port_range) is exact, read
-  in the namespace this process runs in.
+  judged differently. ss's half (port in ip_local_port_range) is exact, and
+  judged by the socket's own namespace's range as its snapshot recorded it
+  (leaves.PortRanges has the rule for files that lack it), so a `--from`
+  file is judged by the host that saved it.
 - `fwmark`, `cgroup` and `unix:`/`link:`/`netlink:`/`vsock:` operands are
   refused with a clear error (ss accepts them and then lists nothing useful).
 - device names and host names resolve where this process runs; host names
@@ -39,7 +41,7 @@ from .tokens import read_filter_file
 
 if TYPE_CHECKING:
     from .evaluate import Expr, Filter
-    from .leaves import BOTH, ephemeral_range
+    from .leaves import BOTH, PortRanges
     from .operands import (
         HostCond,
         Prefix,
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOTH", "SS_ALL", "SS_CONN", "Addr", "And", "Autobound", "Dev", "Expr", "Filter",
-    "HostCond", "Node", "Not", "Or", "ParsedFilter", "PortCmp", "Prefix", "ephemeral_range",
+    "HostCond", "Node", "Not", "Or", "ParsedFilter", "PortCmp", "PortRanges", "Prefix",
     "parse", "parse_device", "parse_hostcond", "parse_prefix", "read_filter_file",
     "resolve_host", "scan_state", "states_from_names", "walk",
 ]
@@ -60,7 +62,7 @@ __all__ = [
 # Where each name of the expression machinery lives (the TYPE_CHECKING imports above).
 _LAZY = {
     "evaluate": ("Expr", "Filter"),
-    "leaves": ("BOTH", "ephemeral_range"),
+    "leaves": ("BOTH", "PortRanges"),
     "operands": ("HostCond", "Prefix", "parse_device", "parse_hostcond", "parse_prefix",
                  "resolve_host"),
     "tree": ("Addr", "And", "Autobound", "Dev", "Node", "Not", "Or", "PortCmp", "walk"),

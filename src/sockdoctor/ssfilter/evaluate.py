@@ -13,10 +13,11 @@ disagree are compiled to plain booleans instead, which is faster.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
-from ..model import Socket
-from .leaves import BOTH, Bool, Pred, leaf_bool, leaf_pair, negated_leaf
+from ..model import Netns, Socket
+from .leaves import BOTH, Bool, PortRanges, Pred, leaf_bool, leaf_pair, negated_leaf
 from .tree import Addr, And, Autobound, Dev, Node, Not, Or, PortCmp, walk
 
 
@@ -24,6 +25,8 @@ class Expr(Protocol):
     """Anything that can judge a socket; a Filter is one."""
 
     def match(self, sk: Socket) -> bool: ...
+
+    def learn(self, namespaces: Iterable[Netns]) -> None: ...
 
 
 class Filter:
@@ -34,17 +37,23 @@ class Filter:
         self.family = family
         # without bytecode (a `dev` anywhere) ss's own verdict is the only one
         self.kernel = not any(isinstance(n, Dev) for n in walk(tree))
+        # `autobound` judges each socket by its own namespace's range (learn)
+        self.port_ranges = ranges = PortRanges()
         exact: set[int] = set()
         self.exact = not self.kernel or _mark_exact(tree, exact)
         if self.exact:
-            pred = _compile_bool(tree)
+            pred = _compile_bool(tree, ranges)
         else:
-            paired = _compile_pair(tree, exact)
+            paired = _compile_pair(tree, exact, ranges)
             pred = lambda sk: paired(sk) == BOTH  # noqa: E731
         if family:
             inner = pred
             pred = lambda sk: sk.family == family and inner(sk)  # noqa: E731
         self.match: Bool = pred  # type: ignore[assignment]
+
+    def learn(self, namespaces: Iterable[Netns]) -> None:
+        """Judge sockets of these namespaces by what their records say (port ranges)."""
+        self.port_ranges.learn(namespaces)
 
     def __str__(self) -> str:
         return self.tree.render()
@@ -75,18 +84,18 @@ def _exact(node: Node) -> bool:
     return not isinstance(node, Autobound)
 
 
-def _compile_bool(node: Node) -> Bool:
+def _compile_bool(node: Node, ranges: PortRanges) -> Bool:
     """ss's own verdict as a plain boolean (used when the kernel cannot differ)."""
     if isinstance(node, Not):
         negated = negated_leaf(node.item)
         if negated is not None:
             return negated
-        inner = _compile_bool(node.item)
+        inner = _compile_bool(node.item, ranges)
         return lambda sk: not inner(sk)
     if isinstance(node, And | Or):
-        parts = [_compile_bool(i) for i in node.items]
+        parts = [_compile_bool(i, ranges) for i in node.items]
         return _all(parts) if isinstance(node, And) else _any(parts)
-    return leaf_bool(node)
+    return leaf_bool(node, ranges)
 
 
 def _all(parts: list[Bool]) -> Bool:
@@ -121,16 +130,16 @@ def _any(parts: list[Bool]) -> Bool:
     return disj
 
 
-def _compile_pair(node: Node, exact: set[int]) -> Pred:
+def _compile_pair(node: Node, exact: set[int], ranges: PortRanges) -> Pred:
     """Both verdicts at once: bit 0 the kernel's, bit 1 ss's own."""
     if id(node) in exact:
-        same = _compile_bool(node)
+        same = _compile_bool(node, ranges)
         return lambda sk: BOTH if same(sk) else 0
     if isinstance(node, Not):
-        inner = _compile_pair(node.item, exact)
+        inner = _compile_pair(node.item, exact, ranges)
         return lambda sk: inner(sk) ^ BOTH
     if isinstance(node, And):
-        parts = [_compile_pair(i, exact) for i in node.items]
+        parts = [_compile_pair(i, exact, ranges) for i in node.items]
         if len(parts) == 2:
             a, b = parts
             return lambda sk: (r := a(sk)) and r & b(sk)
@@ -144,7 +153,7 @@ def _compile_pair(node: Node, exact: set[int]) -> Pred:
             return r
         return conj
     if isinstance(node, Or):
-        parts = [_compile_pair(i, exact) for i in node.items]
+        parts = [_compile_pair(i, exact, ranges) for i in node.items]
         if len(parts) == 2:
             a, b = parts
             return lambda sk: BOTH if (r := a(sk)) == BOTH else r | b(sk)
@@ -157,4 +166,4 @@ def _compile_pair(node: Node, exact: set[int]) -> Pred:
                     break
             return r
         return disj
-    return leaf_pair(node)
+    return leaf_pair(node, ranges)

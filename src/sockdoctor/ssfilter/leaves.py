@@ -9,9 +9,9 @@ same few addresses recur over thousands of sockets.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from ..model import Socket, TcpState
+from ..model import Netns, Socket, TcpState
 from .operands import HostCond, Prefix
 from .tokens import GEQ, LEQ, SRC
 from .tree import Addr, Autobound, Dev, Node, PortCmp
@@ -24,11 +24,13 @@ Pred = Callable[[Socket], int]
 Bool = Callable[[Socket], bool]
 
 
-def leaf_bool(node: Node) -> Bool:
+def leaf_bool(node: Node, ranges: PortRanges) -> Bool:
     """ss's own verdict on one condition, as a plain boolean."""
     if isinstance(node, Addr) and not node.cond.any_address:
         pair = _addr_pair(node)
         return lambda sk: pair(sk) >= 2  # ss's own bit
+    if isinstance(node, Autobound):
+        return _autobound(ranges)
     return _LEAF_BOOL[type(node)](node)
 
 
@@ -50,7 +52,7 @@ def negated_leaf(node: Node) -> Bool | None:
     return None
 
 
-def leaf_pair(node: Node) -> Pred:
+def leaf_pair(node: Node, ranges: PortRanges) -> Pred:
     """Both verdicts on one condition, for the corners where they can differ."""
     if isinstance(node, Addr) and not node.cond.any_address:
         return _addr_pair(node)
@@ -63,7 +65,7 @@ def leaf_pair(node: Node) -> Pred:
         # The kernel asks "was the port not bound explicitly?" and sock_diag does
         # not tell; taking every non-listener as not explicitly bound is right
         # except for clients that bind() a fixed port before connect().
-        in_range = _autobound(node)
+        in_range = _autobound(ranges)
         listen = TcpState.LISTEN
         return lambda sk: (sk.state != listen) | in_range(sk) << 1
     leaf = _LEAF_BOOL[type(node)](node)
@@ -94,16 +96,20 @@ def _dev(node: Dev) -> Bool:
     return lambda sk: sk.ifindex == index
 
 
-def _autobound(_node: Autobound) -> Bool:
-    low, high = ephemeral_range()
-    return lambda sk: low <= sk.local_port <= high
+def _autobound(ranges: PortRanges) -> Bool:
+    """ss's half: the local port lies in the socket's namespace's ephemeral range."""
+    of = ranges.of
+
+    def in_range(sk: Socket) -> bool:
+        low, high = of(sk.netns)
+        return low <= sk.local_port <= high
+    return in_range
 
 
 _LEAF_BOOL: dict[type, Callable] = {
     Addr: _port_eq,
     PortCmp: lambda n: _port_cmp(n.side, n.op, n.port),
     Dev: _dev,
-    Autobound: _autobound,
 }
 
 
@@ -198,17 +204,40 @@ def _address_value(address: str) -> tuple[int, int, int | None]:
     return AF_INET, int.from_bytes(socket.inet_pton(AF_INET, address)) << 96, None
 
 
-_ephemeral: tuple[int, int] | None = None
+class PortRanges:
+    """Each network namespace's ip_local_port_range, for `autobound` (ss's half).
 
+    The rule, in order: the range the snapshot recorded for the socket's
+    namespace (`learn`); for a namespace the snapshot lists without one (a
+    file from an older sockdoctor, a namespace whose scan failed), the
+    kernel's default 32768-60999, as sides.py and the doctor take it; for a
+    socket of a namespace no snapshot named (a live trace, the pytest guard),
+    the range of the namespace this process runs in, read once.
+    """
 
-def ephemeral_range() -> tuple[int, int]:
-    """ip_local_port_range of this namespace, read once (ss's fallback: 1024-4999)."""
-    global _ephemeral
-    if _ephemeral is None:
-        try:
-            with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-                low, high = (int(x) for x in f.read().split()[:2])
-            _ephemeral = (low, high)
-        except (OSError, ValueError):
-            _ephemeral = (1024, 4999)
-    return _ephemeral
+    def __init__(self) -> None:
+        self.recorded: dict[int, tuple[int, int]] = {}
+        self._here: tuple[int, int] | None = None
+
+    def learn(self, namespaces: Iterable[Netns]) -> None:
+        """Take the ranges a snapshot recorded (Netns.sysctls); a later one wins."""
+        from ..sides import port_range
+
+        for ns in namespaces:
+            self.recorded[ns.inode] = port_range(ns.sysctls)
+
+    def of(self, netns: int) -> tuple[int, int]:
+        found = self.recorded.get(netns)
+        return found if found is not None else self.here()
+
+    def here(self) -> tuple[int, int]:
+        """This process's namespace's range (ss's fallback when unreadable: 1024-4999)."""
+        if self._here is None:
+            from ..linux.procfs import read_sysctls
+            from ..sides import PORT_RANGE_SYSCTL
+
+            text = read_sysctls((PORT_RANGE_SYSCTL,)).get(PORT_RANGE_SYSCTL, "")
+            low, _, high = text.partition(" ")
+            self._here = ((int(low), int(high)) if low.isdigit() and high.isdigit()
+                          else (1024, 4999))
+        return self._here
