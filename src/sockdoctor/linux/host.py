@@ -93,7 +93,7 @@ def _ptrace_arch() -> bool:
 
 def _has_capability(bit: int) -> bool:
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(f"{procfs.PROC}/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("CapEff:"):
                     return bool(int(line.split()[1], 16) >> bit & 1)
@@ -106,7 +106,7 @@ def _kernel_config(option: str) -> bool | None:
     """Whether the running kernel was built with `option`; None when nothing says."""
     import gzip
 
-    paths = ("/proc/config.gz", f"/boot/config-{os.uname().release}")
+    paths = (f"{procfs.PROC}/config.gz", f"/boot/config-{os.uname().release}")
     for path in paths:
         try:
             opener = gzip.open if path.endswith(".gz") else open
@@ -136,7 +136,7 @@ def protected_inodes() -> set[int]:
 
 def _parent(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        with open(f"{procfs.PROC}/{pid}/stat", encoding="ascii", errors="replace") as f:
             stat = f.read()
         return int(stat[stat.rfind(")") + 2:].split()[1])
     except (OSError, ValueError, IndexError):
@@ -500,6 +500,6 @@ def look(sockets: list[Socket]) -> dict[int, Socket | None]:
 def fd_points_at(pid: int, fd: int, inode: int) -> bool:
     """Whether descriptor `fd` of `pid` still names socket `inode`."""
     try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]"
+        return os.readlink(f"{procfs.PROC}/{pid}/fd/{fd}") == f"socket:[{inode}]"
     except OSError:
         return False

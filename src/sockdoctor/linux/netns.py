@@ -47,7 +47,7 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
 
 
 def current_inode() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
+    return os.stat(f"{procfs.PROC}/thread-self/ns/net").st_ino
 
 
 def host_inode() -> int | None:
@@ -58,7 +58,7 @@ def host_inode() -> int | None:
     """
     for pid in (1, 2):
         try:
-            return os.stat(f"/proc/{pid}/ns/net").st_ino
+            return os.stat(f"{procfs.PROC}/{pid}/ns/net").st_ino
         except OSError:
             continue
     return None
@@ -128,7 +128,7 @@ def discover() -> tuple[list[NsRef], int]:
     host = own if host is None else host
     denied = 0
     for pid in procfs.list_pids():
-        path = f"/proc/{pid}/ns/net"
+        path = f"{procfs.PROC}/{pid}/ns/net"
         try:
             inode = os.stat(path).st_ino
         except PermissionError:
@@ -144,7 +144,7 @@ def discover() -> tuple[list[NsRef], int]:
             found[inode] = _process_ns(inode, pid, path)
     if own not in found:
         kind = "host" if own == host else "current"
-        found[own] = NsRef(own, kind, kind, "/proc/thread-self/ns/net", os.getpid())
+        found[own] = NsRef(own, kind, kind, f"{procfs.PROC}/thread-self/ns/net", os.getpid())
     ordered = sorted(found.values(), key=lambda ns: (ns.kind != "host", ns.name))
     return ordered, denied
 
@@ -166,12 +166,12 @@ def select(namespaces: list[NsRef], wanted: str) -> list[NsRef]:
     if chosen or not wanted.strip().isdigit():
         return chosen
     inode = _pid_netns(int(wanted))  # a namespace discover() missed (it just appeared)
-    return [_process_ns(inode, int(wanted), f"/proc/{int(wanted)}/ns/net")] if inode else []
+    return [_process_ns(inode, int(wanted), f"{procfs.PROC}/{int(wanted)}/ns/net")] if inode else []
 
 
 def _pid_netns(pid: int) -> int | None:
     try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino
+        return os.stat(f"{procfs.PROC}/{pid}/ns/net").st_ino
     except OSError:
         return None
 

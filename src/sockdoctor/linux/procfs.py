@@ -20,6 +20,8 @@ from functools import lru_cache
 from ..model import DeadSocketFd, Owner, Process, Socket, ThreadInfo
 from .native import fast
 
+# The one root of every /proc path in linux/ (tests point it at a fixture tree; a
+# container may see the host's at /host/proc). Read it at call time, never copy it.
 PROC = "/proc"
 
 
@@ -665,8 +667,9 @@ def _parse_sockstat(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def read_counters(net_dir: str = f"{PROC}/thread-self/net") -> dict[str, dict[str, int]]:
+def read_counters(net_dir: str = "") -> dict[str, dict[str, int]]:
     """TcpExt, Tcp and sockstat counters of the calling thread's network namespace."""
+    net_dir = net_dir or f"{PROC}/thread-self/net"
     counters: dict[str, dict[str, int]] = {}
     for name in ("netstat", "snmp"):
         try:

@@ -192,7 +192,7 @@ def _read_text(path: str) -> str:
 
 
 def _task_state(pid: int, tid: int) -> str:
-    stat = _read_text(f"/proc/{pid}/task/{tid}/stat")
+    stat = _read_text(f"{procfs.PROC}/{pid}/task/{tid}/stat")
     return stat[stat.rfind(")") + 2]
 
 
@@ -207,7 +207,7 @@ def pick_thread(pid: int, tid: int | None = None) -> int:
         except ProcessLookupError as exc:
             raise ProcessGone(f"process {pid} does not exist (any more)") from exc
     try:
-        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        tids = sorted(int(t) for t in os.listdir(f"{procfs.PROC}/{pid}/task"))
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone(f"process {pid} does not exist (any more)") from exc
     if tid is not None:
@@ -225,7 +225,7 @@ def pick_thread(pid: int, tid: int | None = None) -> int:
 
 def _tracer_of(pid: int) -> int:
     try:
-        for line in _read_text(f"/proc/{pid}/status").splitlines():
+        for line in _read_text(f"{procfs.PROC}/{pid}/status").splitlines():
             if line.startswith("TracerPid:"):
                 return int(line.split()[1])
     except OSError:
@@ -236,7 +236,7 @@ def _tracer_of(pid: int) -> int:
 def _exec_mappings(pid: int) -> list[tuple[int, int]]:
     """Executable mappings, the vdso first (small, always there, has `syscall`)."""
     found: list[tuple[int, int, bool]] = []
-    for line in _read_text(f"/proc/{pid}/maps").splitlines():
+    for line in _read_text(f"{procfs.PROC}/{pid}/maps").splitlines():
         fields = line.split()
         if len(fields) < 2 or "x" not in fields[1]:
             continue
@@ -374,7 +374,7 @@ class _Tracee:
 
     def _read_mem(self, addr: int, size: int) -> bytes:
         try:
-            fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
+            fd = os.open(f"{procfs.PROC}/{self.pid}/mem", os.O_RDONLY)
         except (ProcessLookupError, FileNotFoundError) as exc:
             raise ProcessGone(f"process {self.pid} exited during the operation") from exc
         try:
@@ -389,7 +389,7 @@ class _Tracee:
             if addr < 0:
                 raise OSError(-addr, os.strerror(-addr))
             self.page = addr
-        fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
+        fd = os.open(f"{procfs.PROC}/{self.pid}/mem", os.O_RDWR)
         try:
             os.pwrite(fd, data, self.page)
         finally:
@@ -449,11 +449,11 @@ class _Tracee:
 
     def check_fd(self, fd: int, inode: int) -> None:
         """The fd, as the stopped thread sees it, still names the planned socket."""
-        path = f"/proc/{self.pid}/task/{self.tid}/fd/{fd}"
+        path = f"{procfs.PROC}/{self.pid}/task/{self.tid}/fd/{fd}"
         try:
             link = os.readlink(path)
         except (FileNotFoundError, ProcessLookupError) as exc:
-            if not os.path.exists(f"/proc/{self.pid}/task/{self.tid}"):
+            if not os.path.exists(f"{procfs.PROC}/{self.pid}/task/{self.tid}"):
                 raise ProcessGone(f"process {self.pid} exited during the operation") from exc
             raise FdGone(f"process {self.pid} has no file descriptor {fd} (any more)") from exc
         if link != f"socket:[{inode}]":
@@ -559,7 +559,7 @@ def _swap(tracee: _Tracee, fd: int, inode: int) -> tuple[int, int]:
 def _fd_flags(pid: int, fd: int) -> int:
     """The open flags of a descriptor (fdinfo's octal `flags:`), 0 if unreadable."""
     try:
-        for line in _read_text(f"/proc/{pid}/fdinfo/{fd}").splitlines():
+        for line in _read_text(f"{procfs.PROC}/{pid}/fdinfo/{fd}").splitlines():
             if line.startswith("flags:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
@@ -616,7 +616,7 @@ def _as_tracer_thread(fn: Callable[[], list]) -> list:
 
 def _threads(pid: int) -> set[int]:
     try:
-        return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        return {int(t) for t in os.listdir(f"{procfs.PROC}/{pid}/task")}
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone(f"process {pid} does not exist (any more)") from exc
 
@@ -635,7 +635,7 @@ def _freeze_all(pids: Iterable[int], timeout: float) -> list[_Tracee]:
                     try:
                         tracee.attach(timeout)
                     except ProcessGone:
-                        if not os.path.exists(f"/proc/{pid}"):
+                        if not os.path.exists(f"{procfs.PROC}/{pid}"):
                             raise
                         tracee.attached = False  # that thread ended: nothing to hold
     except BaseException:

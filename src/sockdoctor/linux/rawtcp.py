@@ -118,7 +118,7 @@ def _tcp_ext() -> dict[str, int]:
 
 
 def _sysctl(name: str, default: int) -> int:
-    value = procfs.read_int_file(f"/proc/sys/net/ipv4/{name}")
+    value = procfs.read_int_file(f"{procfs.PROC}/sys/net/ipv4/{name}")
     return default if value is None else value
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from ..model import Runtime
-from .procfs import PROC
+from . import procfs
 
 # Go standard-library packages that matter here, by a function only their users link.
 _GO_STD_MARKERS = (
@@ -79,7 +79,7 @@ _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 
 def runtime_of(pid: int) -> Runtime | None:
     """The runtime of a process, or None if it is gone or unreadable."""
-    base = f"{PROC}/{pid}"
+    base = f"{procfs.PROC}/{pid}"
     try:
         exe = os.readlink(f"{base}/exe")
     except OSError:
@@ -162,8 +162,8 @@ def _node_libs(pid: int, cmdline: list[str]) -> list[str]:
 def _go_info(pid: int) -> tuple[str, list[str]] | None:
     """(Go version, libraries) of a Go executable, or None if it is not one."""
     try:
-        st = os.stat(f"{PROC}/{pid}/exe")
-        return _go_binary(f"{PROC}/{pid}/exe", st.st_dev, st.st_ino, st.st_mtime_ns)
+        st = os.stat(f"{procfs.PROC}/{pid}/exe")
+        return _go_binary(f"{procfs.PROC}/{pid}/exe", st.st_dev, st.st_ino, st.st_mtime_ns)
     except OSError:
         return None
 
@@ -229,7 +229,7 @@ def _uvarint(data: mmap.mmap, pos: int) -> tuple[int, int]:
 
 def _mapped_paths(pid: int) -> set[str]:
     try:
-        with open(f"{PROC}/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+        with open(f"{procfs.PROC}/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
             return {line.split(None, 5)[5].rstrip("\n") for line in f
                     if line.count(" ") >= 5 and "/" in line}
     except (OSError, IndexError):
@@ -238,7 +238,7 @@ def _mapped_paths(pid: int) -> set[str]:
 
 def _cmdline(pid: int) -> list[str]:
     try:
-        with open(f"{PROC}/{pid}/cmdline", "rb") as f:
+        with open(f"{procfs.PROC}/{pid}/cmdline", "rb") as f:
             raw = f.read()
     except OSError:
         return []
@@ -259,11 +259,11 @@ def _program(exe: str, cmdline: list[str]) -> str:
 
 
 def _thread_names(pid: int) -> list[str]:
-    return _each(f"{PROC}/{pid}/task", lambda path: _text(f"{path}/comm").rstrip("\n"))
+    return _each(f"{procfs.PROC}/{pid}/task", lambda path: _text(f"{path}/comm").rstrip("\n"))
 
 
 def _open_files(pid: int, suffix: str) -> list[str]:
-    return [t for t in _each(f"{PROC}/{pid}/fd", os.readlink) if t.endswith(suffix)]
+    return [t for t in _each(f"{procfs.PROC}/{pid}/fd", os.readlink) if t.endswith(suffix)]
 
 
 def _each(directory: str, read: Callable[[str], str]) -> list[str]:
@@ -291,7 +291,7 @@ def _read_script(pid: int, script: str) -> str:
     if not script:
         return ""
     rel = script.lstrip("/")
-    where = f"{PROC}/{pid}/root/{rel}" if script.startswith("/") else f"{PROC}/{pid}/cwd/{rel}"
+    where = f"{procfs.PROC}/{pid}/{'root' if script.startswith('/') else 'cwd'}/{rel}"
     try:
         with open(where, "rb") as f:
             if not os.path.isfile(where) or os.fstat(f.fileno()).st_size > SCRIPT_MAX:

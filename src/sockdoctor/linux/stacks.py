@@ -17,7 +17,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from .procfs import PROC, thread_states
+from . import procfs
+from .procfs import thread_states
 
 TOOL_TIMEOUT_S = 10.0
 
@@ -51,7 +52,7 @@ def _py_spy() -> str:
 def _jcmd(pid: int) -> str | None:
     """The jcmd of the JVM itself (its java's directory), else one on PATH."""
     try:
-        exe = os.readlink(f"{PROC}/{pid}/exe")
+        exe = os.readlink(f"{procfs.PROC}/{pid}/exe")
     except OSError:
         exe = ""
     beside = os.path.join(os.path.dirname(exe), "jcmd")
@@ -78,7 +79,7 @@ def _kernel_stacks(pid: int) -> str:
     for t in thread_states(pid):
         out.append(f"Thread {t.tid} ({t.state}, {t.syscall or t.wchan or '?'})")
         try:
-            with open(f"{PROC}/{pid}/task/{t.tid}/stack", encoding="utf-8",
+            with open(f"{procfs.PROC}/{pid}/task/{t.tid}/stack", encoding="utf-8",
                       errors="replace") as f:
                 frames = [line.split("] ", 1)[-1].split("+", 1)[0] for line in f]
         except OSError:

@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from ..errors import PermissionDeniedError, UnsupportedError
+from . import procfs
 from .ringbuf import IRQ_FLAGS, EventLayout, StateChange, iter_page, page_layout
 
 SYSTEM, EVENT = "sock", "inet_sock_set_state"
@@ -49,7 +50,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def thread_group(tid: int) -> int:
     """The process of a thread: an event's common_pid names a thread. 0 if it is gone."""
     try:
-        with open(f"/proc/{tid}/status") as f:
+        with open(f"{procfs.PROC}/{tid}/status") as f:
             for line in f:
                 if line.startswith("Tgid:"):
                     return int(line.split()[1])
@@ -60,10 +61,10 @@ def thread_group(tid: int) -> int:
 
 # --- finding or mounting tracefs ----------------------------------------------
 
-def find_mount(mounts: str = "/proc/self/mounts") -> str | None:
+def find_mount(mounts: str = "") -> str | None:
     """Where tracefs is mounted already (tracefs itself, or debugfs's tracing/)."""
     try:
-        with open(mounts) as f:
+        with open(mounts or f"{procfs.PROC}/self/mounts") as f:
             lines = f.read().splitlines()
     except OSError:
         return None
@@ -84,7 +85,7 @@ def find_mount(mounts: str = "/proc/self/mounts") -> str | None:
 
 def kernel_has_tracefs() -> bool:
     try:
-        with open("/proc/filesystems") as f:
+        with open(f"{procfs.PROC}/filesystems") as f:
             return any(line.split()[-1] == "tracefs" for line in f if line.strip())
     except OSError:
         return False
@@ -128,17 +129,17 @@ class Mount:
             self._ours = ""
 
 
-def remove_stale_mounts(mounts: str = "/proc/self/mounts") -> list[str]:
+def remove_stale_mounts(mounts: str = "") -> list[str]:
     """Unmount private tracefs mounts of sockdoctor processes that no longer exist."""
     removed = []
     try:
-        with open(mounts) as f:
+        with open(mounts or f"{procfs.PROC}/self/mounts") as f:
             points = [line.split()[1] for line in f if PRIVATE_MOUNT in line]
     except OSError:
         return removed
     for where in points:
         m = re.search(rf"{PRIVATE_MOUNT}(\d+)-", where)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+        if m and not procfs.pid_exists(int(m.group(1))):
             remove_stale_instances(where)
             if _libc.umount2(where.encode(), MNT_DETACH) == 0:
                 with contextlib.suppress(OSError):
@@ -243,7 +244,7 @@ def remove_stale_instances(root: str) -> list[str]:
         return removed
     for name in names:
         m = re.fullmatch(rf"{INSTANCE_PREFIX}(\d+)-\d+", name)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+        if m and not procfs.pid_exists(int(m.group(1))):
             try:
                 os.rmdir(f"{root}/instances/{name}")
                 removed.append(name)
