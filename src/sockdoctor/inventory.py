@@ -7,7 +7,6 @@ select_namespaces -> dump_namespaces -> (owners) attach_owners -> Snapshot.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import time
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from .errors import PermissionDeniedError
+from .errors import NotFoundError, PermissionDeniedError, SockdoctorError
 from .linux import deadsock, procfs, runtime, sockdiag
 from .linux import netns as netns_mod
 from .linux.bpf import owners as bpf_owners
@@ -268,7 +267,7 @@ def add_keepalive_info(namespaces: list[netns_mod.NsRef], dumped: list[Socket],
             continue
         try:
             again = netns_mod.run_in(ns, partial(_dump_once, opts, ns.inode, fams))
-        except (OSError, sockdiag.NetlinkParseError, sockdiag.DumpInterrupted):
+        except (SockdoctorError, sockdiag.NetlinkParseError):
             continue  # the ages keep their lower bound
         for fresh in again:
             sk = wanted.get((fresh.netns, fresh.cookie))
@@ -277,11 +276,7 @@ def add_keepalive_info(namespaces: list[netns_mod.NsRef], dumped: list[Socket],
 
 
 def _dump_once(opts: sockdiag.DumpOptions, inode: int, fams: tuple[int, ...]) -> list[Socket]:
-    sock = sockdiag.open_socket()
-    try:
-        return sockdiag.dump(sock, opts, netns=inode, families=fams)
-    finally:
-        sock.close()
+    return sockdiag.dump_here(opts, netns=inode, families=fams)
 
 
 def assemble(joined: Joined, records: list[Netns], warnings: list[str], *, owners: bool,
@@ -388,13 +383,13 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
     sockets: list[Socket] = []
     for ns, result in zip(namespaces, results, strict=True):
         record = Netns(inode=ns.inode, name=ns.name, kind=ns.kind, pid=ns.pid)
-        if isinstance(result, FileNotFoundError) and len(namespaces) > 1:
+        if isinstance(result, NotFoundError) and len(namespaces) > 1:
             continue  # the namespace went away while we scanned: nothing to report
         if isinstance(result, BaseException):
-            record.error = _describe(result)
+            record.error = str(result) or result.__class__.__name__
             warnings.append(f"network namespace {ns.name}: {record.error}")
             if len(namespaces) == 1:
-                _reraise_user_error(result)
+                _raise_for(ns, result)
         else:
             sockets.extend(result.sockets)
             record.sysctls = result.sysctls
@@ -406,21 +401,14 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
 def _run_guarded(ns: netns_mod.NsRef, fn: Callable[[], _NsResult]) -> _NsResult | BaseException:
     try:
         return netns_mod.run_in(ns, fn)
-    except (OSError, sockdiag.NetlinkParseError, sockdiag.DumpInterrupted) as exc:
-        return exc
+    except (SockdoctorError, sockdiag.NetlinkParseError) as exc:
+        return exc  # linux/ raised it as sockdoctor's error already (oserrors.py)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EPERM:
-        return "permission denied (needs root)"
-    if isinstance(exc, sockdiag.DumpInterrupted):
-        return "the kernel kept interrupting the dump (sockets changing too fast); try again"
-    return str(exc) or exc.__class__.__name__
-
-
-def _reraise_user_error(exc: BaseException) -> None:
-    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EPERM:
-        raise PermissionDeniedError(f"cannot scan that namespace: {_describe(exc)}") from exc
+def _raise_for(ns: netns_mod.NsRef, exc: BaseException) -> None:
+    """The one namespace asked for could not be scanned: its error, saying which."""
+    if isinstance(exc, SockdoctorError):
+        exc.args = (f"cannot scan network namespace {ns.name}: {exc}",)
     raise exc
 
 

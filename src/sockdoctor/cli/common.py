@@ -237,7 +237,7 @@ def scope_words(netns: str) -> str:
     try:
         found, _denied = netns_mod.discover()
         names = [untrusted(ns.name) for ns in netns_mod.select(found, netns)]
-    except (OSError, SockdoctorError):
+    except SockdoctorError:
         return f"--netns {untrusted(netns)}"
     if netns.strip() in ("", "all"):
         more = f", ... {len(names) - 12} more" if len(names) > 12 else ""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from ..errors import SockdoctorError
+from ..errors import PermissionDeniedError, SockdoctorError, UnsupportedError
 from ..model import Snapshot, Socket, TcpState
 from . import netns as netns_mod
 from . import pidfd, procfs, sockdiag
@@ -179,9 +179,9 @@ def status_of(exc: BaseException) -> str:
         return "already-gone"
     if isinstance(exc, pidfd.IdentityChanged):
         return "identity-changed"
-    if isinstance(exc, (pidfd.NotPermitted, PermissionError)):
+    if isinstance(exc, (PermissionDeniedError, PermissionError)):
         return "not-permitted"
-    if isinstance(exc, pidfd.Unsupported):
+    if isinstance(exc, UnsupportedError):
         return "unsupported"
     return "failed"
 

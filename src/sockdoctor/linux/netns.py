@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from . import procfs
+from .oserrors import os_edge, user_error
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIRS = ("/run/netns", "/var/run/docker/netns")
@@ -127,7 +128,9 @@ def discover() -> tuple[list[NsRef], int]:
     # then the best guess at "the host" (unless `ip netns` names it).
     host = own if host is None else host
     denied = 0
-    for pid in procfs.list_pids():
+    with os_edge():  # no /proc at all: sockdoctor's error, not an OSError
+        pids = procfs.list_pids()
+    for pid in pids:
         path = f"{procfs.PROC}/{pid}/ns/net"
         try:
             inode = os.stat(path).st_ino
@@ -177,7 +180,11 @@ def _pid_netns(pid: int) -> int | None:
 
 
 def run_in(ns: NsRef, fn: Callable[[], T]) -> T:
-    """Call fn() inside the namespace and return its result (or raise its exception)."""
+    """Call fn() inside the namespace and return its result (or raise its exception).
+
+    Failing to enter the namespace is sockdoctor's error (oserrors.user_error);
+    what fn() raises is fn's own.
+    """
     if ns.inode == current_inode():
         return fn()
     result = run_many([(ns, fn)])[0]
@@ -190,7 +197,8 @@ def run_many(jobs: Iterable[tuple[NsRef, Callable[[], T]]], parallel: int = 4) -
     """Run each job inside its namespace, a few at a time, results in order.
 
     A job that fails yields its exception as the result (not raised), so one
-    unreachable namespace does not hide the others.
+    unreachable namespace does not hide the others. Failing to enter one
+    gives sockdoctor's error (oserrors.user_error); fn's exceptions are its own.
     """
     jobs = list(jobs)
     results: list = [None] * len(jobs)
@@ -199,11 +207,11 @@ def run_many(jobs: Iterable[tuple[NsRef, Callable[[], T]]], parallel: int = 4) -
     def worker(index: int, ns: NsRef, fn: Callable[[], T]) -> None:
         try:
             if ns.inode != own:
-                fd = os.open(ns.path, os.O_RDONLY)
-                try:
-                    setns(fd)
-                finally:
-                    os.close(fd)
+                _enter(ns)
+        except OSError as exc:
+            results[index] = user_error(exc)
+            return
+        try:
             results[index] = fn()
         except BaseException as exc:
             results[index] = exc
@@ -216,3 +224,12 @@ def run_many(jobs: Iterable[tuple[NsRef, Callable[[], T]]], parallel: int = 4) -
         for t in threads:
             t.join()
     return results
+
+
+def _enter(ns: NsRef) -> None:
+    """setns(2) this thread into the namespace (for good: the thread then ends)."""
+    fd = os.open(ns.path, os.O_RDONLY)
+    try:
+        setns(fd)
+    finally:
+        os.close(fd)

@@ -18,9 +18,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 
+from ..errors import SockdoctorError
 from ..model import SkMemInfo, Socket, TcpState, state_mask
 from . import tcpinfo
 from .native import fast
+from .oserrors import os_edge
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -93,8 +95,12 @@ class NetlinkParseError(ValueError):
     """The kernel (or a recording) handed us bytes that are not valid netlink."""
 
 
-class DumpInterrupted(Exception):
-    """The kernel flagged the dump as inconsistent (NLM_F_DUMP_INTR)."""
+class DumpInterrupted(SockdoctorError):
+    """The kernel flagged the dump as inconsistent (NLM_F_DUMP_INTR), retry after retry."""
+
+    def __init__(self, message: str = "the kernel kept interrupting the dump (sockets "
+                 "changing too fast); try again") -> None:
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +235,18 @@ def dump(sock: socket.socket, opts: DumpOptions, netns: int = 0,
     for family in families:
         result.extend(_dump_family(sock, family, opts, netns))
     return result
+
+
+def dump_here(opts: DumpOptions, netns: int = 0,
+              families: Iterable[int] = (socket.AF_INET, socket.AF_INET6)) -> list[Socket]:
+    """dump() on a socket of its own, in the calling thread's namespace: the scan's
+    edge, so an OSError leaves as sockdoctor's error (oserrors.user_error)."""
+    with os_edge():
+        sock = open_socket()
+        try:
+            return dump(sock, opts, netns=netns, families=families)
+        finally:
+            sock.close()
 
 
 def _dump_family(sock: socket.socket, family: int, opts: DumpOptions,
