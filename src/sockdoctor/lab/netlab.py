@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..linux import netns
+from ..linux import netns, procfs
 
 T = TypeVar("T")
 PREFIX = "sdlab-"
@@ -178,7 +178,7 @@ class LabNetns:
 
     @property
     def creator_alive(self) -> bool:
-        return self.creator > 0 and os.path.exists(f"/proc/{self.creator}")
+        return procfs.pid_exists(self.creator)
 
 
 def labs() -> list[LabNetns]:
