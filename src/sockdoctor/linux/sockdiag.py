@@ -151,18 +151,28 @@ def open_socket() -> socket.socket:
 
 
 def build_request(family: int, states: int, ext: int, seq: int, msg_type: int,
-                  flags: int, sockid: bytes = b"\0" * 48, bytecode: bytes = b"") -> bytes:
-    """One inet_diag_req_v2 netlink message (TCPDIAG_GETSOCK: the older inet_diag_req).
+                  flags: int, sockid: bytes) -> bytes:
+    """One inet_diag_req_v2 netlink message about the socket `sockid` names."""
+    body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states) + sockid
+    return NLMSGHDR.pack(NLMSG_HDRLEN + len(body), msg_type, flags, seq, 0) + body
 
-    An optional filter program follows the request in both forms.
+
+def dump_request(family: int, states: int, ext: int, seq: int, bytecode: bytes = b"") -> bytes:
+    """A request for every socket of `family` in `states`, and its filter program if any.
+
+    AF_UNSPEC asks for both families in one walk, through the older
+    TCPDIAG_GETSOCK request (struct inet_diag_req); the others are v2.
     """
-    if msg_type == TCPDIAG_GETSOCK:
-        body = REQ_V1.pack(family, 0, 0, ext, sockid, states, 0)
+    if family == socket.AF_UNSPEC:
+        kind = TCPDIAG_GETSOCK
+        body = REQ_V1.pack(family, 0, 0, ext, b"\0" * 48, states, 0)
     else:
-        body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states) + sockid
+        kind = SOCK_DIAG_BY_FAMILY
+        body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states) + b"\0" * 48
     if bytecode:
         body += RTATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    return NLMSGHDR.pack(NLMSG_HDRLEN + len(body), msg_type, flags, seq, 0) + body
+    return NLMSGHDR.pack(NLMSG_HDRLEN + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq,
+                         0) + body
 
 
 # --- in-kernel filter programs (INET_DIAG_REQ_BYTECODE) ------------------------
@@ -245,10 +255,7 @@ def _dump_family(sock: socket.socket, family: int, opts: DumpOptions,
 
 def _dump_once(sock: socket.socket, family: int, opts: DumpOptions, netns: int,
                seq: int) -> list[Socket]:
-    kind = TCPDIAG_GETSOCK if family == socket.AF_UNSPEC else SOCK_DIAG_BY_FAMILY
-    request = build_request(family, opts.states, opts.ext, seq, kind,
-                            NLM_F_REQUEST | NLM_F_DUMP, bytecode=opts.bytecode)
-    sock.send(request)
+    sock.send(dump_request(family, opts.states, opts.ext, seq, opts.bytecode))
     out: list[Socket] = []
     parser = DumpParser(opts, netns, out)
     buf = bytearray(RECV_BUFSIZE)
