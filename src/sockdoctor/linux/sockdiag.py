@@ -313,14 +313,13 @@ class DumpParser:
         end = len(data)
         offset = 0
         unpack_socket = HDR_DIAG_MSG.unpack_from
-        names4, names6 = self._names4, self._names6
+        # Separate caches: an IPv4 field and an IPv6 one can hold the same bytes.
+        caches = {socket.AF_INET: self._names4, socket.AF_INET6: self._names6}
         netns = self.netns
         append = self.out.append
-        wanted = self._wanted
-        only_age = self.opts.only_age
-        age_at = self._age_at
-        check_header = RTATTR.unpack_from
-        read_u32 = U32.unpack_from
+        # what follows an inet_diag_msg, if anything was asked for
+        extras = (self._age if self.opts.only_age else self._all_attributes) \
+            if self._wanted else None
         while offset < end:
             if end - offset < NLMSG_HDRLEN:
                 raise NetlinkParseError(f"truncated netlink header at byte {offset}")
@@ -339,37 +338,44 @@ class DumpParser:
                 if length < HDR_DIAG_MSG.size:
                     raise NetlinkParseError(
                         f"inet_diag_msg of {length - NLMSG_HDRLEN} bytes is too short")
-                # Separate caches: an IPv4 field and an IPv6 one can hold the same bytes.
-                if family == socket.AF_INET:
-                    names = names4
-                elif family == socket.AF_INET6:
-                    names = names6
-                else:
+                names = caches.get(family)
+                if names is None:
                     raise NetlinkParseError(f"unknown address family {family} at byte {offset}")
-                local = names.get(src) or _address(names, family, src)
-                peer = names.get(dst) or _address(names, family, dst)
-                sk = Socket(netns, family, state, local, ((sport & 0xFF) << 8) | (sport >> 8),
-                            peer, ((dport & 0xFF) << 8) | (dport >> 8), inode, cookie, uid,
+                sk = Socket(netns, family, state, names.get(src) or _address(names, family, src),
+                            ((sport & 0xFF) << 8) | (sport >> 8),
+                            names.get(dst) or _address(names, family, dst),
+                            ((dport & 0xFF) << 8) | (dport >> 8), inode, cookie, uid,
                             rqueue, wqueue, timer, expires, retrans, ifindex)
-                if not wanted or length <= HDR_DIAG_MSG.size:
-                    pass
-                elif only_age:  # the common `ls` case: one field of tcp_info, read in place
-                    if (1 << state) & AGED_STATES:
-                        known = age_at.get(length)
-                        if known is not None and check_header(data, offset + known[0]) == known[1]:
-                            sk.age_ms = read_u32(data, offset + known[0] + AGE_IN_ATTR)[0]
-                        else:
-                            self._learn_age(sk, data, offset, length)
-                else:
-                    self._attributes(sk, data, offset + NLMSG_HDRLEN, offset + length)
+                if extras is not None and length > HDR_DIAG_MSG.size:
+                    extras(sk, data, offset, length)
                 append(sk)
-            elif msg_type == NLMSG_DONE:
-                self.done = True
-                _raise_if_error(data, offset, length)
+            elif self._control(data, offset, length, msg_type):
                 return
-            elif msg_type == NLMSG_ERROR:
-                _raise_if_error(data, offset, length)
             offset += (length + 3) & ~3
+
+    def _age(self, sk: Socket, data: bytes | memoryview, offset: int, length: int) -> None:
+        """The common `ls` case: only tcp_info's last-ACK age, read in place."""
+        if (1 << sk.state) & AGED_STATES:
+            known = self._age_at.get(length)
+            if known is not None and RTATTR.unpack_from(data, offset + known[0]) == known[1]:
+                sk.age_ms = U32.unpack_from(data, offset + known[0] + AGE_IN_ATTR)[0]
+            else:
+                self._learn_age(sk, data, offset, length)
+
+    def _all_attributes(self, sk: Socket, data: bytes | memoryview, offset: int,
+                        length: int) -> None:
+        self._attributes(sk, data, offset + NLMSG_HDRLEN, offset + length)
+
+    def _control(self, data: bytes | memoryview, offset: int, length: int,
+                 msg_type: int) -> bool:
+        """NLMSG_DONE (True: the dump is over) and NLMSG_ERROR; other types are skipped."""
+        if msg_type == NLMSG_DONE:
+            self.done = True
+            _raise_if_error(data, offset, length)
+            return True
+        if msg_type == NLMSG_ERROR:
+            _raise_if_error(data, offset, length)
+        return False
 
     # The kernel emits the same attributes in the same order for every socket
     # of a kind, so where each one sits depends only on the message size.
