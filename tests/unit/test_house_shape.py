@@ -8,6 +8,7 @@ are the command's options. An options object reads better than a long list.
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 import textwrap
 from collections.abc import Iterator
@@ -79,6 +80,7 @@ def offences(source: str, module: str) -> dict[str, str]:
     return found
 
 
+@functools.cache
 def package_offences() -> dict[str, str]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
