@@ -71,11 +71,15 @@ class Guard:
     when nothing leaked).
     """
 
+    # How a leak's creation traceback is told: the note shown when tracemalloc
+    # is off, and directories whose frames it skips (a test runner's own code).
+    # Set on an instance to change them; decorated calls inherit them.
+    trace_hint: str = guardreport.TRACEMALLOC_HINT
+    trace_hide: tuple[str, ...] = ()
+
     def __init__(self, *, pids: Iterable[int] | None = None, netns: str | None = None,
                  children: bool = True, grace: float = DEFAULT_GRACE, mode: Mode = "raise",
-                 allow: AllowRule | Iterable[AllowRule] = (), name: str = "",
-                 trace_hint: str = guardreport.TRACEMALLOC_HINT,
-                 trace_hide: tuple[str, ...] = ()) -> None:
+                 allow: AllowRule | Iterable[AllowRule] = (), name: str = "") -> None:
         if mode not in MODES:
             raise UsageError(f"guard mode must be one of {', '.join(MODES)}, not {mode!r}")
         if pids is not None and netns is not None:
@@ -88,8 +92,6 @@ class Guard:
         self.grace = grace
         self.mode: Mode = mode
         self.name = name
-        self.trace_hint = trace_hint
-        self.trace_hide = trace_hide  # directories whose frames creation tracebacks skip
         self.report: GuardReport | None = None
         self._allow: list[Callable[[Leak], bool]] = []
         self.allow(*_as_rules(allow))
@@ -181,8 +183,8 @@ class Guard:
 
         def fresh() -> Guard:
             copy = Guard(pids=self.pids, netns=self.netns, children=self.children,
-                         grace=self.grace, mode=self.mode, allow=self._allow, name=name,
-                         trace_hint=self.trace_hint, trace_hide=self.trace_hide)
+                         grace=self.grace, mode=self.mode, allow=self._allow, name=name)
+            copy.trace_hint, copy.trace_hide = self.trace_hint, self.trace_hide
             return copy
 
         if inspect.iscoroutinefunction(func):

@@ -25,9 +25,7 @@ HERE = pathlib.Path(__file__).parent
 
 def record(family: int) -> list[bytes]:
     sock = sockdiag.open_socket()
-    sock.send(sockdiag.build_request(family, ALL_STATES_MASK, sockdiag.EXT_INFO, 7,
-                                     sockdiag.SOCK_DIAG_BY_FAMILY,
-                                     sockdiag.NLM_F_REQUEST | sockdiag.NLM_F_DUMP))
+    sock.send(sockdiag.dump_request(family, ALL_STATES_MASK, sockdiag.EXT_INFO, 7))
     chunks: list[bytes] = []
     parser = sockdiag.DumpParser(sockdiag.DumpOptions(ALL_STATES_MASK), 0, [])
     while not parser.done:

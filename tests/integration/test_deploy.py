@@ -23,8 +23,8 @@ import yaml
 
 from conftest import NOBODY, Remote, Unprivileged, allow_stuck_sockets_in
 from sockdoctor.lab.netlab import Lab
+from sockdoctor.ports import EXPORTER_PORT
 from sockdoctor.units import DOCUMENTED
-from sockdoctor.watch.exporter import DEFAULT_PORT
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNIT = DEPLOY / "systemd" / "sockdoctor-exporter.service"
@@ -54,7 +54,7 @@ def test_the_unit_is_hardened_and_systemd_accepts_it(tmp_path: Path) -> None:
     assert service["CapabilityBoundingSet"].split() == unit_capabilities()
     assert set(unit_capabilities()) == {"CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"}
     assert "~@debug" in UNIT.read_text()  # ptrace(2) and pidfd_getfd refused
-    assert f":{DEFAULT_PORT}" in service["ExecStart"]
+    assert f":{EXPORTER_PORT}" in service["ExecStart"]
     assert_unit_verifies(UNIT, tmp_path)
 
 
@@ -169,9 +169,9 @@ def test_the_daemonset_is_read_only_and_bounded() -> None:
     assert not added & {"NET_ADMIN", "NET_RAW", "SYS_MODULE"}
     assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": DEFAULT_PORT}
+    assert ports == {"metrics": EXPORTER_PORT}
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(DEFAULT_PORT)
+    assert annotations["prometheus.io/port"] == str(EXPORTER_PORT)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
@@ -193,7 +193,7 @@ def test_the_dockerfile_builds_this_repository_and_runs_what_the_daemonset_asks(
     assert re.search(r"^COPY src \./src$", build, re.M) and "gcc" in build
     assert 'grep -q "C extension"' in build  # no silent pure-Python image
     assert "gcc" not in final and "COPY --from=build /opt/sockdoctor" in final
-    assert f"EXPOSE {DEFAULT_PORT}" in final
+    assert f"EXPOSE {EXPORTER_PORT}" in final
     assert 'ENTRYPOINT ["sockdoctor"]' in final
     args = daemonset()["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "exporter"

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -138,9 +138,10 @@ class Conn:
             time.sleep(0.01)
         raise AssertionError(f"server socket never reached {TcpState(want).name}")
 
-    def kill(self, **kwargs: object) -> rawtcp.RstResult:
-        return _in(self.server_host,
-                   lambda: rawtcp.rst_kill(self.local, self.peer, self.family, **kwargs))
+    def kill(self, cookie: int | None = None, **options: Any) -> rawtcp.RstResult:
+        opts = rawtcp.RstOptions(**options)
+        return _in(self.server_host, lambda: rawtcp.rst_kill(self.local, self.peer, self.family,
+                                                             cookie=cookie, opts=opts))
 
     def serves_again(self) -> str:
         self.server.send("serve")

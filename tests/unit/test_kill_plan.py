@@ -414,6 +414,22 @@ def test_max_refuses_the_whole_plan_or_defers_the_rest() -> None:
     deferred = plan_kill(close_waits(5), KillPolicy(max_count=2, over_max="defer"), host=HOST)
     assert [i.method for i in deferred.items] == ["fin", "fin", "", "", ""]
     assert all("left for later" in i.skipped for i in deferred.items[2:])
+    assert all(i.why.startswith("deferred: ") and not i.program_sees for i in deferred.items[2:])
+
+
+def test_a_plan_is_a_value_nobody_can_change() -> None:
+    """What was shown and confirmed is what gets applied: no field can be set afterwards."""
+    plan = plan_kill(close_waits(3), KillPolicy(max_count=1, over_max="defer"), host=HOST)
+    item = plan.items[0]
+    with pytest.raises(AttributeError):
+        item.method = "destroy"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        plan.items = ()  # type: ignore[misc]
+    assert isinstance(plan.items, tuple) and isinstance(plan.notes, tuple)
+    assert isinstance(item.owners, tuple) and isinstance(item.listener_pids, tuple)
+    # the JSON form (`kill --json`) is the same as before: arrays
+    doc = msgspec.json.decode(msgspec.json.encode(plan))
+    assert isinstance(doc["items"], list) and isinstance(doc["items"][0]["owners"], list)
 
 
 @pytest.mark.parametrize("bad", [dict(methods=("nuke",)), dict(max_count=0), dict(rate=-1.0),

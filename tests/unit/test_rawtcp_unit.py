@@ -397,7 +397,7 @@ class FakeKernel:
     def run(self, state: int = 8, attempts: int = 3) -> rawtcp.RstResult:
         result = rawtcp.RstResult("no-answer", V4_LOCAL, V4_PEER, socket.AF_INET, state=state)
         tools = rawtcp._Tools(None, None, 0, None)  # type: ignore[arg-type]
-        rawtcp._run(result, tools, True, 0.1, attempts)
+        rawtcp._run(result, tools, rawtcp.RstOptions(timeout=0.1, attempts=attempts))
         return result
 
 

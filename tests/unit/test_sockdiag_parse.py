@@ -264,11 +264,10 @@ def test_replies_to_the_older_request_parse_the_same() -> None:
 
 def test_the_older_request_is_inet_diag_req_with_the_filter_after_it() -> None:
     program = sockdiag.port_filter([80])
-    raw = sockdiag.build_request(socket.AF_UNSPEC, 0x100, sockdiag.EXT_INFO, 7,
-                                 sockdiag.TCPDIAG_GETSOCK, sockdiag.NLM_F_REQUEST
-                                 | sockdiag.NLM_F_DUMP, bytecode=program)
-    length, kind, _flags, seq, _pid = sockdiag.NLMSGHDR.unpack_from(raw)
+    raw = sockdiag.dump_request(socket.AF_UNSPEC, 0x100, sockdiag.EXT_INFO, 7, program)
+    length, kind, flags, seq, _pid = sockdiag.NLMSGHDR.unpack_from(raw)
     assert (length, kind, seq) == (len(raw), sockdiag.TCPDIAG_GETSOCK, 7)
+    assert flags == sockdiag.NLM_F_REQUEST | sockdiag.NLM_F_DUMP
     # struct inet_diag_req: family, src_len, dst_len, ext, sockid[48], states, dbs
     assert sockdiag.REQ_V1.size == 60 and raw[16] == socket.AF_UNSPEC
     assert raw[19] == sockdiag.EXT_INFO and raw[20:68] == b"\0" * 48
@@ -417,8 +416,8 @@ def test_port_filter_program_accepts_exactly_the_ports(ports: set[int],
 
 def test_filter_travels_as_a_request_attribute() -> None:
     program = sockdiag.port_filter([80])
-    request = sockdiag.build_request(2, 1, 0, 1, sockdiag.SOCK_DIAG_BY_FAMILY, 0,
-                                     bytecode=program)
+    request = sockdiag.dump_request(2, 1, 0, 1, program)
+    assert sockdiag.NLMSGHDR.unpack_from(request)[1] == sockdiag.SOCK_DIAG_BY_FAMILY
     assert len(request) == 16 + 56 + 4 + len(program)
     assert struct.unpack_from("=HH", request, 72) == (4 + len(program),
                                                        sockdiag.INET_DIAG_REQ_BYTECODE)

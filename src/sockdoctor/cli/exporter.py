@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
+from ..ports import EXPORTER_LISTEN
 from .common import CONTEXT, DURATION, FILTER_HELP, build_query, filter_options
 from .web import check_path, web_options
 
-DEFAULT_LISTEN = ":19808"
 # The optional families, each with --[no-]collector.NAME (watch/metrics.py COLLECTORS;
 # written out here so that `--help` does not import the metrics code).
 COLLECTORS = {
@@ -60,7 +60,7 @@ Examples:
 
 @click.command("exporter", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
-@web_options(f"{DEFAULT_LISTEN}; with --textfile: no HTTP unless given")
+@web_options(f"{EXPORTER_LISTEN}; with --textfile: no HTTP unless given")
 @click.option("--interval", default="15s", show_default=True, metavar="T",
               type=DURATION,
               help="Time between samples (10s, 1m).")
@@ -121,7 +121,7 @@ def exporter_command(listen: tuple[str, ...], telemetry_path: str, web_config: s
     query = build_query(kw)
     serve = not once and (listen or textfile_dir is None)
     settings = ex.ExporterSettings(
-        listen=(tuple(listen) or (ex.DEFAULT_LISTEN,)) if serve else (),
+        listen=(tuple(listen) or (EXPORTER_LISTEN,)) if serve else (),
         telemetry_path=telemetry_path, web_config=web_config, interval_s=seconds,
         textfile_dir=textfile_dir, max_series=max_series, pid_label="pid" in labels,
         collectors_off=off, own_metrics=not no_own_metrics,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -85,7 +86,7 @@ def ls_command(listening: bool, processes: bool, info: bool, memory: bool, exten
         query = ss_default_states(query)
     snapshot = _snapshot(query, from_file, output, processes, info, memory, extended)
     warn(snapshot.warnings)
-    _write(snapshot, output, processes, info, memory, extended, timers, not no_header)
+    _write(snapshot, output, _Shown(processes, info, memory, extended, timers, not no_header))
 
 
 def ss_default_states(query: Any) -> Any:
@@ -120,8 +121,19 @@ def _snapshot(query: Any, from_file: str | None, output: str | None, processes: 
     return snapshot
 
 
-def _write(snapshot: Any, output: str | None, processes: bool, info: bool, memory: bool,
-           extended: bool, timers: bool, header: bool) -> None:
+@dataclass(frozen=True)
+class _Shown:
+    """What the table shows besides the ss columns: -p, -i, -m, -e, -o, and the header."""
+
+    processes: bool
+    info: bool
+    memory: bool
+    extended: bool
+    timers: bool
+    header: bool
+
+
+def _write(snapshot: Any, output: str | None, shown: _Shown) -> None:
     out = sys.stdout
     if output == "json":
         from ..render.jsonout import write_json
@@ -140,8 +152,9 @@ def _write(snapshot: Any, output: str | None, processes: bool, info: bool, memor
         from ..render.table import Columns
         from ..render.table import render as render_table
 
-        cols = Columns(processes=processes and snapshot.owners_scanned, info=info, mem=memory,
-                       extended=extended, timers=timers, header=header,
+        cols = Columns(processes=shown.processes and snapshot.owners_scanned, info=shown.info,
+                       mem=shown.memory, extended=shown.extended, timers=shown.timers,
+                       header=shown.header,
                        netns=len(snapshot.namespaces) > 1,
                        age=any(sk.age_ms is not None for sk in snapshot.sockets))
         write_lines(out, render_table(snapshot, cols))

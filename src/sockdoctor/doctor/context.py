@@ -221,15 +221,16 @@ class Context:
 
     # --- relief --------------------------------------------------------
 
-    def kill(self, netns: int, states: list[str], *, pid: int = 0, port: int = 0,
+    def kill(self, netns: int, states: list[str], *, pids: Sequence[int] = (), port: int = 0,
              older_than_ms: int | None = None, words: list[str] | None = None,
-             pids: Sequence[int] = (), process: str = "") -> tuple[str, list[str]]:
+             process: str = "") -> tuple[str, list[str]]:
         """The `sockdoctor kill` command line for a set of sockets, and its argv.
 
-        `pids` names several processes (--pid each), `process` a name they share.
+        `pids` names the holding processes (--pid each; 0, an unseen one, is
+        left out), `process` a name they share.
         """
         argv = ["sockdoctor", "kill", "--netns", self.ns_selector(netns)]
-        for one in ([pid] if pid > 0 else []) + [p for p in pids if p > 0 and p != pid]:
+        for one in dict.fromkeys(p for p in pids if p > 0):
             argv += ["--pid", str(one)]
         if process:
             argv += ["--process", process]

@@ -48,6 +48,15 @@ def worse(a: Severity | None, b: Severity | None) -> Severity | None:
     return a if SEVERITY_RANK[a] >= SEVERITY_RANK[b] else b
 
 
+def ladder(value: float, critical: float, warning: float, info: float) -> Severity | None:
+    """The severity whose threshold `value` reaches, the highest first; None below `info`."""
+    if value >= critical:
+        return "critical"
+    if value >= warning:
+        return "warning"
+    return "info" if value >= info else None
+
+
 def cap(sev: Severity | None, ceiling: Severity) -> Severity | None:
     if sev is None or SEVERITY_RANK[sev] <= SEVERITY_RANK[ceiling]:
         return sev

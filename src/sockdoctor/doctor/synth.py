@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from typing import TypedDict, Unpack
 
 import msgspec
 
@@ -45,6 +46,28 @@ DEFAULT_SYSCTLS: dict[str, str] = {
 }
 _ORPHAN_STATES = (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK, TcpState.CLOSING)
 _TIME_WAIT_MS = 60_000
+_PROCESS = {"state": "S", "fd_limit": 1024, "user": "app", "ppid": 1}
+
+
+class SocketFields(TypedDict, total=False):
+    """Fields of a synthetic Socket a test may set (the rest the builder fills in)."""
+
+    age_ms: int | None
+    recv_q: int
+    send_q: int
+    inode: int | None
+    timer: int
+    expires_ms: int
+    retrans: int
+
+
+class ProcessFields(TypedDict, total=False):
+    """Fields of a synthetic Process a test may set."""
+
+    state: str
+    fd_limit: int
+    user: str
+    ppid: int
 
 
 def state_of(name: str | int) -> int:
@@ -95,16 +118,19 @@ class SnapshotBuilder:
             ns.counters.setdefault(group, {}).update(values)
         return ns.inode
 
-    def process(self, pid: int, comm: str = "python3", *, state: str = "S",
+    def process(self, pid: int, comm: str = "python3", *,
                 threads: list[tuple[str, str, str]] | None = None, fd_count: int | None = None,
-                fd_limit: int = 1024, netns: str = "host", user: str = "app",
-                ppid: int = 1) -> Process:
-        """threads: (state letter, syscall, wchan) per thread; None = not collected."""
+                netns: str = "host", **fields: Unpack[ProcessFields]) -> Process:
+        """threads: (state letter, syscall, wchan) per thread; None = not collected.
+
+        `fields` set the Process's own fields (state "S", fd_limit 1024, user
+        "app" and ppid 1 unless given).
+        """
         infos = None if threads is None else [
             ThreadInfo(tid=pid + i, state=st, syscall=sc, wchan=wc)
             for i, (st, sc, wc) in enumerate(threads)]
-        proc = Process(pid=pid, comm=comm, cmdline=[comm], uid=1000, user=user, state=state,
-                       ppid=ppid, netns=self.netns(netns), fd_limit=fd_limit, threads=infos)
+        proc = Process(pid=pid, comm=comm, cmdline=[comm], uid=1000,
+                       netns=self.netns(netns), threads=infos, **{**_PROCESS, **fields})
         self.processes[pid] = proc
         if fd_count is not None:
             self._fixed_fd_count[pid] = fd_count
@@ -113,25 +139,30 @@ class SnapshotBuilder:
     # --- sockets -------------------------------------------------------
 
     def socket(self, state: str | int, local: str, peer: str, *, pid: int | None = None,
-               netns: str = "host", age_ms: int | None = 0, recv_q: int = 0, send_q: int = 0,
-               inode: int | None = None, timer: int = 0, expires_ms: int = 0,
-               retrans: int = 0, pids: tuple[int, ...] = ()) -> Socket:
+               pids: tuple[int, ...] = (), netns: str = "host",
+               **fields: Unpack[SocketFields]) -> Socket:
+        """One socket; `pid` and `pids` hold it, `fields` set the Socket's own fields.
+
+        Unless given: age 0 (none in TIME-WAIT, which gets its timer), queues,
+        timer and retransmissions 0, a fresh inode when held (0 otherwise).
+        """
         ns = self.netns(netns)
         laddr, lport = self._endpoint(ns, local)
         paddr, pport = self._endpoint(ns, peer)
         holders = ([pid] if pid is not None else []) + list(pids)
-        if inode is None:
-            inode = next(self._inodes) if holders else 0
+        values: dict = {"age_ms": 0, "recv_q": 0, "send_q": 0, **fields}
+        if values.get("inode") is None:
+            values["inode"] = next(self._inodes) if holders else 0
         st = state_of(state)
         if st == TcpState.TIME_WAIT:
-            timer, expires_ms = 3, expires_ms or _TIME_WAIT_MS // 2
-            age_ms = None
+            values.update(timer=3, expires_ms=values.get("expires_ms") or _TIME_WAIT_MS // 2,
+                          age_ms=None)
+        if not self.info:
+            values["age_ms"] = None
         sk = Socket(netns=ns, family=10 if ":" in laddr else 2, state=st, local_addr=laddr,
-                    local_port=lport, peer_addr=paddr, peer_port=pport, inode=inode,
-                    cookie=next(self._cookies), uid=1000, recv_q=recv_q, send_q=send_q,
-                    timer=timer, expires_ms=expires_ms, retrans=retrans,
-                    owners=[Owner(p, next(self._fds[p])) for p in holders],
-                    age_ms=age_ms if self.info else None)
+                    local_port=lport, peer_addr=paddr, peer_port=pport,
+                    cookie=next(self._cookies), uid=1000,
+                    owners=[Owner(p, next(self._fds[p])) for p in holders], **values)
         self.socket_list.append(sk)
         return sk
 

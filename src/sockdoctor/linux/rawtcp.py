@@ -159,22 +159,34 @@ class _Round:
     challenge_acks: int  # challenge ACKs actually sent
 
 
+@dataclass(frozen=True)
+class RstOptions:
+    """How rst_kill() goes about it.
+
+    ifname: the interface to watch for the socket's answer (default: the
+    route to the peer). also_peer: reset the peer too, once ours is gone.
+    timeout: seconds to wait for each answer. attempts: provocations at
+    most, spaced by the kernel's ratelimit interval.
+    """
+
+    ifname: str | None = None
+    also_peer: bool = True
+    timeout: float = 1.0
+    attempts: int = 3
+
+
 def rst_kill(local: tuple[str, int], peer: tuple[str, int], family: int, *,
-             ifname: str | None = None, also_peer: bool = True, timeout: float = 1.0,
-             attempts: int = 3, cookie: int | None = None) -> RstResult:
+             cookie: int | None = None, opts: RstOptions = RstOptions()) -> RstResult:
     """End the TCP socket local<->peer with forged segments; see the module docstring.
 
-    Runs in the calling thread's network namespace. `timeout` bounds the wait
-    for each answer; `attempts` provocations at most, spaced by the kernel's
-    ratelimit interval. `cookie` (the socket's sock_diag cookie) makes sure a
-    socket that reused the 4-tuple since the caller looked is left alone.
-    Raises PermissionDeniedError without CAP_NET_RAW; every other failure is
-    an outcome in the result. For many sockets of one namespace,
-    RstKiller.kill() saves a few milliseconds a socket.
+    Runs in the calling thread's network namespace. `cookie` (the socket's
+    sock_diag cookie) makes sure a socket that reused the 4-tuple since the
+    caller looked is left alone. Raises PermissionDeniedError without
+    CAP_NET_RAW; every other failure is an outcome in the result. For many
+    sockets of one namespace, RstKiller.kill() saves a few milliseconds a socket.
     """
     with RstKiller() as killer:
-        return killer.kill(local, peer, family, ifname=ifname, also_peer=also_peer,
-                           timeout=timeout, attempts=attempts, cookie=cookie)
+        return killer.kill(local, peer, family, cookie=cookie, opts=opts)
 
 
 class RstKiller:
@@ -201,8 +213,7 @@ class RstKiller:
         self._captures.clear()
 
     def kill(self, local: tuple[str, int], peer: tuple[str, int], family: int, *,
-             ifname: str | None = None, also_peer: bool = True, timeout: float = 1.0,
-             attempts: int = 3, cookie: int | None = None) -> RstResult:
+             cookie: int | None = None, opts: RstOptions = RstOptions()) -> RstResult:
         """See rst_kill()."""
         started = time.monotonic()
         local, peer, family = _wire_addresses(local, peer, family)
@@ -212,11 +223,11 @@ class RstKiller:
             result.state = socket_state(local, peer, cookie)
             if _refused(result, cookie):
                 return result
-            result.ifname = ifname or route_interface(peer[0], local[0])
+            result.ifname = opts.ifname or route_interface(peer[0], local[0])
             capture = self._capture(result.ifname)
             capture.target(local, peer)
             tools = _Tools(sender, capture, interface_index(result.ifname), cookie)
-            _run(result, tools, also_peer, timeout, attempts)
+            _run(result, tools, opts)
         finally:
             result.elapsed = time.monotonic() - started
         return result
@@ -279,13 +290,12 @@ def _refused(result: RstResult, cookie: int | None) -> bool:
     return False
 
 
-def _run(result: RstResult, tools: _Tools, also_peer: bool, timeout: float,
-         attempts: int) -> None:
+def _run(result: RstResult, tools: _Tools, opts: RstOptions) -> None:
     interval = _sysctl("tcp_invalid_ratelimit", 500) / 1000 + 0.02  # one jiffy and some
     challenge_limit = _sysctl("tcp_challenge_ack_limit", INT_MAX)
     # A time-wait socket may take a SYN as a new connection: start with the ACK there.
     kinds = ("ack", "syn") if result.state == TcpState.TIME_WAIT else ("syn", "ack")
-    for attempt in range(attempts):
+    for attempt in range(opts.attempts):
         if attempt:
             time.sleep(interval)
             # Never provoke a socket that is gone: a SYN would reach the listener
@@ -293,9 +303,9 @@ def _run(result: RstResult, tools: _Tools, also_peer: bool, timeout: float,
             if socket_state(result.local, result.peer, tools.cookie) is None:
                 _vanished(result)
                 break
-        if _attempt(result, tools, kinds[attempt % 2], timeout, challenge_limit):
+        if _attempt(result, tools, kinds[attempt % 2], opts.timeout, challenge_limit):
             break
-    if result.killed and also_peer:
+    if result.killed and opts.also_peer:
         _reset_peer(result, tools)
 
 

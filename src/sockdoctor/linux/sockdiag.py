@@ -157,18 +157,28 @@ def open_socket() -> socket.socket:
 
 
 def build_request(family: int, states: int, ext: int, seq: int, msg_type: int,
-                  flags: int, sockid: bytes = b"\0" * 48, bytecode: bytes = b"") -> bytes:
-    """One inet_diag_req_v2 netlink message (TCPDIAG_GETSOCK: the older inet_diag_req).
+                  flags: int, sockid: bytes) -> bytes:
+    """One inet_diag_req_v2 netlink message about the socket `sockid` names."""
+    body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states) + sockid
+    return NLMSGHDR.pack(NLMSG_HDRLEN + len(body), msg_type, flags, seq, 0) + body
 
-    An optional filter program follows the request in both forms.
+
+def dump_request(family: int, states: int, ext: int, seq: int, bytecode: bytes = b"") -> bytes:
+    """A request for every socket of `family` in `states`, and its filter program if any.
+
+    AF_UNSPEC asks for both families in one walk, through the older
+    TCPDIAG_GETSOCK request (struct inet_diag_req); the others are v2.
     """
-    if msg_type == TCPDIAG_GETSOCK:
-        body = REQ_V1.pack(family, 0, 0, ext, sockid, states, 0)
+    if family == socket.AF_UNSPEC:
+        kind = TCPDIAG_GETSOCK
+        body = REQ_V1.pack(family, 0, 0, ext, b"\0" * 48, states, 0)
     else:
-        body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states) + sockid
+        kind = SOCK_DIAG_BY_FAMILY
+        body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states) + b"\0" * 48
     if bytecode:
         body += RTATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    return NLMSGHDR.pack(NLMSG_HDRLEN + len(body), msg_type, flags, seq, 0) + body
+    return NLMSGHDR.pack(NLMSG_HDRLEN + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq,
+                         0) + body
 
 
 # --- in-kernel filter programs (INET_DIAG_REQ_BYTECODE) ------------------------
@@ -263,10 +273,7 @@ def _dump_family(sock: socket.socket, family: int, opts: DumpOptions,
 
 def _dump_once(sock: socket.socket, family: int, opts: DumpOptions, netns: int,
                seq: int) -> list[Socket]:
-    kind = TCPDIAG_GETSOCK if family == socket.AF_UNSPEC else SOCK_DIAG_BY_FAMILY
-    request = build_request(family, opts.states, opts.ext, seq, kind,
-                            NLM_F_REQUEST | NLM_F_DUMP, bytecode=opts.bytecode)
-    sock.send(request)
+    sock.send(dump_request(family, opts.states, opts.ext, seq, opts.bytecode))
     out: list[Socket] = []
     parser = DumpParser(opts, netns, out)
     buf = bytearray(RECV_BUFSIZE)
@@ -324,14 +331,13 @@ class DumpParser:
         end = len(data)
         offset = 0
         unpack_socket = HDR_DIAG_MSG.unpack_from
-        names4, names6 = self._names4, self._names6
+        # Separate caches: an IPv4 field and an IPv6 one can hold the same bytes.
+        caches = {socket.AF_INET: self._names4, socket.AF_INET6: self._names6}
         netns = self.netns
         append = self.out.append
-        wanted = self._wanted
-        only_age = self.opts.only_age
-        age_at = self._age_at
-        check_header = RTATTR.unpack_from
-        read_u32 = U32.unpack_from
+        # what follows an inet_diag_msg, if anything was asked for
+        extras = (self._age if self.opts.only_age else self._all_attributes) \
+            if self._wanted else None
         while offset < end:
             if end - offset < NLMSG_HDRLEN:
                 raise NetlinkParseError(f"truncated netlink header at byte {offset}")
@@ -350,37 +356,44 @@ class DumpParser:
                 if length < HDR_DIAG_MSG.size:
                     raise NetlinkParseError(
                         f"inet_diag_msg of {length - NLMSG_HDRLEN} bytes is too short")
-                # Separate caches: an IPv4 field and an IPv6 one can hold the same bytes.
-                if family == socket.AF_INET:
-                    names = names4
-                elif family == socket.AF_INET6:
-                    names = names6
-                else:
+                names = caches.get(family)
+                if names is None:
                     raise NetlinkParseError(f"unknown address family {family} at byte {offset}")
-                local = names.get(src) or _address(names, family, src)
-                peer = names.get(dst) or _address(names, family, dst)
-                sk = Socket(netns, family, state, local, ((sport & 0xFF) << 8) | (sport >> 8),
-                            peer, ((dport & 0xFF) << 8) | (dport >> 8), inode, cookie, uid,
+                sk = Socket(netns, family, state, names.get(src) or _address(names, family, src),
+                            ((sport & 0xFF) << 8) | (sport >> 8),
+                            names.get(dst) or _address(names, family, dst),
+                            ((dport & 0xFF) << 8) | (dport >> 8), inode, cookie, uid,
                             rqueue, wqueue, timer, expires, retrans, ifindex)
-                if not wanted or length <= HDR_DIAG_MSG.size:
-                    pass
-                elif only_age:  # the common `ls` case: one field of tcp_info, read in place
-                    if (1 << state) & AGED_STATES:
-                        known = age_at.get(length)
-                        if known is not None and check_header(data, offset + known[0]) == known[1]:
-                            sk.age_ms = read_u32(data, offset + known[0] + AGE_IN_ATTR)[0]
-                        else:
-                            self._learn_age(sk, data, offset, length)
-                else:
-                    self._attributes(sk, data, offset + NLMSG_HDRLEN, offset + length)
+                if extras is not None and length > HDR_DIAG_MSG.size:
+                    extras(sk, data, offset, length)
                 append(sk)
-            elif msg_type == NLMSG_DONE:
-                self.done = True
-                _raise_if_error(data, offset, length)
+            elif self._control(data, offset, length, msg_type):
                 return
-            elif msg_type == NLMSG_ERROR:
-                _raise_if_error(data, offset, length)
             offset += (length + 3) & ~3
+
+    def _age(self, sk: Socket, data: bytes | memoryview, offset: int, length: int) -> None:
+        """The common `ls` case: only tcp_info's last-ACK age, read in place."""
+        if (1 << sk.state) & AGED_STATES:
+            known = self._age_at.get(length)
+            if known is not None and RTATTR.unpack_from(data, offset + known[0]) == known[1]:
+                sk.age_ms = U32.unpack_from(data, offset + known[0] + AGE_IN_ATTR)[0]
+            else:
+                self._learn_age(sk, data, offset, length)
+
+    def _all_attributes(self, sk: Socket, data: bytes | memoryview, offset: int,
+                        length: int) -> None:
+        self._attributes(sk, data, offset + NLMSG_HDRLEN, offset + length)
+
+    def _control(self, data: bytes | memoryview, offset: int, length: int,
+                 msg_type: int) -> bool:
+        """NLMSG_DONE (True: the dump is over) and NLMSG_ERROR; other types are skipped."""
+        if msg_type == NLMSG_DONE:
+            self.done = True
+            _raise_if_error(data, offset, length)
+            return True
+        if msg_type == NLMSG_ERROR:
+            _raise_if_error(data, offset, length)
+        return False
 
     # The kernel emits the same attributes in the same order for every socket
     # of a kind, so where each one sits depends only on the message size.

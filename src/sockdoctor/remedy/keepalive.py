@@ -75,11 +75,11 @@ class Keepalive(msgspec.Struct, frozen=True, kw_only=True):
         return f"idle {self.idle_s}s, interval {self.interval_s}s, count {self.count}{extra}"
 
 
-class KeepalivePlan(msgspec.Struct, kw_only=True):
-    items: list[PlanItem]  # method "keepalive", or "" with the reason
+class KeepalivePlan(msgspec.Struct, kw_only=True, frozen=True):
+    items: tuple[PlanItem, ...]  # method "keepalive", or "" with the reason
     settings: Keepalive
     host: Host
-    notes: list[str] = msgspec.field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
     @property
     def actions(self) -> list[PlanItem]:
@@ -133,38 +133,38 @@ def plan_keepalive(snapshot: Snapshot, settings: Keepalive, *, where: Query | No
     if len(acting) > max_count:
         raise UsageError(f"this would change {len(acting)} sockets, more than --max "
                          f"{max_count}; narrow the filter or raise --max")
-    notes = [] if host.gathered else ["made without this host's facts: for reading only"]
-    return KeepalivePlan(items=items, settings=settings, host=host, notes=notes)
+    notes = () if host.gathered else ("made without this host's facts: for reading only",)
+    return KeepalivePlan(items=tuple(items), settings=settings, host=host, notes=notes)
 
 
 def _item(index: int, sk: Socket, snapshot: Snapshot, names: dict[int, str],
           settings: Keepalive, host: Host, force: bool) -> PlanItem:
-    owners = [OwnerRef(o.pid, o.fd, getattr(snapshot.processes.get(o.pid), "comm", ""))
-              for o in sk.owners]
-    item = PlanItem(index=index, socket=sk, netns_name=names.get(sk.netns, str(sk.netns)),
-                    netns_inode=sk.netns, owners=owners, method="", why="")
+    owners = tuple(OwnerRef(o.pid, o.fd, getattr(snapshot.processes.get(o.pid), "comm", ""))
+                   for o in sk.owners)
+    method, skipped, unable, sees = "", "", "", ("", "")
     guard = guard_for(sk, force, host)
     if guard:
-        item.skipped, item.why = guard, "refused: " + guard
+        skipped, why = guard, "refused: " + guard
     elif sk.state not in CONNECTED:
-        item.why = "keepalive only matters on a connected socket (ESTABLISHED, CLOSE-WAIT)"
+        why = "keepalive only matters on a connected socket (ESTABLISHED, CLOSE-WAIT)"
     elif not owners:
-        item.why, item.unable = (f"it is set through its owner's descriptor, and {HIDDEN_OWNER}",
-                                 "not-permitted") if sk.inode else (
+        why, unable = (f"it is set through its owner's descriptor, and {HIDDEN_OWNER}",
+                       "not-permitted") if sk.inode else (
             "no process holds it: keepalive is set through the owner's descriptor", "")
     elif not host.pidfd:
-        item.why, item.unable = "this kernel has no pidfd_getfd (Linux >= 5.6 needed)", \
-            "unsupported"
+        why, unable = "this kernel has no pidfd_getfd (Linux >= 5.6 needed)", "unsupported"
     else:
-        item.method = "keepalive"
-        item.why = ("keepalive timer already running: new timings" if sk.timer == 2 else
-                    "no keepalive yet") + f"; set through a duplicate of fd {owners[0].fd}"
-        item.program_sees = (f"nothing while the peer answers; if it has vanished, within "
-                             f"{settings.interval_s * settings.count}s of the first probe its "
-                             "next read or write fails with ETIMEDOUT")
-        item.peer_sees = (f"an empty probe after {settings.idle_s}s of silence, then every "
-                          f"{settings.interval_s}s until answered (its kernel answers)")
-    return item
+        method = "keepalive"
+        why = ("keepalive timer already running: new timings" if sk.timer == 2 else
+               "no keepalive yet") + f"; set through a duplicate of fd {owners[0].fd}"
+        sees = (f"nothing while the peer answers; if it has vanished, within "
+                f"{settings.interval_s * settings.count}s of the first probe its "
+                "next read or write fails with ETIMEDOUT",
+                f"an empty probe after {settings.idle_s}s of silence, then every "
+                f"{settings.interval_s}s until answered (its kernel answers)")
+    return PlanItem(index=index, socket=sk, netns_name=names.get(sk.netns, str(sk.netns)),
+                    netns_inode=sk.netns, owners=owners, method=method, why=why,
+                    skipped=skipped, unable=unable, program_sees=sees[0], peer_sees=sees[1])
 
 
 def apply_keepalive(plan: KeepalivePlan, *, audit_log: str | AuditLog | None = DEFAULT_PATH,

@@ -33,15 +33,18 @@ DESTROY_UNKNOWN = ("socket destroy: not verified yet; it is tried first on a con
                    "those sockets are left alone (then try --method rst)")
 
 
-class Plan(msgspec.Struct, kw_only=True):
-    """Every selected socket with its method (or why none), and how to apply them."""
+class Plan(msgspec.Struct, kw_only=True, frozen=True):
+    """Every selected socket with its method (or why none), and how to apply them.
 
-    items: list[PlanItem]
+    A value: what was shown and confirmed is exactly what is applied.
+    """
+
+    items: tuple[PlanItem, ...]
     method: str  # the policy's methods, e.g. "auto" or "fin,destroy"
     host: Host
     rate: float = 0.0
     bare_close: bool = False
-    notes: list[str] = msgspec.field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
     @property
     def actions(self) -> list[PlanItem]:
@@ -86,9 +89,9 @@ def plan_kill(snapshot: Snapshot, policy: KillPolicy | None = None, *,
     items = [planner.item(index, sk) for index, sk in enumerate(
         (sk for sk in snapshot.sockets if selects(sk)), 1)]
     items += planner.dead_fd_items(len(items) + 1)
-    _limit(items, policy)
-    return Plan(items=items, method=policy.label, host=host, rate=policy.rate,
-                bare_close=policy.bare_close, notes=_notes(items, policy, host))
+    items = _limit(items, policy)
+    return Plan(items=tuple(items), method=policy.label, host=host, rate=policy.rate,
+                bare_close=policy.bare_close, notes=tuple(_notes(items, policy, host)))
 
 
 class _Planner:
@@ -103,23 +106,24 @@ class _Planner:
         self._queue_notes: dict[int, str] = {}
 
     def item(self, index: int, sk: Socket) -> PlanItem:
-        item = PlanItem(index=index, socket=sk, netns_name=self._name(sk.netns),
-                        netns_inode=sk.netns, owners=self._refs(sk), method="", why="")
+        netns_name, owners = self._name(sk.netns), self._refs(sk)
         guard = guard_for(sk, self.policy.force, self.host)
         if guard:
-            item.skipped, item.why = guard, "refused: " + guard
-            return item
+            return PlanItem(index=index, socket=sk, netns_name=netns_name, netns_inode=sk.netns,
+                            owners=owners, method="", why="refused: " + guard, skipped=guard)
         listener = self.listener_of(sk) if sk.queued else None
-        note = ""
+        ref, pids, note = None, (), ""
         if listener is not None:
             holder = listener.owners[0]
-            item.listener = OwnerRef(holder.pid, holder.fd, self._comm(holder.pid))
-            item.listener_inode = listener.inode
-            item.listener_pids = sorted({o.pid for o in listener.owners})
+            ref = OwnerRef(holder.pid, holder.fd, self._comm(holder.pid))
+            pids = tuple(sorted({o.pid for o in listener.owners}))
             note = self.queue_note(listener)
-        (item.method, item.why, item.unable), (item.program_sees, item.peer_sees) = \
-            self.decide(sk, item.listener, note)
-        return item
+        (method, why, unable), (program_sees, peer_sees) = self.decide(sk, ref, note)
+        return PlanItem(index=index, socket=sk, netns_name=netns_name, netns_inode=sk.netns,
+                        owners=owners, method=method, why=why, unable=unable,
+                        program_sees=program_sees, peer_sees=peer_sees, listener=ref,
+                        listener_inode=listener.inode if listener is not None else 0,
+                        listener_pids=pids)
 
     def decide(self, sk: Socket, listener: OwnerRef | None,
                queue_note: str = "") -> tuple[Choice, tuple[str, str]]:
@@ -187,16 +191,17 @@ class _Planner:
                 continue
             proc = self.snapshot.processes.get(dead.pid)
             netns = proc.netns if proc else 0
-            item = PlanItem(index=start + len(items), socket=None, netns_name=self._name(netns),
-                            netns_inode=netns, owners=[OwnerRef(dead.pid, dead.fd,
-                                                                self._comm(dead.pid))],
-                            method=choice.method, why=choice.why, unable=choice.unable,
-                            dead_inode=dead.inode)
+            method, why, skipped, sees = choice.method, choice.why, "", ("", "")
             if dead.inode in self.host.protected and not self.policy.force:
-                item.method, item.skipped = "", "held by sockdoctor or by its own session"
-                item.why = "refused: " + item.skipped
-            elif item.method:
-                item.program_sees, item.peer_sees = close.effects(None, self.policy.bare_close)
+                method, skipped = "", "held by sockdoctor or by its own session"
+                why = "refused: " + skipped
+            elif method:
+                sees = close.effects(None, self.policy.bare_close)
+            item = PlanItem(index=start + len(items), socket=None, netns_name=self._name(netns),
+                            netns_inode=netns, owners=(OwnerRef(dead.pid, dead.fd,
+                                                                self._comm(dead.pid)),),
+                            method=method, why=why, unable=choice.unable, skipped=skipped,
+                            program_sees=sees[0], peer_sees=sees[1], dead_inode=dead.inode)
             items.append(item)
         return items
 
@@ -207,8 +212,8 @@ class _Planner:
         proc = self.snapshot.processes.get(pid)
         return proc.comm if proc else ""
 
-    def _refs(self, sk: Socket) -> list[OwnerRef]:
-        return [OwnerRef(o.pid, o.fd, self._comm(o.pid)) for o in sk.owners]
+    def _refs(self, sk: Socket) -> tuple[OwnerRef, ...]:
+        return tuple(OwnerRef(o.pid, o.fd, self._comm(o.pid)) for o in sk.owners)
 
 
 def _holder_only(dead: DeadSocketFd) -> Socket:
@@ -273,19 +278,25 @@ def _no_fin_reason(t: Target) -> str:
     return "a graceful shutdown was not among the methods allowed"
 
 
-def _limit(items: list[PlanItem], policy: KillPolicy) -> None:
+def _limit(items: list[PlanItem], policy: KillPolicy) -> list[PlanItem]:
     """--max: refuse the whole plan, or leave the rest for a later run (the reaper)."""
-    actions = [item for item in items if item.method]
-    if len(actions) <= policy.max_count:
-        return
+    actions = sum(1 for item in items if item.method)
+    if actions <= policy.max_count:
+        return items
     if policy.over_max == "refuse":
         raise UsageError(
-            f"this would act on {len(actions)} sockets, more than --max {policy.max_count}; "
+            f"this would act on {actions} sockets, more than --max {policy.max_count}; "
             "narrow the filter or raise --max")
-    for item in actions[policy.max_count:]:
-        item.method = item.program_sees = item.peer_sees = ""
-        item.skipped = f"over the limit of {policy.max_count} per run: left for later"
-        item.why = "deferred: " + item.skipped
+    skipped = f"over the limit of {policy.max_count} per run: left for later"
+    out, kept = [], 0
+    for item in items:
+        if item.method:
+            kept += 1
+            if kept > policy.max_count:
+                item = msgspec.structs.replace(item, method="", program_sees="", peer_sees="",
+                                               skipped=skipped, why="deferred: " + skipped)
+        out.append(item)
+    return out
 
 
 def _notes(items: list[PlanItem], policy: KillPolicy, host: Host) -> list[str]:

@@ -16,7 +16,7 @@ class OwnerRef(msgspec.Struct, frozen=True):
     comm: str = ""
 
 
-class PlanItem(msgspec.Struct, kw_only=True):
+class PlanItem(msgspec.Struct, kw_only=True, frozen=True):
     """One selected socket (or dead descriptor) and what will be done to it.
 
     method is "" when nothing will be done: then `skipped` names the guard
@@ -29,7 +29,7 @@ class PlanItem(msgspec.Struct, kw_only=True):
     socket: Socket | None  # None for a dead descriptor
     netns_name: str
     netns_inode: int
-    owners: list[OwnerRef]
+    owners: tuple[OwnerRef, ...]
     method: str
     why: str
     program_sees: str = ""
@@ -38,7 +38,7 @@ class PlanItem(msgspec.Struct, kw_only=True):
     unable: str = ""
     listener: OwnerRef | None = None  # drain: the listening socket's holder
     listener_inode: int = 0
-    listener_pids: list[int] = msgspec.field(default_factory=list)  # drain: all its holders
+    listener_pids: tuple[int, ...] = ()  # drain: all its holders
     dead_inode: int = 0  # a dead descriptor: the socket inode it must still name
 
     @property

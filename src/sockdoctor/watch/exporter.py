@@ -35,6 +35,7 @@ from ..doctor.config import DoctorConfig
 from ..errors import PermissionDeniedError, WriteError
 from ..jsontext import untrusted
 from ..linux.netns import can_enter_others
+from ..ports import EXPORTER_LISTEN
 from ..query import Query
 from ..words import plural
 from . import metrics
@@ -43,7 +44,6 @@ from .sampler import Sample, Sampler, tune_gc
 if TYPE_CHECKING:
     from ..web import WebServer
 
-DEFAULT_PORT = 19808  # docs/exporter.md: why this one
 TEXTFILE_NAME = "sockdoctor.prom"
 STALE_INTERVALS = 3  # /healthz fails when no sample succeeded for this many intervals
 
@@ -265,14 +265,11 @@ class Exporter:
 
 # --- the library entry point ----------------------------------------------------
 
-DEFAULT_LISTEN = ":19808"
-
-
 @dataclass(frozen=True)
 class ExporterSettings:
     """What `sockdoctor exporter`'s options say, as one value (docs/exporter.md, Python)."""
 
-    listen: tuple[str, ...] = (DEFAULT_LISTEN,)  # () with a textfile: no HTTP at all
+    listen: tuple[str, ...] = (EXPORTER_LISTEN,)  # () with a textfile: no HTTP at all
     telemetry_path: str = "/metrics"
     web_config: str | None = None  # exporter-toolkit's YAML: TLS, basic auth
     interval_s: float = 15.0

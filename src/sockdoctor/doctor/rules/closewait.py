@@ -328,7 +328,7 @@ def _client_pool(ctx: Context, netns: int, pid: int, svc: Service, socks: list[S
     advice = client_advice(proc.runtime if proc is not None else None, svc.port, unread)
     if advice is not None and advice.signature:
         evidence["signature"] = advice.signature
-    relief, argv = ctx.kill(netns, ["close-wait"], pid=pid, port=svc.port,
+    relief, argv = ctx.kill(netns, ["close-wait"], pids=[pid], port=svc.port,
                             older_than_ms=ctx.cfg.stuck_age_ms,
                             words=["dst", host(svc.addr)])
     title, why = _client_story(who, target, svc, len(socks), advice)

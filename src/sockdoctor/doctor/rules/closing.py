@@ -15,13 +15,14 @@ seen in two samples.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from ...model import Socket, TcpState
 from ..context import Context, Service, first_pid, is_loopback
-from ..finding import Finding, Severity, worse
+from ..finding import Finding, Severity, ladder, worse
 from ..text import fmt_ms, plural, top, top_line
-from .common import age_stats
+from .common import AgeStats, age_stats
 
 Tuple4 = tuple[str, int, str, int]
 GroupKey = tuple[int, tuple[str, str, int]]
@@ -80,13 +81,29 @@ def _fin_wait_2(ctx: Context) -> list[Finding]:
     return out
 
 
+@dataclass
+class _Fw2:
+    """One service's FIN-WAIT-2 sockets, and what the snapshot tells about them."""
+
+    netns: int
+    svc: Service
+    socks: list[Socket]
+    held: list[Socket]  # still held by a program: these never time out
+    held_st: AgeStats
+    peers_cw: list[Socket]  # their other ends, found in CLOSE-WAIT
+
+    @property
+    def orphans(self) -> int:
+        return len(self.socks) - len(self.held)
+
+
 def _fw2_group(ctx: Context, netns: int, svc: Service, socks: list[Socket],
                pairs: dict[Tuple4, list[Socket]]) -> Finding | None:
     cfg = ctx.cfg
     held = [sk for sk in socks if not sk.orphaned]
-    orphans = len(socks) - len(held)
     held_st = age_stats(ctx, held, cfg.half_closed_stuck_ms)
     peers_cw = [p for p in (_other_end(pairs, sk) for sk in socks) if p is not None]
+    g = _Fw2(netns, svc, socks, held, held_st, peers_cw)
     stuck_pairs = sum(1 for p in peers_cw if (ctx.age(p) or 0) >= cfg.stuck_age_ms)
     sev: Severity | None = None
     if held_st.stuck >= cfg.critical_stuck:
@@ -95,9 +112,9 @@ def _fw2_group(ctx: Context, netns: int, svc: Service, socks: list[Socket],
         sev = "warning"
     elif held_st.stuck:
         sev = "info"
-    if orphans >= cfg.fw2_orphan_warn:
+    if g.orphans >= cfg.fw2_orphan_warn:
         sev = worse(sev, "warning")
-    elif orphans >= cfg.fw2_orphan_info:
+    elif g.orphans >= cfg.fw2_orphan_info:
         sev = worse(sev, "info")
     if stuck_pairs >= cfg.pair_warn:
         sev = worse(sev, "warning")
@@ -105,27 +122,26 @@ def _fw2_group(ctx: Context, netns: int, svc: Service, socks: list[Socket],
         sev = worse(sev, "info")
     if sev is None:
         return None
-    return _fw2_finding(ctx, netns, svc, socks, held, orphans, held_st, peers_cw, sev)
+    return _fw2_finding(ctx, g, sev)
 
 
-def _fw2_finding(ctx: Context, netns: int, svc: Service, socks: list[Socket],
-                 held: list[Socket], orphans: int, held_st, peers_cw: list[Socket],
-                 sev: Severity) -> Finding:
+def _fw2_finding(ctx: Context, g: _Fw2, sev: Severity) -> Finding:
+    netns, svc, socks, held, orphans = g.netns, g.svc, g.socks, g.held, g.orphans
     fin_timeout = ctx.sysctl_int(netns, "net.ipv4.tcp_fin_timeout")
     holders = _held_pids(held)
     where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
-    peer_owner = Counter((p.netns, first_pid(p)) for p in peers_cw if p.owners)
+    peer_owner = Counter((p.netns, first_pid(p)) for p in g.peers_cw if p.owners)
     lines = [f"{plural(len(socks), 'FIN-WAIT-2 socket')} {where}: {orphans} orphaned "
              f"(closed by the program, dropped after tcp_fin_timeout={fin_timeout}s), "
              f"{len(held)} still held by a program (never time out)"]
     if held:
-        lines.append(held_st.line("held socket") + " — held by "
+        lines.append(g.held_st.line("held socket") + " — held by "
                      + ", ".join(ctx.label(p) for p in holders))
     peers = top((sk.peer_addr for sk in socks), 5)
     lines.append("peers: " + top_line(peers, len(socks)))
     evidence = {"count": len(socks), "orphaned": orphans, "held": len(held),
-                "held_stuck": held_st.stuck, "oldest_held_ms": held_st.oldest,
-                "tcp_fin_timeout": fin_timeout, "peer_close_wait_found": len(peers_cw),
+                "held_stuck": g.held_st.stuck, "oldest_held_ms": g.held_st.oldest,
+                "tcp_fin_timeout": fin_timeout, "peer_close_wait_found": len(g.peers_cw),
                 "peers": peers}
     pids = list(holders) or _listener_pids(ctx, netns, svc)
     if pids and not holders:
@@ -209,7 +225,7 @@ def _fw2_relief(ctx: Context, netns: int, svc: Service, held: list[Socket],
         pids = sorted({pid for ns, pid in peer_owner if ns == pns})
         return ctx.kill(pns, ["close-wait"], pids=pids, port=svc.port)
     if held and holders:
-        return ctx.kill(netns, ["fin-wait-2"], pid=holders[0], port=svc.port,
+        return ctx.kill(netns, ["fin-wait-2"], pids=holders[:1], port=svc.port,
                         older_than_ms=ctx.cfg.half_closed_stuck_ms)
     return ctx.kill(netns, ["fin-wait-2"], port=svc.port)
 
@@ -221,20 +237,12 @@ def _stuck_closing(ctx: Context, sk: Socket) -> bool:
         ctx.prev is not None and ctx.persisted(sk))
 
 
-def _closing_severity(ctx: Context, stuck: int) -> Severity | None:
-    cfg = ctx.cfg
-    if stuck >= cfg.closing_critical:
-        return "critical"
-    if stuck >= cfg.closing_warn:
-        return "warning"
-    return "info" if stuck >= cfg.closing_info else None
-
-
 def _closing_groups(ctx: Context, state: int):
     stuck = [sk for sk in ctx.state(state) if _stuck_closing(ctx, sk)]
     groups, services = _group(ctx, stuck)
     for key, socks in groups.items():
-        sev = _closing_severity(ctx, len(socks))
+        sev = ladder(len(socks), ctx.cfg.closing_critical, ctx.cfg.closing_warn,
+                     ctx.cfg.closing_info)
         if sev is not None:
             yield key[0], services[key], socks, sev
 
@@ -278,43 +286,95 @@ def _other_ends(ctx: Context, index: dict[Tuple4, list[Socket]], socks: list[Soc
     return [pid for pid, _ in owners.most_common(1)]
 
 
+@dataclass(frozen=True)
+class _Story:
+    """What a closing-state rule says about its sockets."""
+
+    rule: str
+    problem: str  # the title after "N connections on SERVICE stuck in STATE"
+    why: str
+    fix: str
+
+
+@dataclass
+class _Closing:
+    """One service's sockets stuck in FIN-WAIT-1 or LAST-ACK, and their evidence."""
+
+    state: TcpState
+    netns: int
+    svc: Service
+    socks: list[Socket]
+    sev: Severity
+    evidence: dict
+    lines: list[str]
+    peer_pids: list[int]  # owners of the other ends, when this snapshot has them
+
+    def finding(self, ctx: Context, story: _Story, pids: list[int]) -> Finding:
+        svc, socks = self.svc, self.socks
+        where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
+        relief, argv = ctx.kill(self.netns, [self.state.filter_name], port=svc.port)
+        return Finding(
+            rule=story.rule, severity=self.sev,
+            title=f"{plural(len(socks), 'connection')} {where} stuck in "
+                  f"{self.state.ss_name}: {story.problem}",
+            netns=ctx.ns_name(self.netns), netns_inode=self.netns, processes=ctx.refs(pids),
+            ports=[svc.port], peers=list(self.evidence["peers"]), sockets=len(socks),
+            evidence=self.evidence, evidence_lines=self.lines, explanation=story.why,
+            fix=story.fix, relief=relief, relief_argv=argv)
+
+
+def _closing_cases(ctx: Context, state: TcpState, paired_with: tuple[int, ...]
+                   ) -> Iterator[_Closing]:
+    """Each service's stuck sockets in `state`; their other ends are sought in `paired_with`."""
+    pairs: dict[Tuple4, list[Socket]] | None = None
+    for netns, svc, socks, sev in _closing_groups(ctx, state):
+        if pairs is None:
+            pairs = _pair_index(ctx, paired_with)
+        evidence, lines = _closing_evidence(ctx, socks, f"{state.ss_name} socket")
+        peer_pids = _other_ends(ctx, pairs, socks, evidence, lines)
+        yield _Closing(state, netns, svc, socks, sev, evidence, lines, peer_pids)
+
+
+_FIN_WAIT_1 = _Story(
+    rule="fin-wait-1-pileup", problem="the peers do not acknowledge our FIN",
+    why=("Our side closed (sent FIN) but the peers have not acknowledged it. Either "
+         "they are unreachable (the FIN is retransmitted) or their receive window is "
+         "closed because their program does not read (zero-window probes, data still "
+         "queued): an overloaded or stalled peer, or a flood of clients that stop "
+         "reading. Orphaned ones are retried tcp_orphan_retries times and count "
+         "against tcp_max_orphans; ones a program still holds last until "
+         "tcp_retries2 is exhausted."),
+    fix=("Look at the peers: are they reachable, is their program reading? For a "
+         "flood of peers that stop reading, lower net.ipv4.tcp_orphan_retries (e.g. "
+         "3) so orphaned FIN-WAIT-1 go sooner, and bound send queues in the program. "
+         "SO_LINGER {1, 0} (abortive close, RST) ends them at once but drops unsent "
+         "data and any error message the peer should have seen."))
+
+_LAST_ACK = _Story(
+    rule="last-ack-stuck", problem="our FIN is not acknowledged",
+    why=("The peers closed first, our program closed too and sent its FIN, but no "
+         "acknowledgement comes back. The peers vanished after closing (crash, "
+         "reboot, NAT or firewall state expired) or something on the path drops the "
+         "packets — if the other end is already in TIME-WAIT it did answer and its "
+         "ACK is lost on the way. The kernel retransmits the FIN and eventually "
+         "gives up, so these clear by themselves; many of them mean the path to "
+         "these peers is broken."),
+    fix=("Check the network path to these peers (firewall or conntrack rules that "
+         "drop packets of closing connections, an expired NAT mapping). Nothing in "
+         "the program to fix; net.ipv4.tcp_orphan_retries bounds how long orphaned "
+         "ones are retried."))
+
+
 def _fin_wait_1(ctx: Context) -> list[Finding]:
     out = []
-    pairs: dict[Tuple4, list[Socket]] | None = None
-    for netns, svc, socks, sev in _closing_groups(ctx, TcpState.FIN_WAIT1):
-        if pairs is None:
-            pairs = _pair_index(ctx, (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT))
-        evidence, lines = _closing_evidence(ctx, socks, "FIN-WAIT-1 socket")
-        peer_pids = _other_ends(ctx, pairs, socks, evidence, lines)
-        retries = ctx.sysctl(netns, "net.ipv4.tcp_orphan_retries")
-        max_orphans = ctx.sysctl(netns, "net.ipv4.tcp_max_orphans")
-        evidence.update(tcp_orphan_retries=retries, tcp_max_orphans=max_orphans)
-        lines.append(f"tcp_orphan_retries={_known(retries)} (0 means 8), "
-                     f"tcp_max_orphans={_known(max_orphans)} (host-wide)")
-        where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
-        relief, argv = ctx.kill(netns, ["fin-wait-1"], port=svc.port)
-        pids = _held_pids(socks) + peer_pids
-        out.append(Finding(
-            rule="fin-wait-1-pileup", severity=sev,
-            title=f"{plural(len(socks), 'connection')} {where} stuck in FIN-WAIT-1: the "
-                  "peers do not acknowledge our FIN",
-            netns=ctx.ns_name(netns), netns_inode=netns, processes=ctx.refs(pids),
-            ports=[svc.port], peers=list(evidence["peers"]), sockets=len(socks),
-            evidence=evidence, evidence_lines=lines,
-            explanation=(
-                "Our side closed (sent FIN) but the peers have not acknowledged it. Either "
-                "they are unreachable (the FIN is retransmitted) or their receive window is "
-                "closed because their program does not read (zero-window probes, data still "
-                "queued): an overloaded or stalled peer, or a flood of clients that stop "
-                "reading. Orphaned ones are retried tcp_orphan_retries times and count "
-                "against tcp_max_orphans; ones a program still holds last until "
-                "tcp_retries2 is exhausted."),
-            fix=("Look at the peers: are they reachable, is their program reading? For a "
-                 "flood of peers that stop reading, lower net.ipv4.tcp_orphan_retries (e.g. "
-                 "3) so orphaned FIN-WAIT-1 go sooner, and bound send queues in the program. "
-                 "SO_LINGER {1, 0} (abortive close, RST) ends them at once but drops unsent "
-                 "data and any error message the peer should have seen."),
-            relief=relief, relief_argv=argv))
+    for c in _closing_cases(ctx, TcpState.FIN_WAIT1,
+                            (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)):
+        retries = ctx.sysctl(c.netns, "net.ipv4.tcp_orphan_retries")
+        max_orphans = ctx.sysctl(c.netns, "net.ipv4.tcp_max_orphans")
+        c.evidence.update(tcp_orphan_retries=retries, tcp_max_orphans=max_orphans)
+        c.lines.append(f"tcp_orphan_retries={_known(retries)} (0 means 8), "
+                       f"tcp_max_orphans={_known(max_orphans)} (host-wide)")
+        out.append(c.finding(ctx, _FIN_WAIT_1, _held_pids(c.socks) + c.peer_pids))
     return out
 
 
@@ -323,33 +383,6 @@ def _known(value: str | None) -> str:
 
 
 def _last_ack(ctx: Context) -> list[Finding]:
-    out = []
-    pairs: dict[Tuple4, list[Socket]] | None = None
-    for netns, svc, socks, sev in _closing_groups(ctx, TcpState.LAST_ACK):
-        if pairs is None:
-            pairs = _pair_index(ctx, (TcpState.TIME_WAIT, TcpState.FIN_WAIT2))
-        evidence, lines = _closing_evidence(ctx, socks, "LAST-ACK socket")
-        _other_ends(ctx, pairs, socks, evidence, lines)
-        where = f"on {svc.label}" if svc.side == "server" else f"to {svc.label}"
-        relief, argv = ctx.kill(netns, ["last-ack"], port=svc.port)
-        out.append(Finding(
-            rule="last-ack-stuck", severity=sev,
-            title=f"{plural(len(socks), 'connection')} {where} stuck in LAST-ACK: our FIN "
-                  "is not acknowledged",
-            netns=ctx.ns_name(netns), netns_inode=netns, processes=ctx.refs(_held_pids(socks)),
-            ports=[svc.port], peers=list(evidence["peers"]), sockets=len(socks),
-            evidence=evidence, evidence_lines=lines,
-            explanation=(
-                "The peers closed first, our program closed too and sent its FIN, but no "
-                "acknowledgement comes back. The peers vanished after closing (crash, "
-                "reboot, NAT or firewall state expired) or something on the path drops the "
-                "packets — if the other end is already in TIME-WAIT it did answer and its "
-                "ACK is lost on the way. The kernel retransmits the FIN and eventually "
-                "gives up, so these clear by themselves; many of them mean the path to "
-                "these peers is broken."),
-            fix=("Check the network path to these peers (firewall or conntrack rules that "
-                 "drop packets of closing connections, an expired NAT mapping). Nothing in "
-                 "the program to fix; net.ipv4.tcp_orphan_retries bounds how long orphaned "
-                 "ones are retried."),
-            relief=relief, relief_argv=argv))
-    return out
+    return [c.finding(ctx, _LAST_ACK, _held_pids(c.socks))
+            for c in _closing_cases(ctx, TcpState.LAST_ACK,
+                                    (TcpState.TIME_WAIT, TcpState.FIN_WAIT2))]

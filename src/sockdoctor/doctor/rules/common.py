@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ...model import KEEPALIVE_TIMER, Socket
 from ..context import Context, keepalive_probed
-from ..finding import Severity
+from ..finding import Severity, ladder
 from ..text import fmt_ms, plural
 
 
@@ -63,11 +63,8 @@ def stuck_severity(ctx: Context, st: AgeStats, growth: int | None) -> Severity |
     """The ladder for sockets that should not stay where they are (CLOSE-WAIT and kin)."""
     cfg = ctx.cfg
     if not st.known:
-        if st.count >= cfg.unknown_age_critical:
-            return "critical"
-        if st.count >= cfg.unknown_age_warn:
-            return "warning"
-        return "info" if st.count >= cfg.unknown_age_info else None
+        return ladder(st.count, cfg.unknown_age_critical, cfg.unknown_age_warn,
+                      cfg.unknown_age_info)
     growing = growth is not None and growth >= cfg.growth_critical
     if st.stuck >= cfg.critical_stuck or (growing and st.stuck >= cfg.growth_critical):
         return "critical"

@@ -113,7 +113,7 @@ def _finding(ctx: Context, g: Group, fds: list[DeadSocketFd], persisted: int,
         evidence["persisted"] = persisted
         lines.append(f"{persisted} of them were already dead in the previous sample")
     title, why, fix = _texts(g, who, len(fds))
-    relief, argv = ctx.kill(netns, [], pid=g.pid, words=["--dead-fds"])
+    relief, argv = ctx.kill(netns, [], pids=[g.pid], words=["--dead-fds"])
     return Finding(
         rule="dead-socket-fds", severity=sev, title=title,
         netns=ctx.ns_name(netns) if netns else "", netns_inode=netns,

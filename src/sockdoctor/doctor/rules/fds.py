@@ -47,7 +47,7 @@ def _process(ctx: Context, pid: int) -> Finding | None:
                      "sample")
     relief, argv = ("", [])
     if close_wait:
-        relief, argv = ctx.kill(proc.netns or _netns_of(ctx, pid), ["close-wait"], pid=pid,
+        relief, argv = ctx.kill(proc.netns or _netns_of(ctx, pid), ["close-wait"], pids=[pid],
                                 older_than_ms=ctx.cfg.stuck_age_ms)
     who = ctx.label(pid)
     return Finding(

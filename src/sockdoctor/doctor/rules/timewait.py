@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ...model import Socket, TcpState
 from ..context import Context, is_loopback
-from ..finding import Finding, Severity
+from ..finding import Finding, ladder
 from ..text import endpoint, fmt_ms, host, plural
 
 TIME_WAIT_MS = 60_000  # TCP_TIMEWAIT_LEN: fixed in the kernel, not tcp_fin_timeout
@@ -106,22 +106,15 @@ def _reserved_in(value: str | None, lo: int, hi: int) -> int:
     return total
 
 
-def _ratio_severity(ctx: Context, ratio: float) -> Severity | None:
-    cfg = ctx.cfg
-    if ratio >= cfg.port_critical_ratio:
-        return "critical"
-    if ratio >= cfg.port_warn_ratio:
-        return "warning"
-    return "info" if ratio >= cfg.port_info_ratio else None
-
-
 def _client_finding(ctx: Context, key: tuple[int, str, str, int], d: _Dest,
                     per_source: Counter) -> Finding | None:
     netns, laddr, raddr, rport = key
     used = sum(d.states.values())
     cap = capacity(ctx, netns)
     effective = used - d.reusable_tw
-    sev = _ratio_severity(ctx, effective / cap)
+    cfg = ctx.cfg
+    sev = ladder(effective / cap, cfg.port_critical_ratio, cfg.port_warn_ratio,
+                 cfg.port_info_ratio)
     if sev is None:
         return None
     tw = d.states.get(TcpState.TIME_WAIT, 0)
