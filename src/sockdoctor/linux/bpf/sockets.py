@@ -1,0 +1,172 @@
+"""TCP sockets from the kernel: the iter/tcp program (sockets.bpf.c), a sock_diag alternative.
+
+One kernel pass per network namespace emits an 80-byte record per socket
+that passes the query's state mask and port set, with what an inet_diag_msg
+carries (the kernel's sock_diag fill rules) and tcp_info's last-ACK-received
+(the age). It serves a dump only when nothing else is asked of sock_diag:
+full tcp_info (`-i`), memory (`-m`) and the extended attributes (`-e`, the
+doctor's evidence) come from sock_diag as before, and so does everything
+when the engine is off or refused. The iterator walks the namespace of the
+thread that creates it, so `dump()` runs inside the namespace (netns.run_in
+/ run_many), like a sock_diag socket opened there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from ...model import Socket
+from .. import procfs, sockdiag
+from ..native import fast
+from . import BTF, BpfError, BpfObject, libbpf, wanted
+
+NAME, PROGRAM = "sockets", "dump_sockets"
+# struct record in sockets.bpf.c: family state timer retrans | sport dport (host order) |
+# saddr daddr | cookie | inode uid rqueue wqueue expires_ms age_ms ifindex pad
+RECORD = struct.Struct("=BBBBHH16s16sQIIIIIII4x")
+CONFIG = struct.Struct("=IHH16H")  # struct config: states, family, nports, ports[16]
+MAX_PORTS = 16
+NO_AGE = 0xFFFFFFFF
+# Loading the program costs ~15-25 ms (libbpf reads the kernel's BTF; the verifier);
+# the kernel pass and decoding save ~1 us a socket against sock_diag: below this many
+# TCP sockets on the host sock_diag is faster, unless SOCKDOCTOR_ENGINE=bpf asks.
+MIN_SOCKETS = 20_000
+READ_BUFFER = 1 << 22
+
+_refused: list[str] = []  # why the kernel refused the program (tried once per process)
+_lock = threading.Lock()
+
+Dump = Callable[[int], list[Socket]]  # netns inode -> its sockets, called inside it
+
+
+def serves(opts: sockdiag.DumpOptions) -> bool:
+    """Whether the records carry everything this dump asks for."""
+    if opts.info or opts.mem or opts.attrs:
+        return False
+    return not opts.bytecode or bool(opts.ports)  # a filter we cannot read: sock_diag's
+
+
+def usable() -> bool:
+    """The engine is wanted, its program was built and not refused, the kernel has BTF."""
+    return (wanted() and not _refused and (libbpf.HERE / f"{NAME}.bpf.o").exists()
+            and os.path.exists(BTF))
+
+
+def pays() -> bool:
+    """Whether loading the program pays here (or SOCKDOCTOR_ENGINE=bpf asks for it)."""
+    from . import requested  # late: tests switch the environment
+    return requested() == "bpf" or host_sockets() >= MIN_SOCKETS
+
+
+def host_sockets() -> int:
+    """TCP sockets allocated on the host plus this namespace's TIME-WAIT (/proc/net/sockstat)."""
+    try:
+        text = procfs._read(f"{procfs.PROC}/net/sockstat")
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("TCP:"):
+            words = line.split()
+            fields = dict(zip(words[1::2], words[2::2], strict=False))
+            return int(fields.get("alloc", 0)) + int(fields.get("tw", 0))
+    return 0
+
+
+@contextmanager
+def source(opts: sockdiag.DumpOptions, families: Iterable[int]) -> Iterator[Dump | None]:
+    """The iter/tcp dump for these options while the block runs, or None: use sock_diag.
+
+    The program is loaded once for every namespace of the scan; each call of
+    the dump creates an iterator in the calling thread's namespace.
+    """
+    fams = tuple(families)
+    if not (serves(opts) and usable() and pays()):
+        yield None
+        return
+    try:
+        obj = BpfObject(NAME)
+    except BpfError as exc:
+        _refuse(exc)
+        yield None
+        return
+    try:
+        obj.set_elem("config", b"\0\0\0\0", config(opts, fams))
+        yield lambda netns: dump(obj, opts, netns, fams)
+    except BpfError as exc:
+        _refuse(exc)
+        yield None
+    finally:
+        obj.close()
+
+
+def _refuse(exc: BpfError) -> None:
+    with _lock:
+        _refused.append(exc.strerror or str(exc))
+
+
+def config(opts: sockdiag.DumpOptions, families: tuple[int, ...]) -> bytes:
+    family = families[0] if len(families) == 1 else 0
+    # more ports than the program compares: every socket comes back, Python filters
+    ports = sorted(opts.ports) if opts.bytecode and len(opts.ports) <= MAX_PORTS else []
+    return CONFIG.pack(opts.states & 0xFFFFFFFF, family, len(ports),
+                       *ports, *[0] * (MAX_PORTS - len(ports)))
+
+
+def dump(obj: BpfObject, opts: sockdiag.DumpOptions, netns: int,
+         families: tuple[int, ...]) -> list[Socket]:
+    """Every socket of the calling thread's namespace the options select, IPv4 first.
+
+    A pass the kernel refuses falls back to a sock_diag dump of the namespace.
+    """
+    try:
+        data = obj.run_iter(PROGRAM)
+    except OSError:  # BpfError too
+        sock = sockdiag.open_socket()
+        try:
+            return sockdiag.dump(sock, opts, netns=netns, families=families)
+        finally:
+            sock.close()
+    out = decode(data, netns, opts.age)
+    out.sort(key=_family)  # stable: as sockdiag.dump, each family in the kernel's order
+    return out
+
+
+def _family(sk: Socket) -> int:
+    return sk.family
+
+
+def decode(data: bytes, netns: int, age: bool) -> list[Socket]:
+    """Records -> Socket objects (the C decoder when it is built)."""
+    data = data[:len(data) - len(data) % RECORD.size]
+    if fast is not None and hasattr(fast, "tcp_records"):
+        return fast.tcp_records(data, netns, age, sockdiag.AGED_STATES)
+    return decode_python(data, netns, age)
+
+
+def decode_python(data: bytes, netns: int, age: bool) -> list[Socket]:
+    """decode() in Python: the reference for the C decoder."""
+    names: dict[tuple[int, bytes], str] = {}
+    aged = sockdiag.AGED_STATES if age else 0
+    out = []
+    append = out.append
+    for (family, state, timer, retrans, sport, dport, src, dst, cookie, inode, uid, rqueue,
+         wqueue, expires, age_ms, ifindex) in RECORD.iter_unpack(data):
+        local = names.get((family, src)) or _name(names, family, src)
+        peer = names.get((family, dst)) or _name(names, family, dst)
+        sk = Socket(netns, family, state, local, sport, peer, dport, inode, cookie, uid,
+                    rqueue, wqueue, timer, expires, retrans, ifindex)
+        if (1 << state) & aged and age_ms != NO_AGE:
+            sk.age_ms = age_ms
+        append(sk)
+    return out
+
+
+def _name(names: dict[tuple[int, bytes], str], family: int, raw: bytes) -> str:
+    text = names[family, raw] = socket.inet_ntop(
+        family, raw[:4] if family == socket.AF_INET else raw)
+    return text
