@@ -167,6 +167,8 @@ def decode_python(data: bytes, netns: int, age: bool) -> list[Socket]:
 
 
 def _name(names: dict[tuple[int, bytes], str], family: int, raw: bytes) -> str:
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(f"unknown address family {family} in an iter/tcp record")
     text = names[family, raw] = socket.inet_ntop(
         family, raw[:4] if family == socket.AF_INET else raw)
     return text

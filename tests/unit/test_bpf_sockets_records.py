@@ -1,0 +1,57 @@
+"""The iter/tcp record decoder: the C one (sockdoctor._fast) == the Python reference.
+
+Records packed as sockets.bpf.c writes them (struct record): IPv4 and IPv6,
+a socket with and without an age, an age in a state that has none, a
+trailing partial record (ignored), and an unknown family (refused).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from sockdoctor.linux import sockdiag
+from sockdoctor.linux.bpf import sockets
+from sockdoctor.linux.native import fast
+from sockdoctor.model import Socket, TcpState
+
+
+def record(family: int, state: int, local: str, sport: int, peer: str, dport: int, *,
+           age: int = sockets.NO_AGE, inode: int = 7, cookie: int = 2**40 + 3) -> bytes:
+    raw = [socket.inet_pton(family if family in (2, 10) else 2, a).ljust(16, b"\0")
+           for a in (local, peer)]
+    return sockets.RECORD.pack(family, state, 2, 1, sport, dport, *raw, cookie, inode,
+                               1000, 5, 6, 7_000, age, 3)
+
+
+RECORDS = b"".join([
+    record(2, TcpState.ESTABLISHED, "10.0.0.1", 443, "10.0.0.2", 50_000, age=1234),
+    record(10, TcpState.CLOSE_WAIT, "fd00::1", 8080, "::ffff:10.1.2.3", 1, age=0),
+    record(2, TcpState.LISTEN, "0.0.0.0", 80, "0.0.0.0", 0, age=99),  # no age in LISTEN
+    record(10, TcpState.TIME_WAIT, "::1", 1, "::1", 2, inode=0),
+]) + b"\1\2\3"  # a partial record: ignored
+
+
+def test_python_decoder_fields() -> None:
+    out = sockets.decode_python(RECORDS[:-3], 42, True)
+    assert out[0] == Socket(42, 2, 1, "10.0.0.1", 443, "10.0.0.2", 50_000, 7, 2**40 + 3,
+                            1000, 5, 6, 2, 7_000, 1, 3, age_ms=1234)
+    assert [sk.age_ms for sk in out] == [1234, 0, None, None]
+    assert out[1].peer_addr == "::ffff:10.1.2.3" and out[3].inode == 0
+    assert [sk.age_ms for sk in sockets.decode_python(RECORDS[:-3], 42, False)] == [None] * 4
+
+
+@pytest.mark.skipif(fast is None or not hasattr(fast, "tcp_records"),
+                    reason="the C extension is not built")
+@pytest.mark.parametrize("age", [True, False])
+def test_c_decoder_is_the_python_one(age: bool) -> None:
+    data = RECORDS[:len(RECORDS) - len(RECORDS) % sockets.RECORD.size]
+    assert fast.tcp_records(data, 42, age, sockdiag.AGED_STATES) == sockets.decode_python(
+        data, 42, age)
+    assert sockets.decode(RECORDS, 42, age) == sockets.decode_python(data, 42, age)
+    bad = record(7, 1, "1.2.3.4", 1, "1.2.3.4", 2)
+    with pytest.raises(ValueError, match="family 7"):
+        fast.tcp_records(bad, 1, age, sockdiag.AGED_STATES)
+    with pytest.raises(ValueError, match="family 7"):
+        sockets.decode_python(bad, 1, age)
