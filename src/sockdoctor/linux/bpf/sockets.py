@@ -14,6 +14,7 @@ thread that creates it, so `dump()` runs inside the namespace (netns.run_in
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import struct
 import threading
@@ -36,7 +37,7 @@ NO_AGE = 0xFFFFFFFF
 # the kernel pass and decoding save ~1 us a socket against sock_diag: below this many
 # TCP sockets on the host sock_diag is faster, unless SOCKDOCTOR_ENGINE=bpf asks.
 MIN_SOCKETS = 20_000
-READ_BUFFER = 1 << 22
+READ_CHUNK = 1 << 20  # the kernel returns at most its seq_file buffer (32 KiB) a read
 
 _refused: list[str] = []  # why the kernel refused the program (tried once per process)
 _lock = threading.Lock()
@@ -124,15 +125,48 @@ def dump(obj: BpfObject, opts: sockdiag.DumpOptions, netns: int,
     A pass the kernel refuses falls back to a sock_diag dump of the namespace.
     """
     try:
-        data = obj.run_iter(PROGRAM)
+        out = obj.run_iter(PROGRAM, lambda fd: read_decoding(fd, netns, opts.age))
     except OSError:  # BpfError too
         sock = sockdiag.open_socket()
         try:
             return sockdiag.dump(sock, opts, netns=netns, families=families)
         finally:
             sock.close()
-    out = decode(data, netns, opts.age)
     out.sort(key=_family)  # stable: as sockdiag.dump, each family in the kernel's order
+    return out
+
+
+def read_decoding(fd: int, netns: int, age: bool) -> list[Socket]:
+    """Read the iterator on a second thread while this one decodes what has come.
+
+    The kernel's pass (a read() blocks in it, without the GIL) and the decoding
+    (Python objects, with the GIL) overlap: on two CPUs the dump costs about
+    the longer of the two instead of their sum.
+    """
+    chunks: queue.SimpleQueue[bytes | OSError | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while chunk := os.read(fd, READ_CHUNK):
+                chunks.put(chunk)
+        except OSError as exc:
+            chunks.put(exc)
+        chunks.put(None)
+    reader = threading.Thread(target=read, name="sockdoctor-bpf-sockets", daemon=True)
+    reader.start()
+    out: list[Socket] = []
+    rest = b""
+    try:
+        while (chunk := chunks.get()) is not None:
+            if isinstance(chunk, OSError):
+                raise chunk
+            if rest:
+                chunk, rest = rest + chunk, b""
+            cut = len(chunk) - len(chunk) % RECORD.size  # a record split between reads
+            rest = chunk[cut:]
+            out.extend(decode(chunk[:cut] if rest else chunk, netns, age))
+    finally:
+        reader.join()
     return out
 
 
