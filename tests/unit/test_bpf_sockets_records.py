@@ -55,3 +55,16 @@ def test_c_decoder_is_the_python_one(age: bool) -> None:
         fast.tcp_records(bad, 1, age, sockdiag.AGED_STATES)
     with pytest.raises(ValueError, match="family 7"):
         sockets.decode_python(bad, 1, age)
+
+
+def test_not_chosen_without_the_engine_or_the_capabilities(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    opts = sockdiag.DumpOptions(sockdiag.ALL_STATES, age=True)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "c")
+    assert not sockets.usable()
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    monkeypatch.setattr(sockets.procfs, "has_capabilities", lambda *caps: False)
+    assert not sockets.usable()  # not even tried: a refused load costs a load
+    with sockets.source(opts, (socket.AF_INET,)) as chosen:
+        assert chosen is None
+    assert not sockets._refused

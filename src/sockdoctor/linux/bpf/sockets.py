@@ -32,6 +32,7 @@ NAME, PROGRAM = "sockets", "dump_sockets"
 RECORD = struct.Struct("=BBBBHH16s16sQIIIIIII4x")
 CONFIG = struct.Struct("=IHH16H")  # struct config: states, family, nports, ports[16]
 MAX_PORTS = 16
+CAP_PERFMON, CAP_BPF = 38, 39
 NO_AGE = 0xFFFFFFFF
 # Loading the program costs ~15-25 ms (libbpf reads the kernel's BTF; the verifier);
 # the kernel pass and decoding save ~1 us a socket against sock_diag: below this many
@@ -53,9 +54,11 @@ def serves(opts: sockdiag.DumpOptions) -> bool:
 
 
 def usable() -> bool:
-    """The engine is wanted, its program was built and not refused, the kernel has BTF."""
+    """The engine is wanted, its program was built and not refused, the kernel has BTF,
+    and we may load it (a failed load would cost as much as a successful one)."""
     return (wanted() and not _refused and (libbpf.HERE / f"{NAME}.bpf.o").exists()
-            and os.path.exists(BTF))
+            and os.path.exists(BTF) and (procfs.has_capabilities(CAP_PERFMON, CAP_BPF)
+                                         or procfs.has_capabilities(procfs.CAP_SYS_ADMIN)))
 
 
 def pays() -> bool:
