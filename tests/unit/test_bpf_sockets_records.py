@@ -68,3 +68,33 @@ def test_not_chosen_without_the_engine_or_the_capabilities(monkeypatch: pytest.M
     with sockets.source(opts, (socket.AF_INET,)) as chosen:
         assert chosen is None
     assert not sockets._refused
+
+
+def test_chosen_only_where_it_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broad dump on a big host: iter/tcp; a narrow one (a state, a port): sock_diag."""
+    monkeypatch.delenv("SOCKDOCTOR_ENGINE", raising=False)
+    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
+    many = sockets.MIN_SOCKETS
+    monkeypatch.setattr(sockets, "host_sockets", lambda: many)
+    everything = sockdiag.DumpOptions(sockdiag.ALL_STATES, age=True)
+    connected = sockdiag.DumpOptions(sockdiag.ALL_STATES & ~(1 << TcpState.LISTEN))
+    assert sockets.pays(everything) and sockets.pays(connected)
+    assert not sockets.pays(sockdiag.DumpOptions(1 << TcpState.CLOSE_WAIT))
+    assert not sockets.pays(sockdiag.DumpOptions(sockdiag.ALL_STATES, ports=frozenset({80}),
+                                                 bytecode=sockdiag.port_filter([80])))
+    many = sockets.MIN_SOCKETS - 1
+    assert not sockets.pays(everything)  # a small host: the load costs more than it saves
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    assert sockets.pays(sockdiag.DumpOptions(1 << TcpState.CLOSE_WAIT))  # forced
+
+
+def test_host_sockets_reads_sockstat(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = ("sockets: used 16\nTCP: inuse 1 orphan 0 tw 9 alloc 10002 mem 232\n"
+            "UDP: inuse 0 mem 0\n")
+    monkeypatch.setattr(sockets.procfs, "_read", lambda path: text)
+    assert sockets.host_sockets() == 10_011  # allocated (every namespace) + TIME-WAIT
+
+    def gone(path: str) -> str:
+        raise FileNotFoundError(path)
+    monkeypatch.setattr(sockets.procfs, "_read", gone)
+    assert sockets.host_sockets() == 0
