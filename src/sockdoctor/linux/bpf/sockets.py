@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from ...model import Socket, TcpState, state_mask
 from .. import procfs, sockdiag
 from ..native import fast
-from . import BTF, BpfError, BpfObject, libbpf, wanted
+from . import BTF, BpfError, BpfObject, libbpf, requested, wanted
 
 NAME, PROGRAM = "sockets", "dump_sockets"
 # struct record in sockets.bpf.c: family state timer retrans | sport dport (host order) |
@@ -70,13 +70,12 @@ def pays(opts: sockdiag.DumpOptions) -> bool:
     The iterator locks and visits every socket of the namespace before the
     program can skip one (~0.7 us each, measured at 144k), where sock_diag
     skips a socket of another state or port for almost nothing; what the
-    pass saves is per socket returned (~1.3 us: no netlink message to parse,
+    pass saves is per socket returned (~1.2 us: no netlink message to parse,
     and decoding overlaps the kernel's pass). So it pays for a broad dump
     (every common state, no port filter: ls, ls --json, ls -p, a sample) on
     a host with many sockets (the program's load costs ~20 ms), not for a
     narrow one like `state close-wait` or `--port`.
     """
-    from . import requested  # late: tests switch the environment
     if requested() == "bpf":
         return True
     broad = opts.states & BROAD_STATES == BROAD_STATES and not opts.bytecode
