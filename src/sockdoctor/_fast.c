@@ -760,6 +760,74 @@ static PyObject *fast_join(PyObject *self, PyObject *args) {
     return pids ? Py_BuildValue("(Nn)", pids, unowned) : NULL;
 }
 
+/* --- iter/tcp records (linux/bpf/sockets.py, struct record in sockets.bpf.c) ---
+ * Fixed 80-byte records, ports already in host order; decode_python() is the
+ * reference. age_ms is set only when asked, for aged states, and present. */
+enum { REC_LEN = 80, REC_NO_AGE = -1 };
+
+static PyObject *record_socket(const uint8_t *r, PyObject *netns) {
+    int family = r[0];
+    if (family != AF_INET && family != AF_INET6)
+        return PyErr_Format(PyExc_ValueError, "unknown address family %d in an iter/tcp record",
+                            family);
+    PyObject *a[16];
+    a[0] = Py_NewRef(netns);
+    a[1] = PyLong_FromLong(family);
+    a[2] = PyLong_FromLong(r[1]);
+    a[3] = address(family, r + 8);
+    a[4] = PyLong_FromLong(rd16(r + 4));
+    a[5] = address(family, r + 24);
+    a[6] = PyLong_FromLong(rd16(r + 6));
+    a[7] = PyLong_FromUnsignedLong(rd32(r + 48));      /* inode */
+    a[8] = PyLong_FromUnsignedLongLong(rd64(r + 40));  /* cookie */
+    a[9] = PyLong_FromUnsignedLong(rd32(r + 52));      /* uid */
+    a[10] = PyLong_FromUnsignedLong(rd32(r + 56));     /* recv_q */
+    a[11] = PyLong_FromUnsignedLong(rd32(r + 60));     /* send_q */
+    a[12] = PyLong_FromLong(r[2]);                     /* timer */
+    a[13] = PyLong_FromUnsignedLong(rd32(r + 64));     /* expires_ms */
+    a[14] = PyLong_FromLong(r[3]);                     /* retrans */
+    a[15] = PyLong_FromUnsignedLong(rd32(r + 72));     /* ifindex */
+    PyObject *sk = NULL;
+    int ok = 1;
+    for (int i = 0; i < 16; i++)
+        ok &= a[i] != NULL;
+    if (ok)
+        sk = PyObject_Vectorcall(Socket_T, a, 16, NULL);
+    for (int i = 0; i < 16; i++)
+        Py_XDECREF(a[i]);
+    return sk;
+}
+
+/* tcp_records(data, netns, age, aged_bits) -> [Socket]: sockets.decode_python in C. */
+static PyObject *fast_tcp_records(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *netns;
+    int age;
+    unsigned long long aged;
+    if (!Socket_T)
+        return PyErr_Format(PyExc_RuntimeError, "_fast.bind() was not called");
+    if (!PyArg_ParseTuple(args, "y*OpK", &buf, &netns, &age, &aged))
+        return NULL;
+    Py_ssize_t n = buf.len / REC_LEN;
+    PyObject *out = PyList_New(n);
+    const uint8_t *d = buf.buf;
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        const uint8_t *r = d + i * REC_LEN;
+        PyObject *sk = record_socket(r, netns);
+        if (!sk) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, sk);
+        uint32_t age_ms = rd32(r + 68);
+        if (age && r[1] < 64 && (aged >> r[1]) & 1 && age_ms != (uint32_t)REC_NO_AGE
+            && set_new(sk, s_age_ms, PyLong_FromUnsignedLong(age_ms)) < 0)
+            Py_CLEAR(out);
+    }
+    PyBuffer_Release(&buf);
+    return out;
+}
+
 /* --- module ----------------------------------------------------------------- */
 
 /* bind(Socket, SkMemInfo, TcpInfo): the model's types, built positionally. */
@@ -783,6 +851,8 @@ static PyMethodDef methods[] = {
     {"by_inode", fast_by_inode, METH_VARARGS,
      "by_inode(Owner, inodes, pids, fds): the holder lists of procfs._Walk.to_map"},
     {"join", fast_join, METH_VARARGS, "join(sockets, by_inode): procfs.OwnerMap.attach"},
+    {"tcp_records", fast_tcp_records, METH_VARARGS,
+     "tcp_records(data, netns, age, aged_bits): linux/bpf/sockets.decode_python in C"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,6 +18,7 @@ from .errors import NotFoundError, PermissionDeniedError, SockdoctorError
 from .linux import deadsock, procfs, runtime, sockdiag
 from .linux import netns as netns_mod
 from .linux.bpf import owners as bpf_owners
+from .linux.bpf import sockets as bpf_sockets
 from .model import (
     ALL_STATES_MASK,
     KEEPALIVE_TIMER,
@@ -140,7 +141,8 @@ def dump_options(query: Query, *, info: bool = False, age: bool = False, mem: bo
     return sockdiag.DumpOptions(states=ALL_STATES_MASK if evidence else query.states,
                                 info=info, age=age or query.needs_age, mem=mem,
                                 attrs=extended or evidence, lazy_info=lazy_info,
-                                bytecode=_kernel_filter(query, evidence))
+                                bytecode=_kernel_filter(query, evidence),
+                                ports=query.ports)
 
 
 def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
@@ -367,7 +369,8 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
     """
     def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
         def run() -> _NsResult:
-            sockets = _dump_once(opts, ns.inode, families)
+            sockets = (kernel_dump(ns.inode) if kernel_dump is not None
+                       else _dump_once(opts, ns.inode, families))
             # The port range always: it decides a socket's side (sides.py, ls --json).
             return _NsResult(sockets,
                              procfs.read_sysctls(procfs.NET_SYSCTLS if sysctls
@@ -375,10 +378,12 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
                              procfs.read_counters() if counters else {})
         return run
 
-    if len(namespaces) == 1:
-        results: list = [_run_guarded(namespaces[0], job(namespaces[0]))]
-    else:
-        results = netns_mod.run_many([(ns, job(ns)) for ns in namespaces])
+    # the socket source, chosen once: the kernel engine's iter/tcp pass or sock_diag
+    with bpf_sockets.source(opts, families) as kernel_dump:
+        if len(namespaces) == 1:
+            results: list = [_run_guarded(namespaces[0], job(namespaces[0]))]
+        else:
+            results = netns_mod.run_many([(ns, job(ns)) for ns in namespaces])
     records: list[Netns] = []
     sockets: list[Socket] = []
     for ns, result in zip(namespaces, results, strict=True):

@@ -17,11 +17,13 @@ import time
 import pytest
 
 from bpfengine import need_engine
-from sockdoctor.linux.bpf import destroy, keepalive, owners
+from sockdoctor.linux import sockdiag
+from sockdoctor.linux.bpf import destroy, keepalive, owners, sockets
 from sockdoctor.linux.bpf.libbpf import BpfObject
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-OUR_PROGRAMS = {"socket_owners", "destroy_planned", "keepalive_plann"}  # 15 chars at most
+OUR_PROGRAMS = {"socket_owners", "destroy_planned", "keepalive_plann",
+                "dump_sockets"}  # 15 chars at most
 
 
 def kernel_objects() -> tuple[int, int, int, int]:
@@ -32,7 +34,7 @@ def kernel_objects() -> tuple[int, int, int, int]:
                                      capture_output=True, text=True).stdout)
     mine_p = sum(p.get("name") in OUR_PROGRAMS for p in progs)
     mine_m = sum(m.get("name", "").startswith("sd_") or m.get("name") in
-                 ("planned", "outcomes", "wanted") for m in maps)
+                 ("planned", "outcomes", "wanted", "config") for m in maps)
     return len(progs), len(maps), mine_p, mine_m
 
 
@@ -64,7 +66,13 @@ def test_a_thousand_loads_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) 
         for _ in range(50):
             with BpfObject(name, {"planned": 64, "outcomes": 64}) as obj:
                 obj.run_iter(program)
-    assert destroy.usable() and keepalive.usable()  # none of them was refused meanwhile
+    opts = sockdiag.DumpOptions(sockdiag.ALL_STATES, age=True)
+    for _ in range(200):  # the socket source: loaded once per scan, an iterator per namespace
+        with sockets.source(opts, (2, 10)) as dump:
+            assert dump is not None
+            dump(0)
+            dump(0)
+    assert destroy.usable() and keepalive.usable() and sockets.usable()  # none refused
     after = settled()
     assert after[2:] == before[2:] == (0, 0)
     assert after[:2] == before[:2]  # (nobody else loaded anything meanwhile, it seems)

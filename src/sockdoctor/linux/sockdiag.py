@@ -114,6 +114,7 @@ class DumpOptions:
     attrs: bool = False  # shutdown, cgroup id, mark (always sent by the kernel)
     lazy_info: bool = False  # with info: keep tcp_info raw in Socket.info_blob
     bytecode: bytes = b""  # an in-kernel filter (port_filter()); only matches come back
+    ports: frozenset[int] = frozenset()  # the ports `bytecode` accepts (the BPF source's filter)
 
     @property
     def ext(self) -> int:

@@ -14,8 +14,10 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 READ_CHUNK = 1 << 20
@@ -109,6 +111,12 @@ class BpfObject:
     def map_fd(self, name: str) -> int:
         return self._so.bpf_map__fd(self._map(name))
 
+    def set_elem(self, name: str, key: bytes, value: bytes) -> None:
+        """Set one entry of a map (a one-entry array: the program's settings)."""
+        code = self._so.bpf_map_update_elem(self.map_fd(name), key, value, 0)
+        if code:
+            raise _fail(f"setting map {name}", code)
+
     def update_batch(self, name: str, keys: bytes, values: bytes, count: int) -> None:
         """Insert `count` entries at once (keys and values packed back to back)."""
         if not count:
@@ -134,8 +142,11 @@ class BpfObject:
             raise BpfError(errno.EIO, f"reading map {name}: {n.value} of {count} entries")
         return values.raw
 
-    def run_iter(self, program: str) -> bytes:
-        """Run an iterator program once, in the calling thread's namespaces; its output."""
+    def run_iter(self, program: str, reader: Callable[[int], Any] | None = None) -> Any:
+        """Run an iterator program once, in the calling thread's namespaces; its output.
+
+        `reader(fd)`, if given, reads the iterator instead (and says what to return).
+        """
         so = self._so
         prog = so.bpf_object__find_program_by_name(self._obj, program.encode())
         if not prog:
@@ -148,7 +159,7 @@ class BpfObject:
             if fd < 0:
                 raise _fail(f"starting {program}", fd)
             try:
-                return _read_all(fd)
+                return (reader or _read_all)(fd)
             finally:
                 os.close(fd)
         finally:
