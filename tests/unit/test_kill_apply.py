@@ -200,10 +200,10 @@ def test_audit_lines_are_identity_and_fields_whatever_the_fast_path(
     b.socket("close-wait", "10.0.0.1:8080", "10.0.0.3", netns="web")  # no owner
     b.dead_fd(APP)
     plan = plan_kill(b.build(), KillPolicy(dead_fds="also"), host=HOST)
-    fields = audit_mod.FieldCache(settings={"idle_s": 5})
+    fields = audit_mod.FieldCache("outcome", "detail", settings={"idle_s": 5})
     with audit_mod.AuditLog(str(tmp_path / "a.jsonl")) as log:
-        assert log.write_many([audit_mod.Record("act", audit_mod.identity_json(item), fields(
-            outcome="done", detail=f"#{item.index % 2}")) for item in plan.items], sync=True)
+        assert log.write_event("act", [(audit_mod.identity_json(item), fields(
+            "done", f"#{item.index % 2}")) for item in plan.items], sync=True)
         log.write({"event": "interrupted", "ended": 1})
     lines = (tmp_path / "a.jsonl").read_bytes().splitlines()
     assert len(lines) == len(plan.items) + 1 == 6

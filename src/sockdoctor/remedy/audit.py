@@ -28,8 +28,8 @@ import getpass
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -63,15 +63,31 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write_many(self, entries: Iterable[dict[str, Any] | Record], *,
-                   sync: bool = False) -> bool:
+    def write_many(self, entries: Iterable[dict[str, Any]], *, sync: bool = False) -> bool:
         """Append the entries as whole lines in one write (fsynced if `sync`);
         False (and .error set) if that failed: then nothing of it is left in the file."""
         if self.fd < 0 or self.error:
             return not self.error
-        head = jsontext.encode({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        head = self._head()
+        return self._append(b"".join([head + jsontext.encode(e)[1:] + b"\n" for e in entries]),
+                            sync)
+
+    def write_event(self, event: str, lines: Iterable[tuple[bytes, bytes]], *,
+                    sync: bool = False) -> bool:
+        """Like write_many, for lines about items: `event`, then each (identity_json(item),
+        fields from a FieldCache). Spliced from bytes made once: 9,000 lines cost little
+        more than their copy (a dict per line cost 10x more)."""
+        if self.fd < 0 or self.error:
+            return not self.error
+        start = self._head() + b'"event":"' + event.encode() + b'",'
+        return self._append(b"".join([start + ident + rest + b"\n" for ident, rest in lines]),
+                            sync)
+
+    def _head(self) -> bytes:
+        return jsontext.encode({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                 "user": self.user})[:-1] + b","
-        data = b"".join(_lines(head, entries))
+
+    def _append(self, data: bytes, sync: bool) -> bool:
         if not data:
             return True
         try:
@@ -92,20 +108,6 @@ class AuditLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _lines(head: bytes, entries: Iterable[dict[str, Any] | Record]) -> Iterator[bytes]:
-    """Each entry as a whole line; the start of a Record's line made once per event."""
-    starts: dict[str, bytes] = {}
-    for e in entries:
-        if not isinstance(e, Record):
-            yield head + jsontext.encode(e)[1:] + b"\n"
-            continue
-        start = starts.get(e.event)
-        if start is None:
-            start = starts[e.event] = head + b'"event":"' + e.event.encode() + b'",'
-        fields = e.fields if isinstance(e.fields, bytes) else encode_fields(e.fields)
-        yield start + e.identity + fields + b"\n"
 
 
 def _append_whole(fd: int, data: bytes, sync: bool) -> None:
@@ -172,35 +174,29 @@ def _user() -> str:
     return f"{me} (via sudo from {sudo})" if sudo and sudo != me else me
 
 
-class Record(NamedTuple):
-    """One line about one item: its event, the item's identity (encoded once), the rest
-    (a dict, or the bytes a FieldCache made of it)."""
-
-    event: str
-    identity: bytes  # identity_json(item)
-    fields: dict[str, Any] | bytes
-
+NO_FIELDS = b"}"  # the end of a line with nothing after the identity (an intent)
 
 
 def encode_fields(fields: dict[str, Any]) -> bytes:
     """The end of a line after the identity: `,"key":value...}`, or `}`."""
-    return b"," + jsontext.encode(fields)[1:] if fields else b"}"
+    return b"," + jsontext.encode(fields)[1:] if fields else NO_FIELDS
 
 
 class FieldCache:
-    """The encoded fields of many lines, each distinct set encoded once: the lines of a
-    batch mostly say the same ("done", "destroyed"), so 9,000 lines cost a few encodings.
-    `constant` fields end every line (values need not be hashable)."""
+    """The encoded ends of many lines, each distinct set of values encoded once: the
+    lines of a batch mostly say the same ("done", "destroyed"), so 9,000 lines cost a
+    few encodings. Called with the values of `keys`, in order; `constant` fields end
+    every line (their values need not be hashable)."""
 
-    def __init__(self, **constant: Any) -> None:
-        self._constant = constant
+    def __init__(self, *keys: str, **constant: Any) -> None:
+        self._keys, self._constant = keys, constant
         self._seen: dict[tuple[Any, ...], bytes] = {}
 
-    def __call__(self, **fields: Any) -> bytes:
-        key = tuple(fields.items())
-        found = self._seen.get(key)
+    def __call__(self, *values: Any) -> bytes:
+        found = self._seen.get(values)
         if found is None:
-            found = self._seen[key] = encode_fields({**fields, **self._constant})
+            found = self._seen[values] = encode_fields(
+                {**dict(zip(self._keys, values, strict=True)), **self._constant})
         return found
 
 

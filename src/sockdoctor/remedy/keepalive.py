@@ -18,6 +18,7 @@ import errno
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 import msgspec
@@ -178,10 +179,10 @@ def apply_keepalive(plan: KeepalivePlan, *, audit_log: str | AuditLog | None = D
     log = audit_log if isinstance(audit_log, AuditLog) else \
         AuditLog(audit_log if plan.actions else None)
     results: dict[int, Outcome] = {}
-    fields = audit_mod.FieldCache(settings=plan.settings.wanted)
+    fields = audit_mod.FieldCache("outcome", "detail", settings=plan.settings.wanted)
     with log:
         in_kernel = _arm_in_kernel(plan.actions, plan.settings, stop)
-        log.write_many(_record(item, o, fields) for item, o in in_kernel)
+        log.write_event("keepalive", _lines(in_kernel, fields))
         results.update((o.index, o) for _, o in in_kernel)
         by_pid: dict[int, list[PlanItem]] = defaultdict(list)
         for item in plan.actions:
@@ -192,17 +193,17 @@ def apply_keepalive(plan: KeepalivePlan, *, audit_log: str | AuditLog | None = D
             if not pacer.wait() or log.error:
                 break
             done = _arm(pid, group, plan.settings, pacer)
-            log.write_many(_record(item, o, fields)
-                           for item, o in zip(group, done, strict=False))
+            log.write_event("keepalive", _lines(zip(group, done, strict=False), fields))
             results.update((o.index, o) for o in done)
     outcomes = [results.get(i.index) or _left(i, stop.is_set()) for i in plan.items]
     return KeepaliveReport(plan=plan, applied=True, outcomes=outcomes,
                            interrupted=stop.is_set())
 
 
-def _record(item: PlanItem, o: Outcome, fields: audit_mod.FieldCache) -> audit_mod.Record:
-    return audit_mod.Record("keepalive", audit_mod.identity_json(item),
-                            fields(outcome=o.outcome, detail=o.detail))
+def _lines(done: Iterable[tuple[PlanItem, Outcome]], fields: audit_mod.FieldCache
+           ) -> Iterator[tuple[bytes, bytes]]:
+    """The audit log's keepalive lines: (identity, outcome) of each item."""
+    return ((audit_mod.identity_json(item), fields(o.outcome, o.detail)) for item, o in done)
 
 
 def _arm_in_kernel(items: list[PlanItem], settings: Keepalive, stop: threading.Event
