@@ -25,7 +25,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from population import HolderSpec, Population
-from run import in_netns, machine, run_once, sockdoctor_argv
+from run import in_netns, machine, run_measured, sockdoctor_argv
 
 PORT = 6100
 TARGET_S = 0.5
@@ -40,11 +40,13 @@ def states(pid: int, stop: threading.Event, seen: set[str]) -> None:
             return
 
 
-def arm(pop: Population, engine: str, idle: int, size: int, audit: str) -> tuple[float, dict]:
+def arm(pop: Population, engine: str, idle: int, size: int, audit: str,
+        ) -> tuple[float, float, dict]:
+    """(wall s, CPU s, outcomes) of one whole command."""
     argv = ["env", f"SOCKDOCTOR_ENGINE={engine}", *sockdoctor_argv(), "keepalive", "--netns",
             pop.netns, "--port", str(PORT), "--idle", f"{idle}s", "--interval", "5s",
             "--count", "3", "--yes", "--max", str(size + 10), "--audit-log", audit]
-    elapsed, _rss = run_once(in_netns(pop.netns, argv))
+    elapsed, _rss, cpu = run_measured(in_netns(pop.netns, argv))
     with open(audit) as f:
         lines = [json.loads(line) for line in f if '"keepalive"' in line]
     outcomes: dict[str, int] = {}
@@ -52,7 +54,7 @@ def arm(pop: Population, engine: str, idle: int, size: int, audit: str) -> tuple
         how = "bpf" if line["detail"].endswith("bpf_setsockopt") else "pidfd"
         key = f"{line['outcome']} ({how})"
         outcomes[key] = outcomes.get(key, 0) + 1
-    return elapsed, outcomes
+    return elapsed, cpu, outcomes
 
 
 def main() -> None:
@@ -62,6 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     size = 2 * args.pairs
     times: dict[str, list[float]] = {"bpf": [], "c": []}
+    cpus: dict[str, list[float]] = {"bpf": [], "c": []}
     seen: set[str] = set()
     with Population([HolderSpec(0, (PORT,), est=args.pairs)], tag="perfka") as pop, \
             tempfile.TemporaryDirectory() as tmp:
@@ -72,15 +75,17 @@ def main() -> None:
         watcher.start()
         for r in range(args.rounds):
             for engine in (["bpf", "c"] if r % 2 == 0 else ["c", "bpf"]):
-                elapsed, outcomes = arm(pop, engine, 30 + r * 2 + (engine == "c"), size,
-                                        f"{tmp}/audit.jsonl")
-                print(f"  {engine:4}: {elapsed:.3f} s  {outcomes}", flush=True)
+                elapsed, cpu, outcomes = arm(pop, engine, 30 + r * 2 + (engine == "c"), size,
+                                             f"{tmp}/audit.jsonl")
+                print(f"  {engine:4}: {elapsed:.3f} s, CPU {cpu:.3f} s  {outcomes}", flush=True)
                 times[engine].append(elapsed)
+                cpus[engine].append(cpu)
         stop.set()
     bpf, c = statistics.median(times["bpf"]), statistics.median(times["c"])
     print(f"\nMachine: {machine()}")
     print(f"keepalive on {size} sockets of one process, whole command (median of "
-          f"{args.rounds}): BPF engine {bpf:.3f} s, pidfd path {c:.3f} s ({bpf / c:.2f}x)")
+          f"{args.rounds}): BPF engine {bpf:.3f} s, pidfd path {c:.3f} s ({bpf / c:.2f}x); "
+          f"CPU {statistics.median(cpus['bpf']):.3f} s and {statistics.median(cpus['c']):.3f} s")
     verdict = "OK" if bpf <= TARGET_S else f"MISS ({bpf / TARGET_S:.2f}x)"
     print(f"target <= {TARGET_S} s with the engine: {verdict}")
     print(f"holder states seen meanwhile: {sorted(seen)} "

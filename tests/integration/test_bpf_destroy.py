@@ -122,6 +122,42 @@ def test_a_changed_tuple_is_refused_in_the_kernel(solo: Lab,
     ref = netns_mod.NsRef(inode=solo.server.inode(), name=solo.server.netns, kind="named",
                           path=f"/run/netns/{solo.server.netns}")
     codes = netns_mod.run_in(ref, lambda: bpf_destroy.destroy([wrong]))
-    assert codes == [116]  # ESTALE
+    assert codes == [(116, TcpState.CLOSE_WAIT)]  # ESTALE, the state it met
     assert (target.cookie, port, target.peer_port, TcpState.CLOSE_WAIT) \
         in identities(ns, port)
+
+
+def test_a_socket_ended_by_another_hand_is_left_in_the_kernel(
+        solo: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planned ESTABLISHED, then its program sent its FIN (FIN-WAIT-2): the same pass that
+    destroys the others refuses it under its lock (EALREADY), with no look beforehand."""
+    need_engine()
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    ns = str(solo.server.inode())
+    remote = Remote(solo, solo.server, "bpfmoved")
+    port, _ = remote(MAKE)  # type: ignore[misc]
+    wait_close_wait(ns, port, 12)
+    snap = sockdoctor.scan(f"state established sport = :{port}", netns=ns)
+    assert len(snap.sockets) == 2
+    plan = sockdoctor.plan_kill(snap, sockdoctor.KillPolicy(
+        states=1 << TcpState.ESTABLISHED, methods=("destroy",)), host=sockdoctor.host_facts())
+    assert [i.method for i in plan.items] == ["destroy"] * 2
+    moved = plan.items[0].socket
+    assert moved is not None
+    remote(f"[a for c, a in whole if a.getpeername()[1] == {moved.peer_port}][0]"
+           ".shutdown(socket.SHUT_WR); time.sleep(0.2); result = 1")
+    report = sockdoctor.apply_plan(plan, audit_log=str(tmp_path / "audit.jsonl"))
+
+    assert [o.outcome for o in report.outcomes] == ["already-gone", "closed"]
+    assert report.outcomes[0].detail.startswith("already FIN-WAIT-2 when we came")
+    left = {(sk.cookie, sk.state) for sk in identities_now(ns, port)}
+    assert (moved.cookie, TcpState.FIN_WAIT2) in left  # untouched
+    acts = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()
+            if '"act"' in line]
+    assert [(a["cookie"], a["action"]) for a in acts] == \
+        [(moved.cookie, "already-gone"), (plan.items[1].socket.cookie, "done")]  # type: ignore[union-attr]
+    assert acts[1]["detail"] == "destroyed (bpf_sock_destroy)"
+
+
+def identities_now(ns: str, port: int) -> list[Socket]:
+    return sockdoctor.scan(f"sport = :{port}", netns=ns, owners=False).sockets

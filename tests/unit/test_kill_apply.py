@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sockdoctor import jsontext
 from sockdoctor.cli import cli
 from sockdoctor.doctor.synth import SnapshotBuilder
 from sockdoctor.errors import EXIT_PERMISSION, EXIT_WRITE, PermissionDeniedError, WriteError
@@ -186,6 +187,33 @@ def test_audit_identity_names_socket_owner_and_namespace() -> None:
         "peer": f"10.0.0.2:{sk.peer_port}", "inode": sk.inode, "cookie": sk.cookie}
     dead = audit_mod.identity(plan.items[1])
     assert (dead["netns"], dead["netns_inode"], dead["state"]) == ("web", sk.netns, "dead-fd")
+
+
+@pytest.mark.parametrize("comm", ["app", "ap\udcffp", ""])
+def test_audit_lines_are_identity_and_fields_whatever_the_fast_path(
+        tmp_path: Path, comm: str) -> None:
+    """The spliced lines (identity encoded once, fields once per distinct value) are the
+    JSON of identity(item) plus the fields; a name that is not UTF-8 stays byte-exact."""
+    b = SnapshotBuilder()
+    b.process(APP, comm, netns="web")
+    b.sockets(3, "close-wait", "10.0.0.1:8080", "10.0.0.2", pid=APP, netns="web")
+    b.socket("close-wait", "10.0.0.1:8080", "10.0.0.3", netns="web")  # no owner
+    b.dead_fd(APP)
+    plan = plan_kill(b.build(), KillPolicy(dead_fds="also"), host=HOST)
+    fields = audit_mod.FieldCache("outcome", "detail", settings={"idle_s": 5})
+    with audit_mod.AuditLog(str(tmp_path / "a.jsonl")) as log:
+        assert log.write_event("act", [(audit_mod.identity_json(item), fields(
+            "done", f"#{item.index % 2}")) for item in plan.items], sync=True)
+        log.write({"event": "interrupted", "ended": 1})
+    lines = (tmp_path / "a.jsonl").read_bytes().splitlines()
+    assert len(lines) == len(plan.items) + 1 == 6
+    for line, item in zip(lines, plan.items, strict=False):
+        got = jsontext.restore(json.loads(line))
+        assert got.pop("time") and got.pop("user")
+        assert got == {"event": "act", **audit_mod.identity(item), "outcome": "done",
+                       "detail": f"#{item.index % 2}", "settings": {"idle_s": 5}}
+    assert b'"comm":[97,112,255,112]' in lines[0] if comm == "ap\udcffp" else True
+    assert json.loads(lines[-1])["event"] == "interrupted"
 
 
 # --- text ---------------------------------------------------------------------------

@@ -399,21 +399,17 @@ def states_now(sockets: list[Socket]) -> list[int | None]:
         nl.close()
 
 
-def destroy_via(sockets: list[Socket]) -> list[tuple[int, str]]:
-    """Destroy each socket of the current namespace: (errno, how) each.
-
-    The kernel engine first (bpf_sock_destroy from one iter/tcp pass, when
-    it is in use); SOCK_DESTROY for what it did not settle.
-    """
+def destroy_in_kernel(sockets: list[Socket], states: list[int]
+                      ) -> list[tuple[int, int] | None]:
+    """The kernel engine's destroy (bpf_sock_destroy from one iter/tcp pass) on sockets of
+    the current namespace: (errno, state met) each, None for a socket it did not settle
+    (all None when the engine is not in use). `states[i]`: the mask of states sockets[i]
+    may still be ended in (0: any); one that left them is EALREADY, untouched."""
     from .bpf import destroy as bpf_destroy  # ctypes and libbpf only for a kill
 
-    codes = bpf_destroy.destroy(sockets) if bpf_destroy.usable() else [None] * len(sockets)
-    rest = [i for i, code in enumerate(codes) if code is None]
-    out = [(code or 0, bpf_destroy.VIA) for code in codes]
-    if rest:
-        for i, code in zip(rest, destroy([sockets[i] for i in rest]), strict=True):
-            out[i] = (code, "SOCK_DESTROY")
-    return out
+    if not bpf_destroy.usable():
+        return [None] * len(sockets)
+    return bpf_destroy.destroy(sockets, states)
 
 
 def probe_destroy() -> tuple[bool, str]:

@@ -93,9 +93,9 @@ def apply_plan(plan: Plan, *, audit_log: str | AuditLog | None = DEFAULT_PATH,
         results = outcomes(plan.items, actions, namespaces, interrupted=interrupted)
         report = KillReport(plan=plan, applied=True, outcomes=results, interrupted=interrupted,
                             audit_error=log.error, audit_path=log.path or "")
-        log.write_many(audit_mod.Record("verify", ids[o.index], {
-            "outcome": o.outcome, "detail": o.detail, "state_after": o.state_after})
-            for o in results if o.index in actions)
+        fields = audit_mod.FieldCache("outcome", "detail", "state_after")
+        log.write_event("verify", ((ids[o.index], fields(o.outcome, o.detail, o.state_after))
+                                   for o in results if o.index in actions))
         if interrupted or log.error:
             log.write({"event": "interrupted" if interrupted else "stopped",
                        **report.counts()})
@@ -110,6 +110,7 @@ def _act(plan: Plan, log: AuditLog, stop: threading.Event, namespaces: hostmod.N
     batches = [(BY_NAME[name], batch) for name in APPLY_ORDER
                for batch in _batches(plan, name, pacer)]
     ahead = _intents_ahead(plan.rate)
+    fields = audit_mod.FieldCache("action", "detail")
     recorded = 0  # batches[:recorded] have their intent lines on disk
     for at, (method, batch) in enumerate(batches):
         if stop.is_set() or log.error or (at and not pacer.wait()):
@@ -123,8 +124,8 @@ def _act(plan: Plan, log: AuditLog, stop: threading.Event, namespaces: hostmod.N
         if not held:
             return done
         done.update((a.index, a) for a in acted)
-        if not log.write_many(audit_mod.Record("act", ids[a.index], {
-                "action": a.status, "detail": a.detail}) for a in acted):
+        if not log.write_event("act", ((ids[a.index], fields(a.status, a.detail))
+                                       for a in acted)):
             return done
     return done
 
@@ -149,9 +150,9 @@ def _record_intents(log: AuditLog, batches: list[tuple[Method, list[PlanItem]]],
     while end < len(batches) and (end == start or count + len(batches[end][1]) <= ahead):
         count += len(batches[end][1])
         end += 1
-    lines = (audit_mod.Record("intent", ids[i.index], {})
-             for _, batch in batches[start:end] for i in batch)
-    return end if log.write_many(lines, sync=True) else 0
+    lines = ((ids[i.index], audit_mod.NO_FIELDS) for _, batch in batches[start:end]
+             for i in batch)
+    return end if log.write_event("intent", lines, sync=True) else 0
 
 
 def _identities(items: list[PlanItem]) -> dict[int, bytes]:

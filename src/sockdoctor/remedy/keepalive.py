@@ -18,6 +18,8 @@ import errno
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 
 import msgspec
 
@@ -177,9 +179,10 @@ def apply_keepalive(plan: KeepalivePlan, *, audit_log: str | AuditLog | None = D
     log = audit_log if isinstance(audit_log, AuditLog) else \
         AuditLog(audit_log if plan.actions else None)
     results: dict[int, Outcome] = {}
+    fields = audit_mod.FieldCache("outcome", "detail", settings=plan.settings.wanted)
     with log:
         in_kernel = _arm_in_kernel(plan.actions, plan.settings, stop)
-        log.write_many(_record(item, o, plan.settings) for item, o in in_kernel)
+        log.write_event("keepalive", _lines(in_kernel, fields))
         results.update((o.index, o) for _, o in in_kernel)
         by_pid: dict[int, list[PlanItem]] = defaultdict(list)
         for item in plan.actions:
@@ -190,18 +193,17 @@ def apply_keepalive(plan: KeepalivePlan, *, audit_log: str | AuditLog | None = D
             if not pacer.wait() or log.error:
                 break
             done = _arm(pid, group, plan.settings, pacer)
-            log.write_many(_record(item, o, plan.settings)
-                           for item, o in zip(group, done, strict=False))
+            log.write_event("keepalive", _lines(zip(group, done, strict=False), fields))
             results.update((o.index, o) for o in done)
     outcomes = [results.get(i.index) or _left(i, stop.is_set()) for i in plan.items]
     return KeepaliveReport(plan=plan, applied=True, outcomes=outcomes,
                            interrupted=stop.is_set())
 
 
-def _record(item: PlanItem, o: Outcome, settings: Keepalive) -> audit_mod.Record:
-    return audit_mod.Record("keepalive", audit_mod.identity_json(item),
-                            {"outcome": o.outcome, "detail": o.detail,
-                             "settings": settings.wanted})
+def _lines(done: Iterable[tuple[PlanItem, Outcome]], fields: audit_mod.FieldCache
+           ) -> Iterator[tuple[bytes, bytes]]:
+    """The audit log's keepalive lines: (identity, outcome) of each item."""
+    return ((audit_mod.identity_json(item), fields(o.outcome, o.detail)) for item, o in done)
 
 
 def _arm_in_kernel(items: list[PlanItem], settings: Keepalive, stop: threading.Event
@@ -264,14 +266,23 @@ def _arm_one(handle: object, item: PlanItem, settings: Keepalive) -> Outcome:
 def _judged(item: PlanItem, settings: Keepalive, before: dict[str, int],
             after: dict[str, int], via: str = "") -> Outcome:
     """Armed if every option reads back as asked."""
-    wrong = {k: after.get(k) for k, v in settings.wanted.items() if after.get(k) != v}
-    outcome = _outcome(item, Action(index=item.index, status="armed" if not wrong else "failed",
-                                    detail=f"read back: {_options(after)}; before: "
-                                           f"{_options(before)}"
-                                           + (f"; not as asked: {wrong}" if wrong else "")
-                                           + (f"; set with {via}" if via else "")))
-    outcome.state_after = settings.text() if not wrong else ""
+    status, detail, state_after = _verdict(settings, tuple(before.items()),
+                                           tuple(after.items()), via)
+    outcome = _outcome(item, Action(index=item.index, status=status, detail=detail))
+    outcome.state_after = state_after
     return outcome
+
+
+@lru_cache(maxsize=256)  # 10,000 sockets of one program read back a handful of ways
+def _verdict(settings: Keepalive, before_items: tuple[tuple[str, int], ...],
+             after_items: tuple[tuple[str, int], ...], via: str) -> tuple[str, str, str]:
+    """(status, detail, state after) for options read back before and after arming."""
+    before, after = dict(before_items), dict(after_items)
+    wrong = {k: after.get(k) for k, v in settings.wanted.items() if after.get(k) != v}
+    detail = (f"read back: {_options(after)}; before: {_options(before)}"
+              + (f"; not as asked: {wrong}" if wrong else "")
+              + (f"; set with {via}" if via else ""))
+    return ("armed", detail, settings.text()) if not wrong else ("failed", detail, "")
 
 
 def _options(values: dict[str, int]) -> str:

@@ -5,8 +5,11 @@
  * created the iterator, full sockets with their lock held; the kfunc then
  * aborts the connection as SOCK_DESTROY does (tcp_abort: the peer gets a
  * reset, the owner's next call fails with ECONNABORTED). One outcome per
- * planned socket met (planned.h); user space gives a planned socket not met
- * to SOCK_DESTROY, which finds it gone or destroys it.
+ * planned socket met (planned.h): destroyed (0), another socket on its
+ * 4-tuple (-ESTALE), in a state it may no longer be ended in, i.e. ended by
+ * another hand since the plan (-EALREADY), or not a full socket
+ * (-EOPNOTSUPP). User space gives a planned socket not met, or not a full
+ * one, to SOCK_DESTROY, which finds it gone or destroys it.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -39,6 +42,8 @@ int destroy_planned(struct bpf_iter__tcp *ctx)
 		return 0;
 	if (!same_tuple(skc, want))
 		out->code = -ESTALE;
+	else if (moved_on(skc, want))
+		out->code = -EALREADY;
 	else if (!bpf_skc_to_tcp_sock(skc))
 		out->code = -EOPNOTSUPP; /* TIME-WAIT or a request: not locked here; SOCK_DESTROY */
 	else

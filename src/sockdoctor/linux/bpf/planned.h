@@ -4,7 +4,10 @@
  * cookie, each value the socket's 4-tuple as the plan saw it and its index
  * in the plan. A socket is acted on only if its cookie is in the map AND its
  * addresses and ports are still the planned ones: a 4-tuple reused by a new
- * socket has another cookie and is never looked at.
+ * socket has another cookie and is never looked at. `states`, when not 0, is
+ * the mask of TCP states the socket may still be acted on in: one that has
+ * moved on since the plan (another hand sent its FIN) is refused in the same
+ * pass, under its lock, instead of being looked up again beforehand.
  *
  * Outcomes go to the `outcomes` array at the socket's index, not to the
  * iterator's output: a read() that ends mid-bucket makes the TCP iterator
@@ -19,6 +22,7 @@
 #define AF_INET6 10
 #define TCP_TIME_WAIT 6
 #define TCP_NEW_SYN_RECV 12
+#define EALREADY 114
 
 struct tuple {
 	__u16 family;
@@ -26,7 +30,7 @@ struct tuple {
 	__be16 dport;   /* network byte order, like skc_dport */
 	__u16 pad;
 	__u32 index;    /* in the plan, and in `outcomes` */
-	__u32 pad2;
+	__u32 states;   /* 1 << state for each state it may be acted on in; 0: any */
 	__u8 saddr[16]; /* IPv4: the first 4 bytes */
 	__u8 daddr[16];
 };
@@ -94,6 +98,14 @@ static __always_inline bool same_tuple(struct sock_common *skc, const struct tup
 	asm volatile("" : : "r"(have) : "memory"); /* the stores happen here */
 	return have[0] == ws[0] && have[1] == ws[1] && have[2] == ws[2] && have[3] == ws[3] &&
 	       have[4] == wd[0] && have[5] == wd[1] && have[6] == wd[2] && have[7] == wd[3];
+}
+
+/* Whether the socket left the states it may be acted on in since the plan. */
+static __always_inline bool moved_on(struct sock_common *skc, const struct tuple *t)
+{
+	__u32 states = t->states;
+
+	return states && !(states & (1U << (skc->skc_state & 31)));
 }
 
 #endif

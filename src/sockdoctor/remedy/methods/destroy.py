@@ -1,9 +1,13 @@
-"""destroy: the kernel's SOCK_DESTROY over sock_diag, the socket named with its cookie.
+"""destroy: the kernel aborts the socket, named with its cookie and 4-tuple.
 
 The peer gets a reset, the program's next call fails with ECONNABORTED, and
 an orphan (FIN-WAIT, LAST-ACK, TIME-WAIT) or a never-accepted connection is
-dropped. The kernel compares the cookie: a 4-tuple reused by another socket
-is left alone (ENOENT). 256 requests go out per sendmsg.
+dropped. With the kernel engine, bpf_sock_destroy() from one iter/tcp pass
+per namespace, which checks each socket's identity and state under its lock
+(no separate look beforehand); otherwise, and for what that pass did not
+settle, SOCK_DESTROY over sock_diag after a last look at each socket's
+state (256 requests per sendmsg). Either way the kernel compares the
+cookie: a 4-tuple reused by another socket is left alone.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import errno
 
 from ... import words
 from ...linux import host as hostmod
+from ...model import Socket
 from ..steps import Action, PlanItem
 from .base import FIN_STATES, Choice, Method, Runtime, Target
 
@@ -46,13 +51,18 @@ class Destroy(Method):
         if not works:
             status = "not-permitted" if note == hostmod.NO_NET_ADMIN else "unsupported"
             return [Action(index=i.index, status=status, detail=note) for i in batch]
-        actions, todo = _not_ours(batch)
-        done = hostmod.destroy_via([i.socket for i in todo]) if todo else []  # type: ignore[misc]
-        actions += [Action(index=item.index, status=_STATUS.get(code, "failed"),
-                           detail=_detail(code, via))
-                    for item, (code, via) in zip(todo, done, strict=True)]
-        order = {item.index: n for n, item in enumerate(batch)}
-        return sorted(actions, key=lambda a: order[a.index])
+        # The kernel engine first: one pass checks each socket's identity and state under
+        # its lock and ends it; the rest (engine off, TIME-WAIT, not met) as before.
+        sockets = [i.socket for i in batch]
+        met = hostmod.destroy_in_kernel(sockets, [_may_end(sk) for sk in sockets])  # type: ignore[arg-type]
+        actions = [_in_kernel(item, m) for item, m in zip(batch, met, strict=True)
+                   if m is not None]
+        rest = [item for item, m in zip(batch, met, strict=True) if m is None]
+        if rest:  # in batch order again
+            actions += _sock_destroy(rest)
+            order = {item.index: n for n, item in enumerate(batch)}
+            actions.sort(key=lambda a: order[a.index])
+        return actions
 
     def batches(self, items: list[PlanItem], size: int) -> list[list[PlanItem]]:
         # The kernel engine destroys a namespace's planned sockets in one pass over its
@@ -63,6 +73,7 @@ class Destroy(Method):
 
 
 ENGINE_BATCH = 1 << 16
+VIA_KERNEL = "bpf_sock_destroy"  # linux/bpf/destroy.VIA, without loading ctypes here
 
 
 def _engine_usable() -> bool:
@@ -71,9 +82,41 @@ def _engine_usable() -> bool:
     return bpf_destroy.usable()
 
 
+_FIN_MASK = sum(1 << state for state in FIN_STATES)
+
+
+def _may_end(sk: Socket) -> int:
+    """The states a planned socket may still be ended in: ESTABLISHED and CLOSE-WAIT
+    stay ours only while no FIN has gone out since the plan; other states: any."""
+    return _FIN_MASK if sk.state in FIN_STATES else 0
+
+
 def _detail(code: int, via: str) -> str:
     detail = _DETAIL.get(code, errno.errorcode.get(code, str(code)))
     return f"{detail} ({via})" if code == 0 else detail
+
+
+def _moved_on(index: int, state: int) -> Action:
+    return Action(index=index, status="already-gone", detail=(
+        f"already {words.state_name(state)} when we came: ended by another hand, "
+        "left as it was"))
+
+
+def _in_kernel(item: PlanItem, met: tuple[int, int]) -> Action:
+    code, state = met
+    if code == errno.EALREADY:
+        return _moved_on(item.index, state)
+    return Action(index=item.index, status=_STATUS.get(code, "failed"),
+                  detail=_detail(code, VIA_KERNEL))
+
+
+def _sock_destroy(batch: list[PlanItem]) -> list[Action]:
+    """SOCK_DESTROY over sock_diag, after a last look at each socket's state."""
+    actions, todo = _not_ours(batch)
+    codes = hostmod.destroy([i.socket for i in todo]) if todo else []  # type: ignore[misc]
+    return actions + [Action(index=item.index, status=_STATUS.get(code, "failed"),
+                             detail=_detail(code, "SOCK_DESTROY"))
+                      for item, code in zip(todo, codes, strict=True)]
 
 
 def _not_ours(batch: list[PlanItem]) -> tuple[list[Action], list[PlanItem]]:
@@ -87,9 +130,7 @@ def _not_ours(batch: list[PlanItem]) -> tuple[list[Action], list[PlanItem]]:
             actions.append(Action(index=item.index, status="already-gone",
                                   detail=_DETAIL[errno.ENOENT]))
         elif planned in FIN_STATES and state not in FIN_STATES:
-            actions.append(Action(index=item.index, status="already-gone", detail=(
-                f"already {words.state_name(state)} when we came: ended by another hand, "
-                "left as it was")))
+            actions.append(_moved_on(item.index, state))
         else:
             todo.append(item)
     return actions, todo
