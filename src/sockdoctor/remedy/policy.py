@@ -37,8 +37,9 @@ class KillPolicy:
         Query.select as `ls` would. A query that names no state selects
         CLOSE-WAIT only (DEFAULT_STATES). After construction `where` is
         always a Query with that default applied.
-    states, older_than_ms: shorthands merged into `where` (a kernel state
-        mask, model.state_mask; a minimum age: the peer silent this long).
+    states, older_than_ms: shorthands, given when the policy is made,
+        merged into `where` (a kernel state mask, model.state_mask; a minimum
+        age: the peer silent this long). Read them back from `query`.
     methods: the methods allowed, in the order they are tried per socket;
         "auto" stands for fin, drain, destroy, rst.
     force: also act on listeners and on sockdoctor's own session.
@@ -115,13 +116,6 @@ class KillPolicy:
             return lambda sk: False
         picked = {id(sk) for sk in self.query.select(snapshot)}
         return lambda sk: id(sk) in picked
-
-
-# Read back, the shorthands are the query's (a state mask, the minimum age): they
-# live in `where` only, so a copy made with dataclasses.replace keeps them.
-KillPolicy.states = property(lambda self: self.query.states)  # type: ignore[assignment]
-KillPolicy.older_than_ms = property(  # type: ignore[assignment]
-    lambda self: self.query.older_than_ms)
 
 
 def dead_fds_mode(dead_fds: bool, query: Query | None) -> str:
