@@ -99,6 +99,9 @@ class Query:
     @classmethod
     def build(cls, filter_words: Sequence[str] | str = (), **named: Unpack[Named]) -> Query:
         """Combine filter text (ss syntax) and flags (Named); every part must hold (AND)."""
+        unknown = sorted(set(named) - set(Named.__annotations__))
+        if unknown:  # **named must not swallow a misspelt flag silently
+            raise TypeError(f"Query.build() got an unexpected keyword argument '{unknown[0]}'")
         words = filter_words.split() if isinstance(filter_words, str) else list(filter_words)
         if named.get("filter_file"):
             words = with_file_words(words, ssfilter.read_filter_file(named["filter_file"]))

@@ -238,3 +238,12 @@ def test_no_second_selection_path_in_the_source() -> None:
             if isinstance(node, ast.FunctionDef) and node.name == "narrows":
                 offenders.append(f"{name}:{node.lineno} defines narrows() again")
     assert offenders == [], textwrap.indent("\n".join(offenders), "  ")
+
+
+def test_build_takes_the_named_flags_and_refuses_a_misspelt_one() -> None:
+    q = Query.build("state close-wait", ports=[8080], pids=[10], process="php*",
+                    older_than="10m", netns="web", family=socket.AF_INET)
+    assert (q.ports, q.pids, q.process, q.older_than_ms, q.netns) == (
+        {8080}, {10}, "php*", 600_000, "web")
+    with pytest.raises(TypeError, match="'port'"):
+        Query.build(port=[8080])  # type: ignore[call-arg]

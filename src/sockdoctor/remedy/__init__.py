@@ -24,6 +24,7 @@ from ..linux.host import Host
 from ..model import Snapshot, Socket
 from ..query import Query
 from ..signals import stop_on_signals
+from ..ssfilter import states_from_names
 from .apply import KillReport, apply_plan
 from .audit import DEFAULT_PATH
 from .plan import Plan, plan_kill
@@ -97,7 +98,7 @@ def kill(target: Snapshot | Sequence[Socket], method: str = "auto", dry_run: boo
 def _policy(method: str, options: KillOptions) -> KillPolicy:
     """The KillPolicy that kill()'s options (the CLI's flags) describe."""
     states = options.get("states")
-    query = Query.build(states=states) if states else Query()
+    query = Query(states=states_from_names(states), named_states=True) if states else Query()
     return KillPolicy(where=query, methods=(method,), force=options.get("force", False),
                       max_count=options.get("max_count", DEFAULT_MAX),
                       rate=options.get("rate", 0.0), bare_close=options.get("bare_close", False),

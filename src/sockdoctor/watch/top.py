@@ -99,7 +99,8 @@ class TopModel:
         if query.netns != "all":
             raise UsageError("top's filter selects sockets; choose namespaces with --netns")
         self.query = dataclasses.replace(query, pids=self.query.pids,
-                                         process=self.query.process)
+                                         process=self.query.process,
+                                         _process_match=self.query._process_match)
         self.filter_text = text
         # other sockets are counted now: the changes start again from here
         self._first, self._before_last = None, {}
