@@ -303,14 +303,8 @@ def assemble(joined: Joined, records: list[Netns], warnings: list[str], *, owner
 
 
 def _kernel_filter(query: Query, evidence: bool) -> bytes:
-    """An in-kernel port filter for --port, so a narrow question dumps only its sockets.
-
-    Python still applies the whole query afterwards; this only saves parsing
-    sockets that cannot match. The doctor's evidence needs everything.
-    """
-    if evidence or not query.ports or len(query.ports) > sockdiag.MAX_FILTER_PORTS:
-        return b""
-    return sockdiag.port_filter(query.ports)
+    """An in-kernel port filter for --port (Query.kernel_filter says why and when)."""
+    return query.kernel_filter(evidence).bytecode
 
 
 def owner_pids(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]

@@ -1,7 +1,12 @@
 """What to look for: an ss-compatible filter plus the flags people actually type.
 
-A Query splits into what the kernel can do for us (the state mask, sent with
-the dump request) and a Python predicate for the rest. It also says what the
+A Query records what the user named (states, ports, pids, process, age,
+namespaces, family, an ss expression) and is applied to a snapshot in one
+place, `Query.select`: ls --from, the doctor's scope, the kill and reap
+policies, the sampler, top and trace all go through it (trace, whose events
+are not a snapshot, through the same per-socket test, `Query.selects`). The
+kernel-side part of the same question (the state mask and the port bytecode
+sent with the dump request) is `Query.kernel_filter`. It also says what the
 scan must collect to answer it (owners for --pid/--process, tcp_info for
 --older-than), so a narrow question stays cheap.
 """
@@ -11,11 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import msgspec
 
 from . import ssfilter
-from .errors import UsageError
+from .errors import SockdoctorError, UsageError
 from .model import ALL_STATES_MASK, Netns, Process, Snapshot, Socket
 from .selectors import (
     process_matcher,
@@ -52,6 +58,27 @@ def parse_duration(text: str, option: str = "") -> int:
     return int(ms)
 
 
+class Named(TypedDict, total=False):
+    """The flags of `Query.build`, as the command line names them (all optional)."""
+
+    states: Sequence[str]  # --state: ss state names
+    ports: Sequence[int]  # --port: local or peer port
+    pids: Sequence[int]  # --pid
+    process: str  # --process: exact name or glob
+    older_than: str | None  # --older-than: a duration ("10m")
+    netns: str  # --netns
+    family: int  # 0 (both), socket.AF_INET or socket.AF_INET6 (-4 / -6)
+    filter_file: str | None  # -F FILE: ss filter text read from a file
+
+
+@dataclass(frozen=True)
+class KernelFilter:
+    """What the kernel can decide for a query while it dumps (sock_diag)."""
+
+    states: int  # the state mask sent with the dump request
+    bytecode: bytes  # an INET_DIAG_REQ_BYTECODE port program; b"" for none
+
+
 @dataclass
 class Query:
     """A parsed question about sockets. Build with `Query.build(...)`."""
@@ -65,18 +92,20 @@ class Query:
     netns: str = "all"
     family: int = 0  # 0: both, socket.AF_INET or socket.AF_INET6 (-4 / -6)
     text: str = ""
+    named_states: bool = False  # states were named (--state, state words), even "all"
     _process_match: Callable[[str, Sequence[str]], bool] | None = field(
         default=None, repr=False, compare=False)
 
     @classmethod
-    def build(cls, filter_words: Sequence[str] | str = (), *, states: Sequence[str] = (),
-              ports: Sequence[int] = (), pids: Sequence[int] = (), process: str = "",
-              older_than: str | None = None, netns: str = "all", family: int = 0,
-              filter_file: str | None = None) -> Query:
-        """Combine filter text (ss syntax) and flags; every part must hold (AND)."""
+    def build(cls, filter_words: Sequence[str] | str = (), **named: Unpack[Named]) -> Query:
+        """Combine filter text (ss syntax) and flags (Named); every part must hold (AND)."""
+        unknown = sorted(set(named) - set(Named.__annotations__))
+        if unknown:  # **named must not swallow a misspelt flag silently
+            raise TypeError(f"Query.build() got an unexpected keyword argument '{unknown[0]}'")
         words = filter_words.split() if isinstance(filter_words, str) else list(filter_words)
-        if filter_file:
-            words = with_file_words(words, ssfilter.read_filter_file(filter_file))
+        if named.get("filter_file"):
+            words = with_file_words(words, ssfilter.read_filter_file(named["filter_file"]))
+        pids, ports = named.get("pids", ()), named.get("ports", ())
         bad = sorted(p for p in pids if p <= 0)
         if bad:
             raise UsageError(f"--pid takes a process id (a number above 0), not {bad[0]}")
@@ -84,32 +113,37 @@ class Query:
         if bad:
             raise UsageError(f"--port takes a port from 1 to 65535, not {bad[0]}")
         parsed = ssfilter.parse(words)
-        mask = parsed.states if parsed.states is not None else ALL_STATES_MASK
-        if states:
-            try:
-                mask &= ssfilter.states_from_names(states)
-            except UsageError as exc:
-                raise UsageError(f"--state: {exc}") from None
-            if not mask:
-                raise UsageError(f"--state {' '.join(states)} and the filter's state words "
-                                 "select no state in common: give the states once")
+        states = named.get("states", ())
+        process, older = named.get("process") or "", named.get("older_than")
         return cls(
-            states=mask,
+            states=_state_mask(parsed.states, states),
             expr=parsed.expr,
             ports=frozenset(ports),
             pids=frozenset(pids),
-            process=process or "",
-            older_than_ms=parse_duration(older_than, "--older-than") if older_than else None,
-            netns=netns or "all",
-            family=family,
+            process=process,
+            older_than_ms=parse_duration(older, "--older-than") if older else None,
+            netns=named.get("netns") or "all",
+            family=named.get("family", 0),
             text=" ".join(words),
+            named_states=bool(states) or parsed.states is not None,
             _process_match=process_matcher(process) if process else None,
         )
 
     @property
     def names_states(self) -> bool:
         """Did the question name states (--state, `state`/`exclude`, also in a -F file)?"""
-        return self.states != ALL_STATES_MASK
+        return self.named_states or self.states != ALL_STATES_MASK
+
+    @property
+    def narrows(self) -> bool:
+        """Does the query select fewer than all sockets of its namespaces?
+
+        The one answer to "did the user narrow it?" (doctor's scope, the
+        sampler, top, the reaper's command-line filter). --netns is not part
+        of it: it chooses namespaces, not sockets in them.
+        """
+        return bool((self.states & ALL_STATES_MASK) != ALL_STATES_MASK or self.expr is not None
+                    or self.ports or self.needs_owners or self.needs_age or self.family)
 
     @property
     def needs_owners(self) -> bool:
@@ -124,6 +158,21 @@ class Query:
         namespace's own port range). Call before judging that snapshot's sockets."""
         if self.expr is not None:
             self.expr.learn(namespaces)
+
+    def kernel_filter(self, evidence: bool = False) -> KernelFilter:
+        """The part of this query the kernel applies while dumping.
+
+        Python still applies the whole query afterwards (select); this only
+        saves parsing sockets that cannot match. The doctor's evidence needs
+        every socket of a namespace (a descriptor is "dead" only if its socket
+        is in no table at all), so with `evidence` nothing is filtered.
+        """
+        from .linux import sockdiag  # the kernel's encoding lives below, in linux/
+
+        if evidence:
+            return KernelFilter(ALL_STATES_MASK, b"")
+        ports = self.ports and len(self.ports) <= sockdiag.MAX_FILTER_PORTS
+        return KernelFilter(self.states, sockdiag.port_filter(self.ports) if ports else b"")
 
     def match_socket(self, sk: Socket) -> bool:
         """Everything that can be decided from the socket alone."""
@@ -156,9 +205,50 @@ class Query:
         return True
 
     def selects(self, sk: Socket, processes: dict[int, Process]) -> bool:
-        """The whole query on one socket of a snapshot (owners already joined)."""
+        """The whole query on one socket whose namespace was chosen (owners joined)."""
         return self.match_socket(sk) and (not self.needs_owners
                                           or self.match_owner(sk, processes))
+
+    def select(self, snapshot: Snapshot, *, strict: bool = False, source: str = "the snapshot",
+               sockets: Iterable[Socket] | None = None) -> list[Socket]:
+        """The sockets of `snapshot` this query selects: THE place a query meets a snapshot.
+
+        In the namespaces `netns` names (Query.namespaces), of the states,
+        ports, family, age, expression, pids and process asked for, in the
+        snapshot's order. strict: a --netns that names nothing in the
+        snapshot is a NotFoundError naming `source` (else nothing is
+        selected). sockets: a subset of the snapshot's sockets to choose
+        from (default: all).
+        """
+        pool = snapshot.sockets if sockets is None else sockets
+        self.learn(snapshot.namespaces)
+        if self.netns not in ("", "all"):
+            chosen = self.namespaces(snapshot, strict=strict, source=source)
+            inodes = {ns.inode for ns in chosen}
+            pool = [sk for sk in pool if sk.netns in inodes]
+        if not self.narrows:
+            return list(pool)
+        return [sk for sk in pool if self.selects(sk, snapshot.processes)]
+
+    def namespaces(self, snapshot: Snapshot, *, strict: bool = False,
+                   source: str = "the snapshot") -> list[Netns]:
+        """The namespaces of `snapshot` that `netns` names, as every command decides it
+        (selectors.select_netns: names, inodes, host, container ids, pids it knows).
+
+        A form only the live system can resolve ("self", a PID the snapshot
+        does not know) was already resolved by the scan that made a snapshot
+        of one namespace: that one. strict: naming nothing is a NotFoundError.
+        """
+        if self.netns in ("", "all"):
+            return list(snapshot.namespaces)
+        try:
+            return self.namespaces_in(snapshot, source)
+        except SockdoctorError:
+            if strict:
+                raise
+        if not resolvable(self.netns) and len(snapshot.namespaces) == 1:
+            return list(snapshot.namespaces)
+        return []
 
     def namespaces_in(self, snapshot: Snapshot, source: str = "the snapshot") -> list[Netns]:
         """The namespaces of a saved snapshot that `--netns` names; none is a NotFoundError."""
@@ -178,13 +268,30 @@ class Query:
             raise unknown_process(self.process, (p.comm for p in procs), f" in {source}")
 
     def apply(self, snapshot: Snapshot, source: str = "the snapshot") -> Snapshot:
-        """The part of a saved snapshot this query selects (for `--from FILE`)."""
+        """The part of a saved snapshot this query selects (for `--from FILE`):
+        select(strict=True), after checking that --pid/--process name a process in it."""
         self.check_processes(snapshot, source)
-        self.learn(snapshot.namespaces)
-        keep_ns = {ns.inode for ns in self.namespaces_in(snapshot, source)}
-        sockets = [sk for sk in snapshot.sockets
-                   if sk.netns in keep_ns and self.selects(sk, snapshot.processes)]
-        return msgspec.structs.replace(snapshot, sockets=sockets)
+        return msgspec.structs.replace(snapshot, sockets=self.select(snapshot, strict=True,
+                                                                     source=source))
+
+
+def resolvable(wanted: str) -> bool:
+    """A --netns value a snapshot can decide by itself (not a PID, not "self")."""
+    return not (wanted.isdigit() and len(wanted) < 8) and wanted not in ("self", "current")
+
+
+def _state_mask(parsed: int | None, names: Sequence[str]) -> int:
+    """The filter's state words and --state together (both must hold)."""
+    mask = parsed if parsed is not None else ALL_STATES_MASK
+    if names:
+        try:
+            mask &= ssfilter.states_from_names(names)
+        except UsageError as exc:
+            raise UsageError(f"--state: {exc}") from None
+        if not mask:
+            raise UsageError(f"--state {' '.join(names)} and the filter's state words "
+                             "select no state in common: give the states once")
+    return mask
 
 
 def _netns_of_pid(snapshot: Snapshot, pid: int) -> int | None:

@@ -41,7 +41,7 @@ def test_a_full_policy_reads_as_written() -> None:
     billing, filtered = pol.rules
     kill = billing.kill
     assert billing.ladder == ("fin", "destroy") and kill.max_count == 5 and kill.force
-    assert kill.over_max == "defer" and kill.older_than_ms == 600_000 and kill.rate == 20.0
+    assert kill.over_max == "defer" and kill.query.older_than_ms == 600_000 and kill.rate == 20.0
     assert kill.state_mask == (1 << TcpState.CLOSE_WAIT) | (1 << TcpState.LAST_ACK)
     assert kill.where is not None and kill.where.ports == {8080, 8081}
     assert "dst 10.0.0.0/8" in kill.where.text

@@ -92,12 +92,11 @@ def kill_command(method: str, yes: bool, force: bool, max_count: int, rate: floa
         stop_on_signals,
     )
     from ..remedy.audit import AuditLog
+    from ..remedy.policy import dead_fds_mode
 
-    query = build_query(kw)
-    named = query.names_states  # --state, state words, or a -F file that starts with them
-    policy = KillPolicy(states=query.states if named else None, where=query,
-                        methods=(method,), force=force, max_count=max_count, rate=rate,
-                        dead_fds=("also" if named else "only") if dead_fds else "no",
+    query = build_query(kw)  # no state named: the policy's CLOSE-WAIT default
+    policy = KillPolicy(where=query, methods=(method,), force=force, max_count=max_count,
+                        rate=rate, dead_fds=dead_fds_mode(dead_fds, query),
                         bare_close=bare_close)
     snapshot = scan_for_kill(policy, progress=progress(not as_json))
     clear_progress(not as_json)

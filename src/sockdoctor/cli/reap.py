@@ -63,11 +63,9 @@ def reap_command(policy_path: str, apply_: bool, once: bool, check: bool,
     if check:
         _describe(reap_policy.load(policy_path))
         return
-    named = bool(kw["states"] or kw["filter_words"] or kw["ports"] or kw["pids"]
-                 or kw["process"] or kw["older_than"] or kw["filter_file"])
     query = build_query(kw)
     run(policy_path, ReapSettings(
-        apply=apply_, once=once, audit_log=audit_log, narrow=query if named else None,
+        apply=apply_, once=once, audit_log=audit_log, narrow=query if query.narrows else None,
         netns=query.netns, as_json=as_json, listen=listen, telemetry_path=telemetry_path,
         web_config=web_config, textfile_dir=textfile_dir,
         scope=scope_words(query.netns)))

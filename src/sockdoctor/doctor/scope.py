@@ -11,12 +11,12 @@ not select) are dropped afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import msgspec
 
-from ..errors import SockdoctorError
-from ..model import ALL_STATES_MASK, Netns, Snapshot, Socket, TcpState
+from ..model import Netns, Snapshot, Socket, TcpState
 from ..query import Query
 from .finding import Finding
 
@@ -36,33 +36,27 @@ class Scope:
         return True  # about a whole namespace (sysctls, counters): --netns chose it
 
 
-def narrows(query: Query) -> bool:
-    """Does the query select fewer than all sockets of its namespaces?"""
-    return bool(query.states != ALL_STATES_MASK or query.expr is not None or query.ports
-                or query.needs_owners or query.needs_age or query.family)
-
-
 def select(snapshot: Snapshot, query: Query, *, strict: bool = True,
            ) -> tuple[Snapshot, Scope | None]:
     """The part of `snapshot` the doctor should judge for `query`.
 
-    Namespaces are chosen by `query.netns` (Query.namespaces_in). strict: a
+    Namespaces are chosen by `query.netns` (Query.namespaces). strict: a
     --netns that names nothing in the snapshot is a NotFoundError (the
     previous sample of a trend is read leniently). Without a narrowing filter
-    every socket of those namespaces is kept and the scope is None.
+    (Query.narrows) every socket of those namespaces is kept and the scope is
+    None; with one, the sockets are Query.select's.
     """
-    namespaces = (query.namespaces_in(snapshot) if strict
-                  else _lenient_namespaces(snapshot, query))
+    namespaces = query.namespaces(snapshot, strict=strict)
     everywhere = len(namespaces) == len(snapshot.namespaces)
     inodes = {ns.inode for ns in namespaces}
     in_ns = snapshot.sockets if everywhere else [sk for sk in snapshot.sockets
                                                  if sk.netns in inodes]
-    if not narrows(query):
+    if not query.narrows:
         if everywhere:
             return snapshot, None
         return _subset(snapshot, in_ns, namespaces, _owners(in_ns)), None
-    query.learn(snapshot.namespaces)
-    chosen = [sk for sk in in_ns if query.selects(sk, snapshot.processes)]
+    anywhere = dataclasses.replace(query, netns="all")  # the namespaces are chosen above
+    chosen = anywhere.select(snapshot, sockets=in_ns)
     picked = {id(sk) for sk in chosen}
     kept = [sk for sk in in_ns if id(sk) in picked or sk.state == TcpState.LISTEN]
     pids = _owners(chosen)
@@ -70,13 +64,6 @@ def select(snapshot: Snapshot, query: Query, *, strict: bool = True,
                                                                (sk.netns, sk.peer_port))),
                   pids=frozenset(pids))
     return _subset(snapshot, kept, namespaces, pids), scope
-
-
-def _lenient_namespaces(snapshot: Snapshot, query: Query) -> list[Netns]:
-    try:
-        return query.namespaces_in(snapshot)
-    except SockdoctorError:
-        return []
 
 
 def _owners(sockets: list[Socket]) -> set[int]:

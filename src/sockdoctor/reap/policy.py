@@ -175,8 +175,7 @@ def _rule(path: str, index: int, raw: Any, rate: float) -> Rule:
     ladder = _ladder(raw, where)
     older = _checked(where, "older_than", lambda: parse_duration(
         _text(raw["older_than"], "older_than"))) if "older_than" in raw else None
-    states = query.states if "state" in raw or _names_states(raw) else None
-    if states == 0:
+    if query.states == 0:
         raise PolicyError(f"{where} selects no state: its state and filter have none in common")
     limit = raw.get("max_per_cycle", DEFAULT_MAX_PER_CYCLE)
     force = raw.get("force", False)
@@ -184,11 +183,11 @@ def _rule(path: str, index: int, raw: Any, rate: float) -> Rule:
         raise PolicyError(f"{where}: max_per_cycle must be a whole number of at least 1")
     if not isinstance(force, bool):
         raise PolicyError(f"{where}: force is true or false")
-    kill = KillPolicy(states=states, older_than_ms=older, where=query, methods=ladder,
+    kill = KillPolicy(where=query, older_than_ms=older, methods=ladder,
                       force=force, max_count=limit, over_max="defer", rate=rate)
     spec = ", ".join(f"{key} {raw[key]}" for key in sorted(SELECTORS) if key in raw)
     return Rule(name=name, kill=kill, ladder=kill.order,
-                spec=spec if "state" in raw or _names_states(raw) else f"close-wait, {spec}")
+                spec=spec if query.names_states else f"close-wait, {spec}")
 
 
 def _query(raw: dict[str, Any], where: str) -> Query:
@@ -211,12 +210,6 @@ def _query(raw: dict[str, Any], where: str) -> Query:
                          f"{PID_MAX_LIMIT - 1})")
     return Query.build(words, states=states, ports=_list(raw, "port", int), pids=pids,
                        process=_text(raw.get("process", ""), "process"), netns=netns)
-
-
-def _names_states(raw: dict[str, Any]) -> bool:
-    """A filter with `state`/`exclude` words names its states itself."""
-    words = str(raw.get("filter", "")).split()
-    return any(w in ("state", "exclude") for w in words)
 
 
 def _ladder(raw: dict[str, Any], where: str) -> tuple[str, ...]:

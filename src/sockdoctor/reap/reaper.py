@@ -25,11 +25,14 @@ import msgspec
 from ..linux.host import Host
 from ..model import ALL_STATES_MASK, Snapshot, Socket, TcpState
 from ..query import Query
-from ..remedy import KillPolicy, KillReport, Plan, apply_plan, plan_kill
+from ..remedy import KillReport, Plan, apply_plan, plan_kill
 from ..watch import Sample
 from .policy import ReapPolicy, Rule
 
 NOT_LISTEN = ALL_STATES_MASK & ~(1 << TcpState.LISTEN)
+# The next rung of a ladder acts on what the last one left, whatever its state now
+# (after fin a CLOSE-WAIT is a LAST-ACK) or age: any state but LISTEN, nothing else.
+ESCALATE = Query(states=NOT_LISTEN, named_states=True)
 
 
 @dataclass
@@ -145,8 +148,7 @@ class Reaper:
             for rung in sorted(set(memory.next_rung.values())):
                 cookies = [c for c, r in memory.next_rung.items() if r == rung]
                 view = _only(snapshot, [live[c] for c in cookies])
-                policy = dataclasses.replace(rule.kill, states=NOT_LISTEN, older_than_ms=None,
-                                             where=None, methods=rule.ladder[rung:],
+                policy = dataclasses.replace(rule.kill, where=ESCALATE, methods=rule.ladder[rung:],
                                              max_count=max(budget, 1))
                 budget -= self._run(rule, plan_kill(view, policy, host=self.host), result,
                                     memory, cycle, escalating=True) if budget else 0
@@ -209,16 +211,17 @@ class Reaper:
         for drain), with the sampler's ages on the sockets a rule may select by age."""
         snap = sample.snapshot
         assert snap is not None
-        keep = KillPolicy(states=ALL_STATES_MASK, where=self.narrow).selector(snap) \
-            if self.narrow is not None else None
+        if self.narrow is not None:
+            chosen = {id(sk) for sk in self.narrow.select(snap)}
+            keep = [sk for sk in snap.sockets if id(sk) in chosen or sk.state == TcpState.LISTEN]
+        else:
+            keep = snap.sockets
         aged = 0
         for rule in self.policy.rules:
-            if rule.kill.older_than_ms is not None:
+            if rule.kill.query.needs_age:
                 aged |= rule.kill.state_mask
         sockets = []
-        for sk in snap.sockets:
-            if keep is not None and sk.state != TcpState.LISTEN and not keep(sk):
-                continue
+        for sk in keep:
             if (aged >> sk.state) & 1:
                 age = sample.age_ms(sk)
                 if age != sk.age_ms:

@@ -85,9 +85,8 @@ def plan_kill(snapshot: Snapshot, policy: KillPolicy | None = None, *,
     policy = policy or KillPolicy()
     host = host or Host()
     planner = _Planner(snapshot, policy, host)
-    selects = policy.selector(snapshot)
     items = [planner.item(index, sk) for index, sk in enumerate(
-        (sk for sk in snapshot.sockets if selects(sk)), 1)]
+        (sk for sk in snapshot.sockets if planner.selects(sk)), 1)]
     items += planner.dead_fd_items(len(items) + 1)
     items = _limit(items, policy)
     return Plan(items=tuple(items), method=policy.label, host=host, rate=policy.rate,
@@ -99,6 +98,7 @@ class _Planner:
 
     def __init__(self, snapshot: Snapshot, policy: KillPolicy, host: Host) -> None:
         self.snapshot, self.policy, self.host = snapshot, policy, host
+        self.selects = policy.selector(snapshot)  # Query.select's choice, made once
         self.names = words.netns_names(snapshot)
         self._listeners: dict[tuple[int, int], list[Socket]] | None = None
         self._decided: dict[tuple[int, bool, bool, bool, str],
@@ -166,9 +166,8 @@ class _Planner:
             return (f"{len(same)} listening sockets share {listener.local_addr} port "
                     f"{listener.local_port}: which queue holds which connection cannot be "
                     "told, so draining could take one that is not planned")
-        selects = self.policy.selector(self.snapshot)
         mine = sum(1 for sk in self.snapshot.sockets if sk.queued and sk.netns ==
-                   listener.netns and sk.local_port == listener.local_port and selects(sk)
+                   listener.netns and sk.local_port == listener.local_port and self.selects(sk)
                    and self.listener_of(sk) is listener
                    and not guard_for(sk, self.policy.force, self.host))
         if listener.recv_q > mine:

@@ -8,12 +8,16 @@ The command line, the reaper and the Python API all build one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
-from ..errors import SockdoctorError, UsageError
+from ..errors import UsageError
 from ..model import Snapshot, Socket, TcpState, state_mask
-from ..query import Query
+from ..query import Query, resolvable
+
+__all__ = ["AUTO_ORDER", "DEAD_FDS", "DEFAULT_MAX", "DEFAULT_STATES", "METHODS", "OVER_MAX",
+           "KillPolicy", "dead_fds_mode", "parse_rate", "resolvable"]
 
 METHODS = ("auto", "fin", "drain", "destroy", "close", "rst")
 # What `auto` tries, safest first. `close` is never chosen unasked.
@@ -28,10 +32,14 @@ DEAD_FDS = ("no", "also", "only")
 class KillPolicy:
     """Which sockets a kill selects, by which methods, within which limits.
 
-    states: kernel state mask (model.state_mask); None means CLOSE-WAIT only.
-    older_than_ms: only sockets whose peer has been silent this long (age).
-    where: any further selection (an ss filter, ports, pids, process, family,
-        netns), matched against the snapshot as `ls` would.
+    where: the selection, a Query (states, an ss filter, ports, pids,
+        process, age, family, netns), matched against a snapshot by
+        Query.select as `ls` would. A query that names no state selects
+        CLOSE-WAIT only (DEFAULT_STATES). After construction `where` is
+        always a Query with that default applied.
+    states, older_than_ms: shorthands, given when the policy is made,
+        merged into `where` (a kernel state mask, model.state_mask; a minimum
+        age: the peer silent this long). Read them back from `query`.
     methods: the methods allowed, in the order they are tried per socket;
         "auto" stands for fin, drain, destroy, rst.
     force: also act on listeners and on sockdoctor's own session.
@@ -39,14 +47,15 @@ class KillPolicy:
         (over_max="refuse", the CLI) or the rest is left for later ("defer").
     rate: at most this many actions per second (0: no limit).
     dead_fds: descriptors of sockets in no TCP table (shutdown without
-        close): "no", "also" (besides the selected sockets) or "only".
+        close): "no", "also" (besides the selected sockets) or "only";
+        dead_fds_mode() turns the `--dead-fds` switch into one of them.
     bare_close: `close` frees the descriptor number instead of parking an
         unconnected placeholder socket on it (see docs/kill.md).
     """
 
-    states: int | None = None
-    older_than_ms: int | None = None
     where: Query | None = None
+    states: InitVar[int | None] = None
+    older_than_ms: InitVar[int | None] = None
     methods: tuple[str, ...] = ("auto",)
     force: bool = False
     max_count: int = DEFAULT_MAX
@@ -55,7 +64,7 @@ class KillPolicy:
     dead_fds: str = "no"
     bare_close: bool = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, states: int | None, older_than_ms: int | None) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise UsageError(f"unknown method '{bad[0] if bad else ''}' "
@@ -66,10 +75,17 @@ class KillPolicy:
             raise UsageError("the rate must be above zero")
         if self.over_max not in OVER_MAX or self.dead_fds not in DEAD_FDS:
             raise UsageError(f"over_max is one of {OVER_MAX}, dead_fds one of {DEAD_FDS}")
+        object.__setattr__(self, "where", _selection(self.where, states, older_than_ms))
+
+    @property
+    def query(self) -> Query:
+        """The whole selection (where, with the CLOSE-WAIT default applied)."""
+        assert self.where is not None  # __post_init__ made it
+        return self.where
 
     @property
     def state_mask(self) -> int:
-        return DEFAULT_STATES if self.states is None else self.states
+        return self.query.states
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -95,45 +111,37 @@ class KillPolicy:
         return self.selector(snapshot)(sk)
 
     def selector(self, snapshot: Snapshot) -> Callable[[Socket], bool]:
-        """selects() for many sockets of one snapshot (the namespaces are decided once)."""
-        mask, older, where = self.state_mask, self.older_than_ms, self.where
+        """selects() for many sockets of one snapshot: Query.select's choice, looked up."""
         if self.dead_fds == "only":
             return lambda sk: False
-        spaces = None if where is None or where.netns in ("", "all") else \
-            named_namespaces(where, snapshot)
-
-        def selects(sk: Socket) -> bool:
-            if not (mask >> sk.state) & 1:
-                return False
-            if older is not None and (sk.age_ms is None or sk.age_ms < older):
-                return False
-            if where is None:
-                return True
-            if (spaces is not None and sk.netns not in spaces) or not where.match_socket(sk):
-                return False
-            return not where.needs_owners or where.match_owner(sk, snapshot.processes)
-        return selects
+        picked = {id(sk) for sk in self.query.select(snapshot)}
+        return lambda sk: id(sk) in picked
 
 
-def named_namespaces(where: Query, snapshot: Snapshot) -> set[int]:
-    """The namespaces of `snapshot` that `where.netns` names, as every command decides it
-    (selectors.select_netns: names, inodes, host, container ids, pids it knows).
+def dead_fds_mode(dead_fds: bool, query: Query | None) -> str:
+    """What `--dead-fds` (the CLI) and `kill(dead_fds=True)` (the library) mean.
 
-    A form only the live system can resolve ("self", a PID the snapshot does
-    not know) was already resolved by the scan that made the snapshot.
+    Alone, only the descriptors of sockets in no TCP table ("only": the
+    CLOSE-WAIT default does not apply); with states named (--state or the
+    filter's state words), those sockets as well ("also"). Other filter
+    parts (--pid, --process) narrow the descriptors by their holder.
     """
-    try:
-        return {ns.inode for ns in where.namespaces_in(snapshot)}
-    except SockdoctorError:
-        pass
-    if not resolvable(where.netns) and len(snapshot.namespaces) == 1:
-        return {snapshot.namespaces[0].inode}
-    return set()
+    if not dead_fds:
+        return "no"
+    return "also" if query is not None and query.names_states else "only"
 
 
-def resolvable(wanted: str) -> bool:
-    """A --netns value a snapshot can decide by itself (not a PID, not "self")."""
-    return not (wanted.isdigit() and len(wanted) < 8) and wanted not in ("self", "current")
+def _selection(where: Query | None, states: int | None, older_than_ms: int | None) -> Query:
+    """`where` with the shorthands merged in, and CLOSE-WAIT when no state is named."""
+    query = where or Query()
+    if states is not None:
+        query = dataclasses.replace(query, states=query.states & states, named_states=True)
+    elif not query.names_states:
+        query = dataclasses.replace(query, states=DEFAULT_STATES, named_states=True)
+    if older_than_ms is not None:  # both ages must hold: the longer one
+        older = max(older_than_ms, query.older_than_ms or 0)
+        query = dataclasses.replace(query, older_than_ms=older)
+    return query
 
 
 def parse_rate(text: str | None) -> float:

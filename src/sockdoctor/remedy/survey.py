@@ -1,15 +1,15 @@
 """scan_for_kill(policy) -> Snapshot: what plan_kill needs to know, collected in one go.
 
-The sockets the policy may select (the state mask and the port part of its
-filter go to the kernel), with their owners and ages; the listening sockets
-of any namespace where a selected connection still waits in an accept queue
-(`drain` takes it through its listener); and, for --dead-fds, the evidence
-scan that finds descriptors of sockets in no table.
+The sockets the policy may select (the kernel part of its one query,
+Query.kernel_filter: the state mask and the ports, goes with the dump request),
+with their owners and ages; the listening sockets of any namespace where a
+selected connection still waits in an accept queue (`drain` takes it through
+its listener); and, for --dead-fds, the evidence scan that finds descriptors
+of sockets in no table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import msgspec
@@ -24,9 +24,8 @@ def scan_for_kill(policy: KillPolicy, *, progress: Callable[[str], None] | None 
     """A snapshot to plan `policy` on (scan() with what the kill needs)."""
     from ..inventory import scan
 
-    where = policy.where or Query()
-    query = dataclasses.replace(where, states=where.states & policy.state_mask)
-    snapshot = scan(query, owners=True, age=policy.older_than_ms is not None,
+    query = policy.query  # one state mask: the policy's, CLOSE-WAIT default applied
+    snapshot = scan(query, owners=True, age=query.needs_age,
                     evidence=policy.dead_fds != "no", progress=progress)
     queued = {sk.netns for sk in snapshot.sockets if sk.queued}
     return with_listeners(snapshot, queued) if queued else snapshot

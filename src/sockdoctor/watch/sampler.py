@@ -26,7 +26,6 @@ from operator import attrgetter
 
 from .. import inventory
 from ..doctor import DoctorConfig, Report, diagnose
-from ..doctor.scope import narrows
 from ..errors import SockdoctorError
 from ..linux import procfs
 from ..linux.netns import NsRef
@@ -195,7 +194,7 @@ class Sampler:
                         warnings=list(warnings), readlinks=readlinks,
                         denied_pids=owner_map.denied_pids)
         sample.new, sample.gone, sample.first_seen = self._ids.update(dumped, started)
-        sample.snapshot = self.query.apply(whole) if narrows(self.query) else whole
+        sample.snapshot = self.query.apply(whole) if self.query.narrows else whole
         self._diagnose(sample, whole)
         self._full_prev, self._prev = whole, sample.snapshot
         sample.duration_s, sample.cpu_s = clock.spent()
@@ -295,7 +294,7 @@ class Sampler:
         if not self.doctor:
             return
         if sample.seq >= self._doctor_at or self._report is None:
-            query = self.query if narrows(self.query) else None
+            query = self.query if self.query.narrows else None
             spent = time.thread_time()
             self._report = diagnose(whole, self._full_prev, config=self.doctor_config,
                                     query=query)

@@ -18,7 +18,7 @@ from typing import Any
 from .. import words
 from ..doctor import Finding
 from ..errors import UsageError
-from ..model import ACCEPT_QUEUE_OWNER, ALL_STATES_MASK, NO_OWNER, Snapshot, Socket, TcpState
+from ..model import ACCEPT_QUEUE_OWNER, NO_OWNER, Snapshot, Socket, TcpState
 from ..query import Query
 
 SORTS = ("count", "growth", "age")
@@ -99,7 +99,8 @@ class TopModel:
         if query.netns != "all":
             raise UsageError("top's filter selects sockets; choose namespaces with --netns")
         self.query = dataclasses.replace(query, pids=self.query.pids,
-                                         process=self.query.process)
+                                         process=self.query.process,
+                                         _process_match=self.query._process_match)
         self.filter_text = text
         # other sockets are counted now: the changes start again from here
         self._first, self._before_last = None, {}
@@ -116,11 +117,8 @@ class TopModel:
 
     def _regroup(self) -> None:
         snap: Snapshot = self.sample.snapshot
-        query = self.query
-        sockets = snap.sockets
-        if not _selects_everything(query):
-            sockets = [sk for sk in sockets if query.match_socket(sk)
-                       and (not query.needs_owners or query.match_owner(sk, snap.processes))]
+        # the sampler chose the namespaces (--netns): the query picks sockets in them
+        sockets = dataclasses.replace(self.query, netns="all").select(snap)
         self.groups = self._sorted(group(snap, sockets, self.sample))
 
     def _apply_deltas(self) -> None:
@@ -216,10 +214,3 @@ def _process(pids: tuple[int, ...], snap: Snapshot) -> str:
         return NO_OWNER if snap.owners_scanned else "-"
     comms = [(snap.processes[p].comm if p in snap.processes else "?") for p in pids]
     return ",".join(f"{words.untrusted(c)}({p})" for c, p in zip(comms, pids, strict=True))
-
-
-def _selects_everything(q: Query) -> bool:
-    """No filter at all: the per-socket test can be skipped."""
-    return ((q.states & ALL_STATES_MASK) == ALL_STATES_MASK and q.expr is None
-            and not (q.ports or q.pids or q.process or q.family)
-            and q.older_than_ms is None)

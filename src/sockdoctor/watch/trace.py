@@ -24,7 +24,7 @@ from ..errors import NotFoundError
 from ..linux import netns as netns_mod
 from ..linux import procfs, ringbuf, sockdiag, tracefs
 from ..linux.nssockets import NsSockets
-from ..model import EVENT_STATE_NAMES, Socket, TcpState
+from ..model import EVENT_STATE_NAMES, Owner, Process, Socket, TcpState
 from ..query import Query
 from .events import EventOwner, LostEvent, TraceEvent
 from .join import CLOSE, JoinMap, Track
@@ -50,7 +50,8 @@ class Stats:
 
 
 class EventFilter:
-    """The query, applied to events: a state filter matches the old or the new state."""
+    """The query, applied to events: a state filter matches the old or the new state;
+    the rest is Query.selects, the per-socket test Query.select applies to snapshots."""
 
     def __init__(self, query: Query, netns_inodes: set[int] | None) -> None:
         self.states = query.states
@@ -68,12 +69,12 @@ class EventFilter:
         family = socket.AF_INET6 if rec.family == "ipv6" else socket.AF_INET
         sk = Socket(rec.netns_inode or 0, family, new, rec.local_addr, rec.local_port,
                     rec.peer_addr, rec.peer_port, rec.inode or 0, rec.cookie or 0, 0, 0, 0)
-        if not self.rest.match_socket(sk):
-            return False
-        q = self.rest
-        if q.pids and not any(o.pid in q.pids for o in rec.owners):
-            return False
-        return not q.process or any(o.comm == q.process for o in rec.owners)
+        if not self.rest.needs_owners:
+            return self.rest.selects(sk, {})
+        # the event's owners, as a snapshot would hold them: the same per-socket test
+        sk.owners = [Owner(o.pid, o.fd or 0) for o in rec.owners]
+        return self.rest.selects(sk, {o.pid: Process(pid=o.pid, comm=o.comm)
+                                      for o in rec.owners})
 
 
 class Tracer:
