@@ -3,8 +3,9 @@
 A Query records what the user named (states, ports, pids, process, age,
 namespaces, family, an ss expression) and is applied to a snapshot in one
 place, `Query.select`: ls --from, the doctor's scope, the kill and reap
-policies, the sampler, top and trace all go through it (trace, whose events
-are not a snapshot, through the same per-socket test, `Query.selects`). The
+policies, the sampler, top and trace all go through it (the kill planner,
+which walks the sockets itself, through its per-socket form `Query.selector`;
+trace, whose events are not a snapshot, through `Query.selects`). The
 kernel-side part of the same question (the state mask and the port bytecode
 sent with the dump request) is `Query.kernel_filter`. It also says what the
 scan must collect to answer it (owners for --pid/--process, tcp_info for
