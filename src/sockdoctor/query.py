@@ -3,8 +3,9 @@
 A Query records what the user named (states, ports, pids, process, age,
 namespaces, family, an ss expression) and is applied to a snapshot in one
 place, `Query.select`: ls --from, the doctor's scope, the kill and reap
-policies, the sampler, top and trace all go through it (trace, whose events
-are not a snapshot, through the same per-socket test, `Query.selects`). The
+policies, the sampler, top and trace all go through it (the kill planner,
+which walks the sockets itself, through its per-socket form `Query.selector`;
+trace, whose events are not a snapshot, through `Query.selects`). The
 kernel-side part of the same question (the state mask and the port bytecode
 sent with the dump request) is `Query.kernel_filter`. It also says what the
 scan must collect to answer it (owners for --pid/--process, tcp_info for
@@ -221,14 +222,33 @@ class Query:
         from (default: all).
         """
         pool = snapshot.sockets if sockets is None else sockets
-        self.learn(snapshot.namespaces)
-        if self.netns not in ("", "all"):
-            chosen = self.namespaces(snapshot, strict=strict, source=source)
-            inodes = {ns.inode for ns in chosen}
-            pool = [sk for sk in pool if sk.netns in inodes]
-        if not self.narrows:
+        if self.netns in ("", "all") and not self.narrows:
             return list(pool)
-        return [sk for sk in pool if self.selects(sk, snapshot.processes)]
+        test = self.selector(snapshot, strict=strict, source=source)
+        return [sk for sk in pool if test(sk)]
+
+    def selector(self, snapshot: Snapshot, *, strict: bool = False,
+                 source: str = "the snapshot") -> Callable[[Socket], bool]:
+        """select() as a test of one socket of `snapshot`, for a caller that walks the
+        sockets itself (the kill planner): the namespaces are decided once, here."""
+        self.learn(snapshot.namespaces)  # `autobound`: each namespace's own port range
+        inodes = None if self.netns in ("", "all") else {
+            ns.inode for ns in self.namespaces(snapshot, strict=strict, source=source)}
+        mask, processes = self.states, snapshot.processes
+        owners, match = self.needs_owners, self.match_socket
+        narrows = self.narrows
+        by_state_only = not (owners or self.family or self.ports or self.needs_age
+                             or self.expr is not None)
+
+        def test(sk: Socket) -> bool:
+            if inodes is not None and sk.netns not in inodes:
+                return False
+            if not narrows:
+                return True
+            if not (mask >> sk.state) & 1:  # the usual first "no", without a call
+                return False
+            return by_state_only or (match(sk) and (not owners or self.match_owner(sk, processes)))
+        return test
 
     def namespaces(self, snapshot: Snapshot, *, strict: bool = False,
                    source: str = "the snapshot") -> list[Netns]:

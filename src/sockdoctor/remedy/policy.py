@@ -111,11 +111,10 @@ class KillPolicy:
         return self.selector(snapshot)(sk)
 
     def selector(self, snapshot: Snapshot) -> Callable[[Socket], bool]:
-        """selects() for many sockets of one snapshot: Query.select's choice, looked up."""
+        """selects() for many sockets of one snapshot: Query.select's test (Query.selector)."""
         if self.dead_fds == "only":
             return lambda sk: False
-        picked = {id(sk) for sk in self.query.select(snapshot)}
-        return lambda sk: id(sk) in picked
+        return self.query.selector(snapshot)
 
 
 def dead_fds_mode(dead_fds: bool, query: Query | None) -> str:
