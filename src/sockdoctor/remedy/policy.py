@@ -101,6 +101,8 @@ class KillPolicy:
             return lambda sk: False
         spaces = None if where is None or where.netns in ("", "all") else \
             named_namespaces(where, snapshot)
+        if where is not None:
+            where.learn(snapshot.namespaces)  # `autobound`: each namespace's own range
 
         def selects(sk: Socket) -> bool:
             if not (mask >> sk.state) & 1:

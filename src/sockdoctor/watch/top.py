@@ -119,6 +119,7 @@ class TopModel:
         query = self.query
         sockets = snap.sockets
         if not _selects_everything(query):
+            query.learn(snap.namespaces)
             sockets = [sk for sk in sockets if query.match_socket(sk)
                        and (not query.needs_owners or query.match_owner(sk, snap.processes))]
         self.groups = self._sorted(group(snap, sockets, self.sample))
