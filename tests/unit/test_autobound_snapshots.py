@@ -13,6 +13,8 @@ from sockdoctor.doctor.synth import SnapshotBuilder
 from sockdoctor.model import Snapshot, TcpState, state_mask
 from sockdoctor.query import Query
 from sockdoctor.remedy.policy import KillPolicy
+from sockdoctor.watch.events import TraceEvent
+from sockdoctor.watch.trace import EventFilter
 
 RANGE = "net.ipv4.ip_local_port_range"
 
@@ -44,3 +46,14 @@ def test_a_kill_or_reap_policy_judges_per_namespace() -> None:
                         where=Query.build("autobound"))
     selects = policy.selector(snap)
     assert [sk.netns for sk in snap.sockets if selects(sk)] == [narrow]
+
+
+def test_trace_judges_events_by_the_sampled_namespaces() -> None:
+    snap, narrow = two_hosts()
+    events = EventFilter(Query.build("autobound"), None)
+    events.rest.learn(snap.namespaces)  # what Tracer does with each sample
+    for sk in snap.sockets:
+        rec = TraceEvent(event="state", time=0.0, netns=None, netns_inode=sk.netns,
+                         family="ipv4", local_addr=sk.local_addr, local_port=sk.local_port,
+                         peer_addr=sk.peer_addr, peer_port=sk.peer_port, owners=[])
+        assert events.match(sk.state, sk.state, rec) is (sk.netns == narrow)
