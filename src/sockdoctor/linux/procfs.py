@@ -20,8 +20,8 @@ from functools import lru_cache
 from ..model import DeadSocketFd, Owner, Process, Socket, ThreadInfo
 from .native import fast
 
-# The one root of every /proc path in linux/ (tests point it at a fixture tree; a
-# container may see the host's at /host/proc). Read it at call time, never copy it.
+# The one root of every /proc path in linux/ (tests point it at a fixture tree).
+# Read it at call time, never copy it into a default argument or another name.
 PROC = "/proc"
 
 

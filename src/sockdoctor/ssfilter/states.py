@@ -5,28 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import FilterSyntaxError
-from ..model import TcpState
+from ..model import SS_FILTER_NAMES, TcpState
 
 SS_ALL = (1 << 12) - 1  # ss's mask: bit 0 (its "unknown") up to CLOSING
 SS_CONN = SS_ALL & ~((1 << TcpState.LISTEN) | (1 << TcpState.CLOSE)
                      | (1 << TcpState.TIME_WAIT) | (1 << TcpState.SYN_RECV))
 
+# ss's own states, bit 0 (its "unknown") up to CLOSING, by the one state table's
+# filter names (model.STATE_WORDS), then ss's other spellings and its groups.
 _SS_STATE_NAMES: dict[str, int] = {
     "unknown": 1,
-    "established": 1 << TcpState.ESTABLISHED,
-    "syn-sent": 1 << TcpState.SYN_SENT,
-    "syn-recv": 1 << TcpState.SYN_RECV,
+    **{name: 1 << st for st, name in SS_FILTER_NAMES.items() if st <= TcpState.CLOSING},
     "syn-rcv": 1 << TcpState.SYN_RECV,
-    "fin-wait-1": 1 << TcpState.FIN_WAIT1,
-    "fin-wait-2": 1 << TcpState.FIN_WAIT2,
-    "time-wait": 1 << TcpState.TIME_WAIT,
     "close": 1 << TcpState.CLOSE,
-    "closed": 1 << TcpState.CLOSE,
     "unconnected": 1 << TcpState.CLOSE,
-    "close-wait": 1 << TcpState.CLOSE_WAIT,
-    "last-ack": 1 << TcpState.LAST_ACK,
-    "listening": 1 << TcpState.LISTEN,
-    "closing": 1 << TcpState.CLOSING,
     "all": SS_ALL,
     "connected": SS_ALL & ~((1 << TcpState.CLOSE) | (1 << TcpState.LISTEN)),
     "synchronized": SS_ALL & ~((1 << TcpState.CLOSE) | (1 << TcpState.LISTEN)

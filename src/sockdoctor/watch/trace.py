@@ -119,6 +119,7 @@ class Tracer:
         if sample.snapshot is None:
             return
         self.join.use(sample.snapshot)
+        self.filter.rest.learn(sample.snapshot.namespaces)  # `autobound`: each one's range
         self.ns.sync({ns.inode for ns in sample.snapshot.namespaces if not ns.error})
 
     def flush(self) -> list[Record]:
