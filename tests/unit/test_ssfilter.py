@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import itertools
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -591,6 +592,21 @@ def test_both_verdict_modes_agree_where_they_cannot_differ(data: st.DataObject) 
     paired = evaluate._compile_pair(expr.tree, set(), expr.port_ranges)
     for s in data.draw(st.lists(SOCKETS, min_size=1, max_size=5)):
         assert (paired(s) == ssfilter.BOTH) is expr.match(s)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_and_and_or_of_n_parts_stop_where_python_would(n: int) -> None:
+    """Unrolled for two and three parts, a loop beyond: each answers as all()/any()
+    and calls no part after the one that decides."""
+    for verdicts in itertools.product([True, False], repeat=n):
+        for every in (True, False):
+            called: list[int] = []
+            parts = [lambda sk, i=i, v=v, seen=called: seen.append(i) or v
+                     for i, v in enumerate(verdicts)]
+            got = evaluate._junction(parts, every)(None)  # type: ignore[arg-type]
+            assert got is (all(verdicts) if every else any(verdicts))
+            decided = next((i for i, v in enumerate(verdicts) if v is not every), n - 1)
+            assert called == list(range(decided + 1))
 
 
 SPELLINGS = ("close-wait", "close_wait", "CLOSE-WAIT", "CLOSE_WAIT", "closewait", "Close_Wait",

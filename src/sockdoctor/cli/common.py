@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -37,6 +38,15 @@ def progress(enabled: bool) -> Callable[[str], None] | None:
 def clear_progress(enabled: bool) -> None:
     if enabled and sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
+
+
+@contextlib.contextmanager
+def progress_shown(enabled: bool = True) -> Iterator[Callable[[str], None] | None]:
+    """progress() for the length of a block; the line is cleared after it, whatever happens."""
+    try:
+        yield progress(enabled)
+    finally:
+        clear_progress(enabled)
 
 
 def warn(lines: list[str]) -> None:

@@ -6,16 +6,7 @@ from typing import Any
 
 import click
 
-from .common import (
-    CONTEXT,
-    FILTER_HELP,
-    Once,
-    build_query,
-    clear_progress,
-    filter_options,
-    progress,
-    warn,
-)
+from .common import CONTEXT, FILTER_HELP, Once, build_query, filter_options, progress_shown, warn
 
 EPILOG = FILTER_HELP + """
 \b
@@ -54,9 +45,8 @@ def snapshot_command(path: str, **kw: Any) -> None:
 
     query = build_query(kw)
     check(path, "the snapshot")  # a refused target fails before the scan, not after
-    snap = scan(query, owners=True, info=True, mem=True, evidence=True,
-                progress=progress(True))
-    clear_progress(True)
+    with progress_shown() as say:
+        snap = scan(query, owners=True, info=True, mem=True, evidence=True, progress=say)
     warn(snap.warnings)
     save(snap, path)
     where = "stdout" if path == "-" else untrusted(path)

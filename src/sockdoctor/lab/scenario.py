@@ -203,9 +203,11 @@ class Scenario:
         raise NotImplementedError
 
     def stuck_sockets(self, snap: Snapshot, run: RunInfo) -> list[Socket]:
-        """The sockets this scenario is about, as found in a scan of run.netns."""
+        """The sockets this scenario is about, as found in a scan of run.netns: in
+        stuck_state, on the service port (local on a server, remote on a client)."""
+        on_server = self.side == "server"
         return [sk for sk in snap.sockets if sk.state == self.stuck_state
-                and self.expected_port in (sk.local_port, sk.peer_port)]
+                and (sk.local_port if on_server else sk.peer_port) == self.expected_port]
 
     def reached(self, snap: Snapshot, run: RunInfo, stuck: list[Socket]) -> bool:
         return len(stuck) >= self.min_stuck

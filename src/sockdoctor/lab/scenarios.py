@@ -74,10 +74,6 @@ class PoolIdleClosed(Scenario):
         run.notes.append(f"pool-client opened {self.pool_size} connections to :3306, ran one "
                          "query on each and keeps them; db-server closes them after 1.5 s idle")
 
-    def stuck_sockets(self, snap: Snapshot, run: RunInfo) -> list[Socket]:
-        return [sk for sk in snap.sockets
-                if sk.state == TcpState.CLOSE_WAIT and sk.peer_port == self.expected_port]
-
 
 class SlowHandlerBacklog(Scenario):
     def launch(self, lab: Lab, run: RunInfo) -> None:
@@ -151,10 +147,6 @@ class FinWait2PeerNeverCloses(Scenario):
         run.notes.append(f"lazy-client made {self.connections} requests; fw2-server answered "
                          "and closed each one; lazy-client never closes its side")
 
-    def stuck_sockets(self, snap: Snapshot, run: RunInfo) -> list[Socket]:
-        return [sk for sk in snap.sockets
-                if sk.state == TcpState.FIN_WAIT2 and sk.local_port == self.expected_port]
-
 
 class TimeWaitExhaustion(Scenario):
     port_range = (40000, 40099)
@@ -169,10 +161,6 @@ class TimeWaitExhaustion(Scenario):
             f"ip_local_port_range set to {low}-{high} in {lab.client.netns}; tw-client made "
             f"{ended['connections']} short connections, then connect() failed: "
             f"{ended['errno']} ({ended['message']})")
-
-    def stuck_sockets(self, snap: Snapshot, run: RunInfo) -> list[Socket]:
-        return [sk for sk in snap.sockets
-                if sk.state == TcpState.TIME_WAIT and sk.peer_port == self.expected_port]
 
     def reached(self, snap: Snapshot, run: RunInfo, stuck: list[Socket]) -> bool:
         # every connection the client made, the last one included, has finished closing

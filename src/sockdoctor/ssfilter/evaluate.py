@@ -94,40 +94,27 @@ def _compile_bool(node: Node, ranges: PortRanges) -> Bool:
         return lambda sk: not inner(sk)
     if isinstance(node, And | Or):
         parts = [_compile_bool(i, ranges) for i in node.items]
-        return _all(parts) if isinstance(node, And) else _any(parts)
+        return _junction(parts, every=isinstance(node, And))
     return leaf_bool(node, ranges)
 
 
-def _all(parts: list[Bool]) -> Bool:
+def _junction(parts: list[Bool], every: bool) -> Bool:
+    """All of `parts` (every=True) or any of them, in order, stopping at the first that
+    decides. Two and three parts (most filters) are unrolled into one lambda."""
     if len(parts) == 2:
         a, b = parts
-        return lambda sk: a(sk) and b(sk)
+        return (lambda sk: a(sk) and b(sk)) if every else (lambda sk: a(sk) or b(sk))
     if len(parts) == 3:
         a, b, c = parts
-        return lambda sk: a(sk) and b(sk) and c(sk)
+        return ((lambda sk: a(sk) and b(sk) and c(sk)) if every
+                else (lambda sk: a(sk) or b(sk) or c(sk)))
 
-    def conj(sk: Socket) -> bool:  # a loop: all() over a generator is slower
-        for p in parts:  # noqa: SIM110
-            if not p(sk):
-                return False
-        return True
-    return conj
-
-
-def _any(parts: list[Bool]) -> Bool:
-    if len(parts) == 2:
-        a, b = parts
-        return lambda sk: a(sk) or b(sk)
-    if len(parts) == 3:
-        a, b, c = parts
-        return lambda sk: a(sk) or b(sk) or c(sk)
-
-    def disj(sk: Socket) -> bool:
-        for p in parts:  # noqa: SIM110
-            if p(sk):
-                return True
-        return False
-    return disj
+    def loop(sk: Socket) -> bool:  # a loop: all() or any() over a generator is slower
+        for p in parts:
+            if (not p(sk)) is every:  # a false part ends `and`, a true one ends `or`
+                return not every
+        return every
+    return loop
 
 
 def _compile_pair(node: Node, exact: set[int], ranges: PortRanges) -> Pred:

@@ -238,82 +238,80 @@ class _View:
                     group[1] = age
         return groups
 
+    def series(self, labels: tuple[str, ...], merge: Merge, rank: Rank,
+               force: int) -> _Series:
+        """Rows for the families of one group, bounded by --max-series."""
+        return _Series(labels, merge, rank, force, self.opts.max_series)
+
     def close_wait(self, dropped: dict[str, int]) -> list[Family]:
         """CLOSE-WAIT by namespace, owner and side, with the oldest age of each group."""
-        groups = self.groups
-        rows: dict[tuple[str, ...], list[float]] = {}
-        for (inode, pid, client, port), (count, age) in groups.items():
+        rows = self.series(("netns", "process", "side", "port", *self.who_labels()[1:]),
+                           _add_max, lambda v: (v[0], v[1]), force=1)
+        for (inode, pid, client, port), (count, age) in self.groups.items():
             who = self.who(pid)
-            key = (self.ns(inode), who[0], "client" if client else "server", str(port), *who[1:])
-            _accumulate(rows, key, [count, age / 1000], _add_max)
-        kept, folded = fold(rows, self.opts.max_series, lambda v: (v[0], v[1]), _add_max,
-                            force=1)
-        return _families(kept, folded, dropped, ("netns", "process", "side", "port",
-                                                  *self.who_labels()[1:]),
-                         ("sockdoctor_close_wait_sockets", "CLOSE-WAIT sockets by namespace, "
-                          "owner and side (server: port is our listening port; client: port "
-                          "is the remote service's)."),
-                         ("sockdoctor_close_wait_oldest_seconds", "Age of the oldest "
-                          "CLOSE-WAIT socket of each group: a lower bound of the time since "
-                          "the peer closed (docs/age.md)."))
+            rows.add((self.ns(inode), who[0], "client" if client else "server", str(port),
+                      *who[1:]), [count, age / 1000])
+        return rows.families(dropped, _CLOSE_WAIT)
 
     def listeners(self, dropped: dict[str, int]) -> list[Family]:
-        rows: dict[tuple[str, ...], list[float]] = {}
+        rows = self.series(("netns", "process", "port", *self.who_labels()[1:]), _add, _fill,
+                           force=1)
         for sk in self.listeners_:
             who = self.who(self.owner(sk))
-            key = (self.ns(sk.netns), who[0], str(sk.local_port), *who[1:])
-            _accumulate(rows, key, [float(sk.recv_q), float(sk.send_q)], _add)
-        kept, folded = fold(rows, self.opts.max_series, _fill, _add, force=1)
-        return _families(kept, folded, dropped, ("netns", "process", "port",
-                                                  *self.who_labels()[1:]),
-                         ("sockdoctor_listen_queue_length", "Connections waiting in a "
-                          "listener's accept queue (ss Recv-Q of a LISTEN socket)."),
-                         ("sockdoctor_listen_queue_limit", "Size of that accept queue: the "
-                          "backlog (ss Send-Q of a LISTEN socket)."))
+            rows.add((self.ns(sk.netns), who[0], str(sk.local_port), *who[1:]),
+                     [float(sk.recv_q), float(sk.send_q)])
+        return rows.families(dropped, _LISTEN_QUEUE)
 
     def processes(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
         """Descriptors of the processes that hold stuck sockets (CLOSE-WAIT or a finding)."""
         pids = {pid for _ns, pid, _client, _port in self.groups if pid > 0}
         if report is not None:
             pids.update(p.pid for f in report.findings for p in f.processes)
-        rows: dict[tuple[str, ...], list[float]] = {}
+        rows = self.series(("netns", *self.who_labels()), _fuller, _fill, force=1)
         for pid in pids:
             proc = self.snap.processes.get(pid)
-            if proc is None:
-                continue
-            who = self.who(pid)
-            key = (self.ns(proc.netns), *who)
-            value = [float(proc.fd_count), float(proc.fd_limit)]
-            _accumulate(rows, key, value, _fuller)
-        kept, folded = fold(rows, self.opts.max_series, _fill, _fuller, force=1)
-        return _families(kept, folded, dropped, ("netns", *self.who_labels()),
-                         ("sockdoctor_process_open_fds", "Open descriptors of processes "
-                          "holding stuck sockets (several with one name: the fullest)."),
-                         ("sockdoctor_process_max_fds", "Their descriptor limit (soft "
-                          "RLIMIT_NOFILE; 0: unlimited or unknown)."))
+            if proc is not None:
+                rows.add((self.ns(proc.netns), *self.who(pid)),
+                         [float(proc.fd_count), float(proc.fd_limit)])
+        return rows.families(dropped, _PROCESS_FDS)
 
     def findings(self, dropped: dict[str, int], report: Report | None) -> list[Family]:
         """One series per finding identity (no severity label: it changes as a leak ages,
         and a label change would start a new series); the severity is a value."""
-        rows: dict[tuple[str, ...], list[float]] = {}
+        rows = self.series(("netns", "rule", "process", "port", *self.who_labels()[1:]),
+                           _add_max, lambda v: (v[2], v[0]), force=2)
         for f in report.findings if report is not None else ():
             proc = f.processes[0] if f.processes else None
             who = self.who(proc.pid) if proc else ("", "", "", *(("",) if self.opts.pid else ()))
-            key = (f.netns, f.rule, who[0], str(f.ports[0]) if f.ports else "", *who[1:])
-            value = [float(f.sockets), 1.0, float(SEVERITY_LEVEL[f.severity])]
-            _accumulate(rows, key, value, _add_max)
-        kept, folded = fold(rows, self.opts.max_series, lambda v: (v[2], v[0]), _add_max,
-                            force=2)
-        return _families(kept, folded, dropped, ("netns", "rule", "process", "port",
-                                                  *self.who_labels()[1:]),
-                         ("sockdoctor_finding_sockets", "Sockets concerned by each of the "
-                          "doctor's findings on the latest sample (no series when healthy; "
-                          "`sockdoctor doctor` explains them)."),
-                         ("sockdoctor_findings", "Number of the doctor's findings (some "
-                          "concern no socket: sysctls, descriptor limits)."),
-                         ("sockdoctor_finding_severity", "The doctor's severity of each "
-                          "finding: 1 info, 2 warning, 3 critical (the highest of the "
-                          "findings a series sums up)."))
+            rows.add((f.netns, f.rule, who[0], str(f.ports[0]) if f.ports else "", *who[1:]),
+                     [float(f.sockets), 1.0, float(SEVERITY_LEVEL[f.severity])])
+        return rows.families(dropped, _FINDINGS)
+
+
+# (name, help) of the families each group of rows makes, one per value column
+_CLOSE_WAIT = (
+    ("sockdoctor_close_wait_sockets", "CLOSE-WAIT sockets by namespace, owner and side "
+     "(server: port is our listening port; client: port is the remote service's)."),
+    ("sockdoctor_close_wait_oldest_seconds", "Age of the oldest CLOSE-WAIT socket of each "
+     "group: a lower bound of the time since the peer closed (docs/age.md)."))
+_LISTEN_QUEUE = (
+    ("sockdoctor_listen_queue_length", "Connections waiting in a listener's accept queue (ss "
+     "Recv-Q of a LISTEN socket)."),
+    ("sockdoctor_listen_queue_limit", "Size of that accept queue: the backlog (ss Send-Q of a "
+     "LISTEN socket)."))
+_PROCESS_FDS = (
+    ("sockdoctor_process_open_fds", "Open descriptors of processes holding stuck sockets "
+     "(several with one name: the fullest)."),
+    ("sockdoctor_process_max_fds", "Their descriptor limit (soft RLIMIT_NOFILE; 0: unlimited "
+     "or unknown)."))
+_FINDINGS = (
+    ("sockdoctor_finding_sockets", "Sockets concerned by each of the doctor's findings on the "
+     "latest sample (no series when healthy; `sockdoctor doctor` explains them)."),
+    ("sockdoctor_findings", "Number of the doctor's findings (some concern no socket: "
+     "sysctls, descriptor limits)."),
+    ("sockdoctor_finding_severity", "The doctor's severity of each finding: 1 info, 2 "
+     "warning, 3 critical (the highest of the findings a series sums up)."))
+
 
 def _health(sample: Sample, health: Health) -> list[Family]:
     snap = sample.snapshot
@@ -374,20 +372,35 @@ def fold(rows: dict[tuple[str, ...], list[float]], limit: int,
 
 Rows = dict[tuple[str, ...], list[float]]
 Merge = Callable[[list[float], list[float]], list[float]]
+Rank = Callable[[list[float]], tuple]
 
 
-def _accumulate(rows: Rows, key: tuple[str, ...], value: list[float], merge: Merge) -> None:
-    rows[key] = merge(rows[key], value) if key in rows else value
+class _Series:
+    """Rows of label values -> value columns for a few families that share labels.
 
+    Rows with the same labels merge; past `limit` the lowest-ranked rows fold
+    into one (fold()); each value column becomes one family.
+    """
 
-def _families(kept: Rows, folded: int, dropped: dict[str, int], labels: tuple[str, ...],
-              *specs: tuple[str, str]) -> list[Family]:
-    """One family per (name, help), from the kept rows' columns in order."""
-    out = []
-    for column, (name, help_text) in enumerate(specs):
-        dropped[name] = folded
-        out.append(Family(name, help_text, labels, samples=_column(kept, column)))
-    return out
+    def __init__(self, labels: tuple[str, ...], merge: Merge, rank: Rank, force: int,
+                 limit: int) -> None:
+        self.labels, self.merge, self.rank, self.force, self.limit = \
+            labels, merge, rank, force, limit
+        self.rows: Rows = {}
+
+    def add(self, key: tuple[str, ...], value: list[float]) -> None:
+        rows = self.rows
+        rows[key] = self.merge(rows[key], value) if key in rows else value
+
+    def families(self, dropped: dict[str, int],
+                 specs: tuple[tuple[str, str], ...]) -> list[Family]:
+        """One family per (name, help), from the kept rows' columns in order."""
+        kept, folded = fold(self.rows, self.limit, self.rank, self.merge, self.force)
+        out = []
+        for column, (name, help_text) in enumerate(specs):
+            dropped[name] = folded
+            out.append(Family(name, help_text, self.labels, samples=_column(kept, column)))
+        return out
 
 
 def _column(rows: dict[tuple[str, ...], list[float]], index: int

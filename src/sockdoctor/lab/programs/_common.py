@@ -48,10 +48,24 @@ def idle_forever() -> None:
         time.sleep(3600)
 
 
-def parser(description: str, port: int) -> argparse.ArgumentParser:
+def parser(description: str, port: int, comm: str) -> argparse.ArgumentParser:
     """Arguments every program takes: where the server is, and our name."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--host", default="0.0.0.0", help="server address (clients: to connect to)")
     ap.add_argument("--port", type=int, default=port)
-    ap.add_argument("--comm", default="", help="process name to take (default: the program's)")
+    ap.add_argument("--comm", default=comm, help=f"process name to take (default: {comm})")
     return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Our arguments, and our name taken at once: the scenario looks for it."""
+    args = ap.parse_args(argv)
+    set_comm(args.comm)
+    return args
+
+
+def serve_on(args: argparse.Namespace, backlog: int) -> socket.socket:
+    """A server's listener where its arguments say; then the scenario hears we are ready."""
+    lst = listener(args.port, backlog, args.host)
+    emit("ready", port=args.port)
+    return lst

@@ -11,7 +11,7 @@ import select
 import socket
 import time
 
-from ._common import emit, idle_forever, parser, set_comm
+from ._common import emit, idle_forever, parse, parser
 
 REQUEST = b"GET /status HTTP/1.0\r\nHost: lab\r\n\r\n"
 
@@ -37,12 +37,11 @@ def burst(host: str, port: int, size: int, patience: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=8080)
+    ap = parser(__doc__ or "", port=8080, comm="et-client")
     ap.add_argument("--bursts", type=int, default=3)
     ap.add_argument("--size", type=int, default=10, help="connections per burst")
     ap.add_argument("--patience", type=float, default=0.3, help="seconds to wait for an answer")
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "et-client")
+    args = parse(ap, argv)
     keeper = socket.create_connection((args.host, args.port), timeout=10)
     greeting = keeper.recv(64).decode(errors="replace").strip()
     answered = 0

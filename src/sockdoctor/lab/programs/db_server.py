@@ -11,7 +11,7 @@ import select
 import socket
 import time
 
-from ._common import emit, listener, parser, set_comm
+from ._common import parse, parser, serve_on
 
 
 def serve(lst: socket.socket, idle_timeout: float) -> None:
@@ -42,12 +42,10 @@ def serve(lst: socket.socket, idle_timeout: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=3306)
+    ap = parser(__doc__ or "", port=3306, comm="db-server")
     ap.add_argument("--idle-timeout", type=float, default=1.5)
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "db-server")
-    lst = listener(args.port, 128, args.host)
-    emit("ready", port=args.port)
+    args = parse(ap, argv)
+    lst = serve_on(args, 128)
     serve(lst, args.idle_timeout)
 
 

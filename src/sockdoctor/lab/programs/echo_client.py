@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import socket
 
-from ._common import emit, parser, set_comm
+from ._common import emit, parse, parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=8000)
+    ap = parser(__doc__ or "", port=8000, comm="echo-client")
     ap.add_argument("--count", type=int, default=5)
     ap.add_argument("--message", default="hello")
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "echo-client")
+    args = parse(ap, argv)
     answers = []
     for i in range(args.count):
         with socket.create_connection((args.host, args.port), timeout=10) as sock:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import socket
 
-from ._common import emit, listener, parser, set_comm
+from ._common import parse, parser, serve_on
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=8000)
+    ap = parser(__doc__ or "", port=8000, comm="echo-server")
     ap.add_argument("--backlog", type=int, default=20)
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "echo-server")
-    lst = listener(args.port, args.backlog, args.host)
-    emit("ready", port=args.port)
+    args = parse(ap, argv)
+    lst = serve_on(args, args.backlog)
     sessions: list[socket.socket] = []
     while True:
         conn, _peer = lst.accept()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import select
 import socket
 
-from ._common import emit, listener, parser, set_comm
+from ._common import emit, listener, parse, parser
 
 BUSY = b"busy: too many connections\n"
 
@@ -73,13 +73,12 @@ class Server:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=8080)
+    ap = parser(__doc__ or "", port=8080, comm="et-server")
     ap.add_argument("--backlog", type=int, default=511)
     ap.add_argument("--limit", type=int, default=1, help="connections served at once")
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "et-server")
+    args = parse(ap, argv)
     server = Server(listener(args.port, args.backlog, args.host), args.limit)
-    emit("ready", port=args.port)
+    emit("ready", port=args.port)  # only once epoll watches the listener
     server.loop()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from ._common import emit, listener, parser, set_comm
+from ._common import parse, parser, serve_on
 
 
 def session(conn: socket.socket) -> None:
@@ -26,11 +26,9 @@ def session(conn: socket.socket) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=5000)
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "idle-server")
-    lst = listener(args.port, 64, args.host)
-    emit("ready", port=args.port)
+    ap = parser(__doc__ or "", port=5000, comm="idle-server")
+    args = parse(ap, argv)
+    lst = serve_on(args, 64)
     while True:
         conn, _ = lst.accept()  # no SO_KEEPALIVE: the point of this scenario
         threading.Thread(target=session, args=(conn,), daemon=True).start()

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from ._common import emit, parser, set_comm
+from ._common import emit, parse, parser
 
 REQUEST = b"GET /report HTTP/1.0\r\nHost: lab\r\n\r\n"
 
@@ -38,12 +38,11 @@ def one_client(host: str, port: int, timeout: float, tally: Tally) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=8088)
+    ap = parser(__doc__ or "", port=8088, comm="slow-client")
     ap.add_argument("--count", type=int, default=48)
     ap.add_argument("--rate", type=float, default=20.0, help="new clients per second")
     ap.add_argument("--timeout", type=float, default=0.3)
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "slow-client")
+    args = parse(ap, argv)
     tally = Tally()
     threads = []
     for _ in range(args.count):

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import socket
 
-from ._common import emit, idle_forever, parser, set_comm
+from ._common import emit, idle_forever, parse, parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=3306)
+    ap = parser(__doc__ or "", port=3306, comm="pool-client")
     ap.add_argument("--size", type=int, default=6)
     ap.add_argument("--query", default="SELECT 1")
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "pool-client")
+    args = parse(ap, argv)
     pool: list[socket.socket] = []
     for _ in range(args.size):
         conn = socket.create_connection((args.host, args.port), timeout=10)

@@ -10,16 +10,14 @@ active closer and keeps the TIME_WAIT (seeds 003, 004).
 
 from __future__ import annotations
 
-from ._common import emit, listener, parser, set_comm
+from ._common import parse, parser, serve_on
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=80)
+    ap = parser(__doc__ or "", port=80, comm="reply-server")
     ap.add_argument("--close-first", action="store_true")
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "reply-server")
-    lst = listener(args.port, 512, args.host)
-    emit("ready", port=args.port)
+    args = parse(ap, argv)
+    lst = serve_on(args, 512)
     while True:
         conn, _ = lst.accept()
         with conn:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 
-from ._common import emit, listener, parser, set_comm
+from ._common import parse, parser, serve_on
 
 
 def finish(conn: socket.socket) -> None:
@@ -23,11 +23,9 @@ def finish(conn: socket.socket) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=9000)
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "shut-server")
-    lst = listener(args.port, 64, args.host)
-    emit("ready", port=args.port)
+    ap = parser(__doc__ or "", port=9000, comm="shut-server")
+    args = parse(ap, argv)
+    lst = serve_on(args, 64)
     sessions: list[socket.socket] = []  # kept for "statistics"; never pruned
     while True:
         conn, _ = lst.accept()

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import time
 
-from ._common import emit, listener, parser, set_comm
+from ._common import parse, parser, serve_on
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=8088)
+    ap = parser(__doc__ or "", port=8088, comm="slow-server")
     ap.add_argument("--backlog", type=int, default=32)
     ap.add_argument("--work", type=float, default=1.5, help="seconds spent on each request")
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "slow-server")
-    lst = listener(args.port, args.backlog, args.host)
-    emit("ready", port=args.port)
+    args = parse(ap, argv)
+    lst = serve_on(args, args.backlog)
     while True:
         conn, _ = lst.accept()
         with conn:

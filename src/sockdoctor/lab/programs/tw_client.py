@@ -13,16 +13,15 @@ from __future__ import annotations
 import errno
 import socket
 
-from ._common import emit, parser, set_comm
+from ._common import emit, parse, parser
 
 REQUEST = b"GET /ping HTTP/1.0\r\nHost: lab\r\n\r\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__ or "", port=80)
+    ap = parser(__doc__ or "", port=80, comm="tw-client")
     ap.add_argument("--max", type=int, default=100_000, help="stop after this many connections")
-    args = ap.parse_args(argv)
-    set_comm(args.comm or "tw-client")
+    args = parse(ap, argv)
     done = 0
     while done < args.max:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
