@@ -20,6 +20,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from operator import attrgetter
 
 from ...model import Socket, TcpState, state_mask
 from .. import procfs, sockdiag
@@ -47,6 +48,7 @@ _refused: list[str] = []  # why the kernel refused the program (tried once per p
 _lock = threading.Lock()
 
 Dump = Callable[[int], list[Socket]]  # netns inode -> its sockets, called inside it
+_family = attrgetter("family")
 
 
 def serves(opts: sockdiag.DumpOptions) -> bool:
@@ -186,10 +188,6 @@ def read_decoding(fd: int, netns: int, age: bool) -> list[Socket]:
     finally:
         reader.join()
     return out
-
-
-def _family(sk: Socket) -> int:
-    return sk.family
 
 
 def decode(data: bytes, netns: int, age: bool) -> list[Socket]:
