@@ -163,22 +163,23 @@ def read_decoding(fd: int, netns: int, age: bool) -> list[Socket]:
     (Python objects, with the GIL) overlap: on two CPUs the dump costs about
     the longer of the two instead of their sum.
     """
-    chunks: queue.SimpleQueue[bytes | OSError | None] = queue.SimpleQueue()
+    chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
 
     def read() -> None:
         try:
             while chunk := os.read(fd, READ_CHUNK):
                 chunks.put(chunk)
-        except OSError as exc:
+        except BaseException as exc:  # whatever it is, the decoding side raises it
             chunks.put(exc)
-        chunks.put(None)
+        finally:
+            chunks.put(None)  # never leave the decoding side waiting
     reader = threading.Thread(target=read, name="sockdoctor-bpf-sockets", daemon=True)
     reader.start()
     out: list[Socket] = []
     rest = b""
     try:
         while (chunk := chunks.get()) is not None:
-            if isinstance(chunk, OSError):
+            if isinstance(chunk, BaseException):
                 raise chunk
             if rest:
                 chunk, rest = rest + chunk, b""
