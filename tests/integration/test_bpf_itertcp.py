@@ -21,6 +21,7 @@ import pytest
 import sockdoctor
 from bpfengine import need_engine
 from conftest import Remote
+from sockdoctor import inventory
 from sockdoctor.lab.netlab import Host, Lab
 from sockdoctor.linux import sockdiag
 from sockdoctor.linux.bpf import sockets as bpf_sockets
@@ -181,6 +182,25 @@ def test_scan_is_the_same_with_the_engine_forced_off(populated,
     assert passes == [1]  # the first scan's sockets came from one iter/tcp pass
     assert bpf.sockets and all(sk.owners for sk in bpf.sockets if sk.inode)
     assert_same(bpf.sockets, c.sockets)
+
+
+def test_several_namespaces_in_one_scan(populated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One loaded program, an iterator per namespace on run_many's threads."""
+    lab, _ports, _listen = populated
+    refs = [lab.server.ref(), lab.client.ref()]
+    opts = sockdiag.DumpOptions(ALL_STATES_MASK, age=True)
+    passes: list[int] = []
+    real = bpf_sockets.dump
+    monkeypatch.setattr(bpf_sockets, "dump", lambda *a: passes.append(a[2]) or real(*a))
+    records, ours = inventory.dump_namespaces(refs, opts, BOTH, [])
+    assert sorted(passes) == sorted(ref.inode for ref in refs)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "c")
+    _, theirs = inventory.dump_namespaces(refs, opts, BOTH, [])
+    assert [r.error for r in records] == ["", ""]
+    assert {sk.netns for sk in ours} == {ref.inode for ref in refs}
+    for ref in refs:
+        assert_same([sk for sk in ours if sk.netns == ref.inode],
+                    [sk for sk in theirs if sk.netns == ref.inode])
 
 
 def test_sock_diag_keeps_what_only_it_gives() -> None:

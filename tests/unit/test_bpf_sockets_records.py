@@ -7,7 +7,10 @@ trailing partial record (ignored), and an unknown family (refused).
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+import time
 
 import pytest
 
@@ -98,3 +101,31 @@ def test_host_sockets_reads_sockstat(monkeypatch: pytest.MonkeyPatch) -> None:
         raise FileNotFoundError(path)
     monkeypatch.setattr(sockets.procfs, "_read", gone)
     assert sockets.host_sockets() == 0
+
+
+def test_reading_while_decoding_joins_records_split_between_reads() -> None:
+    """The iterator's reads are whole records; a pipe's need not be: nothing is lost."""
+    data = RECORDS[:len(RECORDS) - len(RECORDS) % sockets.RECORD.size] * 50
+    r, w = os.pipe()
+
+    def write() -> None:
+        for start in range(0, len(data), 37):  # pieces that cut records anywhere
+            os.write(w, data[start:start + 37])
+            time.sleep(0.0005)
+        os.close(w)
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        out = sockets.read_decoding(r, 42, True)
+    finally:
+        writer.join()
+        os.close(r)
+    assert out == sockets.decode_python(data, 42, True)
+
+
+def test_reading_while_decoding_raises_what_the_read_raised() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError):
+        sockets.read_decoding(r, 42, True)  # a closed descriptor: EBADF, not a hang

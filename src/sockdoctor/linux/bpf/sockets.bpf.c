@@ -219,6 +219,39 @@ static __always_inline void full_socket(struct tcp_sock___sd *tp, struct record 
 	}
 }
 
+/* Timer, queues, uid and inode as sock_diag fills them for each kind of socket:
+ * TIME-WAIT (inet_twsk_diag_fill), request (inet_req_diag_fill: uid and inode
+ * 0), full (inet_sk_diag_fill). False: not the kind its state said. */
+static __always_inline bool by_kind(struct sock_common *skc, struct record *r, __u32 uid)
+{
+	__u64 now = bpf_jiffies64();
+
+	if (skc->skc_state == TCP_TIME_WAIT) {
+		struct tcp_timewait_sock___sd *tw = (void *)bpf_skc_to_tcp_timewait_sock(skc);
+
+		if (!tw)
+			return false;
+		r->timer = 3;
+		r->expires_ms = delta_msecs(tw->tw_sk.tw_timer.expires, now);
+	} else if (skc->skc_state == TCP_NEW_SYN_RECV) {
+		struct tcp_request_sock___sd *req = (void *)bpf_skc_to_tcp_request_sock(skc);
+
+		if (!req)
+			return false;
+		r->timer = 1;
+		r->retrans = req->req.req.num_retrans;
+		r->expires_ms = delta_msecs(req->req.req.rsk_timer.expires, now);
+	} else {
+		struct tcp_sock___sd *tp = (void *)bpf_skc_to_tcp_sock(skc);
+
+		if (!tp)
+			return false;
+		full_socket(tp, r, now);
+		r->uid = uid;
+	}
+	return true;
+}
+
 static __always_inline void addresses(struct sock_common *skc, struct record *r)
 {
 	if (r->family == AF_INET) {
@@ -239,7 +272,6 @@ int dump_sockets(struct bpf_iter__tcp *ctx)
 	struct record r = {};
 	struct config *c;
 	__u32 zero = 0;
-	__u64 now;
 
 	if (!skc)
 		return 0;
@@ -265,31 +297,9 @@ int dump_sockets(struct bpf_iter__tcp *ctx)
 	r.dport = bpf_ntohs(skc->skc_dport);
 	if (!port_wanted(c, r.sport, r.dport))
 		return 0;
-	now = bpf_jiffies64();
 	r.age_ms = NO_AGE;
-	if (skc->skc_state == TCP_TIME_WAIT) {
-		struct tcp_timewait_sock___sd *tw = (void *)bpf_skc_to_tcp_timewait_sock(skc);
-
-		if (!tw)
-			return 0;
-		r.timer = 3;
-		r.expires_ms = delta_msecs(tw->tw_sk.tw_timer.expires, now);
-	} else if (skc->skc_state == TCP_NEW_SYN_RECV) {
-		struct tcp_request_sock___sd *req = (void *)bpf_skc_to_tcp_request_sock(skc);
-
-		if (!req)
-			return 0;
-		r.timer = 1;
-		r.retrans = req->req.req.num_retrans;
-		r.expires_ms = delta_msecs(req->req.req.rsk_timer.expires, now);
-	} else {
-		struct tcp_sock___sd *tp = (void *)bpf_skc_to_tcp_sock(skc);
-
-		if (!tp)
-			return 0;
-		full_socket(tp, &r, now);
-		r.uid = ctx->uid;
-	}
+	if (!by_kind(skc, &r, ctx->uid))
+		return 0;
 	r.ifindex = ((struct sock_common___sd *)skc)->skc_bound_dev_if;
 	r.cookie = bpf_get_socket_cookie(skc);
 	addresses(skc, &r);

@@ -20,6 +20,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from operator import attrgetter
 
 from ...model import Socket, TcpState, state_mask
 from .. import procfs, sockdiag
@@ -47,6 +48,7 @@ _refused: list[str] = []  # why the kernel refused the program (tried once per p
 _lock = threading.Lock()
 
 Dump = Callable[[int], list[Socket]]  # netns inode -> its sockets, called inside it
+_family = attrgetter("family")
 
 
 def serves(opts: sockdiag.DumpOptions) -> bool:
@@ -161,22 +163,23 @@ def read_decoding(fd: int, netns: int, age: bool) -> list[Socket]:
     (Python objects, with the GIL) overlap: on two CPUs the dump costs about
     the longer of the two instead of their sum.
     """
-    chunks: queue.SimpleQueue[bytes | OSError | None] = queue.SimpleQueue()
+    chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
 
     def read() -> None:
         try:
             while chunk := os.read(fd, READ_CHUNK):
                 chunks.put(chunk)
-        except OSError as exc:
+        except BaseException as exc:  # whatever it is, the decoding side raises it
             chunks.put(exc)
-        chunks.put(None)
+        finally:
+            chunks.put(None)  # never leave the decoding side waiting
     reader = threading.Thread(target=read, name="sockdoctor-bpf-sockets", daemon=True)
     reader.start()
     out: list[Socket] = []
     rest = b""
     try:
         while (chunk := chunks.get()) is not None:
-            if isinstance(chunk, OSError):
+            if isinstance(chunk, BaseException):
                 raise chunk
             if rest:
                 chunk, rest = rest + chunk, b""
@@ -186,10 +189,6 @@ def read_decoding(fd: int, netns: int, age: bool) -> list[Socket]:
     finally:
         reader.join()
     return out
-
-
-def _family(sk: Socket) -> int:
-    return sk.family
 
 
 def decode(data: bytes, netns: int, age: bool) -> list[Socket]:
