@@ -21,8 +21,10 @@ import sockdoctor
 from bpfengine import PAIRS, need_engine
 from conftest import Remote
 from sockdoctor.lab.netlab import Lab
+from sockdoctor.linux import bpf
 from sockdoctor.linux import netns as netns_mod
 from sockdoctor.linux.bpf import destroy as bpf_destroy
+from sockdoctor.linux.bpf import planned
 from sockdoctor.model import Socket, TcpState
 
 pytestmark = pytest.mark.root
@@ -161,3 +163,28 @@ def test_a_socket_ended_by_another_hand_is_left_in_the_kernel(
 
 def identities_now(ns: str, port: int) -> list[Socket]:
     return sockdoctor.scan(f"sport = :{port}", netns=ns, owners=False).sockets
+
+
+def test_the_destroy_object_is_its_own_probe(solo: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A destroy loads destroy.bpf.o only (not the engine's probe program first); a load
+    the kernel refuses is remembered, and the caller's SOCK_DESTROY path acts instead."""
+    need_engine()
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    ns = str(solo.server.inode())
+    remote = Remote(solo, solo.server, "bpfownprobe")
+    port, _ = remote(MAKE)  # type: ignore[misc]
+    first, second = wait_close_wait(ns, port, 12)[:2]
+    ref = netns_mod.NsRef(inode=solo.server.inode(), name=solo.server.netns, kind="named",
+                          path=f"/run/netns/{solo.server.netns}")
+    monkeypatch.setattr(bpf, "_probe", lambda: pytest.fail("the probe program was loaded"))
+    assert bpf_destroy.usable()
+    assert netns_mod.run_in(ref, lambda: bpf_destroy.destroy([first], [0])) == \
+        [(0, TcpState.CLOSE_WAIT)]
+
+    def refused(*_a: object, **_k: object) -> None:
+        raise bpf.BpfError(1, "loading destroy.bpf.o: Operation not permitted")
+    monkeypatch.setattr(planned, "BpfObject", refused)
+    monkeypatch.setattr(planned, "_refused", {})
+    assert netns_mod.run_in(ref, lambda: bpf_destroy.destroy([second], [0])) == [None]
+    assert not bpf_destroy.usable()  # not tried again in this process
+    assert (second.cookie, port, second.peer_port, TcpState.CLOSE_WAIT) in identities(ns, port)

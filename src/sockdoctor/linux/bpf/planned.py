@@ -10,14 +10,15 @@ this way and are left to the caller's other path.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from ...model import Socket
-from . import BpfError, BpfObject, available
+from . import BTF, BpfError, BpfObject, libbpf, wanted
 
 TUPLE = struct.Struct("=HHHHII16s16s")  # struct tuple: family, ports, index, states, addresses
 OUTCOME = struct.Struct("=IiII")        # struct outcome: met, code, state, pad
@@ -40,8 +41,24 @@ def pack_tuple(sk: Socket, index: int, states: int = 0) -> bytes:
 
 
 def usable(name: str) -> bool:
-    """Whether the engine is in use and this object was not refused before."""
-    return available() and name not in _refused
+    """Whether to try this object: the engine wanted, its prerequisites here, and not
+    refused before in this process. Loading it is its own probe (a refusal is remembered
+    and the caller's other path acts), so a kill that needs only destroy.bpf.o does not
+    first load the engine's probe program (~13 ms of CPU: libbpf parses the kernel's BTF
+    for every object it loads)."""
+    return name not in _refused and wanted() and _present(name)
+
+
+@cache
+def _present(name: str) -> bool:
+    """The kernel's BTF, the built object and libbpf: what loading needs before trying."""
+    if not os.path.exists(BTF) or not (libbpf.HERE / f"{name}.bpf.o").exists():
+        return False
+    try:
+        libbpf.lib()
+    except OSError:
+        return False
+    return True
 
 
 def run(name: str, program: str, sockets: Sequence[Socket], outcome: struct.Struct = OUTCOME,
