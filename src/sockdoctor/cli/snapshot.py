@@ -47,14 +47,14 @@ def snapshot_command(path: str, **kw: Any) -> None:
 
     Read it back anywhere with `sockdoctor ls --from FILE` or `sockdoctor doctor --from FILE`.
     """
-    from ..inventory import scan
+    from ..inventory import ScanOptions, scan
     from ..render.fmt import plural, untrusted
     from ..safefile import check
     from ..snapshot_io import save
 
     query = build_query(kw)
     check(path, "the snapshot")  # a refused target fails before the scan, not after
-    snap = scan(query, owners=True, info=True, mem=True, evidence=True,
+    snap = scan(query, ScanOptions(info=True, mem=True), owners=True, evidence=True,
                 progress=progress(True))
     clear_progress(True)
     warn(snap.warnings)

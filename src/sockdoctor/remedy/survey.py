@@ -22,11 +22,11 @@ from .policy import KillPolicy
 def scan_for_kill(policy: KillPolicy, *, progress: Callable[[str], None] | None = None,
                   ) -> Snapshot:
     """A snapshot to plan `policy` on (scan() with what the kill needs)."""
-    from ..inventory import scan
+    from ..inventory import ScanOptions, scan
 
     where = policy.where or Query()
     query = dataclasses.replace(where, states=where.states & policy.state_mask)
-    snapshot = scan(query, owners=True, age=policy.older_than_ms is not None,
+    snapshot = scan(query, ScanOptions(age=policy.older_than_ms is not None), owners=True,
                     evidence=policy.dead_fds != "no", progress=progress)
     queued = {sk.netns for sk in snapshot.sockets if sk.queued}
     return with_listeners(snapshot, queued) if queued else snapshot
