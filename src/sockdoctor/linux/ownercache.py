@@ -349,16 +349,18 @@ class CachedOwners:
     """The sampler's owner source: the cache, with a full walk every `full_walk_every`
     scans (the first included), and one when the cache cannot place a socket.
 
-    An unscheduled walk happens at most every FORCED_WALK_GAP scans, so a host
+    An unscheduled walk happens at most every `forced_gap` scans, so a host
     where new sockets keep appearing that no process we can see holds does not
-    pay a full walk every time. `last` says what the latest scan did; `facts`
-    are the process facts to scan with, kept between scans like the owners.
+    pay a full walk every time (1: whenever needed, owners exact each scan).
+    `last` says what the latest scan did; `facts` are the process facts to
+    scan with, kept between scans like the owners.
     """
 
-    def __init__(self, full_walk_every: int = 20,
-                 walker: Callable[[], OwnerSource] = choose) -> None:
+    def __init__(self, full_walk_every: int = 20, walker: Callable[[], OwnerSource] = choose,
+                 forced_gap: int = FORCED_WALK_GAP) -> None:
         self.cache = OwnerCache()
         self.every = max(1, full_walk_every)
+        self.forced_gap = forced_gap
         self.walker = walker  # the full walk's source, chosen at each walk
         self.last = Refresh()
         self._processes = ProcessCache()
@@ -387,7 +389,7 @@ class CachedOwners:
             cached = self.cache.pids()
             done = self.cache.update([*first, *(p for p in other if p in cached)],
                                      found.live, self._wanted(found))
-            if done.complete or seq - self._last_full < FORCED_WALK_GAP:
+            if done.complete or seq - self._last_full < self.forced_gap:
                 return done
             walking = self.walker().start(scope)
         walked = walking(found)

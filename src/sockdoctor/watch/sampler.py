@@ -30,7 +30,7 @@ from ..doctor import DoctorConfig, Report, diagnose
 from ..doctor.scope import narrows
 from ..errors import SockdoctorError
 from ..inventory import LIGHT, Evidence, ScanOptions
-from ..linux.ownercache import CachedOwners
+from ..linux.ownercache import FORCED_WALK_GAP, CachedOwners
 from ..model import Snapshot, Socket, TcpState
 from ..query import Query
 from .identity import Identities, Key
@@ -88,8 +88,9 @@ class Sampler:
                  full_walk_every: int = 20, doctor_every: int = 1,
                  evidence: Evidence = LIGHT) -> None:
         """doctor: False, or the doctor on samples (True: with its default config);
-        evidence: what each sample collects for it (inventory.LIGHT, or True for
-        everything a one-off `doctor` reads)."""
+        evidence: what each sample collects for it: inventory.LIGHT, or True for
+        everything a one-off `doctor` reads, with owners exact on every sample
+        (a full walk whenever the cache cannot place a socket)."""
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.query = dataclasses.replace(inventory.as_query(query), netns="all")
@@ -100,7 +101,8 @@ class Sampler:
         self.full_walk_every = max(1, full_walk_every)
         self.doctor_every = max(0, doctor_every)  # 0: auto (see DOCTOR_SHARE)
         self.evidence: Evidence = evidence or LIGHT
-        self._owners = CachedOwners(self.full_walk_every)
+        self._owners = CachedOwners(self.full_walk_every,
+                                    forced_gap=1 if evidence is True else FORCED_WALK_GAP)
         self.scanner = inventory.Scanner(self._owners, self._owners.facts,
                                          inventory.Memo(self.full_walk_every), whole=True)
         self._ids = Identities()
