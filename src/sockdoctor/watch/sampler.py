@@ -1,16 +1,15 @@
 """The sampling engine: scan on an interval, cheaply, and diagnose each sample.
 
 One engine for every continuous consumer (the exporter, top, trace, the
-reaper); what a sample holds is below (Sample) and in docs/exporter.md ("The sampler").
-A sample is the same evidence as `scan(evidence=True, age=True)` plus what
-only a sampler can know: which sockets are new or gone since the previous
-sample and since when each one has been in its state.
-
-A sample is an inventory.Scanner's scan + Identities (identity.py) + the
-doctor. The scanner's owner source is the cache (linux/ownercache.py
-CachedOwners): a full walk of /proc (or the kernel engine's) happens only on
-the first sample, every `full_walk_every` samples, and when a socket cannot
-be placed otherwise; sysctls are read as rarely (inventory.Memo).
+reaper, `doctor --interval`); what a sample holds is below (Sample) and in
+docs/exporter.md ("The sampler"). A sample is an inventory.Scanner's scan
+(the doctor's evidence at a sampler's cost, inventory.LIGHT) + Identities
+(identity.py: which sockets are new or gone since the previous sample, and
+since when each one has been in its state) + the doctor. The scanner's owner
+source is the cache (linux/ownercache.py CachedOwners): a full walk of /proc
+(or the kernel engine's) happens only on the first sample, every
+`full_walk_every` samples, and when a socket cannot be placed otherwise;
+sysctls are read as rarely (inventory.Memo).
 """
 
 from __future__ import annotations
