@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checker
         UsageError,
         WriteError,
     )
-    from .inventory import scan
+    from .inventory import Scanner, ScanOptions, scan
     from .leakguard import Guard, SocketLeakError, SocketLeakWarning, guard
     from .model import Snapshot, Socket, TcpState
     from .query import Query
@@ -42,6 +42,8 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     "scan": ("sockdoctor.inventory", "scan"),
+    "Scanner": ("sockdoctor.inventory", "Scanner"),
+    "ScanOptions": ("sockdoctor.inventory", "ScanOptions"),
     "Query": ("sockdoctor.query", "Query"),
     "Snapshot": ("sockdoctor.model", "Snapshot"),
     "Socket": ("sockdoctor.model", "Socket"),
@@ -69,7 +71,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 # Spelled out (not built from _EXPORTS) so that linters and type checkers see it.
 __all__ = [
     "BadSnapshotError", "FilterSyntaxError", "Guard", "KillPolicy", "NotFoundError",
-    "PermissionDeniedError", "Query", "Sampler", "Snapshot", "SockdoctorError", "Socket",
+    "PermissionDeniedError", "Query", "Sampler", "ScanOptions", "Scanner", "Snapshot",
+    "SockdoctorError", "Socket",
     "SocketLeakError", "SocketLeakWarning", "TcpState", "UnsupportedError", "UsageError",
     "WriteError", "__version__", "apply_plan", "diagnose", "guard", "host_facts", "kill",
     "load_snapshot", "plan_kill", "save_snapshot", "scan", "scan_for_kill",
