@@ -4,7 +4,8 @@ The Python API mirrors the command line:
 
     import sockdoctor
     snap = sockdoctor.scan("state close-wait", owners=True)   # like `sockdoctor ls -p`
-    report = sockdoctor.diagnose(sockdoctor.scan(evidence=True))  # like `sockdoctor doctor`
+    ages = sockdoctor.ScanOptions(age=True)
+    report = sockdoctor.diagnose(sockdoctor.scan(options=ages, evidence=True))  # `doctor`
     plan = sockdoctor.plan_kill(snap, host=sockdoctor.host_facts())  # `sockdoctor kill`
     report = sockdoctor.apply_plan(plan)                              # ... --yes
     with sockdoctor.guard():  # fails code that leaks TCP sockets (also a pytest plugin)
