@@ -164,9 +164,14 @@ class Scanner:
         self.whole = whole
         self.progress = progress
 
-    def scan(self, query: Query, options: ScanOptions = ScanOptions(), *, owners: bool = True,
-             evidence: Evidence = False, netns: str | None = None) -> Snapshot:
-        """One scan of the namespaces `netns` (default: the query's); see scan()."""
+    def scan(self, query: Query | str | None = None, options: ScanOptions = ScanOptions(), *,
+             owners: bool = True, evidence: Evidence = False, netns: str | None = None
+             ) -> Snapshot:
+        """One scan of the namespaces `netns` (default: the query's); see scan().
+
+        Unlike scan() it does not check --pid/--process first (check_selection).
+        """
+        query = as_query(query)
         o = options
         run = _Run(query, options, evidence, owners or query.needs_owners or bool(evidence),
                    dump_options(query, info=o.info, age=o.age, mem=o.mem, extended=o.extended,
