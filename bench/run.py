@@ -95,7 +95,8 @@ def commands(netns: str) -> list[Command]:
             Command("sd_lsp_json", "sockdoctor ls -p --json",
                     library(f"i.scan(netns={netns!r}, owners=True)")),
             Command("sd_lsi_json", "sockdoctor ls -i --json",
-                    library(f"i.scan(netns={netns!r}, owners=False, info=True)")),
+                    library(f"i.scan(None, i.ScanOptions(info=True), netns={netns!r}, "
+                            "owners=False)")),
             Command("sd_cw", "sockdoctor ls state close-wait",
                     library(f"i.scan('state close-wait', netns={netns!r}, owners=False)")),
         ]

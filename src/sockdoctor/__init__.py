@@ -4,7 +4,8 @@ The Python API mirrors the command line:
 
     import sockdoctor
     snap = sockdoctor.scan("state close-wait", owners=True)   # like `sockdoctor ls -p`
-    report = sockdoctor.diagnose(sockdoctor.scan(evidence=True))  # like `sockdoctor doctor`
+    ages = sockdoctor.ScanOptions(age=True)
+    report = sockdoctor.diagnose(sockdoctor.scan(options=ages, evidence=True))  # `doctor`
     plan = sockdoctor.plan_kill(snap, host=sockdoctor.host_facts())  # `sockdoctor kill`
     report = sockdoctor.apply_plan(plan)                              # ... --yes
     with sockdoctor.guard():  # fails code that leaks TCP sockets (also a pytest plugin)
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # what the lazy __getattr__ below hands out, for type checker
         UsageError,
         WriteError,
     )
-    from .inventory import scan
+    from .inventory import Scanner, ScanOptions, scan
     from .leakguard import Guard, SocketLeakError, SocketLeakWarning, guard
     from .model import Snapshot, Socket, TcpState
     from .query import Query
@@ -42,6 +43,8 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     "scan": ("sockdoctor.inventory", "scan"),
+    "Scanner": ("sockdoctor.inventory", "Scanner"),
+    "ScanOptions": ("sockdoctor.inventory", "ScanOptions"),
     "Query": ("sockdoctor.query", "Query"),
     "Snapshot": ("sockdoctor.model", "Snapshot"),
     "Socket": ("sockdoctor.model", "Socket"),
@@ -69,7 +72,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 # Spelled out (not built from _EXPORTS) so that linters and type checkers see it.
 __all__ = [
     "BadSnapshotError", "FilterSyntaxError", "Guard", "KillPolicy", "NotFoundError",
-    "PermissionDeniedError", "Query", "Sampler", "Snapshot", "SockdoctorError", "Socket",
+    "PermissionDeniedError", "Query", "Sampler", "ScanOptions", "Scanner", "Snapshot",
+    "SockdoctorError", "Socket",
     "SocketLeakError", "SocketLeakWarning", "TcpState", "UnsupportedError", "UsageError",
     "WriteError", "__version__", "apply_plan", "diagnose", "guard", "host_facts", "kill",
     "load_snapshot", "plan_kill", "save_snapshot", "scan", "scan_for_kill",

@@ -1,8 +1,11 @@
-"""scan(query) -> Snapshot: the one place that joins kernel, /proc and namespaces.
+"""Scanner(owner_source).scan(query) -> Snapshot: the one place that joins kernel,
+/proc and namespaces.
 
-scan() is a sequence of steps that the sampler (watch/sampler.py) also calls
-one by one, with its own owner cache in place of the full /proc walk:
-select_namespaces -> dump_namespaces -> (owners) attach_owners -> Snapshot.
+A scan is: select_namespaces -> start the owner source -> dump_namespaces ->
+finish the owners -> processes (and, with evidence, dead descriptors) ->
+Snapshot. The owner source (linux/owners.py) is the full /proc walk, the
+kernel engine's iter/task_file walk (chosen per scan by owners.choose()), or
+the sampler's cache (watch/sampler.py); scan() is the one-call entry point.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 from .errors import NotFoundError, PermissionDeniedError, SockdoctorError
 from .linux import deadsock, procfs, runtime, sockdiag
 from .linux import netns as netns_mod
-from .linux.bpf import owners as bpf_owners
+from .linux import owners as owner_sources
 from .linux.bpf import sockets as bpf_sockets
+from .linux.owners import Facts, Found, OwnerSource, Scope
 from .model import (
     ALL_STATES_MASK,
     KEEPALIVE_TIMER,
@@ -35,7 +40,16 @@ from .selectors import unknown_netns, unknown_pids, unknown_process
 from .sides import PORT_RANGE_SYSCTL
 from .words import plural
 
+__all__ = ["LIGHT", "Facts", "Memo", "OwnerSource", "ScanOptions", "Scanner", "scan"]
+
 Progress = Callable[[str], None]
+# What a scan collects for the doctor: True, everything (sysctls, counters,
+# thread states of every owner, dead descriptors, runtimes, ages refreshed
+# past keepalive probes); LIGHT, what a sampler affords every few seconds
+# (the same without runtimes, the keepalive re-dump and shutdown/cgroup/mark,
+# thread states of queued listeners' owners only); False, none.
+LIGHT = "light"
+Evidence = bool | Literal["light"]
 
 
 @dataclass
@@ -45,66 +59,213 @@ class _NsResult:
     counters: dict[str, dict[str, int]]
 
 
-@dataclass
-class Facts:
-    """Where process facts come from: /proc each time, or a cache (the sampler's).
+@dataclass(frozen=True)
+class ScanOptions:
+    """What to read of each socket and namespace besides its identity, state and queues."""
 
-    `process(pid, fd_count, threads)` gives one process (None if gone);
-    `protocols` remembers the protocol of socket inodes already looked at, so
-    that the dead-descriptor check does not ask again for the same socket.
-    """
+    info: bool = False  # decode tcp_info and the congestion control
+    mem: bool = False  # socket memory (ss -m)
+    age: bool = False  # only the age estimate (tcp_info's last-ACK-received)
+    extended: bool = False  # what `ss -e` adds: shutdown state, cgroup id, mark
+    # with info, keep tcp_info undecoded (Socket.info_blob; read it with
+    # linux.tcpinfo.of()): a listing that streams its output then never holds
+    # every decoded tcp_info at once
+    lazy_info: bool = False
+    counters: bool = False  # each namespace's /proc/net/{snmp,sockstat} (ss -s)
 
-    process: Callable[[int, int, bool], Process | None] = procfs.process_info
-    protocols: dict[int, str] | None = None
 
-
-def scan(query: Query | str | None = None, *, owners: bool = True, info: bool = False,
-         mem: bool = False, age: bool = False, extended: bool = False, evidence: bool = False,
-         netns: str | None = None, progress: Progress | None = None,
-         lazy_info: bool = False, counters: bool = False) -> Snapshot:
+def scan(query: Query | str | None = None, options: ScanOptions = ScanOptions(), *,
+         owners: bool = True, evidence: bool = False, netns: str | None = None,
+         progress: Progress | None = None) -> Snapshot:
     """Every TCP socket matching `query`, in every selected network namespace.
 
-    owners: join each socket to the (pid, fd) pairs holding it (walks /proc/*/fd).
-    info: decode tcp_info and the congestion control for each socket.
-    age: fetch only the age estimate (tcp_info's last-ACK-received).
-    extended: decode what `ss -e` adds: shutdown state, cgroup id, mark.
+    options: what to read besides (tcp_info, memory, ages, ...: ScanOptions).
+    owners: join each socket to the (pid, fd) pairs holding it (all of /proc,
+        or the kernel engine's walk: linux/owners.py choose()).
     evidence: also collect what the doctor needs: sysctls, counters, thread
         states of owning processes, descriptors of dead TCP sockets.
-    lazy_info: with info, keep tcp_info undecoded (Socket.info_blob; read it
-        with linux.tcpinfo.of()): a listing that streams its output then never
-        holds every decoded tcp_info at once.
     netns: "all" (default), "host", a name from `ip netns`, a PID or an inode;
         overrides the query's own setting when given.
-    counters: read each namespace's /proc/net/{snmp,sockstat} (ss -s's numbers).
     """
     query = as_query(query)
-    say = progress or (lambda _msg: None)
     check_selection(query)
-    warnings: list[str] = []
-    namespaces, all_namespaces = select_namespaces(
-        netns if netns is not None else query.netns, warnings)
-    need_owners = owners or query.needs_owners or evidence
-    collect_owners = start_owner_walk(namespaces, all_namespaces) if need_owners else None
-    opts = dump_options(query, info=info, age=age, mem=mem, extended=extended,
-                        evidence=evidence, lazy_info=lazy_info)
-    say(f"dumping TCP sockets in {plural(len(namespaces), 'network namespace')}")
-    netns_records, dumped = dump_namespaces(namespaces, opts, families(query), warnings,
-                                            sysctls=evidence, counters=evidence or counters)
-    if evidence and opts.age and not info:
-        add_keepalive_info(namespaces, dumped, families(query))
-    query.learn(netns_records)  # `autobound`: each namespace's own port range
-    sockets = [sk for sk in dumped if query.match_socket(sk)]
-    joined = Joined(sockets)
-    if collect_owners is not None:
-        say(f"finding owners of {len(sockets)} sockets in /proc")
-        owner_map = collect_owners(sockets)
-        warn_denied(owner_map, warnings)
-        joined = attach_owners(sockets, dumped, owner_map, query, netns_records,
-                               evidence=evidence)
-        if evidence:
-            add_runtimes(joined)
-    return assemble(joined, netns_records, warnings, owners=need_owners, info=info,
-                    age=opts.age or info, evidence=evidence)
+    return Scanner(progress=progress).scan(query, options, owners=owners, evidence=evidence,
+                                           netns=netns)
+
+
+@dataclass
+class Memo:
+    """What a long-running scanner (the sampler's) keeps between scans.
+
+    Sysctls change rarely: a namespace's are read every `every` scans (the
+    first included) and when it is new, the host's every `every` scans; in
+    between the last ones are reused (the port range is read every time: it
+    decides sides). A namespace keeps the name it was first given.
+    """
+
+    every: int = 20
+    scans: int = 0
+    due: bool = False  # this scan re-reads the sysctls
+    names: dict[int, str] = field(default_factory=dict)
+    sysctls: dict[int, dict[str, str]] = field(default_factory=dict)
+    host: dict[str, str] = field(default_factory=dict)
+
+    def begin(self, namespaces: list[netns_mod.NsRef]) -> bool:
+        """Count a scan; whether it reads its namespaces' sysctls."""
+        self.scans += 1
+        self.due = self.scans == 1 or (self.scans - 1) % max(1, self.every) == 0
+        return self.due or any(ns.inode not in self.sysctls for ns in namespaces)
+
+    def fill(self, records: list[Netns], read: bool) -> None:
+        for record in records:
+            record.name = self.names.setdefault(record.inode, record.name)
+            if read and record.sysctls:
+                self.sysctls[record.inode] = record.sysctls
+            else:
+                record.sysctls = {**self.sysctls.get(record.inode, {}), **record.sysctls}
+
+    def host_sysctls(self) -> dict[str, str]:
+        if self.due or not self.host:
+            self.host = procfs.read_sysctls(procfs.GLOBAL_SYSCTLS)
+        return self.host
+
+
+@dataclass
+class _Run:
+    """One scan's inputs and what it gathered on the way."""
+
+    query: Query
+    options: ScanOptions
+    evidence: Evidence
+    owners: bool
+    dump: sockdiag.DumpOptions
+    created: float = field(default_factory=time.time)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Scanner:
+    """Scans the host's TCP sockets: kernel -> linux/ -> Snapshot (see the module doc).
+
+    owners: where owners come from (linux/owners.py); None: owners.choose()
+        at each scan (the kernel engine's walk when it pays off, else /proc).
+    facts: where process facts come from (default: /proc each time).
+    memo: what to keep between scans (Memo); None: nothing.
+    whole: keep every dumped socket: the query narrows only the kernel's dump
+        (the sampler selects afterwards and keeps the whole for its doctor).
+    progress: told what the scan is doing (a terminal's status line).
+    """
+
+    def __init__(self, owners: OwnerSource | None = None, facts: Facts | None = None,
+                 memo: Memo | None = None, *, whole: bool = False,
+                 progress: Progress | None = None) -> None:
+        self.owners = owners
+        self.facts = facts or Facts()
+        self.memo = memo
+        self.whole = whole
+        self.progress = progress
+
+    def scan(self, query: Query | str | None = None, options: ScanOptions = ScanOptions(), *,
+             owners: bool = True, evidence: Evidence = False, netns: str | None = None
+             ) -> Snapshot:
+        """One scan of the namespaces `netns` (default: the query's); see scan().
+
+        Unlike scan() it does not check --pid/--process first (check_selection).
+        """
+        query = as_query(query)
+        o = options
+        run = _Run(query, options, evidence, owners or query.needs_owners or bool(evidence),
+                   dump_options(query, info=o.info, age=o.age, mem=o.mem, extended=o.extended,
+                                evidence=evidence, lazy_info=o.lazy_info))
+        namespaces, found = select_namespaces(query.netns if netns is None else netns,
+                                              run.warnings)
+        finish = None
+        if run.owners:
+            finish = (self.owners or owner_sources.choose()).start(Scope(namespaces, found))
+        self._say(f"dumping TCP sockets in {plural(len(namespaces), 'network namespace')}")
+        records, dumped = self._dump(run, namespaces)
+        if evidence is True and run.dump.age and not o.info:
+            add_keepalive_info(namespaces, dumped, families(query))
+        query.learn(records)  # `autobound`: each namespace's own port range
+        every = Found(dumped)
+        chosen = every if self.whole else Found([sk for sk in dumped
+                                                 if query.match_socket(sk)])
+        joined = Joined(chosen.sockets)
+        if finish is not None:
+            self._say(f"finding owners of {len(chosen.sockets)} sockets")
+            owner_map = finish(chosen)
+            warn_denied(owner_map, run.warnings)
+            joined = self._attach(run, chosen, every, owner_map, records)
+            if evidence is True:
+                add_runtimes(joined)
+        return self._assemble(run, joined, records)
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    def _dump(self, run: _Run, namespaces: list[netns_mod.NsRef]
+              ) -> tuple[list[Netns], list[Socket]]:
+        read = self.memo.begin(namespaces) if self.memo else bool(run.evidence)
+        records, dumped = dump_namespaces(namespaces, run.dump, families(run.query),
+                                          run.warnings, sysctls=read,
+                                          counters=bool(run.evidence) or run.options.counters)
+        if self.memo:
+            self.memo.fill(records, read)
+        return records, dumped
+
+    def _attach(self, run: _Run, chosen: Found, every: Found, owner_map: procfs.OwnerMap,
+                records: list[Netns]) -> Joined:
+        """Join owners, read their processes, apply --pid/--process, find dead descriptors."""
+        pids = join_owners(chosen.sockets, owner_map)
+        counts = owner_map.fd_counts
+        # whose thread states the doctor reads: every owner, or (LIGHT) queued listeners'
+        threads = _listener_owners(every.sockets, owner_map) if run.evidence == LIGHT else None
+        joined = Joined(chosen.sockets)
+        for pid in sorted(pids):
+            want_threads = bool(run.evidence) and (threads is None or pid in threads)
+            proc = self.facts.process(pid, counts.get(pid, 0), want_threads)
+            if proc is not None:
+                joined.processes[pid] = proc
+        query = run.query
+        if query.needs_owners and not self.whole:
+            joined.sockets = [sk for sk in joined.sockets
+                              if query.match_owner(sk, joined.processes)]
+            keep = {o.pid for sk in joined.sockets for o in sk.owners}
+            joined.processes = {pid: p for pid, p in joined.processes.items() if pid in keep}
+        if run.evidence:
+            self._add_dead_fds(joined, every, owner_map, records)
+        return joined
+
+    def _add_dead_fds(self, joined: Joined, every: Found, owner_map: procfs.OwnerMap,
+                      records: list[Netns]) -> None:
+        """Descriptors of TCP sockets in no table of the scanned namespaces, and their holders."""
+        joined.dead_fds = deadsock.inspect_all(procfs.dead_tcp_fds(
+            owner_map, every.live, {ns.inode for ns in records if not ns.error},
+            self.facts.protocols))
+        for pid in {d.pid for d in joined.dead_fds} - joined.processes.keys():
+            proc = self.facts.process(pid, owner_map.fd_counts.get(pid, 0), True)
+            if proc is not None:
+                joined.processes[pid] = proc
+
+    def _assemble(self, run: _Run, joined: Joined, records: list[Netns]) -> Snapshot:
+        if self.memo is not None:
+            host_sysctls = self.memo.host_sysctls()
+        else:
+            host_sysctls = procfs.read_sysctls(procfs.GLOBAL_SYSCTLS) if run.evidence else {}
+        return Snapshot(
+            created=run.created,
+            hostname=socket.gethostname(),
+            kernel=os.uname().release,
+            sockets=joined.sockets,
+            namespaces=records,
+            processes=joined.processes,
+            sysctls=host_sysctls,
+            dead_fds=joined.dead_fds,
+            owners_scanned=run.owners,
+            info_scanned=run.options.info,
+            age_scanned=run.dump.age or run.options.info,
+            warnings=run.warnings,
+        )
 
 
 def as_query(query: Query | str | None) -> Query:
@@ -133,54 +294,16 @@ def families(query: Query) -> tuple[int, ...]:
 
 
 def dump_options(query: Query, *, info: bool = False, age: bool = False, mem: bool = False,
-                 extended: bool = False, evidence: bool = False,
+                 extended: bool = False, evidence: Evidence = False,
                  lazy_info: bool = False) -> sockdiag.DumpOptions:
     """What to ask the kernel for. The doctor's evidence needs every socket of the
     namespace (a descriptor is only "dead" if its socket is in no table at all),
     whatever the query says."""
     return sockdiag.DumpOptions(states=ALL_STATES_MASK if evidence else query.states,
                                 info=info, age=age or query.needs_age, mem=mem,
-                                attrs=extended or evidence, lazy_info=lazy_info,
-                                bytecode=_kernel_filter(query, evidence),
+                                attrs=extended or evidence is True, lazy_info=lazy_info,
+                                bytecode=_kernel_filter(query, bool(evidence)),
                                 ports=query.ports)
-
-
-def start_owner_walk(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
-                     ) -> Callable[[list[Socket]], procfs.OwnerMap]:
-    """Start the full /proc owner walk now; the returned function finishes it.
-
-    It takes the sockets found meanwhile: processes outside the scanned
-    namespaces are walked only if one of them is still without an owner.
-    The owner source is the kernel engine's iter/task_file program when it
-    is in use (every process in one kernel pass), else the /proc walk.
-    """
-    kernel_walk = bpf_owners.start()
-    first_pids, other_pids = owner_pids(selected, found)
-    if kernel_walk is not None:
-        return _from_kernel(kernel_walk, first_pids, other_pids)
-    collect = procfs.socket_owners_async(first_pids)
-
-    def finish(sockets: list[Socket]) -> procfs.OwnerMap:
-        owner_map = collect()
-        if other_pids and any(sk.inode and sk.inode not in owner_map.by_inode
-                              for sk in sockets):
-            owner_map.update(procfs.socket_owners(other_pids))  # held from outside the netns
-        return owner_map
-    return finish
-
-
-def _from_kernel(kernel_walk: Callable[[], procfs._Walk], first_pids: list[int],
-                 other_pids: list[int]) -> Callable[[list[Socket]], procfs.OwnerMap]:
-    """The kernel engine saw every process: keep what the /proc walk would have read."""
-    def finish(sockets: list[Socket]) -> procfs.OwnerMap:
-        walk = kernel_walk()
-        if not other_pids:
-            return walk.to_map()
-        owner_map = bpf_owners.subset(walk, set(first_pids)).to_map()
-        if any(sk.inode and sk.inode not in owner_map.by_inode for sk in sockets):
-            owner_map.update(bpf_owners.subset(walk, set(other_pids)).to_map())
-        return owner_map
-    return finish
 
 
 def warn_denied(owner_map: procfs.OwnerMap, warnings: list[str]) -> None:
@@ -199,39 +322,13 @@ class Joined:
     dead_fds: list[DeadSocketFd] = field(default_factory=list)
 
 
-def attach_owners(sockets: list[Socket], dumped: list[Socket], owner_map: procfs.OwnerMap,
-                  query: Query, records: list[Netns], *, evidence: bool,
-                  facts: Facts | None = None, threads: set[int] | None = None,
-                  live: set[int] | None = None) -> Joined:
-    """Join owners, read their processes, apply --pid/--process, find dead descriptors.
-
-    `threads`: the processes whose thread states to read (default: with
-    evidence, every owner); `facts`: where process facts come from; `live`:
-    the inodes of `dumped`, if the caller has them already.
-    """
-    facts = facts or Facts()
-    pids = join_owners(sockets, owner_map)
-    counts = owner_map.fd_counts
-    processes: dict[int, Process] = {}
-    for pid in sorted(pids):
-        want_threads = evidence and (threads is None or pid in threads)
-        proc = facts.process(pid, counts.get(pid, 0), want_threads)
-        if proc is not None:
-            processes[pid] = proc
-    if query.needs_owners:
-        sockets = [sk for sk in sockets if query.match_owner(sk, processes)]
-        keep = {o.pid for sk in sockets for o in sk.owners}
-        processes = {pid: p for pid, p in processes.items() if pid in keep}
-    dead_fds: list[DeadSocketFd] = []
-    if evidence:
-        dead_fds = deadsock.inspect_all(procfs.dead_tcp_fds(
-            owner_map, live if live is not None else {sk.inode for sk in dumped},
-            {ns.inode for ns in records if not ns.error}, facts.protocols))
-        for pid in {d.pid for d in dead_fds} - processes.keys():
-            proc = facts.process(pid, counts.get(pid, 0), True)
-            if proc is not None:
-                processes[pid] = proc
-    return Joined(sockets, processes, dead_fds)
+def _listener_owners(dumped: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
+    """Owners of listeners with connections waiting: the doctor reads their threads."""
+    pids: set[int] = set()
+    for sk in dumped:
+        if sk.state == TcpState.LISTEN and sk.recv_q:
+            pids.update(o.pid for o in owner_map.by_inode.get(sk.inode, ()))
+    return pids
 
 
 # The sockets whose holders' runtime the doctor names: the stuck ones, and
@@ -281,50 +378,9 @@ def _dump_once(opts: sockdiag.DumpOptions, inode: int, fams: tuple[int, ...]) ->
     return sockdiag.dump_here(opts, netns=inode, families=fams)
 
 
-def assemble(joined: Joined, records: list[Netns], warnings: list[str], *, owners: bool,
-             info: bool, age: bool, evidence: bool, created: float | None = None,
-             host_sysctls: dict[str, str] | None = None) -> Snapshot:
-    if host_sysctls is None:
-        host_sysctls = procfs.read_sysctls(procfs.GLOBAL_SYSCTLS) if evidence else {}
-    return Snapshot(
-        created=time.time() if created is None else created,
-        hostname=socket.gethostname(),
-        kernel=os.uname().release,
-        sockets=joined.sockets,
-        namespaces=records,
-        processes=joined.processes,
-        sysctls=host_sysctls,
-        dead_fds=joined.dead_fds,
-        owners_scanned=owners,
-        info_scanned=info,
-        age_scanned=age,
-        warnings=warnings,
-    )
-
-
 def _kernel_filter(query: Query, evidence: bool) -> bytes:
     """An in-kernel port filter for --port (Query.kernel_filter says why and when)."""
     return query.kernel_filter(evidence).bytecode
-
-
-def owner_pids(selected: list[netns_mod.NsRef], found: list[netns_mod.NsRef]
-                ) -> tuple[list[int], list[int]]:
-    """Processes to walk for owners: those inside the scanned namespaces first.
-
-    A socket is nearly always held by a process of its own namespace, so when
-    only some namespaces are scanned the other processes are walked only if a
-    socket is still without an owner afterwards. (A socket passed to a process
-    in another namespace that also stays held inside is then listed with its
-    inside holders only.)
-    """
-    pids = procfs.list_pids()
-    if len(selected) == len(found):
-        return pids, []
-    inside = {ns.inode for ns in selected}
-    first, rest = [], []
-    for pid in pids:
-        (first if procfs.netns_inode(pid) in inside else rest).append(pid)
-    return first, rest
 
 
 def select_namespaces(wanted: str, warnings: list[str]

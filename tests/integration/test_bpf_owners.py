@@ -20,6 +20,7 @@ from sockdoctor import inventory
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.linux import bpf, procfs
 from sockdoctor.linux.bpf import owners
+from sockdoctor.linux.owners import ProcWalk, choose
 from sockdoctor.model import TcpState
 
 pytestmark = pytest.mark.root
@@ -96,7 +97,8 @@ def test_a_scan_takes_its_owners_from_the_engine_when_asked(solo: Lab,
 def test_forced_off_the_scan_walks_proc(solo: Lab, monkeypatch: pytest.MonkeyPatch,
                                         engine: str) -> None:
     monkeypatch.setenv("SOCKDOCTOR_ENGINE", engine)
-    assert owners.start() is None
+    assert not owners.worth_it()
+    assert isinstance(choose(), ProcWalk)
     assert "off (SOCKDOCTOR_ENGINE=" in bpf.describe()
     remote = Remote(solo, solo.server, "bpfoff")
     remote("s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); result = 1")

@@ -26,7 +26,7 @@ import pytest
 
 from sockdoctor.doctor import config_for, diagnose
 from sockdoctor.doctor.finding import Finding
-from sockdoctor.inventory import scan
+from sockdoctor.inventory import ScanOptions, scan
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 
 pytestmark = pytest.mark.root
@@ -58,7 +58,7 @@ def client_finding(lab: Lab, pid: int, at_least: int, settle: float = 3.5) -> Fi
     deadline = time.monotonic() + settle + 10
     time.sleep(settle)
     while True:
-        snap = scan(netns=lab.client.netns, owners=True, age=True, evidence=True)
+        snap = scan(None, ScanOptions(age=True), netns=lab.client.netns, evidence=True)
         report = diagnose(snap, config=config_for("2s"))
         found = [f for f in report.findings if f.rule == "client-pool-dead-connections"
                  and pid in [p.pid for p in f.processes] and f.evidence["stuck"] >= at_least]
@@ -102,7 +102,7 @@ def test_node_keepalive_probes_do_not_hide_the_leak(lab: Lab, tmp_path: Path) ->
     serve(lab, body=200_000)  # larger than the stream's buffer: the socket pauses
     client = run_client(lab, ["node", str(HERE / "unconsumed.js"), "URL"], tmp_path)
     f = client_finding(lab, client.pid, at_least=3, settle=4.5)
-    snap = scan(netns=lab.client.netns, owners=True, age=True)
+    snap = scan(None, ScanOptions(age=True), netns=lab.client.netns)
     acks = [sk.age_ms for sk in snap.sockets if sk.state == 8]  # CLOSE-WAIT
     assert acks and max(a for a in acks if a is not None) < 2000, \
         "the probes should keep the last ACK young (the case being tested)"

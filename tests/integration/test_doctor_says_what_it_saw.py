@@ -25,7 +25,7 @@ from leaky import wait_until
 
 from conftest import Remote, Script, allow_stuck_sockets_in
 from sockdoctor.doctor import config_for, diagnose
-from sockdoctor.inventory import scan
+from sockdoctor.inventory import ScanOptions, scan
 from sockdoctor.lab.netlab import SERVER_V4, Lab
 from sockdoctor.model import Snapshot, TcpState
 
@@ -73,7 +73,7 @@ def sockdoctor(*args: str) -> subprocess.CompletedProcess[str]:
 
 def both_ends(lab: Lab) -> Snapshot:
     """One snapshot of the server and the client namespace, as `--netns all` would see them."""
-    srv, cli = (scan(netns=h.netns, owners=True, age=True, evidence=True)
+    srv, cli = (scan(None, ScanOptions(age=True), netns=h.netns, evidence=True)
                 for h in (lab.server, lab.client))
     return msgspec.structs.replace(srv, sockets=srv.sockets + cli.sockets,
                                    namespaces=srv.namespaces + cli.namespaces,

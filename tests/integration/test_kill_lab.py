@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sockdoctor.doctor import DoctorConfig, config_for, diagnose
-from sockdoctor.inventory import scan
+from sockdoctor.inventory import ScanOptions, scan
 from sockdoctor.lab import REGISTRY, RunInfo, Scenario
 from sockdoctor.model import Snapshot, Socket, TcpState
 
@@ -37,7 +37,7 @@ def doctor_config(sc: Scenario) -> DoctorConfig:
 
 
 def evidence(info: RunInfo) -> Snapshot:
-    return scan(netns=info.netns, owners=True, age=True, evidence=True)
+    return scan(None, ScanOptions(age=True), netns=info.netns, evidence=True)
 
 
 def stuck_now(sc: Scenario, info: RunInfo, snap: Snapshot) -> set[tuple[int, int]]:

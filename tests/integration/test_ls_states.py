@@ -33,7 +33,7 @@ import pytest
 
 from conftest import Remote
 from sockdoctor.errors import NotFoundError
-from sockdoctor.inventory import scan
+from sockdoctor.inventory import ScanOptions, scan
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.model import Snapshot, Socket, TcpState
 from sockdoctor.query import Query
@@ -217,7 +217,7 @@ class Views:
 @pytest.fixture(scope="module")
 def views(zoo: Zoo) -> Views:
     ours = {zoo.lab.server.inode(), zoo.lab.client.inode()}
-    snap = scan(Query.build(ports=PORTS), owners=True, age=True, netns="all")
+    snap = scan(Query.build(ports=PORTS), ScanOptions(age=True), owners=True, netns="all")
     snap.sockets = [sk for sk in snap.sockets if sk.netns in ours]
     doc = ls_json("-p", "--netns", "all", *port_flags())
     doc["sockets"] = [r for r in doc["sockets"] if r["netns"] in (zoo.S, zoo.C)]

@@ -90,7 +90,7 @@ def test_the_first_sample_walks_everything_and_the_next_ones_read_almost_nothing
     fds = scene.connect(4)
     scene.hang_up()
     sampler = Sampler(netns=scene.ns, interval=1,
-                      doctor_config=config_for("1s", None))
+                      doctor=config_for("1s", None))
     first = sampler.sample()
     assert first.seq == 1 and first.full_walk and not first.error
     assert first.new == len(first.snapshot.sockets) and first.gone == 0
@@ -193,7 +193,7 @@ def test_a_filter_selects_what_the_sample_shows_but_the_doctor_sees_the_listener
     scene.connect(3)
     scene.hang_up()
     sampler = Sampler("state close-wait", netns=scene.ns,
-                      doctor_config=config_for("1s", None))
+                      doctor=config_for("1s", None))
     sampler.sample()
     time.sleep(1.1)
     sample = sampler.sample()
@@ -236,8 +236,8 @@ def test_a_noted_state_change_makes_the_age_exact(scene: Scene) -> None:
     sk = next(s for s in inventory.scan(netns=scene.ns, owners=False).sockets
               if s.state == TcpState.CLOSE_WAIT)
     when = time.time() - 42.0
-    sampler.note_state_change(0, sk.family, sk.local_addr, sk.local_port, sk.peer_addr,
-                              sk.peer_port, TcpState.CLOSE_WAIT, when)
+    sampler.note_state_change(0, (sk.family, sk.local_addr, sk.local_port, sk.peer_addr,
+                                  sk.peer_port), TcpState.CLOSE_WAIT, when)
     sample = sampler.sample()
     mine = next(s for s in sample.snapshot.sockets if s.cookie == sk.cookie)
     assert sample.first_seen[sk.cookie] == when

@@ -109,14 +109,15 @@ def _snapshot(query: Any, from_file: str | None, output: str | None, processes: 
 
         source = "stdin" if from_file == "-" else from_file
         return query.apply(load(from_file), source)
-    from ..inventory import scan
+    from ..inventory import ScanOptions, scan
 
     show = output in (None, "summary", "ss-summary")
     # The summaries have no age column; every other output shows age (docs/age.md).
-    snapshot = scan(query, owners=processes or output == "summary", info=info, mem=memory,
-                    age=not output or "summary" not in output, extended=extended,
-                    progress=progress(show), lazy_info=output in ("json", "ndjson"),
-                    counters=output == "ss-summary")
+    options = ScanOptions(info=info, mem=memory, age=not output or "summary" not in output,
+                          extended=extended, lazy_info=output in ("json", "ndjson"),
+                          counters=output == "ss-summary")
+    snapshot = scan(query, options, owners=processes or output == "summary",
+                    progress=progress(show))
     clear_progress(show)
     return snapshot
 

@@ -38,7 +38,7 @@ def snapshot_command(path: str, **kw: Any) -> None:
 
     Read it back anywhere with `sockdoctor ls --from FILE` or `sockdoctor doctor --from FILE`.
     """
-    from ..inventory import scan
+    from ..inventory import ScanOptions, scan
     from ..render.fmt import plural, untrusted
     from ..safefile import check
     from ..snapshot_io import save
@@ -46,7 +46,8 @@ def snapshot_command(path: str, **kw: Any) -> None:
     query = build_query(kw)
     check(path, "the snapshot")  # a refused target fails before the scan, not after
     with progress_shown() as say:
-        snap = scan(query, owners=True, info=True, mem=True, evidence=True, progress=say)
+        snap = scan(query, ScanOptions(info=True, mem=True), owners=True, evidence=True,
+                    progress=say)
     warn(snap.warnings)
     save(snap, path)
     where = "stdout" if path == "-" else untrusted(path)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from ..doctor import DoctorConfig, config_for, diagnose
-from ..inventory import scan
+from ..inventory import ScanOptions, scan
 from .runner import get
 from .scenario import RunInfo, Scenario
 
@@ -46,7 +46,7 @@ def _cure(scenario: Scenario, info: RunInfo, out: Out) -> bool:
     _step(out, 1, "Who holds which sockets?", ["ls", "--summary", "--netns", ns])
     options = list(scenario.doctor_args)
     _step(out, 2, "Why?", ["doctor", "--netns", ns, *options])
-    snap = scan(netns=ns, owners=True, age=True, evidence=True)
+    snap = scan(None, ScanOptions(age=True), netns=ns, evidence=True)
     report = diagnose(snap, config=_config(options))
     top = report.findings[0] if report.findings else None
     if top is None or not top.relief_argv:

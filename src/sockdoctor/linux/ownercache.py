@@ -19,22 +19,25 @@ nothing changes, so the cache keeps, per process, the last listing of
    listed again and every descriptor that is not a live TCP socket be read.
 
 What remains without an owner goes back to the caller, which walks all of
-/proc (procfs.socket_owners_async) and hands the result to full(). A
+/proc (or runs the kernel engine's walk) and hands the result to full(). A
 descriptor number that held a socket which is still alive elsewhere (dup,
 fork) and now holds a file shows as a stale owner until the next full walk:
 the caller walks fully every few samples for that reason.
+
+CachedOwners is that caller: the sampler's owner source (linux/owners.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
 
 from ..model import Owner, Process
 from . import procfs
+from .owners import Facts, Finish, Found, OwnerSource, Scope, choose
 
 _SOCKET = "socket:["
 
@@ -51,6 +54,7 @@ class Refresh:
     readlinks: int = 0
     denied: int = 0
     complete: bool = False  # every wanted socket has an owner now
+    full: bool = False  # all of /proc was walked (CachedOwners)
 
 
 class OwnerCache:
@@ -336,3 +340,81 @@ class ProcessCache:
     def forget_except(self, pids: set[int]) -> None:
         for pid in set(self._known) - pids:
             del self._known[pid]
+
+
+FORCED_WALK_GAP = 3  # scans between two full walks that were not scheduled
+
+
+class CachedOwners:
+    """The sampler's owner source: the cache, with a full walk every `full_walk_every`
+    scans (the first included), and one when the cache cannot place a socket.
+
+    An unscheduled walk happens at most every `forced_gap` scans, so a host
+    where new sockets keep appearing that no process we can see holds does not
+    pay a full walk every time (1: whenever needed, owners exact each scan).
+    `last` says what the latest scan did; `facts` are the process facts to
+    scan with, kept between scans like the owners.
+    """
+
+    def __init__(self, full_walk_every: int = 20, walker: Callable[[], OwnerSource] = choose,
+                 forced_gap: int = FORCED_WALK_GAP) -> None:
+        self.cache = OwnerCache()
+        self.every = max(1, full_walk_every)
+        self.forced_gap = forced_gap
+        self.walker = walker  # the full walk's source, chosen at each walk
+        self.last = Refresh()
+        self._processes = ProcessCache()
+        self.facts = Facts(self._processes.process, {})
+        self._scans = 0
+        self._last_full = 0  # the scan of the last full walk
+        self._unowned: set[int] = set()  # inodes a full walk found no owner for
+        self._sees_all = procfs.sees_every_process()
+
+    def start(self, scope: Scope) -> Finish:
+        self._scans += 1
+        seq = self._scans
+        due = seq == 1 or (seq - 1) % self.every == 0
+        walking = self.walker().start(scope) if due else None
+
+        def finish(found: Found) -> procfs.OwnerMap:
+            self.last = self._owners(walking, scope, found, seq)
+            return self.cache.owner_map()
+        return finish
+
+    def _owners(self, walking: Finish | None, scope: Scope, found: Found, seq: int
+                ) -> Refresh:
+        """Bring the cache up to date: from the walk when due, else incrementally."""
+        if walking is None:
+            first, other = scope.pids
+            cached = self.cache.pids()
+            done = self.cache.update([*first, *(p for p in other if p in cached)],
+                                     found.live, self._wanted(found))
+            if done.complete or seq - self._last_full < self.forced_gap:
+                return done
+            walking = self.walker().start(scope)
+        walked = walking(found)
+        self.cache.full(walked, found.live)
+        self._unowned = self.cache.missing(found.live)
+        self._last_full = seq
+        self._forget_gone(walked)
+        return Refresh(readlinks=sum(walked.fd_counts.values()), denied=walked.denied_pids,
+                       complete=not self._unowned, full=True)
+
+    def _wanted(self, found: Found) -> set[int]:
+        """Sockets that should have a visible owner: a miss among them is worth a walk.
+
+        Not those a full walk already found no owner for, and without the
+        right to read every process not those of other users.
+        """
+        if self._sees_all:
+            return found.live - self._unowned if self._unowned else found.live
+        uid = os.geteuid()
+        return {sk.inode for sk in found.sockets if sk.inode and sk.uid == uid} - self._unowned
+
+    def _forget_gone(self, walked: procfs.OwnerMap) -> None:
+        """After a full walk: drop what is kept for processes and sockets that are gone."""
+        self._processes.forget_except(set(walked.fd_counts))
+        protocols = self.facts.protocols
+        if protocols:
+            for inode in [i for i in protocols if i not in walked.by_inode]:
+                del protocols[inode]  # in place: the scanner holds this dict

@@ -22,10 +22,10 @@ from .policy import KillPolicy
 def scan_for_kill(policy: KillPolicy, *, progress: Callable[[str], None] | None = None,
                   ) -> Snapshot:
     """A snapshot to plan `policy` on (scan() with what the kill needs)."""
-    from ..inventory import scan
+    from ..inventory import ScanOptions, scan
 
     query = policy.query  # one state mask: the policy's, CLOSE-WAIT default applied
-    snapshot = scan(query, owners=True, age=query.needs_age,
+    snapshot = scan(query, ScanOptions(age=query.needs_age), owners=True,
                     evidence=policy.dead_fds != "no", progress=progress)
     queued = {sk.netns for sk in snapshot.sockets if sk.queued}
     return with_listeners(snapshot, queued) if queued else snapshot

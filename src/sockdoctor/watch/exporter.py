@@ -289,8 +289,8 @@ def build_exporter(query: Query | None = None,
     query = query or Query()
     textfile = check_textfile_dir(settings.textfile_dir) if settings.textfile_dir else None
     sampler = Sampler(query, netns=query.netns, interval=settings.interval_s,
-                      doctor="doctor" not in settings.collectors_off,
-                      doctor_config=settings.doctor_config or DoctorConfig(),
+                      doctor="doctor" not in settings.collectors_off
+                      and (settings.doctor_config or DoctorConfig()),
                       full_walk_every=settings.full_walk_every,
                       doctor_every=settings.doctor_every)
     collector = SampleCollector(metrics.Options(max_series=settings.max_series,

@@ -17,6 +17,7 @@ from ..model import Socket
 _COOKIE = attrgetter("cookie")
 _STATE = attrgetter("state")
 NOTE_SAMPLES = 3  # a noted change waits this many samples for its socket to show up
+Key = tuple[int, str, int, str, int]  # family, local address, local port, peer address, port
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +42,9 @@ class Identities:
         self._notes: dict[tuple[int, int], list[tuple[_Note, int]]] = {}
         self._lock = threading.Lock()
 
-    def note(self, netns: int, family: int, local_addr: str, local_port: int, peer_addr: str,
-             peer_port: int, state: int, when: float) -> None:
+    def note(self, netns: int, key: Key, state: int, when: float) -> None:
+        """The socket `key` of namespace `netns` (0: any) entered `state` at `when`."""
+        family, local_addr, local_port, peer_addr, peer_port = key
         note = _Note(netns, family, local_addr, peer_addr, peer_port, int(state), when)
         with self._lock:
             self._notes.setdefault((local_port, peer_port), []).append((note, NOTE_SAMPLES))

@@ -1,14 +1,15 @@
 """The sampling engine: scan on an interval, cheaply, and diagnose each sample.
 
 One engine for every continuous consumer (the exporter, top, trace, the
-reaper); what a sample holds is below (Sample) and in docs/exporter.md ("The sampler").
-A sample is the same evidence as `scan(evidence=True, age=True)` plus what
-only a sampler can know: which sockets are new or gone since the previous
-sample and since when each one has been in its state. The steps are
-inventory's (namespaces, dump, owners, processes, snapshot); what differs is
-that owners come from an OwnerCache (linux/ownercache.py) and a full /proc
-walk happens only on the first sample, every `full_walk_every` samples, and
-when a socket cannot be placed otherwise.
+reaper, `doctor --interval`); what a sample holds is below (Sample) and in
+docs/exporter.md ("The sampler"). A sample is an inventory.Scanner's scan
+(the doctor's evidence at a sampler's cost, inventory.LIGHT) + Identities
+(identity.py: which sockets are new or gone since the previous sample, and
+since when each one has been in its state) + the doctor. The scanner's owner
+source is the cache (linux/ownercache.py CachedOwners): a full walk of /proc
+(or the kernel engine's) happens only on the first sample, every
+`full_walk_every` samples, and when a socket cannot be placed otherwise;
+sysctls are read as rarely (inventory.Memo).
 """
 
 from __future__ import annotations
@@ -22,25 +23,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 from .. import inventory
 from ..doctor import DoctorConfig, Report, diagnose
 from ..errors import SockdoctorError
-from ..linux import procfs
-from ..linux.netns import NsRef
-from ..linux.ownercache import OwnerCache, ProcessCache
-from ..model import Netns, Process, Snapshot, Socket, TcpState
+from ..inventory import LIGHT, Evidence, ScanOptions
+from ..linux.ownercache import FORCED_WALK_GAP, CachedOwners
+from ..model import Snapshot, Socket, TcpState
 from ..query import Query
-from .identity import Identities
+from .identity import Identities, Key
 
 log = logging.getLogger("sockdoctor.watch")
-FORCED_WALK_GAP = 3  # samples between two full walks that were not scheduled
 # doctor_every=0 ("auto"): the doctor may use this share of one CPU (of the
 # interval), and runs at least every DOCTOR_MAX_GAP samples whatever it costs
 DOCTOR_SHARE = 0.02
 DOCTOR_MAX_GAP = 8
-_INODE = attrgetter("inode")
+_READ = ScanOptions(age=True)  # besides the evidence: each socket's age
 
 
 @dataclass
@@ -84,31 +82,30 @@ class Sampler:
     """Takes samples of the host's TCP sockets; see the module doc."""
 
     def __init__(self, query: Query | str | None = None, netns: str = "all",
-                 interval: float = 15.0, doctor: bool = True,
-                 doctor_config: DoctorConfig | None = None, full_walk_every: int = 20,
-                 info: bool = False, doctor_every: int = 1) -> None:
+                 interval: float = 15.0, doctor: bool | DoctorConfig = True,
+                 full_walk_every: int = 20, doctor_every: int = 1,
+                 evidence: Evidence = LIGHT) -> None:
+        """doctor: False, or the doctor on samples (True: with its default config);
+        evidence: what each sample collects for it: inventory.LIGHT, or True for
+        everything a one-off `doctor` reads, with owners exact on every sample
+        (a full walk whenever the cache cannot place a socket)."""
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.query = dataclasses.replace(inventory.as_query(query), netns="all")
         self.netns = netns or "all"
         self.interval = interval
-        self.doctor = doctor
-        self.doctor_config = doctor_config
+        self.doctor = doctor is not False
+        self.doctor_config = doctor if isinstance(doctor, DoctorConfig) else None
         self.full_walk_every = max(1, full_walk_every)
         self.doctor_every = max(0, doctor_every)  # 0: auto (see DOCTOR_SHARE)
-        self.info = info
-        self._owners = OwnerCache()
-        self._facts = ProcessCache()
-        self._protocols: dict[int, str] = {}
+        self.evidence: Evidence = evidence or LIGHT
+        self._owners = CachedOwners(self.full_walk_every,
+                                    forced_gap=1 if evidence is True else FORCED_WALK_GAP)
+        self.scanner = inventory.Scanner(self._owners, self._owners.facts,
+                                         inventory.Memo(self.full_walk_every), whole=True)
         self._ids = Identities()
-        self._names: dict[int, str] = {}  # netns inode -> the name it was first given
-        self._sysctls: dict[int, dict[str, str]] = {}
-        self._host_sysctls: dict[str, str] = {}
-        self._unowned: set[int] = set()  # inodes a full walk found no owner for
-        self._sees_all = procfs.sees_every_process()
-        self._full_prev: Snapshot | None = None  # the previous sample, every socket
         self._prev: Snapshot | None = None  # the previous sample, what the query selects
-        self._last_full = 0  # seq of the last full walk
+        self._full_prev: Snapshot | None = None  # the previous sample, every socket
         self._report: Report | None = None
         self._doctor_at = 1  # seq of the next sample the doctor runs on
         self._seq = 0
@@ -120,16 +117,14 @@ class Sampler:
         with self._lock:
             return self._latest
 
-    def note_state_change(self, netns: int, family: int, local_addr: str, local_port: int,
-                          peer_addr: str, peer_port: int, new_state: int,
-                          when: float) -> None:
-        """An exact state change seen by a tracer (netns 0: any namespace).
+    def note_state_change(self, netns: int, key: Key, new_state: int, when: float) -> None:
+        """An exact state change seen by a tracer (netns 0: any namespace) of the socket
+        `key` (family, local address, local port, peer address, peer port).
 
         The next sample takes `when` as the time the socket entered
         `new_state`, so its age becomes exact. Thread-safe.
         """
-        self._ids.note(netns, family, local_addr, local_port, peer_addr, peer_port,
-                       new_state, when)
+        self._ids.note(netns, key, new_state, when)
 
     def run(self, stop: threading.Event,
             on_sample: Callable[[Sample], None] | None = None) -> None:
@@ -171,29 +166,12 @@ class Sampler:
         clock = _Clock()
         self._release()
         seq = self._seq + 1
-        full = seq == 1 or (seq - 1) % self.full_walk_every == 0
-        warnings: list[str] = []
-        namespaces, found = inventory.select_namespaces(self.netns, warnings)
-        collect = inventory.start_owner_walk(namespaces, found) if full else None
-        records, dumped = self._dump(namespaces, warnings, refresh=full)
-        live = set(map(_INODE, dumped))
-        live.discard(0)  # queued and TIME-WAIT sockets: no file, no owner
-        owner_map, full, readlinks = self._owner_map(collect, namespaces, found, dumped, live,
-                                                     seq)
-        inventory.warn_denied(owner_map, warnings)
-        joined = inventory.attach_owners(
-            list(dumped), dumped, owner_map, Query(), records, evidence=True,
-            facts=inventory.Facts(self._facts.process, self._protocols),
-            threads=_listener_owners(dumped, owner_map), live=live)
-        if full:
-            self._refresh(joined.processes, owner_map)
-        whole = inventory.assemble(joined, records, warnings, owners=True, info=self.info,
-                                   age=True, evidence=True, created=started,
-                                   host_sysctls=self._host_sysctls)
-        sample = Sample(seq, started, previous=self._prev, full_walk=full,
-                        warnings=list(warnings), readlinks=readlinks,
-                        denied_pids=owner_map.denied_pids)
-        sample.new, sample.gone, sample.first_seen = self._ids.update(dumped, started)
+        whole = self.scanner.scan(self.query, _READ, evidence=self.evidence, netns=self.netns)
+        done = self._owners.last
+        sample = Sample(seq, started, previous=self._prev, full_walk=done.full,
+                        warnings=list(whole.warnings), readlinks=done.readlinks,
+                        denied_pids=done.denied)
+        sample.new, sample.gone, sample.first_seen = self._ids.update(whole.sockets, started)
         sample.snapshot = self.query.apply(whole) if self.query.narrows else whole
         self._diagnose(sample, whole)
         self._full_prev, self._prev = whole, sample.snapshot
@@ -213,75 +191,6 @@ class Sampler:
         with self._lock:
             if self._latest is not None:
                 self._latest.previous = None
-
-    # --- the steps -------------------------------------------------------
-
-    def _dump(self, namespaces: list[NsRef], warnings: list[str], *, refresh: bool
-              ) -> tuple[list[Netns], list[Socket]]:
-        """Every socket of the namespaces (the doctor needs them all) with ages.
-
-        Sysctls change rarely: they are read on full-walk samples and reused
-        in between; the counters (for trends) are read every time.
-        """
-        query = self.query if not self.doctor else Query()
-        opts = dataclasses.replace(  # shutdown/cgroup/mark: nothing here reads them
-            inventory.dump_options(query, age=True, info=self.info, evidence=self.doctor),
-            attrs=False)
-        unknown = any(ns.inode not in self._sysctls for ns in namespaces)
-        records, dumped = inventory.dump_namespaces(
-            namespaces, opts, inventory.families(self.query), warnings,
-            sysctls=refresh or unknown, counters=True)
-        for record in records:
-            record.name = self._names.setdefault(record.inode, record.name)
-            if record.sysctls:
-                self._sysctls[record.inode] = record.sysctls
-            else:
-                record.sysctls = self._sysctls.get(record.inode, {})
-        if refresh or not self._host_sysctls:
-            self._host_sysctls = procfs.read_sysctls(procfs.GLOBAL_SYSCTLS)
-        return records, dumped
-
-    def _owner_map(self, collect: Callable[[list[Socket]], procfs.OwnerMap] | None,
-                   namespaces: list[NsRef], found: list[NsRef], dumped: list[Socket],
-                   live: set[int], seq: int) -> tuple[procfs.OwnerMap, bool, int]:
-        """Owners from the cache; a full walk when due or when the cache cannot place one.
-
-        An unscheduled walk happens at most every FORCED_WALK_GAP samples, so
-        a host where new sockets keep appearing that no process we can see
-        holds does not pay a full walk every time. Returns the owner map,
-        whether all of /proc was walked, and how many descriptors were read.
-        """
-        wanted = self._wanted(dumped, live)
-        if collect is None:
-            first, other = inventory.owner_pids(namespaces, found)
-            cached = self._owners.pids()
-            done = self._owners.update([*first, *(p for p in other if p in cached)],
-                                       live, wanted)
-            if done.complete or seq - self._last_full < FORCED_WALK_GAP:
-                return self._owners.owner_map(), False, done.readlinks
-            collect = inventory.start_owner_walk(namespaces, found)
-        walked = collect(dumped)
-        self._owners.full(walked, live)
-        self._unowned = self._owners.missing(live)
-        self._last_full = seq
-        return self._owners.owner_map(), True, sum(walked.fd_counts.values())
-
-    def _wanted(self, dumped: list[Socket], live: set[int]) -> set[int]:
-        """Sockets that should have a visible owner: a miss among them is worth a walk.
-
-        Not those a full walk already found no owner for, and without the
-        right to read every process not those of other users.
-        """
-        if self._sees_all:
-            return live - self._unowned if self._unowned else live
-        uid = os.geteuid()
-        return {sk.inode for sk in dumped if sk.inode and sk.uid == uid} - self._unowned
-
-    def _refresh(self, processes: dict[int, Process], owner_map: procfs.OwnerMap) -> None:
-        """On a full walk: drop what is kept for processes and sockets that are gone."""
-        self._facts.forget_except(set(processes))
-        self._protocols = {inode: proto for inode, proto in self._protocols.items()
-                           if inode in owner_map.by_inode}
 
     def _diagnose(self, sample: Sample, whole: Snapshot) -> None:
         """The doctor on this sample (with the previous one) when it is due.
@@ -304,15 +213,6 @@ class Sampler:
             self._doctor_at = sample.seq + gap
             sample.doctor_ran = True
         sample.report = self._report
-
-
-def _listener_owners(dumped: list[Socket], owner_map: procfs.OwnerMap) -> set[int]:
-    """Owners of listeners with connections waiting: the doctor reads their threads."""
-    pids: set[int] = set()
-    for sk in [sk for sk in dumped if sk.state == TcpState.LISTEN]:
-        if sk.recv_q:
-            pids.update(o.pid for o in owner_map.by_inode.get(sk.inode, ()))
-    return pids
 
 
 def tune_gc() -> None:

@@ -200,9 +200,7 @@ class Tracer:
             self.stats.close_wait += 1
             self.stats.close_wait_owned += bool(rec.owners)
         if tr.netns:
-            family, laddr, lport, paddr, pport = tr.key
-            self.sampler.note_state_change(tr.netns, family, laddr, lport, paddr, pport,
-                                           TcpState.CLOSE_WAIT, rec.time)
+            self.sampler.note_state_change(tr.netns, tr.key, TcpState.CLOSE_WAIT, rec.time)
 
     def _record(self, ev: ringbuf.StateChange, tr: Track, prev: float | None) -> TraceEvent:
         family, laddr, lport, paddr, pport = self.join.key(ev)

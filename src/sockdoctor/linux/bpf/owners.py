@@ -12,9 +12,13 @@ import threading
 from array import array
 from collections.abc import Callable
 from itertools import compress
+from typing import TYPE_CHECKING
 
 from .. import procfs
 from . import BpfError, BpfObject, available, requested
+
+if TYPE_CHECKING:
+    from ..owners import Finish, Found, Scope
 
 RECORD = 16  # struct record in owners.bpf.c: s32 tgid, s32 fd, u64 inode
 # Loading the program costs ~15 ms (libbpf reads the kernel's BTF; the verifier);
@@ -79,14 +83,38 @@ def subset(found: procfs._Walk, pids: set[int]) -> procfs._Walk:
     return out
 
 
-def start() -> Callable[[], procfs._Walk] | None:
-    """Start the kernel walk in a thread (the read releases the GIL, so it overlaps
-    the sock_diag dump); the returned function collects it. None: engine off, or
-    the /proc walk is the faster source here."""
+def worth_it() -> bool:
+    """Whether a scan should take its owners from the program: the engine is in use
+    here and the host has enough open files that one kernel pass beats the walk
+    (SOCKDOCTOR_ENGINE=bpf: always, when it loads)."""
     if requested() != "bpf" and procfs.open_files() < MIN_FILES:
-        return None
-    if not usable():
-        return None
+        return False
+    return usable()
+
+
+class KernelWalk:
+    """Owner source (linux/owners.py): the program, run in a thread while the sockets
+    are dumped (its read releases the GIL). Keeps what the /proc walk would have
+    read: the processes of the scanned namespaces, the others only if needed."""
+
+    def start(self, scope: Scope) -> Finish:
+        collect = _start_thread()
+        first, other = scope.pids
+
+        def finish(found: Found) -> procfs.OwnerMap:
+            walk = collect()
+            if not other:
+                return walk.to_map()
+            owner_map = subset(walk, set(first)).to_map()
+            if found.unowned(owner_map):
+                owner_map.update(subset(walk, set(other)).to_map())
+            return owner_map
+        return finish
+
+
+def _start_thread() -> Callable[[], procfs._Walk]:
+    """Run the program in a thread; the returned function collects its walk
+    (the /proc walk's if the program failed this time)."""
     result: list[procfs._Walk | BaseException] = []
 
     def run() -> None:
@@ -102,5 +130,5 @@ def start() -> Callable[[], procfs._Walk] | None:
         found = result[0] if result else None
         if isinstance(found, procfs._Walk):
             return found
-        return procfs._walk(procfs.list_pids())  # the program failed this time: /proc
+        return procfs._walk(procfs.list_pids())
     return collect
