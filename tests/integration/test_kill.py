@@ -94,6 +94,8 @@ while True:
         emit("ok")
     elif cmd == "look":
         emit([look(c) for c in conns])
+    elif cmd == "blocking":  # the listener's O_NONBLOCK, shared with any duplicate of it
+        emit(os.get_blocking(ls.fileno()))
     elif cmd == "run":  # a program this process starts: its own sockets are its ancestor's
         done = subprocess.run(json.loads(arg), capture_output=True, text=True)
         emit({"rc": done.returncode, "out": done.stdout, "err": done.stderr})
@@ -414,6 +416,7 @@ def test_method_ends_the_socket(scene: Scene, case: str, method: str) -> None:
     # the owner: kept running, answered every request during the kill and a new client after
     assert traffic.errors == [] and during > 0
     assert scene.server.proc.poll() is None and scene.serves()
+    assert scene.tell(scene.server, "blocking") is True  # drain gave the listener back as is
 
     # the peer saw what the plan said it would
     seen, words = PEER_IN.get((case, chosen), PEER[chosen])

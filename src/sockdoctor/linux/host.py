@@ -314,18 +314,25 @@ def _drain_frozen(sock: socket.socket, cookies: set[int], queued_now: Callable[[
             "accept() hands out the oldest first, so draining could take one that is not "
             "planned; left alone"))
     out = Drained(taken=[])
+    # O_NONBLOCK lives on the open file the owner shares with our duplicate: give it
+    # back as it was before the owner runs again, or its blocking accept() fails EAGAIN.
+    blocking = sock.getblocking()
     sock.setblocking(False)
-    for _ in range(length):
-        if not go_on():
-            break
-        conn, _addr = sock.accept()
-        with conn:
-            cookie = int.from_bytes(conn.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
-            if cookie in waiting:
-                out.taken.append(cookie)
-            else:  # cannot happen with every holder stopped; if it does, say so loudly
-                out.foreign.append(_conn_name(conn, cookie))
-                conn.shutdown(socket.SHUT_RDWR)
+    try:
+        for _ in range(length):
+            if not go_on():
+                break
+            conn, _addr = sock.accept()
+            with conn:
+                cookie = int.from_bytes(conn.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8),
+                                        "little")
+                if cookie in waiting:
+                    out.taken.append(cookie)
+                else:  # cannot happen with every holder stopped; if it does, say so loudly
+                    out.foreign.append(_conn_name(conn, cookie))
+                    conn.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.setblocking(blocking)
     return out
 
 
