@@ -9,7 +9,7 @@ with it: a second selection path that drifts (forgets the family, reads
 check keeps the per-socket matchers out of modules that have no business
 calling them, so a new private selection loop is caught before it drifts.
 The meaning of --dead-fds, shared by the CLI and the library, is pinned in
-tests/integration/test_dead_fds_one_meaning.py on real sockets.
+tests/integration/test_one_selection_live.py on real sockets.
 """
 
 from __future__ import annotations

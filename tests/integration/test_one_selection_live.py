@@ -1,10 +1,14 @@
-"""--dead-fds means one thing, in `sockdoctor kill` and in `sockdoctor.kill()`.
+"""One selection on real sockets, in a namespace this test creates.
 
-Alone (with --pid), only the descriptors of sockets in no TCP table: not the
-CLOSE-WAIT sockets the kill would otherwise default to. With states named,
-those sockets as well. Both are dry runs on real sockets of a program in a
-namespace this test creates; the CLI's plan and the library's plan must hold
-the same targets.
+- --dead-fds means one thing, in `sockdoctor kill` and in `sockdoctor.kill()`:
+  alone (with --pid), only the descriptors of sockets in no TCP table, not
+  the CLOSE-WAIT sockets the kill would otherwise default to; with states
+  named, those sockets as well. Both are dry runs; the CLI's plan and the
+  library's must hold the same targets.
+- A live scan that filters as it collects (ls) and the sampler (exporter,
+  top, reap) choose what Query.select chooses from the whole namespace.
+(tests/unit/test_one_selection.py does the same for every consumer on
+synthetic snapshots.)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sockdoctor import inventory
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.query import Query
 from sockdoctor.remedy import kill
+from sockdoctor.watch import Sampler
 
 pytestmark = pytest.mark.root
 
@@ -85,3 +90,22 @@ def test_dead_fds_alone_is_only_them_and_with_a_state_is_both(solo: Lab,
     assert both == {dead, close_wait}
     assert library(solo, pid, states=["close-wait"]) == both
     assert not (tmp_path / "audit.jsonl").exists()  # dry runs: no action, no audit line
+
+
+def test_a_live_scan_and_the_sampler_choose_what_select_chooses(solo: Lab) -> None:
+    program = Script(solo, solo.server, PROGRAM)
+    held = program.read()
+    ns = solo.server.netns
+    queries = [Query.build("state close-wait"), Query.build(pids=[program.pid]),
+               Query.build("exclude listening", pids=[program.pid]),
+               Query.build(process="python*", states=["established", "close-wait"])]
+    whole = inventory.scan(netns=ns, owners=True)
+    assert held["close_wait"] in {sk.inode for sk in whole.sockets}  # type: ignore[index]
+    for query in queries:
+        chosen = sorted(sk.cookie for sk in query.select(whole))
+        assert chosen, query.text  # each query selects something here
+        ls = inventory.scan(query, netns=ns, owners=True)
+        assert sorted(sk.cookie for sk in ls.sockets) == chosen, query
+        sample = Sampler(query, netns=ns, doctor=False).sample()
+        assert sample.snapshot is not None
+        assert sorted(sk.cookie for sk in sample.snapshot.sockets) == chosen, query
