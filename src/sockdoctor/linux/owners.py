@@ -114,7 +114,13 @@ class ProcWalk:
 
 def choose() -> OwnerSource:
     """The full walk for this scan: the kernel engine's when it is in use and pays off
-    (bpf/owners.py: worth_it), else /proc."""
-    if bpf_owners.worth_it():
+    (bpf/owners.py: worth_it), else /proc.
+
+    The kernel sees every process's descriptors whatever our rights over them;
+    without the right to read them through /proc (a reaper without
+    CAP_SYS_PTRACE) it would name owners that fin or close could never reach,
+    so then the /proc walk answers, as without the engine.
+    """
+    if procfs.sees_every_process() and bpf_owners.worth_it():
         return bpf_owners.KernelWalk()
     return ProcWalk()
