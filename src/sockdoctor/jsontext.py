@@ -63,7 +63,7 @@ def exact(value: Any) -> Any:
         if not _surrogates(value):
             return value
         return list(value.encode("utf-8", "surrogateescape"))
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # to_builtins keeps a frozen value's tuples
         return [exact(v) for v in value]
     return lossless(value)
 
@@ -114,7 +114,7 @@ def lossless(value: Any) -> Any:
     """Builtins (from msgspec.to_builtins) with every string made encodable."""
     if isinstance(value, dict):
         return {k: exact(v) if k in EXACT_KEYS else lossless(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # to_builtins keeps a frozen value's tuples
         return [lossless(v) for v in value]
     if isinstance(value, str):
         return readable(value)

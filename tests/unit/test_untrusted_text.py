@@ -185,3 +185,17 @@ def test_the_escaping_is_injective_and_printable(name: str) -> None:
     assert shown.isprintable() and _unescape(shown) == name
     assert untrusted("sd\udcffop") != untrusted("sd\\xffop")
     assert untrusted("name\n").endswith("\\n")
+
+
+def test_frozen_values_with_tuples_keep_the_exact_bytes() -> None:
+    """A frozen plan holds tuples, which msgspec.to_builtins keeps as tuples."""
+
+    class Ref(msgspec.Struct, frozen=True):
+        comm: str
+
+    class Frozen(msgspec.Struct, frozen=True):
+        owners: tuple[Ref, ...]
+        notes: tuple[str, ...]
+
+    doc = json.loads(jsontext.encode(Frozen((Ref("bad\udcffname"),), ("held by bad\udcffname",))))
+    assert doc == {"owners": [{"comm": list(b"bad\xffname")}], "notes": ["held by bad\\xffname"]}
