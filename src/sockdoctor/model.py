@@ -272,7 +272,7 @@ class Socket(msgspec.Struct, gc=False):
     cong: str | None = None
     info: TcpInfo | None = None
     mem: SkMemInfo | None = None
-    # Raw tcp_info, kept instead of `info` by scan(lazy_info=True) so that a huge
+    # Raw tcp_info, kept instead of `info` by scan(..., ScanOptions(info=True, lazy_info=True)) so that a huge
     # listing decodes it a chunk at a time while writing (see tcpinfo.of()).
     info_blob: bytes | None = None
     # The congestion control's own diag attribute (bbr, dctcp, vegas), raw:
