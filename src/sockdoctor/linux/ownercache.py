@@ -182,6 +182,18 @@ class OwnerCache:
             readlinks += self._relist(pid, fds, old, set(died))
         return readlinks
 
+    def recheck(self, pids: Iterable[int]) -> int:
+        """Bring just these processes up to date if their descriptor count changed.
+
+        For the sampler's counted samples (watch/counted.py), which see only
+        a few sockets: one stat() per unchanged process, else refresh_pids().
+        Returns the readlinks made.
+        """
+        procs = self._procs
+        changed = [pid for pid in pids
+                   if (old := procs.get(pid)) is None or not _same_count(pid, old)]
+        return self.refresh_pids(changed) if changed else 0
+
     def missing(self, wanted: set[int]) -> set[int]:
         by_inode = self._by_inode
         return {inode for inode in wanted if inode not in by_inode}

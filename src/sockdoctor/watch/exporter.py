@@ -295,7 +295,7 @@ def build_exporter(query: Query | None = None,
                       doctor="doctor" not in settings.collectors_off,
                       doctor_config=settings.doctor_config or DoctorConfig(),
                       full_walk_every=settings.full_walk_every,
-                      doctor_every=settings.doctor_every)
+                      doctor_every=settings.doctor_every, counted=True)
     collector = SampleCollector(metrics.Options(max_series=settings.max_series,
                                                 pid=settings.pid_label,
                                                 off=settings.collectors_off))

@@ -29,10 +29,12 @@ from ..doctor import DoctorConfig, Report, diagnose
 from ..doctor.scope import narrows
 from ..errors import SockdoctorError
 from ..linux import procfs
+from ..linux.bpf.aggregate import Pass
 from ..linux.netns import NsRef
 from ..linux.ownercache import OwnerCache, ProcessCache
 from ..model import Netns, Process, Snapshot, Socket, TcpState
 from ..query import Query
+from .counted import Inputs, KernelCounts
 from .identity import Identities
 
 log = logging.getLogger("sockdoctor.watch")
@@ -64,6 +66,9 @@ class Sample:
     doctor_ran: bool = False  # report is from this sample (else carried over, or None)
     readlinks: int = 0  # descriptors read for owners (a full walk: every one)
     denied_pids: int = 0  # processes whose descriptors could not be read (not ours)
+    # counted in the kernel (watch/counted.py): netns inode -> sockets per state and
+    # ports in use; `snapshot` then holds only the CLOSE-WAIT and LISTEN sockets
+    tallies: dict[int, Pass] | None = None
 
     def age_ms(self, sk: Socket) -> int | None:
         """Best lower bound of the time `sk` has been in its state, in milliseconds.
@@ -87,7 +92,9 @@ class Sampler:
     def __init__(self, query: Query | str | None = None, netns: str = "all",
                  interval: float = 15.0, doctor: bool = True,
                  doctor_config: DoctorConfig | None = None, full_walk_every: int = 20,
-                 info: bool = False, doctor_every: int = 1) -> None:
+                 info: bool = False, doctor_every: int = 1, counted: bool = False) -> None:
+        """`counted`: the consumer reads only watch/metrics.py's families, so steady
+        samples may be counted in the kernel (watch/counted.py) when the engine is in use."""
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.query = dataclasses.replace(inventory.as_query(query), netns="all")
@@ -115,6 +122,7 @@ class Sampler:
         self._seq = 0
         self._lock = threading.Lock()
         self._latest: Sample | None = None
+        self._kernel = KernelCounts() if counted else None
 
     @property
     def latest(self) -> Sample | None:
@@ -173,6 +181,9 @@ class Sampler:
         self._release()
         seq = self._seq + 1
         full = seq == 1 or (seq - 1) % self.full_walk_every == 0
+        counted = None if full else self._counted(seq, started, clock)
+        if counted is not None:
+            return counted
         warnings: list[str] = []
         namespaces, found = inventory.select_namespaces(self.netns, warnings)
         collect = inventory.start_owner_walk(namespaces, found) if full else None
@@ -203,6 +214,40 @@ class Sampler:
             self._seq = seq
             self._latest = sample
         return sample
+
+    def _counted(self, seq: int, started: float, clock: _Clock) -> Sample | None:
+        """A steady sample counted in the kernel (watch/counted.py) if that is all the
+        consumer needs now: not a sample the doctor runs on, no narrowing query, no
+        tcp_info. None: take it the usual way."""
+        kernel = self._kernel
+        if kernel is None or narrows(self.query) or self.info or not kernel.usable() or (
+                self.doctor and (seq >= self._doctor_at or self._report is None)):
+            return None
+        warnings: list[str] = []
+        namespaces, _found = inventory.select_namespaces(self.netns, warnings)
+        report = self._report
+        extra = {p.pid for f in report.findings for p in f.processes} if report else set()
+        got = kernel.take(namespaces, Inputs(self._owners, self._facts, self._unowned, extra,
+                                             self._names, self._host_sysctls),
+                          started, warnings)
+        if got is None:
+            return None
+        sample = Sample(seq, started, snapshot=got.snapshot, previous=self._prev,
+                        report=report, warnings=warnings, readlinks=got.readlinks,
+                        denied_pids=got.denied_pids, tallies=got.tallies)
+        sample.new, sample.gone, sample.first_seen = self._ids.update(got.snapshot.sockets,
+                                                                      started)
+        self._prev = got.snapshot
+        sample.duration_s, sample.cpu_s = clock.spent()
+        with self._lock:
+            self._seq = seq
+            self._latest = sample
+        return sample
+
+    def close(self) -> None:
+        """Unload what the sampler keeps loaded in the kernel (also done at exit)."""
+        if self._kernel is not None:
+            self._kernel.close()
 
     def _release(self) -> None:
         """Let the sample before the latest go before a new one is built.

@@ -16,8 +16,11 @@ import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 from ...model import Socket, state_mask
+from ...sides import PORT_RANGE_SYSCTL
+from .. import netns, procfs
 from ..sockdiag import AGED_STATES
 from . import BpfError, BpfObject, available
 
@@ -39,6 +42,7 @@ class Pass:
     states: dict[int, int] = field(default_factory=dict)  # reported state -> sockets
     ports: frozenset[int] = frozenset()  # local ports of any socket
     emitted: list[Socket] = field(default_factory=list)  # those in the emitted states
+    sysctls: dict[str, str] = field(default_factory=dict)  # the port range (sides.py)
 
 
 class Aggregator:
@@ -59,6 +63,17 @@ class Aggregator:
                 self.close()  # reloaded next time, whatever state it was left in
                 raise
         return decode(data, netns)
+
+    def run_all(self, namespaces: list[netns.NsRef]) -> list[Pass | BaseException]:
+        """One pass per namespace (each in a thread inside it), with its port range;
+        a namespace that failed yields its exception."""
+        return netns.run_many([(ns, partial(self._inside, ns.inode)) for ns in namespaces],
+                              parallel=1)  # one at a time: they share the program
+
+    def _inside(self, inode: int) -> Pass:
+        found = self.run(inode)
+        found.sysctls = procfs.read_sysctls((PORT_RANGE_SYSCTL,))
+        return found
 
     def _load(self) -> BpfObject:
         if self._obj is None:
