@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,6 +52,7 @@ class Aggregator:
     def __init__(self, emit: Iterable[int]) -> None:
         self.emit = state_mask(*emit)
         self._obj: BpfObject | None = None
+        self._unload: weakref.finalize | None = None  # if never closed: when collected
         self._lock = threading.Lock()
 
     def run(self, netns: int) -> Pass:
@@ -84,12 +86,13 @@ class Aggregator:
                 obj.close()
                 raise
             self._obj = obj
+            self._unload = weakref.finalize(self, obj.close)
         return self._obj
 
     def close(self) -> None:
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
+        if self._unload is not None:
+            self._unload()  # closes the object once, whoever calls first
+            self._obj = self._unload = None
 
     def __enter__(self) -> Aggregator:
         return self
