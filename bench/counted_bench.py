@@ -1,0 +1,89 @@
+"""Issue 20: the exporter's CPU per steady sample against `ss -tan`'s wall time, one run.
+
+    python bench/counted_bench.py --sockets 144000 --mix bench
+    python bench/counted_bench.py --sockets 144000 --mix realistic
+
+Builds population.py's mix (`bench`: half CLOSE-WAIT; `realistic`: ~95%
+ESTABLISHED, ~4% TIME-WAIT, ~1% CLOSE-WAIT with data) in a private namespace.
+Each exporter configuration samples back to back (`--interval 0.1s`) and its
+CPU time (utime + stime of the process and its /proc walkers, from
+/proc/PID/stat, as exporter_bench.py reads it) over the samples after the
+first is divided by their number:
+  counted [bpf]     --no-doctor, the kernel engine: every one of samples
+                    2-11 is counted in the kernel (watch/counted.py)
+  sock_diag [c]     --no-doctor, SOCKDOCTOR_ENGINE=c: the same samples
+                    through sock_diag and the owner cache
+  doctor 1 in 6 [bpf]  --doctor-every 6 over samples 2-13: what the default
+                    (--doctor-every auto) does at this size, amortised
+`ss -tan` runs inside the namespace (`ip netns exec` overhead, timed on
+`true`, subtracted) before and after the exporters; the target is a steady
+sample's CPU <= 0.5x its median wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exporter_bench import Figures, steady_cpu
+from population import MIXES, Population
+from run import in_netns, machine, run_once
+
+TARGET = 0.5
+CONFIGS = (("counted [bpf]", "bpf", 10, ("--no-doctor",)),
+           ("sock_diag [c]", "c", 10, ("--no-doctor",)),
+           ("doctor 1 in 6 [bpf]", "bpf", 12, ("--doctor-every", "6")))
+
+
+def ss_walls(netns: str, runs: int) -> list[float]:
+    overhead = statistics.median(run_once(in_netns(netns, ["true"]))[0] for _ in range(5))
+    return [run_once(in_netns(netns, ["ss", "-tan"]))[0] - overhead for _ in range(runs)]
+
+
+def measure(mix: str, sockets: int, say) -> tuple[Figures, list[float]]:  # type: ignore[no-untyped-def]
+    with Population(MIXES[mix](sockets), tag=f"cb{os.getpid() % 10000}") as pop:
+        counts = dict(pop.count_states())
+        say(f"{pop.sockets} sockets ({mix} mix: {counts}) in {pop.netns}, built in "
+            f"{pop.build_seconds:.1f} s")
+        run_once(in_netns(pop.netns, ["ss", "-tan"]))  # warm-up
+        walls = ss_walls(pop.netns, 5)
+        figures = Figures(pop.sockets)
+        for label, engine, samples, args in CONFIGS:
+            os.environ["SOCKDOCTOR_ENGINE"] = engine
+            try:
+                steady_cpu(pop.netns, label, samples, figures, *args)
+            finally:
+                del os.environ["SOCKDOCTOR_ENGINE"]
+            say(f"  {label}: {figures.cpu[label]:.3f} s CPU per sample "
+                f"(wall {figures.sample_wall[label]:.3f} s)")
+        walls += ss_walls(pop.netns, 5)
+        say(f"  ss -tan: {[round(w, 3) for w in walls]}")
+    return figures, walls
+
+
+def table(mix: str, figures: Figures, walls: list[float]) -> list[str]:
+    ss = statistics.median(walls)
+    lines = [f"{mix} mix, {figures.sockets} sockets; `ss -tan` median {ss:.3f} s of "
+             f"{len(walls)} runs (budget {TARGET}x = {TARGET * ss:.3f} s CPU per sample).", "",
+             "| exporter configuration | CPU s per sample | wall s per sample | x ss -tan | "
+             "target met |", "|---|---|---|---|---|"]
+    for label, cpu in figures.cpu.items():
+        lines.append(f"| {label} | {cpu:.3f} | {figures.sample_wall[label]:.3f} | "
+                     f"{cpu / ss:.2f}x | {'yes' if cpu <= TARGET * ss else 'no'} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sockets", type=int, default=144_000)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="bench")
+    args = parser.parse_args()
+    figures, walls = measure(args.mix, args.sockets, lambda line: print(line, flush=True))
+    print("\n".join(["", *table(args.mix, figures, walls), "", f"Machine: {machine()}"]))
+
+
+if __name__ == "__main__":
+    main()
