@@ -74,6 +74,7 @@ def test_counted_samples_give_the_sock_diag_metrics(solo: Lab) -> None:
     diag = second_sample(ns, counted=False)
     between = time.time() - t0
     assert kernel.tallies is not None and diag.tallies is None
+    assert kernel.sockets() == diag.sockets() == len(diag.snapshot.sockets)
     assert {sk.state for sk in kernel.snapshot.sockets} == {TcpState.CLOSE_WAIT,
                                                              TcpState.LISTEN}
     got, want = families(kernel), families(diag)

@@ -166,7 +166,7 @@ class Site:
         age = time.time() - self.collector.health.last_success
         if age > STALE_INTERVALS * self.interval + sample.duration_s + 5:
             return False, f"no sample for {age:.0f}s"
-        return True, f"ok: sample {sample.seq}, {plural(len(sample.snapshot.sockets), 'socket')}"
+        return True, f"ok: sample {sample.seq}, {plural(sample.sockets(), 'socket')}"
 
     def page(self) -> str:
         text = self.health()[1]

@@ -70,6 +70,12 @@ class Sample:
     # ports in use; `snapshot` then holds only the CLOSE-WAIT and LISTEN sockets
     tallies: dict[int, Pass] | None = None
 
+    def sockets(self) -> int:
+        """How many sockets the sample saw (counted ones included)."""
+        if self.tallies is not None:
+            return sum(t.sockets for t in self.tallies.values())
+        return len(self.snapshot.sockets) if self.snapshot is not None else 0
+
     def age_ms(self, sk: Socket) -> int | None:
         """Best lower bound of the time `sk` has been in its state, in milliseconds.
 
