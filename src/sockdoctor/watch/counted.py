@@ -113,7 +113,9 @@ def _place(given: Inputs, inodes: set[int]) -> int | None:
     """Owners for these inodes in the cache: their holders rechecked, then every cached
     process if one is missing. None: still one the cache cannot place."""
     owners = given.owners
-    pids = {o.pid for inode in inodes for o in owners.holders(inode)} | given.extra_pids
+    pids = set(given.extra_pids)
+    for holders in filter(None, map(owners.owner_map().by_inode.get, inodes)):
+        pids.update(o.pid for o in holders)
     readlinks = owners.recheck(pids)
     missing = inodes - owners.owner_map().by_inode.keys() - given.unowned
     if missing:
