@@ -64,7 +64,11 @@ def second_sample(ns: str, counted: bool) -> Sample:
         sampler.close()
 
 
-def test_counted_samples_give_the_sock_diag_metrics(solo: Lab) -> None:
+def test_counted_samples_give_the_sock_diag_metrics(solo: Lab, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    # the engine itself, whatever the run's mode (.ci/fast-checks runs SOCKDOCTOR_PURE=1)
+    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
     need_engine()
     remote = Remote(solo, solo.server, "sdt-counted")
     port, svc, queue = remote(MAKE)  # type: ignore[misc]
