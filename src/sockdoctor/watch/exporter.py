@@ -248,6 +248,7 @@ class Exporter:
                 stop.wait(self.sampler.interval)
             self.sampler.run(stop, self.on_sample)
         finally:
+            self.sampler.close()  # the counting program, if the kernel engine loaded it
             if self.server is not None:
                 self.server.stop()
 

@@ -251,7 +251,8 @@ class Sampler:
         return sample
 
     def close(self) -> None:
-        """Unload what the sampler keeps loaded in the kernel (also done at exit)."""
+        """Unload what the sampler keeps loaded in the kernel (also done when it is
+        collected, or at exit); a later sample loads it again."""
         if self._kernel is not None:
             self._kernel.close()
 
