@@ -8,7 +8,8 @@ client side of a service that hung up, TIME-WAIT sockets, and a listener
 with connections waiting in its accept queue. Two samplers watch it, one
 counting in the kernel (linux/bpf/aggregate.py) and one through sock_diag;
 their second samples give the same metric families, ages within the time
-between them. With the engine forced off, the counting sampler falls back.
+between them, and so do their third, after five more leaks the owner cache
+had not seen. With the engine forced off, the counting sampler falls back.
 """
 
 from __future__ import annotations
@@ -54,29 +55,18 @@ def families(sample: Sample) -> dict[str, dict[tuple[str, ...], float]]:
             if f.name not in TIMING}
 
 
-def second_sample(ns: str, counted: bool) -> Sample:
-    sampler = Sampler(netns=ns, doctor_every=3, counted=counted)
-    try:
-        first = sampler.sample()
-        assert first.tallies is None  # the first sample walks everything
-        return sampler.sample()
-    finally:
-        sampler.close()
+MORE = """
+more = [pair() for _ in range(5)]
+for c, _ in more:
+    c.close()                                 # 5 more server ends in CLOSE-WAIT
+time.sleep(0.3)
+result = 1
+"""
 
 
-def test_counted_samples_give_the_sock_diag_metrics(solo: Lab, monkeypatch: pytest.MonkeyPatch
-                                                    ) -> None:
-    # the engine itself, whatever the run's mode (.ci/fast-checks runs SOCKDOCTOR_PURE=1)
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
-    remote = Remote(solo, solo.server, "sdt-counted")
-    port, svc, queue = remote(MAKE)  # type: ignore[misc]
-    ns = solo.server.netns
-    t0 = time.time()
-    kernel = second_sample(ns, counted=True)
-    diag = second_sample(ns, counted=False)
-    between = time.time() - t0
+def same_metrics(kernel: Sample, diag: Sample, between: float
+                 ) -> dict[str, dict[tuple[str, ...], float]]:
+    """Assert both samples give the same families (ages within `between` seconds)."""
     assert kernel.tallies is not None and diag.tallies is None
     assert kernel.sockets() == diag.sockets() == len(diag.snapshot.sockets)
     assert {sk.state for sk in kernel.snapshot.sockets} == {TcpState.CLOSE_WAIT,
@@ -91,6 +81,30 @@ def test_counted_samples_give_the_sock_diag_metrics(solo: Lab, monkeypatch: pyte
     assert ages.keys() == want_ages.keys() and len(ages) == 2
     for key, age in ages.items():
         assert abs(age - want_ages[key]) <= between + 0.05
+    return got
+
+
+def test_counted_samples_give_the_sock_diag_metrics(solo: Lab, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    # the engine itself, whatever the run's mode (.ci/fast-checks runs SOCKDOCTOR_PURE=1)
+    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    need_engine()
+    remote = Remote(solo, solo.server, "sdt-counted")
+    port, svc, queue = remote(MAKE)  # type: ignore[misc]
+    ns = solo.server.netns
+    # the doctor on samples 1 and 5: samples 2 and 3 are counted
+    samplers = [Sampler(netns=ns, doctor_every=4, counted=counted) for counted in (True, False)]
+    try:
+        assert all(s.sample().tallies is None for s in samplers)  # the first walks all
+        t0 = time.time()
+        got = same_metrics(*(s.sample() for s in samplers), time.time() - t0)
+        remote(MORE)  # new leaks the owner cache has not seen
+        t0 = time.time()
+        again = same_metrics(*(s.sample() for s in samplers), time.time() - t0)
+    finally:
+        for sampler in samplers:
+            sampler.close()
     # and what they agree on is what the test made
     states = got["sockdoctor_tcp_sockets"]
     assert states[(ns, "established")] == 2 * 150 + 2 * 3  # + both ends of the queued ones
@@ -101,6 +115,8 @@ def test_counted_samples_give_the_sock_diag_metrics(solo: Lab, monkeypatch: pyte
     assert leak[(ns, "sdt-counted", "server", str(port), "", "")] == 12
     assert leak[(ns, "sdt-counted", "client", str(svc), "", "")] == 3
     assert got["sockdoctor_listen_queue_length"][(ns, "sdt-counted", str(queue), "", "")] == 3
+    assert again["sockdoctor_close_wait_sockets"][
+        (ns, "sdt-counted", "server", str(port), "", "")] == 12 + 5
 
 
 def test_forced_off_samples_through_sock_diag(solo: Lab, monkeypatch: pytest.MonkeyPatch
@@ -108,6 +124,11 @@ def test_forced_off_samples_through_sock_diag(solo: Lab, monkeypatch: pytest.Mon
     monkeypatch.setenv("SOCKDOCTOR_ENGINE", "c")
     remote = Remote(solo, solo.server, "sdt-counted")
     remote(MAKE)
-    sample = second_sample(solo.server.netns, counted=True)
+    sampler = Sampler(netns=solo.server.netns, doctor=False, counted=True)
+    try:
+        sampler.sample()
+        sample = sampler.sample()
+    finally:
+        sampler.close()
     assert sample.tallies is None and sample.snapshot is not None
     assert any(sk.state == TcpState.ESTABLISHED for sk in sample.snapshot.sockets)
