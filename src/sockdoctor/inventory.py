@@ -1,11 +1,15 @@
 """Scanner(owner_source).scan(query) -> Snapshot: the one place that joins kernel,
 /proc and namespaces.
 
-A scan is: select_namespaces -> start the owner source -> dump_namespaces ->
-finish the owners -> processes (and, with evidence, dead descriptors) ->
-Snapshot. The owner source (linux/owners.py) is the full /proc walk, the
-kernel engine's iter/task_file walk (chosen per scan by owners.choose()), or
-the sampler's cache (watch/sampler.py); scan() is the one-call entry point.
+A scan is: select_namespaces -> start the owner source -> dump_namespaces
+from the socket source -> finish the owners -> processes (and, with
+evidence, dead descriptors) -> Snapshot. The owner source (linux/owners.py)
+is the full /proc walk, the kernel engine's iter/task_file walk (chosen per
+scan by owners.choose()), or the sampler's cache (watch/sampler.py); the
+socket source (linux/bpf/sockets.py) is every socket from iter/tcp or
+sock_diag, or the kernel engine's counting pass (bpf/aggregate.py: a few
+sockets, the rest counted; the exporter's sampler); scan() is the one-call
+entry point.
 """
 
 from __future__ import annotations
