@@ -21,6 +21,7 @@ import pytest
 from bpfengine import PAIRS, need_engine
 from conftest import Remote
 from sockdoctor.lab.netlab import Lab
+from sockdoctor.linux.bpf import BpfError, aggregate
 from sockdoctor.model import TcpState
 from sockdoctor.watch import metrics
 from sockdoctor.watch.sampler import Sample, Sampler
@@ -133,3 +134,36 @@ def test_forced_off_samples_through_sock_diag(solo: Lab, monkeypatch: pytest.Mon
         sampler.close()
     assert sample.tallies is None and sample.snapshot is not None
     assert any(sk.state == TcpState.ESTABLISHED for sk in sample.snapshot.sockets)
+
+
+def test_a_refused_pass_is_counted_from_sock_diag(solo: Lab, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """The kernel refusing a pass mid-life: that sample is counted from a sock_diag dump
+    (the same tallies), the source is off from then, the next sample is a usual one."""
+    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    need_engine()
+    remote = Remote(solo, solo.server, "sdt-counted")
+    remote(MAKE)
+    ns = solo.server.netns
+    sampler = Sampler(netns=ns, doctor=False).count_in_kernel()
+    try:
+        sampler.sample()
+        counting = sampler._counting
+        assert counting is not None
+        kernel = sampler.sample().tallies
+        assert kernel is not None
+
+        def refuse(netns: int) -> aggregate.Pass:
+            raise BpfError(1, "refused for the test")
+        monkeypatch.setattr(counting._agg, "run", refuse)
+        fallback = sampler.sample()
+        assert fallback.tallies is not None and counting.off
+        assert {sk.state for sk in fallback.snapshot.sockets} == {TcpState.CLOSE_WAIT,
+                                                                   TcpState.LISTEN}
+        (inode, got), = fallback.tallies.items()
+        want = kernel[inode]
+        assert (got.sockets, got.states, got.ports) == (want.sockets, want.states, want.ports)
+        assert sampler.sample().tallies is None
+    finally:
+        sampler.close()
