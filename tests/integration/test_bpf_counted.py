@@ -167,3 +167,24 @@ def test_a_refused_pass_is_counted_from_sock_diag(solo: Lab, monkeypatch: pytest
         assert sampler.sample().tallies is None
     finally:
         sampler.close()
+
+
+def test_full_walks_keep_their_rhythm_between_counted_samples(
+        solo: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `full_walk_every` samples walk all of /proc through sock_diag, whatever the
+    samples between them were; the others are counted and walk nothing."""
+    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    need_engine()
+    remote = Remote(solo, solo.server, "sdt-counted")
+    remote(MAKE)
+    sampler = Sampler(netns=solo.server.netns, doctor=False, full_walk_every=3)
+    sampler.count_in_kernel()
+    try:
+        samples = [sampler.sample() for _ in range(7)]
+    finally:
+        sampler.close()
+    assert [s.full_walk for s in samples] == [True, False, False, True, False, False, True]
+    assert [s.tallies is not None for s in samples] == [False, True, True, False, True, True,
+                                                        False]
+    assert len({s.sockets() for s in samples}) == 1  # the same sockets, counted or listed
