@@ -23,6 +23,15 @@ orphans have expired no socket changes state until the holders exit.
 
 The per-process open-file hard limit here is 20,000, so the sockets are spread
 over several holder processes (at most PER_HOLDER fds each).
+
+The realistic mix (`--mix realistic`, realistic()): about 95% ESTABLISHED
+(`est` pairs), 4% TIME-WAIT and 1% CLOSE-WAIT with data in flight (orphans
+whose client sent DATA_BYTES before closing: the bytes wait unread in the
+server's receive queue). TIME-WAIT lasts 60 s, so each holder keeps its
+share up by churning: a thread makes time_wait/60 short connections a second
+to a listener of its own (the server side closes first and keeps the
+TIME-WAIT), and the population is ready once the count has built up (about a
+minute); it then stays within a few per cent of the target.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -59,6 +69,10 @@ NETNS_SYSCTLS = {
 FIN_WAIT1 = 4  # tcpi_state
 READY_TIMEOUT = 600.0
 STABLE_TIMEOUT = 60.0
+TIME_WAIT_S = 60.0  # TCP_TIMEWAIT_LEN: fixed in the kernel
+TIME_WAIT_SLACK = 0.10  # the churned TIME-WAIT count may be this far off its target
+DATA_BYTES = 300  # what a realistic orphan sends before closing
+CHURN_PORTS = 40_000  # source ports per churn address (from FIRST_SRC_PORT)
 
 
 @dataclass(frozen=True)
@@ -70,15 +84,19 @@ class HolderSpec:
     orphan: int = 0
     half: int = 0
     est: int = 0
+    data: int = 0  # bytes each orphan sends before it closes (left unread)
+    time_wait: int = 0  # TIME-WAIT sockets kept up by churning (realistic mix)
+    churn_port: int = 0  # the listener the churn connects to
 
     @property
     def sockets(self) -> int:
-        return self.orphan + 2 * self.half + 2 * self.est
+        return self.orphan + 2 * self.half + 2 * self.est + self.time_wait
 
     def expected(self) -> Counter[str]:
         """Socket count per `ss` state name once the population is stable."""
-        return Counter({"LISTEN": len(self.ports), "CLOSE-WAIT": self.orphan + self.half,
-                        "FIN-WAIT-2": self.half, "ESTAB": 2 * self.est})
+        return Counter({"LISTEN": len(self.ports) + bool(self.time_wait),
+                        "CLOSE-WAIT": self.orphan + self.half, "FIN-WAIT-2": self.half,
+                        "ESTAB": 2 * self.est, "TIME-WAIT": self.time_wait})
 
 
 def mixed(total: int, per_holder: int = PER_HOLDER, first_port: int = 5000,
@@ -94,6 +112,29 @@ def mixed(total: int, per_holder: int = PER_HOLDER, first_port: int = 5000,
         specs.append(HolderSpec(h, ports, orphan=2 * share + extra % 2, half=2 * share,
                                 est=share + extra // 2))
     return specs
+
+
+def realistic(total: int, per_holder: int = PER_HOLDER, first_port: int = 5000,
+              ports_per_holder: int = 2) -> list[HolderSpec]:
+    """Holders for about `total` sockets: ~95% ESTABLISHED, ~4% TIME-WAIT, ~1% CLOSE-WAIT
+    with DATA_BYTES unread each (see the module doc)."""
+    close_wait, time_wait = round(total * 0.01), round(total * 0.04)
+    pairs = (total - close_wait - time_wait) // 2
+    holders = max(1, math.ceil((2 * pairs + close_wait) / per_holder))
+    specs = []
+    for h in range(holders):
+        def share(n: int, h: int = h) -> int:
+            return n // holders + (h < n % holders)
+        ports = tuple(first_port + h * (ports_per_holder + 1) + k
+                      for k in range(ports_per_holder))
+        specs.append(HolderSpec(h, ports, orphan=share(close_wait), est=share(pairs),
+                                data=DATA_BYTES, time_wait=share(time_wait),
+                                churn_port=first_port + h * (ports_per_holder + 1)
+                                + ports_per_holder))
+    return specs
+
+
+MIXES = {"bench": mixed, "realistic": realistic}
 
 
 def expected(specs: list[HolderSpec]) -> Counter[str]:
@@ -167,17 +208,28 @@ class Population:
         return Counter(line.split(None, 1)[0] for line in out.splitlines() if line)
 
     def wait_stable(self, timeout: float = STABLE_TIMEOUT) -> Counter[str]:
-        """Wait until the orphans have expired and the counts are what the specs say."""
+        """Wait until the orphans have expired and the counts are what the specs say
+        (the churned TIME-WAIT within TIME_WAIT_SLACK: it takes a minute to build up)."""
         want = expected(self.specs)
+        if want["TIME-WAIT"]:
+            timeout += TIME_WAIT_S
         deadline = time.monotonic() + timeout
         while True:
             have = self.count_states()
-            if have == want:
+            if settled(have, want):
                 return have
             if time.monotonic() > deadline:
                 raise RuntimeError(f"population did not settle: have {dict(have)}, "
                                    f"want {dict(want)}")
             time.sleep(0.5)
+
+
+def settled(have: Counter[str], want: Counter[str]) -> bool:
+    """Every count as wanted; TIME-WAIT, which churns, within TIME_WAIT_SLACK."""
+    tw, have_tw = want["TIME-WAIT"], have["TIME-WAIT"]
+    rest = Counter({k: v for k, v in have.items() if k != "TIME-WAIT"})
+    return rest == Counter({k: v for k, v in want.items() if k != "TIME-WAIT"}) and \
+        abs(have_tw - tw) <= TIME_WAIT_SLACK * tw
 
 
 def _read_ready(proc: subprocess.Popen) -> dict:
@@ -271,10 +323,36 @@ def _close_in_fin_wait2(socks: list[socket.socket], timeout: float = 30.0) -> No
         sock.close()
 
 
+def _churn(spec: HolderSpec) -> None:
+    """Keep spec.time_wait TIME-WAIT sockets: time_wait/60 short connections a second,
+    the server side closing first. Each from its own source port (cycled over four
+    addresses), so a 4-tuple comes back only long after its TIME-WAIT ended."""
+    listener = _listen(spec.churn_port)
+    listener.setblocking(True)
+    rate = spec.time_wait / TIME_WAIT_S
+    start, made = time.monotonic(), 0
+    while True:
+        due = int((time.monotonic() - start) * rate) - made
+        for _ in range(due):
+            block, port = divmod(made % (4 * CHURN_PORTS), CHURN_PORTS)
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            client.bind((f"127.{100 + spec.index}.{block}.1", FIRST_SRC_PORT + port))
+            client.connect(("127.0.0.1", spec.churn_port))
+            server, _addr = listener.accept()
+            server.close()  # first: the server side keeps the TIME-WAIT
+            client.recv(1)  # its FIN has arrived
+            client.close()
+            made += 1
+        time.sleep(0.1)
+
+
 def holder_main(spec: HolderSpec) -> None:
     _set_comm(f"sdbench-h{spec.index}")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if spec.time_wait:
+        threading.Thread(target=_churn, args=(spec,), daemon=True).start()
     listeners = [_listen(port) for port in spec.ports]
     kinds = bytearray(b"o" * spec.orphan + b"h" * spec.half + b"e" * spec.est)
     random.Random(spec.index).shuffle(kinds)  # kinds not correlated with addresses
@@ -287,6 +365,8 @@ def holder_main(spec: HolderSpec) -> None:
         clients = [_connect(spec, start + k) for k in range(len(batch))]
         _accept(listeners, len(batch), keep)  # all accepted: every client is ESTABLISHED
         for sock, kind in zip(clients, batch, strict=True):
+            if kind == ord("o") and spec.data:
+                sock.send(b"x" * spec.data)  # never read: in flight in the receive queue
             if kind != ord("e"):
                 sock.shutdown(socket.SHUT_WR)
             if kind == ord("o"):
@@ -313,6 +393,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sockets", type=int, default=36_000)
     parser.add_argument("--per-holder", type=int, default=PER_HOLDER)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="bench",
+                        help="bench: half CLOSE-WAIT (the default); realistic: ~95%% "
+                             "ESTABLISHED, ~4%% TIME-WAIT, ~1%% CLOSE-WAIT with data")
     parser.add_argument("--hold", action="store_true", help="keep it until Enter is pressed")
     parser.add_argument("--holder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -320,7 +403,7 @@ def main() -> None:
         return holder_main(HolderSpec(**{**json.loads(args.holder),
                                          "ports": tuple(json.loads(args.holder)["ports"])}))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    specs = mixed(args.sockets, args.per_holder)
+    specs = MIXES[args.mix](args.sockets, args.per_holder)
     with Population(specs) as pop:
         lines = pop.netns_exec(["sh", "-c", "ss -Htan | wc -l"]).stdout.strip()
         print(f"namespace {pop.netns}: {pop.sockets} sockets in {len(specs)} holders, "

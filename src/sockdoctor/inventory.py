@@ -1,11 +1,15 @@
 """Scanner(owner_source).scan(query) -> Snapshot: the one place that joins kernel,
 /proc and namespaces.
 
-A scan is: select_namespaces -> start the owner source -> dump_namespaces ->
-finish the owners -> processes (and, with evidence, dead descriptors) ->
-Snapshot. The owner source (linux/owners.py) is the full /proc walk, the
-kernel engine's iter/task_file walk (chosen per scan by owners.choose()), or
-the sampler's cache (watch/sampler.py); scan() is the one-call entry point.
+A scan is: select_namespaces -> start the owner source -> dump_namespaces
+from the socket source -> finish the owners -> processes (and, with
+evidence, dead descriptors) -> Snapshot. The owner source (linux/owners.py)
+is the full /proc walk, the kernel engine's iter/task_file walk (chosen per
+scan by owners.choose()), or the sampler's cache (watch/sampler.py); the
+socket source (linux/bpf/sockets.py) is every socket from iter/tcp or
+sock_diag, or the kernel engine's counting pass (bpf/aggregate.py: a few
+sockets, the rest counted; the exporter's sampler); scan() is the one-call
+entry point.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .linux import deadsock, procfs, runtime, sockdiag
 from .linux import netns as netns_mod
 from .linux import owners as owner_sources
 from .linux.bpf import sockets as bpf_sockets
+from .linux.bpf.sockets import SocketSource
 from .linux.owners import Facts, Found, OwnerSource, Scope
 from .model import (
     ALL_STATES_MASK,
@@ -40,7 +45,8 @@ from .selectors import unknown_netns, unknown_pids, unknown_process
 from .sides import PORT_RANGE_SYSCTL
 from .words import plural
 
-__all__ = ["LIGHT", "Facts", "Memo", "OwnerSource", "ScanOptions", "Scanner", "scan"]
+__all__ = ["LIGHT", "Facts", "Memo", "OwnerSource", "ScanOptions", "Scanner", "SocketSource",
+           "scan"]
 
 Progress = Callable[[str], None]
 # What a scan collects for the doctor: True, everything (sysctls, counters,
@@ -139,6 +145,7 @@ class _Run:
     evidence: Evidence
     owners: bool
     dump: sockdiag.DumpOptions
+    sockets: SocketSource = bpf_sockets.LISTING
     created: float = field(default_factory=time.time)
     warnings: list[str] = field(default_factory=list)
 
@@ -165,17 +172,21 @@ class Scanner:
         self.progress = progress
 
     def scan(self, query: Query | str | None = None, options: ScanOptions = ScanOptions(), *,
-             owners: bool = True, evidence: Evidence = False, netns: str | None = None
-             ) -> Snapshot:
+             owners: bool = True, evidence: Evidence = False, netns: str | None = None,
+             sockets: SocketSource = bpf_sockets.LISTING) -> Snapshot:
         """One scan of the namespaces `netns` (default: the query's); see scan().
 
+        sockets: where they come from (default: every one, from iter/tcp or
+        sock_diag); a counting source (bpf/aggregate.py, the sampler's) gives
+        only some, and then no dead descriptors are looked for (that needs
+        every socket), but the processes it names (`also`) are read.
         Unlike scan() it does not check --pid/--process first (check_selection).
         """
         query = as_query(query)
         o = options
         run = _Run(query, options, evidence, owners or query.needs_owners or bool(evidence),
                    dump_options(query, info=o.info, age=o.age, mem=o.mem, extended=o.extended,
-                                evidence=evidence, lazy_info=o.lazy_info))
+                                evidence=evidence, lazy_info=o.lazy_info), sockets)
         namespaces, found = select_namespaces(query.netns if netns is None else netns,
                                               run.warnings)
         finish = None
@@ -186,9 +197,9 @@ class Scanner:
         if evidence is True and run.dump.age and not o.info:
             add_keepalive_info(namespaces, dumped, families(query))
         query.learn(records)  # `autobound`: each namespace's own port range
-        every = Found(dumped)
-        chosen = every if self.whole else Found([sk for sk in dumped
-                                                 if query.match_socket(sk)])
+        every = Found(dumped, sockets.complete, sockets.also)
+        chosen = every if self.whole else Found([sk for sk in dumped if query.match_socket(sk)],
+                                                sockets.complete, sockets.also)
         joined = Joined(chosen.sockets)
         if finish is not None:
             self._say(f"finding owners of {len(chosen.sockets)} sockets")
@@ -208,7 +219,8 @@ class Scanner:
         read = self.memo.begin(namespaces) if self.memo else bool(run.evidence)
         records, dumped = dump_namespaces(namespaces, run.dump, families(run.query),
                                           run.warnings, sysctls=read,
-                                          counters=bool(run.evidence) or run.options.counters)
+                                          counters=bool(run.evidence) or run.options.counters,
+                                          source=run.sockets)
         if self.memo:
             self.memo.fill(records, read)
         return records, dumped
@@ -232,9 +244,18 @@ class Scanner:
                               if query.match_owner(sk, joined.processes)]
             keep = {o.pid for sk in joined.sockets for o in sk.owners}
             joined.processes = {pid: p for pid, p in joined.processes.items() if pid in keep}
-        if run.evidence:
+        if run.evidence and every.complete:
             self._add_dead_fds(joined, every, owner_map, records)
+        self._add_processes(joined, every.also, owner_map)
         return joined
+
+    def _add_processes(self, joined: Joined, pids: frozenset[int],
+                       owner_map: procfs.OwnerMap) -> None:
+        """Facts of these processes too, whether or not they hold a socket found."""
+        for pid in pids - joined.processes.keys():
+            proc = self.facts.process(pid, owner_map.fd_counts.get(pid, 0), False)
+            if proc is not None:
+                joined.processes[pid] = proc
 
     def _add_dead_fds(self, joined: Joined, every: Found, owner_map: procfs.OwnerMap,
                       records: list[Netns]) -> None:
@@ -411,8 +432,10 @@ def select_namespaces(wanted: str, warnings: list[str]
 
 def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOptions,
                     families: tuple[int, ...], warnings: list[str], *, sysctls: bool = False,
-                    counters: bool = False) -> tuple[list[Netns], list[Socket]]:
-    """Dump each namespace (in parallel), with its net.* sysctls and TCP counters if asked.
+                    counters: bool = False, source: SocketSource = bpf_sockets.LISTING
+                    ) -> tuple[list[Netns], list[Socket]]:
+    """Dump each namespace (in parallel) from `source`, with its net.* sysctls and TCP
+    counters if asked.
 
     A namespace that cannot be scanned gets its error in its record and a
     warning; when it is the only one, the error is raised.
@@ -428,8 +451,8 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
                              procfs.read_counters() if counters else {})
         return run
 
-    # the socket source, chosen once: the kernel engine's iter/tcp pass or sock_diag
-    with bpf_sockets.source(opts, families) as kernel_dump:
+    # the socket source, opened once for the scan (iter/tcp, sock_diag, or counting)
+    with source.open(opts, families) as kernel_dump:
         if len(namespaces) == 1:
             results: list = [_run_guarded(namespaces[0], job(namespaces[0]))]
         else:

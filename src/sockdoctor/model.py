@@ -272,8 +272,8 @@ class Socket(msgspec.Struct, gc=False):
     cong: str | None = None
     info: TcpInfo | None = None
     mem: SkMemInfo | None = None
-    # Raw tcp_info, kept instead of `info` by scan(..., ScanOptions(info=True, lazy_info=True)) so that a huge
-    # listing decodes it a chunk at a time while writing (see tcpinfo.of()).
+    # Raw tcp_info, kept instead of `info` by ScanOptions(info=True, lazy_info=True)
+    # so that a huge listing decodes it a chunk at a time while writing (see tcpinfo.of()).
     info_blob: bytes | None = None
     # The congestion control's own diag attribute (bbr, dctcp, vegas), raw:
     # its attribute type in the first byte, then the body (linux/ccinfo.py).

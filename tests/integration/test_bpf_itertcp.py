@@ -22,6 +22,7 @@ import sockdoctor
 from bpfengine import need_engine
 from conftest import Remote
 from sockdoctor import inventory
+from sockdoctor.inventory import ScanOptions
 from sockdoctor.lab.netlab import Host, Lab
 from sockdoctor.linux import sockdiag
 from sockdoctor.linux.bpf import sockets as bpf_sockets
@@ -174,11 +175,11 @@ def test_scan_is_the_same_with_the_engine_forced_off(populated,
     passes: list[int] = []
     real = bpf_sockets.dump
     monkeypatch.setattr(bpf_sockets, "dump", lambda *a: passes.append(1) or real(*a))
-    bpf = sockdoctor.scan("state established state fin-wait-2", sockdoctor.ScanOptions(age=True), netns=ns)
+    bpf = sockdoctor.scan("state established state fin-wait-2", ScanOptions(age=True), netns=ns)
     monkeypatch.setenv("SOCKDOCTOR_ENGINE", "c")
     with bpf_sockets.source(sockdiag.DumpOptions(ALL_STATES_MASK), BOTH) as chosen:
         assert chosen is None  # forced off: sock_diag
-    c = sockdoctor.scan("state established state fin-wait-2", sockdoctor.ScanOptions(age=True), netns=ns)
+    c = sockdoctor.scan("state established state fin-wait-2", ScanOptions(age=True), netns=ns)
     assert passes == [1]  # the first scan's sockets came from one iter/tcp pass
     assert bpf.sockets and all(sk.owners for sk in bpf.sockets if sk.inode)
     assert_same(bpf.sockets, c.sockets)

@@ -16,7 +16,8 @@ import pytest
 
 from sockdoctor.linux import ownercache, procfs
 from sockdoctor.linux.ownercache import OwnerCache
-from sockdoctor.model import Owner
+from sockdoctor.linux.owners import Found, Scope
+from sockdoctor.model import Owner, Socket, TcpState
 
 
 class FakeProc:
@@ -151,3 +152,34 @@ def test_an_unreadable_process_is_counted(proc: FakeProc, monkeypatch: pytest.Mo
     done = cache.update([10, 20], {100, 101, 200}, {100, 101})
     assert done.denied == 1 and cache.denied == 1
     assert 200 not in cache.owner_map().by_inode and done.complete
+
+
+def sock(inode: int) -> Socket:
+    return Socket(1, 2, int(TcpState.CLOSE_WAIT), "127.0.0.1", 80, "127.0.0.1", 40000 + inode,
+                  inode, inode, 0, 0, 0)
+
+
+def test_a_partial_dump_rechecks_only_its_holders(proc: FakeProc) -> None:
+    """A counting source's few sockets (Found.complete False): their holders and the
+    processes named besides are looked at, not every process."""
+    cache = started(proc)
+    proc.fd(10, 6, 102)  # a new socket of 10, in the partial dump
+    proc.fd(20, 4, 201)  # one of 20, counted in the kernel (not in the dump)
+    found = Found([sock(100), sock(102)], complete=False)
+    done = cache.recheck(found, Scope([], []), {100, 102})
+    assert done.complete and done.readlinks == 1
+    assert owners(cache)[102] == {(10, 6)} and cache.holders(201) == []
+    # a process named besides the holders (a finding's) is brought up to date too
+    done = cache.recheck(Found([sock(100)], complete=False, also=frozenset({20})),
+                         Scope([], []), {100})
+    assert done.readlinks == 1 and cache.holders(201) == [Owner(20, 4)]
+    assert cache.fd_counts[20] == 2
+
+
+def test_a_partial_dump_it_cannot_place_looks_at_every_process(proc: FakeProc) -> None:
+    cache = started(proc)
+    proc.fd(30, 3, 300)  # a process the cache has never seen
+    done = cache.recheck(Found([sock(300)], complete=False), Scope([], []), {300})
+    assert done.complete and owners(cache)[300] == {(30, 3)}
+    done = cache.recheck(Found([sock(999)], complete=False), Scope([], []), {999})
+    assert not done.complete

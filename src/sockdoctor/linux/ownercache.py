@@ -79,8 +79,9 @@ class OwnerCache:
     def pids(self) -> set[int]:
         return set(self._procs)
 
-    def full(self, walked: procfs.OwnerMap, live: set[int]) -> None:
-        """Take a full walk's result as the truth; `live`: the TCP inodes just dumped.
+    def full(self, walked: procfs.OwnerMap, live: set[int] | None) -> None:
+        """Take a full walk's result as the truth; `live`: the TCP inodes just dumped
+        (None: the dump was partial, the last complete one's stay).
 
         Only processes whose descriptors differ from what the cache holds are
         replaced: the others keep their holder lists, so a full walk on a
@@ -104,7 +105,8 @@ class OwnerCache:
                 self._replace(pid, links, old)
         self.fd_counts = dict(walked.fd_counts)
         self.denied = walked.denied_pids
-        self._live = live
+        if live is not None:
+            self._live = live
         self._complete = False
 
     def update(self, pids: Iterable[int], live: set[int], wanted: set[int]) -> Refresh:
@@ -185,6 +187,32 @@ class OwnerCache:
                 continue
             readlinks += self._relist(pid, fds, old, set(died))
         return readlinks
+
+    def recheck(self, found: Found, scope: Scope, wanted: set[int]) -> Refresh:
+        """Up to date for a partial dump (a counting source's: a few sockets of many).
+
+        Only the found sockets' holders and `found.also` are looked at, one
+        stat() each, re-read if their descriptor count changed; if one of
+        `wanted` still has no owner, every process (new ones read in full).
+        The last complete dump's inodes stay the reference for update().
+        """
+        by_inode = self._by_inode
+        pids = set(found.also)
+        for inode in found.live:
+            pids.update(o.pid for o in by_inode.get(inode, ()))
+        done = Refresh(readlinks=self._recheck(pids), denied=self.denied)
+        if not self.has_all(wanted):
+            first, other = scope.pids
+            done.readlinks += self._recheck([*first, *other])
+        done.complete = self.has_all(wanted)
+        self._complete = False  # the next update() asks has_all() again
+        return done
+
+    def _recheck(self, pids: Iterable[int]) -> int:
+        procs = self._procs
+        changed = [pid for pid in pids
+                   if (old := procs.get(pid)) is None or not _same_count(pid, old)]
+        return self.refresh_pids(changed) if changed else 0
 
     def missing(self, wanted: set[int]) -> set[int]:
         by_inode = self._by_inode
@@ -370,10 +398,14 @@ class CachedOwners:
         self._unowned: set[int] = set()  # inodes a full walk found no owner for
         self._sees_all = procfs.sees_every_process()
 
+    def walks_next(self) -> bool:
+        """Whether the next scan is a scheduled full walk."""
+        return self._scans % self.every == 0
+
     def start(self, scope: Scope) -> Finish:
+        due = self.walks_next()
         self._scans += 1
         seq = self._scans
-        due = seq == 1 or (seq - 1) % self.every == 0
         walking = self.walker().start(scope) if due else None
 
         def finish(found: Found) -> procfs.OwnerMap:
@@ -385,20 +417,28 @@ class CachedOwners:
                 ) -> Refresh:
         """Bring the cache up to date: from the walk when due, else incrementally."""
         if walking is None:
-            first, other = scope.pids
-            cached = self.cache.pids()
-            done = self.cache.update([*first, *(p for p in other if p in cached)],
-                                     found.live, self._wanted(found))
+            done = self._cached(scope, found)
             if done.complete or seq - self._last_full < self.forced_gap:
                 return done
             walking = self.walker().start(scope)
         walked = walking(found)
-        self.cache.full(walked, found.live)
-        self._unowned = self.cache.missing(found.live)
+        self.cache.full(walked, found.live if found.complete else None)
+        missing = self.cache.missing(found.live)
+        # after a partial dump, what earlier walks found no owner for still counts
+        self._unowned = missing if found.complete else (self._unowned | missing)
         self._last_full = seq
         self._forget_gone(walked)
         return Refresh(readlinks=sum(walked.fd_counts.values()), denied=walked.denied_pids,
-                       complete=not self._unowned, full=True)
+                       complete=not missing, full=True)
+
+    def _cached(self, scope: Scope, found: Found) -> Refresh:
+        """The cache brought up to date without a full walk."""
+        if not found.complete:
+            return self.cache.recheck(found, scope, self._wanted(found))
+        first, other = scope.pids
+        cached = self.cache.pids()
+        return self.cache.update([*first, *(p for p in other if p in cached)],
+                                 found.live, self._wanted(found))
 
     def _wanted(self, found: Found) -> set[int]:
         """Sockets that should have a visible owner: a miss among them is worth a walk.

@@ -30,10 +30,18 @@ _INODE = attrgetter("inode")
 
 
 class Found:
-    """The sockets a scan found, handed to an owner source."""
+    """The sockets a scan found, handed to an owner source.
 
-    def __init__(self, sockets: list[Socket]) -> None:
+    complete: False when they are only part of the namespaces' sockets (a
+    counting socket source, bpf/aggregate.py: the others were counted, not
+    dumped); also: processes to keep up to date besides their holders.
+    """
+
+    def __init__(self, sockets: list[Socket], complete: bool = True,
+                 also: frozenset[int] = frozenset()) -> None:
         self.sockets = sockets
+        self.complete = complete
+        self.also = also
 
     @cached_property
     def live(self) -> set[int]:

@@ -166,7 +166,7 @@ class Site:
         age = time.time() - self.collector.health.last_success
         if age > STALE_INTERVALS * self.interval + sample.duration_s + 5:
             return False, f"no sample for {age:.0f}s"
-        return True, f"ok: sample {sample.seq}, {plural(len(sample.snapshot.sockets), 'socket')}"
+        return True, f"ok: sample {sample.seq}, {plural(sample.sockets(), 'socket')}"
 
     def page(self) -> str:
         text = self.health()[1]
@@ -248,6 +248,7 @@ class Exporter:
                 stop.wait(self.sampler.interval)
             self.sampler.run(stop, self.on_sample)
         finally:
+            self.sampler.close()  # the counting program, if the kernel engine loaded it
             if self.server is not None:
                 self.server.stop()
 
@@ -292,7 +293,7 @@ def build_exporter(query: Query | None = None,
                       doctor="doctor" not in settings.collectors_off
                       and (settings.doctor_config or DoctorConfig()),
                       full_walk_every=settings.full_walk_every,
-                      doctor_every=settings.doctor_every)
+                      doctor_every=settings.doctor_every).count_in_kernel()
     collector = SampleCollector(metrics.Options(max_series=settings.max_series,
                                                 pid=settings.pid_label,
                                                 off=settings.collectors_off))

@@ -165,10 +165,20 @@ class _View:
 
     # --- families ----------------------------------------------------------
 
-    def namespaces(self, dropped: dict[str, int]) -> list[Family]:
+    def _counts(self) -> tuple[Counter[tuple[int, int]], Counter[int]]:
+        """Sockets per (netns, state) and per netns: counted in the kernel (the
+        sample's tallies, Sampler.count_in_kernel) or here."""
+        tallies = self.sample.tallies
+        if tallies is not None:
+            counts = Counter({(inode, st): n for inode, t in tallies.items()
+                              for st, n in t.states.items()})
+            return counts, Counter({inode: t.sockets for inode, t in tallies.items()})
         socks = self.snap.sockets
         counts = Counter(zip(map(_NETNS, socks), map(_STATE, socks), strict=True))
-        totals = Counter(map(_NETNS, socks))
+        return counts, Counter(map(_NETNS, socks))
+
+    def namespaces(self, dropped: dict[str, int]) -> list[Family]:
+        counts, totals = self._counts()
         inodes = [ns.inode for ns in self.snap.namespaces if not ns.error]
         kept = set(sorted(inodes, key=lambda i: (-totals[i], self.ns(i)))[:self.opts.max_series])
         fold = {i: self.ns(i) if i in kept else OTHER for i in inodes}
@@ -204,7 +214,11 @@ class _View:
         """Per namespace: distinct local ports in the ephemeral range, listeners' excepted."""
         socks = self.snap.sockets
         used: Counter[int] = Counter()
-        for inode, port in set(zip(map(_NETNS, socks), map(_LPORT, socks), strict=True)):
+        tallies = self.sample.tallies
+        pairs = {(inode, port) for inode, t in tallies.items() for port in t.ports} \
+            if tallies is not None else \
+            set(zip(map(_NETNS, socks), map(_LPORT, socks), strict=True))
+        for inode, port in pairs:
             lo, hi = self.ranges.get(inode, DEFAULT_PORT_RANGE)
             if lo <= port <= hi and (inode, port) not in self.listening:
                 used[inode] += 1

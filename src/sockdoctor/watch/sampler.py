@@ -10,6 +10,14 @@ source is the cache (linux/ownercache.py CachedOwners): a full walk of /proc
 (or the kernel engine's) happens only on the first sample, every
 `full_walk_every` samples, and when a socket cannot be placed otherwise;
 sysctls are read as rarely (inventory.Memo).
+
+A consumer that reads only watch/metrics.py's families (the exporter) calls
+count_in_kernel(): then its steady samples take the kernel engine's counting
+socket source (linux/bpf/aggregate.py): each namespace's sockets are counted
+in the kernel per state and port, and only CLOSE-WAIT and LISTEN come up, to
+be joined to owners (the cache rechecks just their holders) and assembled by
+the same Scanner. Not the first sample, a scheduled full walk or one the
+doctor runs on (it judges every socket), nor with a narrowing query.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from .. import inventory
 from ..doctor import DoctorConfig, Report, diagnose
 from ..errors import SockdoctorError
 from ..inventory import LIGHT, Evidence, ScanOptions
+from ..linux.bpf import aggregate
+from ..linux.bpf.aggregate import Pass
+from ..linux.bpf.sockets import LISTING
 from ..linux.ownercache import FORCED_WALK_GAP, CachedOwners
 from ..model import Snapshot, Socket, TcpState
 from ..query import Query
@@ -39,6 +50,7 @@ log = logging.getLogger("sockdoctor.watch")
 DOCTOR_SHARE = 0.02
 DOCTOR_MAX_GAP = 8
 _READ = ScanOptions(age=True)  # besides the evidence: each socket's age
+COUNTED_EMIT = (TcpState.CLOSE_WAIT, TcpState.LISTEN)  # what watch/metrics.py breaks down
 
 
 @dataclass
@@ -61,6 +73,15 @@ class Sample:
     doctor_ran: bool = False  # report is from this sample (else carried over, or None)
     readlinks: int = 0  # descriptors read for owners (a full walk: every one)
     denied_pids: int = 0  # processes whose descriptors could not be read (not ours)
+    # counted in the kernel (count_in_kernel): netns inode -> sockets per state and
+    # ports in use; `snapshot` then holds only the CLOSE-WAIT and LISTEN sockets
+    tallies: dict[int, Pass] | None = None
+
+    def sockets(self) -> int:
+        """How many sockets the sample saw (counted ones included)."""
+        if self.tallies is not None:
+            return sum(t.sockets for t in self.tallies.values())
+        return len(self.snapshot.sockets) if self.snapshot is not None else 0
 
     def age_ms(self, sk: Socket) -> int | None:
         """Best lower bound of the time `sk` has been in its state, in milliseconds.
@@ -111,6 +132,21 @@ class Sampler:
         self._seq = 0
         self._lock = threading.Lock()
         self._latest: Sample | None = None
+        self._counting: aggregate.Counting | None = None  # count_in_kernel()
+
+    def count_in_kernel(self) -> Sampler:
+        """Steady samples may be counted in the kernel (see the module doc): for a
+        consumer that reads only watch/metrics.py's families. Without the kernel
+        engine nothing changes. close() unloads the program."""
+        if self._counting is None:
+            self._counting = aggregate.Counting(COUNTED_EMIT)
+        return self
+
+    def close(self) -> None:
+        """Unload what the sampler keeps loaded in the kernel (also done when it is
+        collected, or at exit); a later sample loads it again."""
+        if self._counting is not None:
+            self._counting.close()
 
     @property
     def latest(self) -> Sample | None:
@@ -166,20 +202,39 @@ class Sampler:
         clock = _Clock()
         self._release()
         seq = self._seq + 1
-        whole = self.scanner.scan(self.query, _READ, evidence=self.evidence, netns=self.netns)
+        counting = self._counting_now(seq)
+        whole = self.scanner.scan(self.query, _READ, evidence=self.evidence, netns=self.netns,
+                                  sockets=counting or LISTING)
         done = self._owners.last
         sample = Sample(seq, started, previous=self._prev, full_walk=done.full,
                         warnings=list(whole.warnings), readlinks=done.readlinks,
-                        denied_pids=done.denied)
+                        denied_pids=done.denied,
+                        tallies=counting.tallies if counting is not None else None)
         sample.new, sample.gone, sample.first_seen = self._ids.update(whole.sockets, started)
         sample.snapshot = self.query.apply(whole) if self.query.narrows else whole
-        self._diagnose(sample, whole)
-        self._full_prev, self._prev = whole, sample.snapshot
+        self._diagnose(sample, whole)  # not due on a counted sample: carried over
+        if counting is None:
+            self._full_prev = whole  # the doctor's previous: every socket
+        self._prev = sample.snapshot
         sample.duration_s, sample.cpu_s = clock.spent()
         with self._lock:
             self._seq = seq
             self._latest = sample
         return sample
+
+    def _counting_now(self, seq: int) -> aggregate.Counting | None:
+        """The counting source if this sample may be counted (see the module doc),
+        told which processes the report names besides the owners (for their metrics)."""
+        counting = self._counting
+        if counting is None or self.query.narrows or self.evidence is True \
+                or self._owners.walks_next() or not counting.usable():
+            return None
+        if self.doctor and (seq >= self._doctor_at or self._report is None):
+            return None
+        report = self._report
+        counting.also = frozenset(p.pid for f in report.findings for p in f.processes) \
+            if report is not None else frozenset()
+        return counting
 
     def _release(self) -> None:
         """Let the sample before the latest go before a new one is built.

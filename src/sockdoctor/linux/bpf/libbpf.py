@@ -127,6 +127,13 @@ class BpfObject:
         if code:
             raise _fail(f"filling map {name}", code)
 
+    def update_elem(self, name: str, index: int, value: bytes) -> None:
+        """Set one entry of an array map."""
+        key = ctypes.c_uint32(index)
+        code = self._so.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key), value, 0)
+        if code:
+            raise _fail(f"setting map {name}", code)
+
     def read_array(self, name: str, count: int, value_size: int) -> bytes:
         """The first `count` values of an array map, in one batch."""
         if not count:

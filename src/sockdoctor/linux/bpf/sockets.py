@@ -19,8 +19,9 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from operator import attrgetter
+from typing import Protocol
 
 from ...model import Socket, TcpState, state_mask
 from .. import procfs, sockdiag
@@ -49,6 +50,37 @@ _lock = threading.Lock()
 
 Dump = Callable[[int], list[Socket]]  # netns inode -> its sockets, called inside it
 _family = attrgetter("family")
+
+
+class SocketSource(Protocol):
+    """Where a scan's sockets come from (inventory.dump_namespaces).
+
+    open(opts, families) gives, while its block runs, the dump of one
+    namespace (called inside it) or None: sock_diag's. `complete`: whether a
+    dump gives every socket the options select; a counting source
+    (aggregate.Counting) gives only some and counts the others aside, and
+    `also` names the processes its consumer reads besides their holders.
+    """
+
+    complete: bool
+    also: frozenset[int]
+
+    def open(self, opts: sockdiag.DumpOptions, families: Iterable[int]
+             ) -> AbstractContextManager[Dump | None]: ...
+
+
+class Listing:
+    """The usual source: every socket, from iter/tcp where it pays, else sock_diag."""
+
+    complete = True
+    also: frozenset[int] = frozenset()
+
+    def open(self, opts: sockdiag.DumpOptions, families: Iterable[int]
+             ) -> AbstractContextManager[Dump | None]:
+        return source(opts, families)
+
+
+LISTING = Listing()
 
 
 def serves(opts: sockdiag.DumpOptions) -> bool:
