@@ -19,8 +19,13 @@ PORT_RANGE_SYSCTL = "net.ipv4.ip_local_port_range"
 
 def port_range(sysctls: Mapping[str, str]) -> tuple[int, int]:
     """A namespace's ephemeral port range from its sysctls, or the kernel default."""
+    return parse_port_range(sysctls.get(PORT_RANGE_SYSCTL))
+
+
+def parse_port_range(value: str | None) -> tuple[int, int]:
+    """The sysctl's text ("32768\t60999") as (low, high), or the kernel default."""
     try:
-        lo, hi = (int(x) for x in sysctls.get(PORT_RANGE_SYSCTL, "").split())
+        lo, hi = (int(x) for x in (value or "").split())
     except ValueError:
         return DEFAULT_PORT_RANGE
     return (lo, hi) if 0 < lo <= hi <= 65535 else DEFAULT_PORT_RANGE

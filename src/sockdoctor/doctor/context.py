@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..model import KEEPALIVE_TIMER, Process, Snapshot, Socket, TcpState
+from ..sides import PORT_RANGE_SYSCTL, parse_port_range
 from .config import DoctorConfig
 from .finding import Finding, ProcessRef
 from .text import command, duration_arg
 
-DEFAULT_PORT_RANGE = (32768, 60999)
 _LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
 
 
@@ -111,7 +111,7 @@ class Context:
     def port_range(self, netns: int) -> tuple[int, int]:
         rng = self._ranges.get(netns)
         if rng is None:
-            rng = _parse_range(self.sysctl(netns, "net.ipv4.ip_local_port_range"))
+            rng = parse_port_range(self.sysctl(netns, PORT_RANGE_SYSCTL))
             self._ranges[netns] = rng
         return rng
 
@@ -293,14 +293,6 @@ def _by_state(sockets: list[Socket]) -> dict[int, list[Socket]]:
     for sk in sockets:
         out[sk.state].append(sk)
     return dict(out)
-
-
-def _parse_range(value: str | None) -> tuple[int, int]:
-    try:
-        lo, hi = (int(x) for x in (value or "").split())
-    except ValueError:
-        return DEFAULT_PORT_RANGE
-    return (lo, hi) if 0 < lo <= hi <= 65535 else DEFAULT_PORT_RANGE
 
 
 def is_plain(name: str) -> bool:

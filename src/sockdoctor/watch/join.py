@@ -32,8 +32,8 @@ from ..linux.ownercache import OwnerCache
 from ..linux.ringbuf import StateChange
 from ..linux.tracefs import thread_group
 from ..model import Owner, Snapshot, Socket, TcpState
+from .identity import Key
 
-Key = tuple[int, str, int, str, int]  # family, local addr, local port, peer addr, peer port
 CLOSE, LISTEN, SYN_RECV = TcpState.CLOSE, TcpState.LISTEN, TcpState.SYN_RECV
 QUEUED_STATES = (TcpState.SYN_RECV, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)
 MAX_CLOSED = 200_000  # closed sockets remembered for their destroy event
