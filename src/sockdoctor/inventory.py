@@ -30,7 +30,6 @@ from .linux.bpf import sockets as bpf_sockets
 from .linux.bpf.sockets import SocketSource
 from .linux.owners import Facts, Found, OwnerSource, Scope
 from .model import (
-    ALL_STATES_MASK,
     KEEPALIVE_TIMER,
     DeadSocketFd,
     Netns,
@@ -320,11 +319,10 @@ def dump_options(query: Query, *, info: bool = False, age: bool = False, mem: bo
     """What to ask the kernel for. The doctor's evidence needs every socket of the
     namespace (a descriptor is only "dead" if its socket is in no table at all),
     whatever the query says."""
-    return sockdiag.DumpOptions(states=ALL_STATES_MASK if evidence else query.states,
-                                info=info, age=age or query.needs_age, mem=mem,
-                                attrs=extended or evidence is True, lazy_info=lazy_info,
-                                bytecode=_kernel_filter(query, bool(evidence)),
-                                ports=query.ports)
+    kernel = query.kernel_filter(bool(evidence))  # the states and ports, decided there
+    return sockdiag.DumpOptions(states=kernel.states, info=info, age=age or query.needs_age,
+                                mem=mem, attrs=extended or evidence is True, lazy_info=lazy_info,
+                                bytecode=kernel.bytecode, ports=kernel.ports)
 
 
 def warn_denied(owner_map: procfs.OwnerMap, warnings: list[str]) -> None:
@@ -397,11 +395,6 @@ def add_keepalive_info(namespaces: list[netns_mod.NsRef], dumped: list[Socket],
 
 def _dump_once(opts: sockdiag.DumpOptions, inode: int, fams: tuple[int, ...]) -> list[Socket]:
     return sockdiag.dump_here(opts, netns=inode, families=fams)
-
-
-def _kernel_filter(query: Query, evidence: bool) -> bytes:
-    """An in-kernel port filter for --port (Query.kernel_filter says why and when)."""
-    return query.kernel_filter(evidence).bytecode
 
 
 def select_namespaces(wanted: str, warnings: list[str]

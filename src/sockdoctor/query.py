@@ -78,6 +78,7 @@ class KernelFilter:
 
     states: int  # the state mask sent with the dump request
     bytecode: bytes  # an INET_DIAG_REQ_BYTECODE port program; b"" for none
+    ports: frozenset[int] = frozenset()  # the ports `bytecode` accepts (the BPF source reads them)
 
 
 @dataclass
@@ -172,8 +173,9 @@ class Query:
 
         if evidence:
             return KernelFilter(ALL_STATES_MASK, b"")
-        ports = self.ports and len(self.ports) <= sockdiag.MAX_FILTER_PORTS
-        return KernelFilter(self.states, sockdiag.port_filter(self.ports) if ports else b"")
+        if not self.ports or len(self.ports) > sockdiag.MAX_FILTER_PORTS:
+            return KernelFilter(self.states, b"")
+        return KernelFilter(self.states, sockdiag.port_filter(self.ports), self.ports)
 
     def match_socket(self, sk: Socket) -> bool:
         """Everything that can be decided from the socket alone."""

@@ -191,6 +191,25 @@ def test_the_kernel_part_comes_from_the_same_query() -> None:
     assert Query.build().kernel_filter().bytecode == b""
 
 
+def test_the_scan_asks_the_kernel_what_kernel_filter_says() -> None:
+    """inventory.dump_options derives the dump request from Query.kernel_filter alone:
+    a query that decides its kernel part differently is dumped that way."""
+    from sockdoctor.inventory import dump_options
+    from sockdoctor.query import KernelFilter
+
+    class Narrower(Query):
+        def kernel_filter(self, evidence: bool = False) -> KernelFilter:
+            return KernelFilter(state_mask(TcpState.LISTEN), b"program", frozenset({22}))
+
+    opts = dump_options(Narrower(ports=frozenset({8080})))
+    assert (opts.states, opts.bytecode, opts.ports) == (state_mask(TcpState.LISTEN),
+                                                        b"program", frozenset({22}))
+    q = Query.build("state close-wait", ports=[8080])
+    opts = dump_options(q, evidence=True)  # the doctor's evidence: every socket, no program
+    assert (opts.states, opts.bytecode, opts.ports) == (ALL_STATES_MASK, b"", frozenset())
+    assert dump_options(q).ports == q.kernel_filter().ports == frozenset({8080})
+
+
 def test_dead_fds_means_only_alone_and_also_with_states() -> None:
     assert dead_fds_mode(False, Query.build("state close-wait")) == "no"
     assert dead_fds_mode(True, Query.build(pids=[10])) == "only"
