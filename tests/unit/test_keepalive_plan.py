@@ -75,3 +75,32 @@ def test_the_plan_text() -> None:
     assert "noticed at most 4s after it last spoke" in lines[1]
     assert any("idle-server(7) fd" in line for line in lines)
     assert KeepaliveReport(plan=plan, applied=False).exit_code == EXIT_OK
+
+
+def test_keepalive_selects_as_a_kill_does_with_its_own_default(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """One meaning of "states named" (KillPolicy's): states named in the query itself
+    (--state, the filter's state words, a -F file) are used as given, in the scan and
+    in the plan alike; only a query naming none gets ESTABLISHED."""
+    import sockdoctor.inventory
+    from sockdoctor.query import Query
+    from sockdoctor.remedy.keepalive import keepalive_policy, scan_for_keepalive
+    from sockdoctor.remedy.policy import KillPolicy
+
+    close_wait = Query.build(states=["close-wait"])
+    plan = plan_keepalive(scene().build(), FAST, where=close_wait, host=HOST)
+    assert [i.socket.state for i in plan.items] == [TcpState.CLOSE_WAIT]  # type: ignore[union-attr]
+    assert plan.actions
+    scanned: list[Query] = []
+    monkeypatch.setattr(sockdoctor.inventory, "scan",
+                        lambda query, **kw: scanned.append(query) or scene().build())
+    scan_for_keepalive(close_wait)
+    scan_for_keepalive(Query.build(ports=[5000]))
+    assert [q.states for q in scanned] == [state_mask(TcpState.CLOSE_WAIT),
+                                           state_mask(TcpState.ESTABLISHED)]
+    policy = keepalive_policy(Query.build("state all"), force=True)
+    assert isinstance(policy, KillPolicy) and policy.force
+    assert policy.query.states == Query.build("state all").states  # named: all, as asked
+    assert keepalive_policy(states=state_mask(TcpState.LISTEN)).query.states == \
+        state_mask(TcpState.LISTEN)
+    assert KillPolicy().query.states == state_mask(TcpState.CLOSE_WAIT)  # a kill's default

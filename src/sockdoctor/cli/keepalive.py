@@ -85,13 +85,11 @@ def keepalive_command(idle: int, interval: int, count: int, user_timeout: int | 
 
     settings = Keepalive(idle_s=idle, interval_s=interval, count=count,
                          user_timeout_ms=user_timeout)
-    query = build_query(kw)
-    named = query.names_states  # --state, state words, or a -F file that starts with them
-    states = query.states if named else None
-    snapshot = scan_for_keepalive(query, states)
+    query = build_query(kw)  # no state named: keepalive_policy's ESTABLISHED default
+    snapshot = scan_for_keepalive(query)
     warn(snapshot.warnings)
-    plan = plan_keepalive(snapshot, settings, where=query, states=states, force=force,
-                          max_count=max_count, host=host_facts())
+    plan = plan_keepalive(snapshot, settings, where=query, force=force, max_count=max_count,
+                          host=host_facts())
     if not yes:
         _show(KeepaliveReport(plan=plan, applied=False), as_json)
         sys.exit(plan.exit_code)

@@ -108,33 +108,38 @@ class KeepaliveReport(msgspec.Struct, kw_only=True):
                               if o.outcome not in ("armed", "already-gone")})
 
 
-def scan_for_keepalive(where: Query | None, states: int | None) -> Snapshot:
-    """The sockets a keepalive run may select, with their owners."""
-    import dataclasses
+def keepalive_policy(where: Query | None = None, states: int | None = None, *,
+                     force: bool = False, max_count: int = DEFAULT_MAX) -> KillPolicy:
+    """What a keepalive run selects, as a kill selects it (KillPolicy, one meaning):
+    `where` with `states` merged in; ESTABLISHED when neither names a state."""
+    return KillPolicy(where=where, states=states, default_states=DEFAULT_STATES, force=force,
+                      max_count=max_count)
 
+
+def scan_for_keepalive(where: Query | None = None, states: int | None = None) -> Snapshot:
+    """The sockets a keepalive run may select (keepalive_policy's query), with their owners."""
     from ..inventory import scan
 
-    query = where or Query()
-    return scan(dataclasses.replace(query, states=query.states & (states or DEFAULT_STATES)),
-                owners=True)
+    return scan(keepalive_policy(where, states).query, owners=True)
 
 
 def plan_keepalive(snapshot: Snapshot, settings: Keepalive, *, where: Query | None = None,
                    states: int | None = None, force: bool = False,
                    max_count: int = DEFAULT_MAX, host: Host | None = None) -> KeepalivePlan:
-    """Which selected sockets get keepalive (pure, like plan_kill; ESTABLISHED by default)."""
+    """Which selected sockets get keepalive (pure, like plan_kill; keepalive_policy selects:
+    ESTABLISHED unless `where` or `states` names states)."""
     host = host or Host()
-    selection = KillPolicy(states=states or DEFAULT_STATES, where=where, force=force)
-    selects = selection.selector(snapshot)
+    policy = keepalive_policy(where, states, force=force, max_count=max_count)
+    selects = policy.selector(snapshot)
     names = {ns.inode: ns.name for ns in snapshot.namespaces}
     items = []
     for sk in snapshot.sockets:
         if selects(sk):
-            items.append(_item(len(items) + 1, sk, snapshot, names, settings, host, force))
+            items.append(_item(len(items) + 1, sk, snapshot, names, settings, host, policy.force))
     acting = [i for i in items if i.method]
-    if len(acting) > max_count:
+    if len(acting) > policy.max_count:
         raise UsageError(f"this would change {len(acting)} sockets, more than --max "
-                         f"{max_count}; narrow the filter or raise --max")
+                         f"{policy.max_count}; narrow the filter or raise --max")
     notes = () if host.gathered else ("made without this host's facts: for reading only",)
     return KeepalivePlan(items=tuple(items), settings=settings, host=host, notes=notes)
 
@@ -308,4 +313,4 @@ def _left(item: PlanItem, interrupted: bool) -> Outcome:
 
 
 __all__ = ["Keepalive", "KeepalivePlan", "KeepaliveReport", "apply_keepalive",
-           "plan_keepalive", "scan_for_keepalive"]
+           "keepalive_policy", "plan_keepalive", "scan_for_keepalive"]

@@ -35,11 +35,14 @@ class KillPolicy:
     where: the selection, a Query (states, an ss filter, ports, pids,
         process, age, family, netns), matched against a snapshot by
         Query.select as `ls` would. A query that names no state selects
-        CLOSE-WAIT only (DEFAULT_STATES). After construction `where` is
-        always a Query with that default applied.
+        `default_states`: CLOSE-WAIT only (DEFAULT_STATES) for a kill;
+        keepalive's policy (remedy/keepalive.py) passes ESTABLISHED. After
+        construction `where` is always a Query with that default applied.
     states, older_than_ms: shorthands, given when the policy is made,
         merged into `where` (a kernel state mask, model.state_mask; a minimum
         age: the peer silent this long). Read them back from `query`.
+    default_states: the states chosen when neither `where` nor `states`
+        names one (given when the policy is made).
     methods: the methods allowed, in the order they are tried per socket;
         "auto" stands for fin, drain, destroy, rst.
     force: also act on listeners and on sockdoctor's own session.
@@ -56,6 +59,7 @@ class KillPolicy:
     where: Query | None = None
     states: InitVar[int | None] = None
     older_than_ms: InitVar[int | None] = None
+    default_states: InitVar[int] = DEFAULT_STATES
     methods: tuple[str, ...] = ("auto",)
     force: bool = False
     max_count: int = DEFAULT_MAX
@@ -64,7 +68,8 @@ class KillPolicy:
     dead_fds: str = "no"
     bare_close: bool = False
 
-    def __post_init__(self, states: int | None, older_than_ms: int | None) -> None:
+    def __post_init__(self, states: int | None, older_than_ms: int | None,
+                      default_states: int) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise UsageError(f"unknown method '{bad[0] if bad else ''}' "
@@ -75,7 +80,8 @@ class KillPolicy:
             raise UsageError("the rate must be above zero")
         if self.over_max not in OVER_MAX or self.dead_fds not in DEAD_FDS:
             raise UsageError(f"over_max is one of {OVER_MAX}, dead_fds one of {DEAD_FDS}")
-        object.__setattr__(self, "where", _selection(self.where, states, older_than_ms))
+        object.__setattr__(self, "where", _selection(self.where, states, older_than_ms,
+                                                     default_states))
 
     @property
     def query(self) -> Query:
@@ -130,13 +136,14 @@ def dead_fds_mode(dead_fds: bool, query: Query | None) -> str:
     return "also" if query is not None and query.names_states else "only"
 
 
-def _selection(where: Query | None, states: int | None, older_than_ms: int | None) -> Query:
-    """`where` with the shorthands merged in, and CLOSE-WAIT when no state is named."""
+def _selection(where: Query | None, states: int | None, older_than_ms: int | None,
+               default_states: int) -> Query:
+    """`where` with the shorthands merged in, and `default_states` when no state is named."""
     query = where or Query()
     if states is not None:
         query = dataclasses.replace(query, states=query.states & states, named_states=True)
     elif not query.names_states:
-        query = dataclasses.replace(query, states=DEFAULT_STATES, named_states=True)
+        query = dataclasses.replace(query, states=default_states, named_states=True)
     if older_than_ms is not None:  # both ages must hold: the longer one
         older = max(older_than_ms, query.older_than_ms or 0)
         query = dataclasses.replace(query, older_than_ms=older)
