@@ -24,9 +24,10 @@ from .common import (
 EPILOG = FILTER_HELP + """
 \b
 ss's habits work: -t alone lists connected sockets as ss -t does (no
-listeners, TIME-WAIT or SYN-RECV; -a adds them; without -t every state is
-listed), -n is accepted (always numeric), -l lists listeners, -s prints ss's
-summary, -N NS is --netns, and short flags combine (-tlnp, -tanpo).
+listeners, TIME-WAIT or SYN-RECV; -a or a named state such as --state all
+adds them; without -t every state is listed), -n is accepted (always
+numeric), -l lists listeners, -s prints ss's summary, -N NS is --netns, and
+short flags combine (-tlnp, -tanpo).
 -u/-x/-w next to -t are ignored with a note: sockdoctor shows TCP only.
 
 \b
@@ -91,13 +92,13 @@ def ls_command(listening: bool, processes: bool, info: bool, memory: bool, exten
 
 def ss_default_states(query: Any) -> Any:
     """`-t` without -a or -l, as in ss: connected sockets only (no LISTEN, TIME-WAIT,
-    SYN-RECV), unless a state was named."""
+    SYN-RECV), unless a state was named (Query.names_states: `--state all` and
+    `state all` too, as `ss -t state all` lists every state)."""
     import dataclasses
 
-    from ..model import ALL_STATES_MASK
     from ..ssfilter import SS_CONN
 
-    if query.states != ALL_STATES_MASK:
+    if query.names_states:
         return query
     return dataclasses.replace(query, states=SS_CONN)
 
