@@ -354,29 +354,47 @@ static int age_only(Feed *f, PyObject *sk, int state, Py_ssize_t off, Py_ssize_t
 
 /* --- messages --------------------------------------------------------------- */
 
-static PyObject *socket_of(Feed *f, Py_ssize_t o) {
-    const uint8_t *m = f->d + o;
-    int family = m[16];
-    if (family != AF_INET && family != AF_INET6)
-        return parse_error("unknown address family %d at byte %zd", family, o);
-    uint16_t sport = rd16(m + 20), dport = rd16(m + 22);
+/* Where a record keeps the fields of a Socket (byte offsets): sock_diag's
+ * inet_diag_msg (ports in network order) or an iter/tcp record (host order). */
+typedef struct {
+    int state, timer, retrans;                      /* one byte each */
+    int src, sport, dst, dport, swapped;            /* addresses, 16-bit ports */
+    int inode, cookie, uid, recv_q, send_q, expires, ifindex;  /* 32-bit; cookie 64 */
+} Layout;
+
+static const Layout DIAG_MSG = {
+    .state = 17, .timer = 18, .retrans = 19, .src = 24, .sport = 20, .dst = 40, .dport = 22,
+    .swapped = 1, .inode = 84, .cookie = 60, .uid = 80, .recv_q = 72, .send_q = 76,
+    .expires = 68, .ifindex = 56};
+static const Layout ITER_TCP = {
+    .state = 1, .timer = 2, .retrans = 3, .src = 8, .sport = 4, .dst = 24, .dport = 6,
+    .swapped = 0, .inode = 48, .cookie = 40, .uid = 52, .recv_q = 56, .send_q = 60,
+    .expires = 64, .ifindex = 72};
+
+static long port_at(const uint8_t *p, int swapped) {
+    uint16_t v = rd16(p);
+    return swapped ? ((v & 0xFF) << 8) | (v >> 8) : v;
+}
+
+/* The Socket a record describes, in the order of model.Socket's first 16 fields. */
+static PyObject *new_socket(const uint8_t *m, const Layout *at, int family, PyObject *netns) {
     PyObject *a[16];
-    a[0] = Py_NewRef(f->netns);
+    a[0] = Py_NewRef(netns);
     a[1] = PyLong_FromLong(family);
-    a[2] = PyLong_FromLong(m[17]);
-    a[3] = address(family, m + 24);
-    a[4] = PyLong_FromLong(((sport & 0xFF) << 8) | (sport >> 8));
-    a[5] = address(family, m + 40);
-    a[6] = PyLong_FromLong(((dport & 0xFF) << 8) | (dport >> 8));
-    a[7] = PyLong_FromUnsignedLong(rd32(m + 84));      /* inode */
-    a[8] = PyLong_FromUnsignedLongLong(rd64(m + 60));  /* cookie */
-    a[9] = PyLong_FromUnsignedLong(rd32(m + 80));      /* uid */
-    a[10] = PyLong_FromUnsignedLong(rd32(m + 72));     /* recv_q */
-    a[11] = PyLong_FromUnsignedLong(rd32(m + 76));     /* send_q */
-    a[12] = PyLong_FromLong(m[18]);                    /* timer */
-    a[13] = PyLong_FromUnsignedLong(rd32(m + 68));     /* expires_ms */
-    a[14] = PyLong_FromLong(m[19]);                    /* retrans */
-    a[15] = PyLong_FromUnsignedLong(rd32(m + 56));     /* ifindex */
+    a[2] = PyLong_FromLong(m[at->state]);
+    a[3] = address(family, m + at->src);
+    a[4] = PyLong_FromLong(port_at(m + at->sport, at->swapped));
+    a[5] = address(family, m + at->dst);
+    a[6] = PyLong_FromLong(port_at(m + at->dport, at->swapped));
+    a[7] = PyLong_FromUnsignedLong(rd32(m + at->inode));
+    a[8] = PyLong_FromUnsignedLongLong(rd64(m + at->cookie));
+    a[9] = PyLong_FromUnsignedLong(rd32(m + at->uid));
+    a[10] = PyLong_FromUnsignedLong(rd32(m + at->recv_q));
+    a[11] = PyLong_FromUnsignedLong(rd32(m + at->send_q));
+    a[12] = PyLong_FromLong(m[at->timer]);
+    a[13] = PyLong_FromUnsignedLong(rd32(m + at->expires));  /* expires_ms */
+    a[14] = PyLong_FromLong(m[at->retrans]);
+    a[15] = PyLong_FromUnsignedLong(rd32(m + at->ifindex));
     PyObject *sk = NULL;
     int ok = 1;
     for (int i = 0; i < 16; i++)
@@ -386,6 +404,14 @@ static PyObject *socket_of(Feed *f, Py_ssize_t o) {
     for (int i = 0; i < 16; i++)
         Py_XDECREF(a[i]);
     return sk;
+}
+
+static PyObject *socket_of(Feed *f, Py_ssize_t o) {
+    const uint8_t *m = f->d + o;
+    int family = m[16];
+    if (family != AF_INET && family != AF_INET6)
+        return parse_error("unknown address family %d at byte %zd", family, o);
+    return new_socket(m, &DIAG_MSG, family, f->netns);
 }
 
 static int raise_if_error(Feed *f, Py_ssize_t o, uint32_t len) {
@@ -770,32 +796,7 @@ static PyObject *record_socket(const uint8_t *r, PyObject *netns) {
     if (family != AF_INET && family != AF_INET6)
         return PyErr_Format(PyExc_ValueError, "unknown address family %d in an iter/tcp record",
                             family);
-    PyObject *a[16];
-    a[0] = Py_NewRef(netns);
-    a[1] = PyLong_FromLong(family);
-    a[2] = PyLong_FromLong(r[1]);
-    a[3] = address(family, r + 8);
-    a[4] = PyLong_FromLong(rd16(r + 4));
-    a[5] = address(family, r + 24);
-    a[6] = PyLong_FromLong(rd16(r + 6));
-    a[7] = PyLong_FromUnsignedLong(rd32(r + 48));      /* inode */
-    a[8] = PyLong_FromUnsignedLongLong(rd64(r + 40));  /* cookie */
-    a[9] = PyLong_FromUnsignedLong(rd32(r + 52));      /* uid */
-    a[10] = PyLong_FromUnsignedLong(rd32(r + 56));     /* recv_q */
-    a[11] = PyLong_FromUnsignedLong(rd32(r + 60));     /* send_q */
-    a[12] = PyLong_FromLong(r[2]);                     /* timer */
-    a[13] = PyLong_FromUnsignedLong(rd32(r + 64));     /* expires_ms */
-    a[14] = PyLong_FromLong(r[3]);                     /* retrans */
-    a[15] = PyLong_FromUnsignedLong(rd32(r + 72));     /* ifindex */
-    PyObject *sk = NULL;
-    int ok = 1;
-    for (int i = 0; i < 16; i++)
-        ok &= a[i] != NULL;
-    if (ok)
-        sk = PyObject_Vectorcall(Socket_T, a, 16, NULL);
-    for (int i = 0; i < 16; i++)
-        Py_XDECREF(a[i]);
-    return sk;
+    return new_socket(r, &ITER_TCP, family, netns);
 }
 
 /* tcp_records(data, netns, age, aged_bits) -> [Socket]: sockets.decode_python in C. */
