@@ -189,6 +189,7 @@ class Sampler:
             # family (oserrors.os_edge: the namespace listing, sock_diag, entering a
             # namespace), but the owner walk still lets some through (procfs.list_pids'
             # listdir of /proc, the parallel walk's fork() and pipe(): EAGAIN, EMFILE),
+            # the kernel engine's BpfError is itself an OSError (linux/bpf/libbpf.py),
             # and a watcher that runs for weeks must report them as a failed sample.
             error = str(exc) or exc.__class__.__name__
         except Exception as exc:  # an internal error must not stop a long-running watcher
