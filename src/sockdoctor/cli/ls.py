@@ -138,10 +138,10 @@ def _write(snapshot: Any, output: str | None, processes: bool, info: bool, memor
                     else summary.render_ss(snapshot))
     else:
         from ..render.table import Columns
-        from ..render.table import render as render_table
+        from ..render.table import text as table_text
 
         cols = Columns(processes=processes and snapshot.owners_scanned, info=info, mem=memory,
                        extended=extended, timers=timers, header=header,
                        netns=len(snapshot.namespaces) > 1,
                        age=any(sk.age_ms is not None for sk in snapshot.sockets))
-        write_lines(out, render_table(snapshot, cols))
+        out.write(table_text(snapshot, cols))

@@ -14,7 +14,7 @@ from types import ModuleType
 
 # The build this Python code expects (FAST_ABI in _fast.c). A stale build, e.g. an
 # in-place one older than the sources, is not used: it could misread new requests.
-ABI = 3
+ABI = 4
 _stale = False
 
 
