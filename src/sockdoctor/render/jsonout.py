@@ -181,8 +181,11 @@ def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
 
 
 def _fast_args(snapshot: Snapshot) -> tuple[object, ...] | None:
-    """What the C writer needs once per document, or None: records() does it all."""
-    if fast is None:
+    """What the C writer needs once per document, or None: records() does it all (no C
+    extension, or a listing with tcp_info or memory, -i -m: every chunk would decline)."""
+    first = snapshot.sockets[0] if snapshot.sockets else None
+    if fast is None or (first is not None and (first.info is not None or first.mem is not None
+                                               or first.info_blob is not None)):
         return None
     comms = ({pid: proc.comm for pid, proc in snapshot.processes.items()}
              if snapshot.owners_scanned else None)
