@@ -1329,7 +1329,14 @@ static PyObject *fast_json_records(PyObject *self, PyObject *args) {
     Py_ssize_t n = PyList_GET_SIZE(socks);
     if (PyList_GET_SIZE(clients) != n)
         return PyErr_Format(PyExc_ValueError, "one side per socket");
-    Arena a = {0};
+    /* One buffer kept from call to call (a document is written a chunk per call): a
+     * fresh one would be fresh pages, every one of them a page fault. Taken, not
+     * shared: owner_note() runs Python code, during which another thread may call. */
+    static Arena kept;
+    Arena a = kept;
+    kept = (Arena){0};
+    a.len = 0;
+    a.bad = 0;
     int rc = grow(&a, (size_t)n * 400);  /* a record with one owner: ~370 bytes */
     for (Py_ssize_t i = 0; !rc && !a.bad && i < n; i++) {
         PyObject *sk = PyList_GET_ITEM(socks, i);
@@ -1342,7 +1349,10 @@ static PyObject *fast_json_records(PyObject *self, PyObject *args) {
     }
     PyObject *out = rc ? NULL : a.bad ? Py_NewRef(Py_None)
                     : PyBytes_FromStringAndSize(a.buf ? a.buf : "", (Py_ssize_t)a.len);
-    free(a.buf);
+    if (a.cap > (64u << 20) || kept.buf)  /* not a huge one, nor a second */
+        free(a.buf);
+    else
+        kept = a;
     return out;
 }
 
