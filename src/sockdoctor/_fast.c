@@ -4,6 +4,9 @@
  *   tcp_info(blob)          struct tcp_info -> TcpInfo
  *   walk(proc, pids, n)     readlink over /proc/PID/fd in n threads -> socket holders
  *   by_inode(...), join()   those holders as Owner lists, given to their sockets
+ *   tcp_records(...)        iter/tcp records -> Socket objects
+ *   table(...)              the common columns of ls's table -> its text
+ *   json_records(...)       ls --json's records, for sockets without tcp_info
  *
  * This file is optional. linux/sockdiag.py and linux/procfs.py hold the
  * reference implementation in Python, which documents every rule followed
@@ -20,6 +23,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -36,8 +40,9 @@
 
 /* What the Python side expects of this build (linux/native.py ABI); raise it
  * whenever a change here must not run with older Python code or the reverse.
- * 2: replies of type TCPDIAG_GETSOCK are parsed (sockdiag.dump's single walk). */
-#define FAST_ABI 3
+ * 2: replies of type TCPDIAG_GETSOCK are parsed (sockdiag.dump's single walk).
+ * 4: table() renders ls's table, json_records() its JSON records. */
+#define FAST_ABI 4
 
 /* Netlink and inet_diag constants (see sockdiag.py for their sources). */
 enum {
@@ -54,7 +59,9 @@ enum { M_ONLY_AGE = 1, M_INFO = 2, M_LAZY_INFO = 4 };
 static PyObject *Socket_T, *SkMemInfo_T, *TcpInfo_T, *ParseError;
 static PyObject *s_out, *s_netns, *s_layouts, *s_age_at, *s_cong, *s_mode, *s_wanted,
     *s_aged, *s_done, *s_interrupted, *s_age_ms, *s_info, *s_info_blob, *s_cong_attr, *s_cc_info,
-    *s_shutdown, *s_cgroup_id, *s_mark, *s_mem, *s_inode, *s_owners, *s_pid;
+    *s_shutdown, *s_cgroup_id, *s_mark, *s_mem, *s_inode, *s_owners, *s_pid, *s_fd, *s_family,
+    *s_state, *s_recv_q, *s_send_q, *s_local_addr, *s_local_port, *s_peer_addr, *s_peer_port,
+    *s_cookie, *s_uid, *s_timer, *s_expires_ms, *s_retrans;
 
 static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -829,6 +836,527 @@ static PyObject *fast_tcp_records(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* --- fields of the model's objects, read from their slots -----------------------
+ * Socket and Owner are msgspec Structs: every field is a member descriptor over
+ * an object slot. The writers below read a few hundred thousand fields, where
+ * PyObject_GetAttr's lookup costs more than the writing; field() finds the
+ * slot's offset once per (type, name) and reads it directly, like the
+ * descriptor would. Anything else (another type, an unset slot) goes through
+ * PyObject_GetAttr. */
+typedef struct { PyTypeObject *type; PyObject *name; Py_ssize_t off; } Slot;
+enum { SLOTS = 128 };
+static Slot slots[SLOTS];
+
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
+    PyObject *d = _PyType_Lookup(type, name);  /* borrowed */
+    if (!d || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+        return -1;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    return m->type == T_OBJECT_EX && !(m->flags & READ_RESTRICTED) ? m->offset : -1;
+}
+
+/* A new reference to o.name (name interned), or NULL with an exception set. */
+static PyObject *field(PyObject *o, PyObject *name) {
+    PyTypeObject *type = Py_TYPE(o);
+    size_t h = (((uintptr_t)type >> 4) ^ ((uintptr_t)name >> 4) * 31) % SLOTS;
+    for (size_t probe = 0; probe < 8; probe++) {
+        Slot *sl = &slots[(h + probe) % SLOTS];
+        if (!sl->type) {  /* kept alive: its address must never name another type */
+            sl->type = (PyTypeObject *)Py_NewRef((PyObject *)type);
+            sl->name = name;
+            sl->off = slot_offset(type, name);
+        }
+        if (sl->type == type && sl->name == name) {
+            PyObject *v = sl->off >= 0 ? *(PyObject **)((char *)o + sl->off) : NULL;
+            return v ? Py_NewRef(v) : PyObject_GetAttr(o, name);
+        }
+    }
+    return PyObject_GetAttr(o, name);
+}
+
+/* --- the ls table (render/table.py render(), the common columns) ------------
+ * table(sockets, states, names, age, comms, header, show_header) -> str, or None when a cell
+ * is not plain printable ASCII (render() then escapes it in Python, the
+ * reference). states: the 16 state names; names: netns -> shown name, or None
+ * for no Netns column; comms: pid -> shown name, or None for no Process
+ * column; header: the titles (they count in the widths even when not shown). Every cell goes into one arena; the
+ * widths come from a first pass, the lines from a second. */
+typedef struct { char *buf; size_t len, cap; int bad; } Arena;
+enum { T_COLS = 8 };
+typedef struct { uint32_t off[T_COLS], len[T_COLS]; } Row;
+
+static inline int grow(Arena *a, size_t n) {
+    if (a->len + n <= a->cap)
+        return 0;
+    size_t cap = a->cap ? a->cap : 1 << 16;
+    while (cap < a->len + n)
+        cap *= 2;
+    char *b = realloc(a->buf, cap);
+    if (!b) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    a->buf = b;
+    a->cap = cap;
+    return 0;
+}
+
+static inline int put(Arena *a, const char *s, size_t n) {
+    if (grow(a, n) < 0)
+        return -1;
+    memcpy(a->buf + a->len, s, n);
+    a->len += n;
+    return 0;
+}
+
+/* Text as it is printed, or bad: anything but printable ASCII goes to Python. */
+static inline int put_text(Arena *a, PyObject *text) {
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) {
+        a->bad = 1;
+        return 0;
+    }
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e) {
+            a->bad = 1;
+            return 0;
+        }
+    return put(a, s, n);
+}
+
+/* A decimal number (vsnprintf costs more than the rest of a cell). */
+static inline int put_ll(Arena *a, long long v) {
+    char tmp[24];
+    int i = sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do
+        tmp[--i] = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        tmp[--i] = '-';
+    return put(a, tmp + i, sizeof tmp - (size_t)i);
+}
+
+/* v as two digits, then the unit: the "05" of 7m05s */
+static int put_02(Arena *a, long long v, char unit) {
+    char tmp[3] = {(char)('0' + v / 10), (char)('0' + v % 10), unit};
+    return put(a, tmp, 3);
+}
+
+static long long attr_ll(PyObject *o, PyObject *name, int *none) {
+    PyObject *v = field(o, name);
+    if (!v)
+        return -1;
+    *none = v == Py_None;
+    long long out = *none ? 0 : PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return out;
+}
+
+/* fmt.duration */
+static int put_duration(Arena *a, PyObject *sk) {
+    int none = 0;
+    long long ms = attr_ll(sk, s_age_ms, &none);
+    if (PyErr_Occurred())
+        return -1;
+    if (none)
+        return put(a, "-", 1);
+    if (ms < 1000)
+        return put_ll(a, ms) || put(a, "ms", 2) ? -1 : 0;
+    long long sec = ms / 1000, m = sec / 60, h = m / 60, d = h / 24;
+    if (sec < 60)
+        return put_ll(a, sec) || put(a, "s", 1) ? -1 : 0;
+    if (m < 60)
+        return put_ll(a, m) || put(a, "m", 1) || put_02(a, sec % 60, 's') ? -1 : 0;
+    if (h < 24)
+        return put_ll(a, h) || put(a, "h", 1) || put_02(a, m % 60, 'm') ? -1 : 0;
+    return put_ll(a, d) || put(a, "d", 1) || put_02(a, h % 24, 'h') ? -1 : 0;
+}
+
+/* words.endpoint */
+static int put_endpoint(Arena *a, PyObject *sk, PyObject *addr_name, PyObject *port_name,
+                        int family, int peer) {
+    PyObject *addr = field(sk, addr_name);
+    int none = 0;
+    long long port = addr ? attr_ll(sk, port_name, &none) : 0;
+    int rc = addr && !PyErr_Occurred() ? 0 : -1;
+    if (!rc && family == AF_INET6)
+        rc = put(a, "[", 1);
+    if (!rc)
+        rc = put_text(a, addr);
+    if (!rc)
+        rc = family == AF_INET6 ? put(a, "]:", 2) : put(a, ":", 1);
+    if (!rc)
+        rc = port == 0 && peer ? put(a, "*", 1) : put_ll(a, port);
+    Py_XDECREF(addr);
+    return rc;
+}
+
+/* fmt.users, or "(owner_note)" for a socket without owners */
+static int put_users(Arena *a, PyObject *sk, PyObject *comms) {
+    PyObject *owners = field(sk, s_owners);
+    if (!owners)
+        return -1;
+    int rc = 0;
+    Py_ssize_t n = PyList_Check(owners) ? PyList_GET_SIZE(owners) : -1;
+    if (n < 0) {
+        a->bad = 1;
+    } else if (n == 0) {
+        PyObject *note = PyObject_CallMethod(sk, "owner_note", NULL);
+        rc = !note ? -1 : put(a, "(", 1) || put_text(a, note) || put(a, ")", 1) ? -1 : 0;
+        Py_XDECREF(note);
+    } else {
+        rc = put(a, "users:(", 7);
+        for (Py_ssize_t i = 0; !rc && i < n; i++) {
+            PyObject *o = PyList_GET_ITEM(owners, i);
+            PyObject *pid = field(o, s_pid);
+            PyObject *comm = pid ? PyDict_GetItemWithError(comms, pid) : NULL;
+            int none = 0;
+            long long fd = pid && !PyErr_Occurred() ? attr_ll(o, s_fd, &none) : 0;
+            if (!pid || PyErr_Occurred()) {
+                Py_XDECREF(pid);
+                rc = -1;
+                break;
+            }
+            long long pid_v = PyLong_AsLongLong(pid);
+            Py_DECREF(pid);
+            rc = put(a, i ? ",(\"" : "(\"", i ? 3 : 2) || (comm ? put_text(a, comm) : put(a, "?", 1))
+                 || put(a, "\",pid=", 6) || put_ll(a, pid_v) || put(a, ",fd=", 4)
+                 || put_ll(a, fd) || put(a, ")", 1) ? -1 : 0;
+        }
+        if (!rc)
+            rc = put(a, ")", 1);
+    }
+    Py_DECREF(owners);
+    return rc;
+}
+
+static int put_netns(Arena *a, PyObject *sk, PyObject *names) {
+    PyObject *netns = field(sk, s_netns);
+    PyObject *name = netns ? PyDict_GetItemWithError(names, netns) : NULL;
+    int rc = !netns || (!name && PyErr_Occurred()) ? -1 : 0;
+    if (!rc && name)
+        rc = put_text(a, name);
+    else if (!rc) {
+        PyObject *text = PyObject_Str(netns);
+        rc = text ? put_text(a, text) : -1;
+        Py_XDECREF(text);
+    }
+    Py_XDECREF(netns);
+    return rc;
+}
+
+/* One socket's cells into the arena; returns the number of columns, -1 on error. */
+static int table_row(Arena *a, Row *row, PyObject *sk, PyObject *states, PyObject *names,
+                     int age, PyObject *comms) {
+    int none = 0, col = 0;
+    long long family = attr_ll(sk, s_family, &none);
+    long long state = attr_ll(sk, s_state, &none);
+    long long rq = attr_ll(sk, s_recv_q, &none), sq = attr_ll(sk, s_send_q, &none);
+    if (PyErr_Occurred())
+        return -1;
+#define CELL(expr) do { row->off[col] = (uint32_t)a->len; if ((expr) < 0) return -1; \
+        row->len[col] = (uint32_t)(a->len - row->off[col]); col++; } while (0)
+    if (state >= 0 && state < PyList_GET_SIZE(states))
+        CELL(put_text(a, PyList_GET_ITEM(states, state)));
+    else
+        CELL(put(a, "?", 1));
+    CELL(put_ll(a, rq));
+    CELL(put_ll(a, sq));
+    CELL(put_endpoint(a, sk, s_local_addr, s_local_port, (int)family, 0));
+    CELL(put_endpoint(a, sk, s_peer_addr, s_peer_port, (int)family, 1));
+    if (names != Py_None)
+        CELL(put_netns(a, sk, names));
+    if (age)
+        CELL(put_duration(a, sk));
+    if (comms != Py_None)
+        CELL(put_users(a, sk, comms));
+#undef CELL
+    return col;
+}
+
+/* The %-template of table._template: cols 1-3 right-aligned, the last unpadded,
+ * then the line's trailing spaces dropped (.rstrip(); cells are printable ASCII). */
+static void table_line(Arena *out, const char *base, const Row *row, int ncols,
+                       const size_t *width) {
+    size_t start = out->len;
+    for (int c = 0; c < ncols; c++) {
+        const char *s = base + row->off[c];
+        size_t n = row->len[c], pad = c == ncols - 1 ? 0 : width[c] - n;
+        if (c)
+            out->buf[out->len++] = ' ';
+        if (c >= 1 && c <= 3) {
+            memset(out->buf + out->len, ' ', pad);
+            out->len += pad;
+        }
+        memcpy(out->buf + out->len, s, n);
+        out->len += n;
+        if (!(c >= 1 && c <= 3)) {
+            memset(out->buf + out->len, ' ', pad);
+            out->len += pad;
+        }
+    }
+    while (out->len > start && out->buf[out->len - 1] == ' ')
+        out->len--;
+    out->buf[out->len++] = '\n';
+}
+
+static PyObject *table_text(Arena *cells, Row *rows, Py_ssize_t n, int ncols, int header) {
+    size_t width[T_COLS] = {0}, line = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (int c = 0; c < ncols; c++)
+            if (rows[i].len[c] > width[c])
+                width[c] = rows[i].len[c];
+    for (int c = 0; c < ncols; c++)
+        line += width[c] + 1;
+    Arena out = {0};
+    PyObject *text = NULL;
+    if (grow(&out, line * (size_t)n + 1) == 0) {
+        for (Py_ssize_t i = header ? 0 : 1; i < n; i++)
+            table_line(&out, cells->buf, &rows[i], ncols, width);
+        text = PyUnicode_DecodeASCII(out.buf ? out.buf : "", (Py_ssize_t)out.len, NULL);
+    }
+    free(out.buf);
+    return text;
+}
+
+static PyObject *fast_table(PyObject *self, PyObject *args) {
+    PyObject *socks, *states, *names, *comms, *header;
+    int age, show_header;
+    if (!PyArg_ParseTuple(args, "O!O!OpOO!p", &PyList_Type, &socks, &PyList_Type, &states,
+                          &names, &age, &comms, &PyList_Type, &header, &show_header))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(socks) + 1;  /* row 0: the header */
+    Row *rows = calloc((size_t)n, sizeof *rows);
+    Arena cells = {0};
+    if (rows && grow(&cells, (size_t)n * 96) < 0) {  /* cells of a row with an owner: ~90 bytes */
+        free(rows);
+        rows = NULL;
+    }
+    PyObject *out = NULL;
+    int ncols = (int)PyList_GET_SIZE(header), ok = rows != NULL && ncols <= T_COLS;
+    if (!rows)
+        PyErr_NoMemory();
+    for (int c = 0; ok && c < ncols; c++) {
+        rows[0].off[c] = (uint32_t)cells.len;
+        ok = put_text(&cells, PyList_GET_ITEM(header, c)) == 0;
+        rows[0].len[c] = (uint32_t)(cells.len - rows[0].off[c]);
+    }
+    for (Py_ssize_t i = 1; ok && !cells.bad && i < n; i++)
+        ok = table_row(&cells, &rows[i], PyList_GET_ITEM(socks, i - 1), states, names, age,
+                       comms) == ncols || (!PyErr_Occurred() && cells.bad);
+    if (ok && ncols > 0 && (size_t)cells.len < UINT32_MAX)
+        out = cells.bad ? Py_NewRef(Py_None) : table_text(&cells, rows, n, ncols, show_header);
+    else if (ok)
+        out = Py_NewRef(Py_None);
+    free(rows);
+    free(cells.buf);
+    return out;
+}
+
+/* --- ls --json records (render/jsonout.py records(), the common fields) --------
+ * json_records(sockets, clients, names, states, timers, comms, sep) -> bytes or
+ * None: each socket's SocketRecord as msgspec encodes it, each followed by sep.
+ * None (records() and msgspec then do the chunk) when a socket carries what
+ * only they write (tcp_info, memory, a congestion name) or a text that is not
+ * printable ASCII without quotes or backslashes (JSON escapes, bytes arrays).
+ * comms: pid -> name, or None when owners were not scanned. */
+static inline int put_str(Arena *a, const char *key, PyObject *text) {
+    if (put(a, key, strlen(key)) < 0 || put(a, "\"", 1) < 0)
+        return -1;
+    if (PyUnicode_Check(text) && PyUnicode_IS_ASCII(text)) {
+        const char *t = (const char *)PyUnicode_1BYTE_DATA(text);
+        for (Py_ssize_t i = 0, n = PyUnicode_GET_LENGTH(text); i < n; i++)
+            if (t[i] < 0x20 || t[i] > 0x7e || t[i] == '"' || t[i] == '\\')
+                a->bad = 1;
+    } else {
+        a->bad = 1;
+    }
+    return a->bad ? 0 : put_text(a, text) || put(a, "\"", 1) ? -1 : 0;
+}
+
+static inline int put_int(Arena *a, const char *key, PyObject *v) {
+    int over = 0;
+    long long x = PyLong_Check(v) ? PyLong_AsLongLongAndOverflow(v, &over) : 0;
+    if (!PyLong_Check(v) || over < 0) {
+        a->bad = 1;
+        return 0;
+    }
+    if (PyErr_Occurred() || put(a, key, strlen(key)) < 0)
+        return -1;
+    if (!over)
+        return put_ll(a, x);
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (PyErr_Occurred())
+        return -1;
+    char tmp[24];
+    int i = sizeof tmp;
+    do
+        tmp[--i] = (char)('0' + u % 10);
+    while (u /= 10);
+    return put(a, tmp + i, sizeof tmp - (size_t)i);
+}
+
+/* sk.<name> as "key":value; optional: None writes nothing. */
+static inline int put_field(Arena *a, PyObject *sk, const char *key, PyObject *name, int optional) {
+    PyObject *v = field(sk, name);
+    if (!v)
+        return -1;
+    int rc = optional && v == Py_None ? 0 : put_int(a, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static int put_named(Arena *a, const char *key, PyObject *table, PyObject *sk, PyObject *name) {
+    PyObject *v = field(sk, name);
+    PyObject *text = v ? PyDict_GetItemWithError(table, v) : NULL;
+    Py_XDECREF(v);
+    if (!v || PyErr_Occurred())
+        return -1;
+    if (text)
+        return put_str(a, key, text);
+    PyObject *unknown = PyUnicode_FromString("?");
+    int rc = unknown ? put_str(a, key, unknown) : -1;
+    Py_XDECREF(unknown);
+    return rc;
+}
+
+static int json_owners(Arena *a, PyObject *sk, PyObject *comms) {
+    PyObject *owners = field(sk, s_owners);
+    if (!owners)
+        return -1;
+    Py_ssize_t n = PyList_Check(owners) ? PyList_GET_SIZE(owners) : 0;
+    int rc = put(a, ",\"owners\":[", 11);
+    for (Py_ssize_t i = 0; !rc && i < n; i++) {
+        PyObject *o = PyList_GET_ITEM(owners, i), *pid = field(o, s_pid);
+        PyObject *comm = pid ? PyDict_GetItemWithError(comms, pid) : NULL;
+        rc = !pid || PyErr_Occurred() ? -1
+             : put(a, i ? ",{" : "{", i ? 2 : 1) || put_int(a, "\"pid\":", pid)
+               || put_field(a, o, ",\"fd\":", s_fd, 0) ? -1 : 0;
+        if (!rc && comm)
+            rc = put_str(a, ",\"comm\":", comm);
+        else if (!rc)
+            rc = put(a, ",\"comm\":\"\"", 10);
+        if (!rc)
+            rc = put(a, "}", 1);
+        Py_XDECREF(pid);
+    }
+    if (!rc)
+        rc = put(a, "]", 1);
+    if (!rc && n == 0) {
+        PyObject *note = PyObject_CallMethod(sk, "owner_note", NULL);
+        rc = note ? put_str(a, ",\"owner_note\":", note) : -1;
+        Py_XDECREF(note);
+    }
+    Py_DECREF(owners);
+    return rc;
+}
+
+/* Whether the record has a part only msgspec writes (tcp_info, memory, congestion). */
+static int json_only_python(PyObject *sk) {
+    PyObject *names[] = {s_info, s_info_blob, s_mem, s_cong_attr};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        PyObject *v = field(sk, names[i]);
+        if (!v)
+            return -1;
+        int set = v != Py_None;
+        Py_DECREF(v);
+        if (set)
+            return 1;
+    }
+    return 0;
+}
+
+static int json_record(Arena *a, PyObject *sk, int client, PyObject *names, PyObject *states,
+                       PyObject *timers, PyObject *comms) {
+    PyObject *netns = field(sk, s_netns);
+    PyObject *name = netns ? PyDict_GetItemWithError(names, netns) : NULL;
+    int rc = !netns || PyErr_Occurred() ? -1 : 0;
+    if (!rc && name && PyObject_IsTrue(name))
+        rc = put_str(a, "{\"netns\":", name);
+    else if (!rc) {
+        PyObject *text = PyObject_Str(netns);
+        rc = text ? put_str(a, "{\"netns\":", text) : -1;
+        Py_XDECREF(text);
+    }
+    Py_XDECREF(netns);
+    if (rc)
+        return rc;
+    PyObject *fam = field(sk, s_family);
+    long family = fam ? PyLong_AsLong(fam) : -1;
+    Py_XDECREF(fam);
+    if (PyErr_Occurred())
+        return -1;
+    const char *fname = family == AF_INET ? "ipv4" : family == AF_INET6 ? "ipv6" : "?";
+    PyObject *lport = field(sk, client ? s_peer_port : s_local_port);
+    rc = !lport || put(a, ",\"family\":\"", 11) || put(a, fname, strlen(fname))
+         || put(a, "\"", 1) || put_named(a, ",\"state\":", states, sk, s_state) ? -1 : 0;
+    PyObject *addr = rc ? NULL : field(sk, s_local_addr);
+    rc = !addr || put_str(a, ",\"local_addr\":", addr) ? -1 : 0;
+    Py_XDECREF(addr);
+    rc = rc || put_field(a, sk, ",\"local_port\":", s_local_port, 0) ? -1 : 0;
+    addr = rc ? NULL : field(sk, s_peer_addr);
+    rc = !addr || put_str(a, ",\"peer_addr\":", addr) ? -1 : 0;
+    Py_XDECREF(addr);
+    rc = rc || put_field(a, sk, ",\"peer_port\":", s_peer_port, 0)
+         || put_field(a, sk, ",\"recv_q\":", s_recv_q, 0)
+         || put_field(a, sk, ",\"send_q\":", s_send_q, 0)
+         || put_field(a, sk, ",\"inode\":", s_inode, 0)
+         || put_field(a, sk, ",\"cookie\":", s_cookie, 0)
+         || put_field(a, sk, ",\"uid\":", s_uid, 0)
+         || put_named(a, ",\"timer\":", timers, sk, s_timer)
+         || put_field(a, sk, ",\"expires_ms\":", s_expires_ms, 0)
+         || put_field(a, sk, ",\"retrans\":", s_retrans, 0)
+         || put(a, client ? ",\"side\":\"client\"" : ",\"side\":\"server\"", client ? 16 : 16)
+         || put_int(a, ",\"service\":", lport)
+         || put_field(a, sk, ",\"age_ms\":", s_age_ms, 1)
+         || (comms != Py_None && json_owners(a, sk, comms))
+         || put_field(a, sk, ",\"shutdown\":", s_shutdown, 1)
+         || put_field(a, sk, ",\"cgroup_id\":", s_cgroup_id, 1)
+         || put(a, "}", 1) ? -1 : 0;
+    Py_XDECREF(lport);
+    return rc;
+}
+
+static PyObject *fast_json_records(PyObject *self, PyObject *args) {
+    PyObject *socks, *clients, *names, *states, *timers, *comms;
+    const char *sep;
+    Py_ssize_t sep_len;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!Os#", &PyList_Type, &socks, &PyList_Type, &clients,
+                          &PyDict_Type, &names, &PyDict_Type, &states, &PyDict_Type, &timers,
+                          &comms, &sep, &sep_len))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(socks);
+    if (PyList_GET_SIZE(clients) != n)
+        return PyErr_Format(PyExc_ValueError, "one side per socket");
+    /* One buffer kept from call to call (a document is written a chunk per call): a
+     * fresh one would be fresh pages, every one of them a page fault. Taken, not
+     * shared: owner_note() runs Python code, during which another thread may call. */
+    static Arena kept;
+    Arena a = kept;
+    kept = (Arena){0};
+    a.len = 0;
+    a.bad = 0;
+    int rc = grow(&a, (size_t)n * 400);  /* a record with one owner: ~370 bytes */
+    for (Py_ssize_t i = 0; !rc && !a.bad && i < n; i++) {
+        PyObject *sk = PyList_GET_ITEM(socks, i);
+        int only = json_only_python(sk);
+        if (only)
+            a.bad = only > 0;
+        rc = only < 0 ? -1 : only ? 0 : json_record(&a, sk, PyList_GET_ITEM(clients, i) == Py_True,
+                                                    names, states, timers, comms)
+                                         || put(&a, sep, (size_t)sep_len);
+    }
+    PyObject *out = rc ? NULL : a.bad ? Py_NewRef(Py_None)
+                    : PyBytes_FromStringAndSize(a.buf ? a.buf : "", (Py_ssize_t)a.len);
+    if (a.cap > (64u << 20) || kept.buf)  /* not a huge one, nor a second */
+        free(a.buf);
+    else
+        kept = a;
+    return out;
+}
+
 /* --- module ----------------------------------------------------------------- */
 
 /* bind(Socket, SkMemInfo, TcpInfo): the model's types, built positionally. */
@@ -854,6 +1382,12 @@ static PyMethodDef methods[] = {
     {"join", fast_join, METH_VARARGS, "join(sockets, by_inode): procfs.OwnerMap.attach"},
     {"tcp_records", fast_tcp_records, METH_VARARGS,
      "tcp_records(data, netns, age, aged_bits): linux/bpf/sockets.decode_python in C"},
+    {"table", fast_table, METH_VARARGS,
+     "table(sockets, states, names, age, comms, header, show_header) -> str | None: "
+     "render/table.render"},
+    {"json_records", fast_json_records, METH_VARARGS,
+     "json_records(sockets, clients, names, states, timers, comms, sep) -> bytes | None: "
+     "render/jsonout.records encoded"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -868,7 +1402,11 @@ PyMODINIT_FUNC PyInit__fast(void) {
         {&s_age_ms, "age_ms"}, {&s_info, "info"}, {&s_info_blob, "info_blob"},
         {&s_cong_attr, "cong"}, {&s_cc_info, "cc_info"}, {&s_shutdown, "shutdown"}, {&s_cgroup_id, "cgroup_id"},
         {&s_mark, "mark"}, {&s_mem, "mem"}, {&s_inode, "inode"}, {&s_owners, "owners"},
-        {&s_pid, "pid"},
+        {&s_pid, "pid"}, {&s_fd, "fd"}, {&s_family, "family"}, {&s_state, "state"},
+        {&s_recv_q, "recv_q"}, {&s_send_q, "send_q"}, {&s_local_addr, "local_addr"},
+        {&s_local_port, "local_port"}, {&s_peer_addr, "peer_addr"}, {&s_peer_port, "peer_port"},
+        {&s_cookie, "cookie"}, {&s_uid, "uid"}, {&s_timer, "timer"}, {&s_expires_ms, "expires_ms"},
+        {&s_retrans, "retrans"},
     };
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
         if (!(*strings[i].slot = PyUnicode_InternFromString(strings[i].text)))

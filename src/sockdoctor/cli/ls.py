@@ -47,6 +47,9 @@ Examples:
 """
 
 
+LEAVE_TO_THE_OS = 10_000  # sockets: below this, freeing them costs next to nothing
+
+
 @click.command("ls", context_settings=CONTEXT, epilog=EPILOG)
 @filter_options
 @click.option("-l", "--listening", is_flag=True, help="Only listening sockets (as ss -l).")
@@ -88,6 +91,10 @@ def ls_command(listening: bool, processes: bool, info: bool, memory: bool, exten
     snapshot = _snapshot(query, from_file, output, processes, info, memory, extended)
     warn(snapshot.warnings)
     _write(snapshot, output, _Shown(processes, info, memory, extended, timers, not no_header))
+    if len(snapshot.sockets) >= LEAVE_TO_THE_OS:
+        from ..linux.native import never_free
+
+        never_free(snapshot)  # the process is about to exit
 
 
 def ss_default_states(query: Any) -> Any:
@@ -152,11 +159,11 @@ def _write(snapshot: Any, output: str | None, shown: _Shown) -> None:
                     else summary.render_ss(snapshot))
     else:
         from ..render.table import Columns
-        from ..render.table import render as render_table
+        from ..render.table import text as table_text
 
         cols = Columns(processes=shown.processes and snapshot.owners_scanned, info=shown.info,
                        mem=shown.memory, extended=shown.extended, timers=shown.timers,
                        header=shown.header,
                        netns=len(snapshot.namespaces) > 1,
                        age=any(sk.age_ms is not None for sk in snapshot.sockets))
-        write_lines(out, render_table(snapshot, cols))
+        out.write(table_text(snapshot, cols))

@@ -1,7 +1,9 @@
 """JSON and NDJSON output of `sockdoctor ls` (schema: docs/json.md).
 
 Records are msgspec Structs rather than dicts: building and encoding a few
-hundred thousand of them stays well under a second.
+hundred thousand of them stays well under a second. Records without tcp_info
+(ls --json, ls -p --json) are written by the C extension when it is built
+(_fast.json_records): the same bytes, without a Python object per record.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import BinaryIO
 import msgspec
 
 from .. import jsontext
+from ..linux.native import fast
 from ..linux.tcpinfo import of as tcp_info
 from ..model import SS_COLUMN_NAMES, TIMER_NAMES, SkMemInfo, Snapshot, Socket, TcpInfo
 from ..sides import Sides
@@ -154,17 +157,47 @@ def write_json(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
     )
     head = jsontext.encode(doc, encoder)
     out.write(head[:-2])  # drop the closing "]}" of the empty sockets list
-    socks, sides = snapshot.sockets, Sides(snapshot)
+    socks, sides, fast_args = snapshot.sockets, Sides(snapshot), _fast_args(snapshot)
     for start in range(0, len(socks), chunk):
-        body = jsontext.encode(records(snapshot, socks[start:start + chunk], sides), encoder)
-        out.write(body[1:-1] if start == 0 else b"," + body[1:-1])
+        part = socks[start:start + chunk]
+        body = _fast_records(part, sides, fast_args, b",")
+        if body is not None:
+            body = body[:-1]  # the separator after the last record
+        else:
+            body = jsontext.encode(records(snapshot, part, sides), encoder)[1:-1]
+        out.write(body if start == 0 else b"," + body)
     out.write(b"]}\n")
 
 
 def write_ndjson(snapshot: Snapshot, out: BinaryIO, chunk: int = 4096) -> None:
     """One JSON object per line, built and written a chunk at a time."""
     encoder = msgspec.json.Encoder()
-    socks, sides = snapshot.sockets, Sides(snapshot)
+    socks, sides, fast_args = snapshot.sockets, Sides(snapshot), _fast_args(snapshot)
     for start in range(0, len(socks), chunk):
-        out.write(jsontext.encode_lines(records(snapshot, socks[start:start + chunk], sides),
-                                        encoder))
+        part = socks[start:start + chunk]
+        body = _fast_records(part, sides, fast_args, b"\n")
+        out.write(body if body is not None
+                  else jsontext.encode_lines(records(snapshot, part, sides), encoder))
+
+
+def _fast_args(snapshot: Snapshot) -> tuple[object, ...] | None:
+    """What the C writer needs once per document, or None: records() does it all (no C
+    extension, or a listing with tcp_info or memory, -i -m: every chunk would decline)."""
+    first = snapshot.sockets[0] if snapshot.sockets else None
+    if fast is None or (first is not None and (first.info is not None or first.mem is not None
+                                               or first.info_blob is not None)):
+        return None
+    comms = ({pid: proc.comm for pid, proc in snapshot.processes.items()}
+             if snapshot.owners_scanned else None)
+    return (fmt.netns_names(snapshot), SS_COLUMN_NAMES, TIMER_NAMES, comms)
+
+
+def _fast_records(part: list[Socket], sides: Sides, fast_args: tuple[object, ...] | None,
+                  sep: bytes) -> bytes | None:
+    """records() of these sockets as msgspec encodes them, each followed by `sep`, written
+    by the C extension; None when a record has what only msgspec writes here (tcp_info,
+    memory, congestion, text that JSON must escape): records() then does the chunk."""
+    if fast_args is None:
+        return None
+    names, states, timers, comms = fast_args
+    return fast.json_records(part, sides.clients(part), names, states, timers, comms, sep)

@@ -8,6 +8,7 @@ ones, so it serves only a process in the initial PID namespace.
 
 from __future__ import annotations
 
+import os
 import threading
 from array import array
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from itertools import compress
 from typing import TYPE_CHECKING
 
 from .. import procfs
-from . import BpfError, BpfObject, available, requested
+from . import BTF, BpfObject, libbpf, requested, wanted
 
 if TYPE_CHECKING:
     from ..owners import Finish, Found, Scope
@@ -25,6 +26,8 @@ RECORD = 16  # struct record in owners.bpf.c: s32 tgid, s32 fd, u64 inode
 # the /proc walk ~4 us per open file: below this many open files on the host the
 # walk is faster, unless SOCKDOCTOR_ENGINE=bpf asks for the kernel engine anyway.
 MIN_FILES = 5_000
+CAP_PERFMON, CAP_BPF = 38, 39
+_refused: list[OSError] = []  # a load that failed: not tried again in this process
 
 
 def in_initial_pid_namespace() -> bool:
@@ -39,7 +42,13 @@ def in_initial_pid_namespace() -> bool:
 
 
 def usable() -> bool:
-    return available() and in_initial_pid_namespace()
+    """Wanted, built, not refused before, BTF and the capabilities present, our PIDs the
+    kernel's. Not bpf.available(): its probe loads the program once more (~25 ms CPU)
+    only to close it; a load that fails here is remembered and the walk reads /proc."""
+    return (wanted() and not _refused and (libbpf.HERE / "owners.bpf.o").exists()
+            and os.path.exists(BTF) and (procfs.has_capabilities(CAP_PERFMON, CAP_BPF)
+                                         or procfs.has_capabilities(procfs.CAP_SYS_ADMIN))
+            and in_initial_pid_namespace())
 
 
 def walk() -> procfs._Walk:
@@ -120,7 +129,8 @@ def _start_thread() -> Callable[[], procfs._Walk]:
     def run() -> None:
         try:
             result.append(walk())
-        except BpfError as exc:
+        except OSError as exc:  # BpfError, or no libbpf: /proc then, and not again
+            _refused.append(exc)
             result.append(exc)
     thread = threading.Thread(target=run, name="sockdoctor-bpf-owners", daemon=True)
     thread.start()
