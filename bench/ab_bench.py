@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from exporter_bench import Exporter  # noqa: E402
-from population import Population, mixed  # noqa: E402
-from run import run_measured  # noqa: E402
+from exporter_bench import Exporter
+from population import Population, mixed
+from run import run_measured
 
 SLOW_SECONDS = 20.0  # a command slower than this gets `--slow-rounds` rounds
 NOISE = 0.05  # a ratio above 1 + NOISE in both wall and CPU is "slower"
@@ -128,7 +128,8 @@ def time_command(sides: list[Side], argv: list[str], env: dict[str, str], rounds
     return figs
 
 
-def exporter_sample(side: Side, netns: str, env: dict[str, str], samples: int) -> tuple[float, float]:
+def exporter_sample(side: Side, netns: str, env: dict[str, str],
+                    samples: int) -> tuple[float, float]:
     """(wall, CPU) seconds per steady sample: --no-doctor, back to back."""
     proc = subprocess.Popen([side.exe, "exporter", "--netns", netns, "--listen", "127.0.0.1:0",
                              "--interval", "0.1s", "--no-doctor"], env=env,
@@ -182,20 +183,28 @@ def measure(args: argparse.Namespace, sides: list[Side], say) -> dict:  # type: 
         results["sockets"], results["netns"] = pop.sockets, pop.netns
         say(f"{pop.sockets} sockets in {pop.netns}, built in {pop.build_seconds:.0f} s")
         for engine in args.engines.split(","):
-            env, rows = engine_env(engine), {}
-            for label, argv in commands(pop.netns, args.tmp):
-                rows[label] = time_command(sides, argv, env, args.rounds, say)
-                say(f"  [{engine}] {label}: " + summary(rows[label]))
-            rows["exporter steady sample (--no-doctor)"] = time_daemon(
-                sides, lambda s: exporter_sample(s, pop.netns, env, args.samples),
-                args.daemon_rounds)
-            rows["top refresh"] = time_daemon(
-                sides, lambda s: top_refresh(s, pop.netns, env, args.refreshes), args.daemon_rounds)
-            for label in list(rows)[-2:]:
-                say(f"  [{engine}] {label}: " + summary(rows[label]))
-            results["engines"][engine] = rows
+            results["engines"][engine] = measure_engine(args, sides, pop.netns, engine, say)
     results["load_after"] = os.getloadavg()
     return results
+
+
+def measure_engine(args: argparse.Namespace, sides: list[Side], netns: str, engine: str,
+                   say) -> dict[str, dict[str, Figures]]:  # type: ignore[no-untyped-def]
+    env, rows = engine_env(engine), {}
+    for label, argv in commands(netns, args.tmp):
+        if args.only and label not in args.only:
+            continue
+        rows[label] = time_command(sides, argv, env, args.rounds, say)
+        say(f"  [{engine}] {label}: " + summary(rows[label]))
+    if args.only:  # a re-run of some one-shot commands: no daemons
+        return rows
+    rows["exporter steady sample (--no-doctor)"] = time_daemon(
+        sides, lambda s: exporter_sample(s, netns, env, args.samples), args.daemon_rounds)
+    rows["top refresh"] = time_daemon(
+        sides, lambda s: top_refresh(s, netns, env, args.refreshes), args.daemon_rounds)
+    for label in list(rows)[-2:]:
+        say(f"  [{engine}] {label}: " + summary(rows[label]))
+    return rows
 
 
 def ratio(figs: dict[str, Figures], attr: str) -> float:
@@ -228,7 +237,8 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for label, figs in rows.items():
             o, n = figs["old"], figs["new"]
-            note = "" if o.out_lines == n.out_lines else f" (output lines {o.out_lines} vs {n.out_lines})"
+            note = ("" if o.out_lines == n.out_lines
+                    else f" (output lines {o.out_lines} vs {n.out_lines})")
             lines.append(
                 f"| `{label}`{note} | {statistics.median(o.wall):.3f} | "
                 f"{statistics.median(n.wall):.3f} | {ratio(figs, 'wall'):.2f} | "
@@ -248,6 +258,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10, help="exporter samples after the first")
     ap.add_argument("--refreshes", type=int, default=5, help="top refreshes per run")
     ap.add_argument("--engines", default="default,c")
+    ap.add_argument("--only", type=lambda v: v.split(","), default=[],
+                    help="only these commands (labels as in the table, comma-separated)")
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--markdown", metavar="FILE")
     ap.add_argument("--json", metavar="FILE", help="raw figures")
