@@ -85,7 +85,7 @@ def commands(netns: str, tmp: str) -> list[tuple[str, list[str]]]:
         ("doctor --json", ["doctor", "--json", *ns]),
         ("kill state close-wait (plan, no --yes)",
          ["kill", "state", "close-wait", "--json", "--max", "1000000", *ns]),
-        ("snapshot -o FILE", ["snapshot", "-o", f"{tmp}/SIDE.json", *ns]),
+        ("snapshot -o FILE", ["snapshot", "-o", f"{tmp}/ab_bench-SIDE.json", *ns]),
     ]
 
 
@@ -184,6 +184,8 @@ def measure(args: argparse.Namespace, sides: list[Side], say) -> dict:  # type: 
         say(f"{pop.sockets} sockets in {pop.netns}, built in {pop.build_seconds:.0f} s")
         for engine in args.engines.split(","):
             results["engines"][engine] = measure_engine(args, sides, pop.netns, engine, say)
+    for side in sides:  # the snapshots written (tens of MB)
+        Path(f"{args.tmp}/ab_bench-{side.name}.json").unlink(missing_ok=True)
     results["load_after"] = os.getloadavg()
     return results
 
