@@ -993,13 +993,22 @@ static int put_endpoint(Arena *a, PyObject *sk, PyObject *addr_name, PyObject *p
     return rc;
 }
 
+/* The socket's owners (a new reference, NULL on error) and, in *n, how many:
+   `not_a_list` when the field holds something else. */
+static PyObject *owners_of(PyObject *sk, Py_ssize_t *n, Py_ssize_t not_a_list) {
+    PyObject *owners = field(sk, s_owners);
+    if (owners)
+        *n = PyList_Check(owners) ? PyList_GET_SIZE(owners) : not_a_list;
+    return owners;
+}
+
 /* fmt.users, or "(owner_note)" for a socket without owners */
 static int put_users(Arena *a, PyObject *sk, PyObject *comms) {
-    PyObject *owners = field(sk, s_owners);
+    int rc = 0;
+    Py_ssize_t n = 0;
+    PyObject *owners = owners_of(sk, &n, -1);
     if (!owners)
         return -1;
-    int rc = 0;
-    Py_ssize_t n = PyList_Check(owners) ? PyList_GET_SIZE(owners) : -1;
     if (n < 0) {
         a->bad = 1;
     } else if (n == 0) {
@@ -1223,10 +1232,10 @@ static int put_named(Arena *a, const char *key, PyObject *table, PyObject *sk, P
 }
 
 static int json_owners(Arena *a, PyObject *sk, PyObject *comms) {
-    PyObject *owners = field(sk, s_owners);
+    Py_ssize_t n = 0;
+    PyObject *owners = owners_of(sk, &n, 0);
     if (!owners)
         return -1;
-    Py_ssize_t n = PyList_Check(owners) ? PyList_GET_SIZE(owners) : 0;
     int rc = put(a, ",\"owners\":[", 11);
     for (Py_ssize_t i = 0; !rc && i < n; i++) {
         PyObject *o = PyList_GET_ITEM(owners, i), *pid = field(o, s_pid);

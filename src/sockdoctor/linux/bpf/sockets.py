@@ -108,12 +108,15 @@ def pays(opts: sockdiag.DumpOptions) -> bool:
     and decoding overlaps the kernel's pass). So it pays for a broad dump
     (every common state, no port filter: ls, ls --json, ls -p, a sample) on
     a host with many sockets (the program's load costs ~20 ms), not for a
-    narrow one like `state close-wait` or `--port`.
+    narrow one like `state close-wait` or `--port`, nor for a dump without
+    the age (`ls -s`): sock_diag then sends no tcp_info and is cheap enough
+    that loading libbpf and the program (~40-50 ms) is not won back
+    (measured at 50k: +45 ms CPU, docs/benchmarks.md, issue 19 re-measured).
     """
     if requested() == "bpf":
         return True
     broad = opts.states & BROAD_STATES == BROAD_STATES and not opts.bytecode
-    return broad and host_sockets() >= MIN_SOCKETS
+    return broad and opts.age and host_sockets() >= MIN_SOCKETS
 
 
 def host_sockets() -> int:
