@@ -8,6 +8,7 @@ counts for them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,3 +132,38 @@ def test_without_its_programs_everything_works_as_before(tmp_path: os.PathLike,
     assert "kernel engine: BPF not in use: its programs were not built" in out.stdout
     monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
     assert owners.usable() is (bpf._probe() == "")
+
+
+def test_version_says_owners_come_from_proc_in_another_pid_namespace() -> None:
+    """The program's PIDs are the kernel's: in a PID namespace of its own sockdoctor
+    takes owners from /proc, and --version says so."""
+    need_engine()
+    env = {**os.environ, "SOCKDOCTOR_ENGINE": "bpf"}
+    env.pop("SOCKDOCTOR_PURE", None)
+    here = subprocess.run([sys.executable, "-m", "sockdoctor", "--version"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    inside = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                             "-m", "sockdoctor", "--version"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "in use" in here.stdout and "owners from /proc" not in here.stdout
+    assert "in use; owners from /proc (not the initial PID namespace)" in inside.stdout, inside
+
+
+def test_in_a_pid_namespace_of_its_own_owners_carry_its_pids(solo: Lab) -> None:
+    """A container's view: with its own PID namespace and /proc, the owner of a socket
+    is named by the PID that namespace knows, not the kernel's."""
+    need_engine()
+    env = {**os.environ, "SOCKDOCTOR_ENGINE": "bpf"}
+    env.pop("SOCKDOCTOR_PURE", None)
+    code = ("import json, os, socket, subprocess, sys\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+            "out = subprocess.run([sys.executable, '-m', 'sockdoctor', 'ls', '-l', '-p',"
+            " '--json', '--netns', 'self'], capture_output=True, text=True).stdout\n"
+            "port = s.getsockname()[1]\n"
+            "mine = [sk for sk in json.loads(out)['sockets'] if sk['local_port'] == port]\n"
+            "print(json.dumps([os.getpid(), [o['pid'] for sk in mine for o in sk['owners']]]))\n")
+    done = subprocess.run(["ip", "netns", "exec", solo.server.netns, "unshare", "--pid",
+                           "--fork", "--mount-proc", sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, timeout=60)
+    pid, owners = json.loads(done.stdout.strip().splitlines()[-1])
+    assert owners == [pid], done.stderr

@@ -77,5 +77,10 @@ def describe() -> str:
     """One line for `sockdoctor --version`."""
     reason = why_not()
     if not reason:
-        return f"kernel engine: BPF iterators (libbpf {libbpf.version()}), in use"
+        from .owners import in_initial_pid_namespace  # owners imports this package
+
+        line = f"kernel engine: BPF iterators (libbpf {libbpf.version()}), in use"
+        if not in_initial_pid_namespace():  # the program's PIDs are the kernel's, not ours
+            line += "; owners from /proc (not the initial PID namespace)"
+        return line
     return f"kernel engine: BPF not in use: {reason}"

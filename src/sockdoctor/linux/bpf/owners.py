@@ -27,18 +27,18 @@ RECORD = 16  # struct record in owners.bpf.c: s32 tgid, s32 fd, u64 inode
 # walk is faster, unless SOCKDOCTOR_ENGINE=bpf asks for the kernel engine anyway.
 MIN_FILES = 5_000
 CAP_PERFMON, CAP_BPF = 38, 39
+PROC_PID_INIT_INO = 0xEFFFFFFC  # include/linux/proc_ns.h
 _refused: list[OSError] = []  # a load that failed: not tried again in this process
 
 
 def in_initial_pid_namespace() -> bool:
-    """Whether our PIDs are the kernel's (NSpid lists one number)."""
+    """Whether our PIDs are the kernel's: the initial PID namespace has a fixed inode
+    (PROC_PID_INIT_INO). Not NSpid in /proc/self/status: a container's own /proc
+    (unshare --mount-proc) lists only the levels it can see, one number."""
     try:
-        for line in procfs._read(f"{procfs.PROC}/self/status").splitlines():
-            if line.startswith("NSpid:"):
-                return len(line.split()) == 2
+        return os.stat(f"{procfs.PROC}/self/ns/pid").st_ino == PROC_PID_INIT_INO
     except OSError:
-        pass
-    return False
+        return False
 
 
 def usable() -> bool:
