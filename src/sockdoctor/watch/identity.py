@@ -49,13 +49,15 @@ class Identities:
         with self._lock:
             self._notes.setdefault((local_port, peer_port), []).append((note, NOTE_SAMPLES))
 
-    def update(self, sockets: list[Socket], now: float
+    def update(self, sockets: list[Socket], now: float, kept: dict[int, int] | None = None
                ) -> tuple[int, int, dict[int, float]]:
         """(new, gone, cookie -> since when in its current state) for this sample.
 
         A socket seen for the first time, or in another state than last time,
         gets `now`: it entered its state after the previous sample, so `now`
         gives a lower bound of zero — unless a tracer noted the exact time.
+        kept: cookie -> state of sockets counted in the kernel, not listed, taken
+        as still there (the listed ones say better).
         """
         with self._lock:
             notes, self._notes = self._notes, {}
@@ -63,6 +65,8 @@ class Identities:
         # dict and set operations on whole samples, so a steady state costs no
         # Python loop over every socket
         state = dict(zip(map(_COOKIE, sockets), map(_STATE, sockets), strict=True))
+        if kept:
+            state = kept | state
         appeared = state.keys() - old_state.keys()
         if state == old_state:
             since = dict(old_since) if notes else old_since  # samples never change it
