@@ -121,7 +121,7 @@ class TopModel:
         # the sampler chose the namespaces (--netns): the query picks sockets in them
         sockets = dataclasses.replace(self.query, netns="all").select(snap)
         # a grouped sample's counted groups are every socket's: not with a narrowing filter
-        counted = self.sample.tallies if not self.query.narrows else None
+        counted = getattr(self.sample, "tallies", None) if not self.query.narrows else None
         self.groups = self._sorted(group(snap, sockets, self.sample, counted))
 
     def _apply_deltas(self) -> None:
