@@ -83,6 +83,7 @@ class Grouping:
         self._ids: dict[Pids, int] = {}
         self._pids: list[Pids] = []
         self._placed: dict[int, tuple[int, int, float]] = {}  # inode -> owner id, cookie, since
+        self._kept: dict[int, int] = {}  # cookie -> ESTABLISHED, of the placed sockets
 
     def usable(self) -> bool:
         return not self.off and available()
@@ -90,8 +91,7 @@ class Grouping:
     def kept(self) -> dict[int, int]:
         """cookie -> state of the placed sockets: counted, so not listed, but (as far as
         user space knows) still there."""
-        established = int(TcpState.ESTABLISHED)
-        return {cookie: established for _id, cookie, _since in self._placed.values()}
+        return self._kept
 
     def place(self, snap: Snapshot, first_seen: dict[int, float], whole: bool) -> None:
         """Place the ESTABLISHED sockets of `snap` that have owners, for the next pass.
@@ -103,14 +103,16 @@ class Grouping:
             return
         fresh: dict[int, tuple[int, int, float]] = {}
         left: set[int] = set()
-        for sk in snap.sockets:
-            if sk.state != TcpState.ESTABLISHED or not sk.owners or not sk.inode \
-                    or sk.cookie not in first_seen:
+        placed, established = self._placed, TcpState.ESTABLISHED
+        for sk in snap.sockets:  # a full sample's loop: kept to the bone
+            owners = sk.owners
+            since = first_seen.get(sk.cookie)
+            if sk.state != established or not owners or not sk.inode or since is None:
                 left.add(sk.inode)
                 continue
-            entry = (self._id(tuple(sorted({o.pid for o in sk.owners}))), sk.cookie,
-                     first_seen[sk.cookie])
-            if self._placed.get(sk.inode) != entry:
+            pids = (owners[0].pid,) if len(owners) == 1 else tuple(sorted({o.pid for o in owners}))
+            entry = (self._id(pids), sk.cookie, since)
+            if placed.get(sk.inode) != entry:
                 fresh[sk.inode] = entry
         gone = (self._placed.keys() - {sk.inode for sk in snap.sockets}) if whole else set()
         gone |= left & self._placed.keys()
@@ -132,12 +134,17 @@ class Grouping:
             if gone:
                 obj.delete_batch("owners", b"".join(map(INODE.pack, gone)), len(gone))
                 for inode in gone:
-                    del self._placed[inode]
+                    del self._kept[self._placed.pop(inode)[1]]
             if len(self._placed) + len(fresh) > OWNERS_MAX:
                 fresh = dict(list(fresh.items())[:OWNERS_MAX - len(self._placed)])
             keys = b"".join(map(INODE.pack, fresh))
             values = b"".join(PLACED.pack(i, 0, since) for i, _c, since in fresh.values())
             obj.update_batch("owners", keys, values, len(fresh))
+            for inode, entry in fresh.items():
+                old = self._placed.get(inode)
+                if old is not None:
+                    del self._kept[old[1]]
+                self._kept[entry[1]] = int(TcpState.ESTABLISHED)
             self._placed.update(fresh)
         self.placed_pids = frozenset(p for i in {v[0] for v in self._placed.values()}
                               for p in self._pids[i])
@@ -146,7 +153,7 @@ class Grouping:
         if self._obj is None:
             self._obj = BpfObject(NAME, {"owners": OWNERS_MAX, "groups": GROUPS_MAX})
             self._unload = weakref.finalize(self, self._obj.close)
-            self._placed = {}
+            self._placed, self._kept = {}, {}
         return self._obj
 
     def close(self) -> None:
@@ -155,7 +162,7 @@ class Grouping:
             if self._unload is not None:
                 self._unload()
                 self._obj = self._unload = None
-            self._placed = {}
+            self._placed, self._kept = {}, {}
 
     def _fail(self, exc: BpfError) -> None:
         self.off = str(exc)
