@@ -1,7 +1,7 @@
 """top's refreshes grouped in the kernel give top's groups of the sock_diag path.
 
 In a namespace of the test's own, one program ("sdt-grpsrv") holds a
-listener with 120 ESTABLISHED connections (both ends), a CLOSE-WAIT leak
+listener with 120 ESTABLISHED connections (both ends) and 5 over IPv6, a CLOSE-WAIT leak
 with data waiting, TIME-WAIT sockets; another ("sdt-grpcli") holds 40
 connections to the first's listener. Two samplers watch it, one grouping in
 the kernel (Sampler.group_in_kernel) and one through sock_diag; TopModels
@@ -37,6 +37,9 @@ for c, _ in leak:
     c.sendall(b"x" * 200); c.close()        # server ends: CLOSE-WAIT with 201 unread
 for _ in range(3):
     c, a = pair(); a.close(); time.sleep(0.02); c.close()   # server ends: TIME-WAIT
+srv6 = socket.socket(socket.AF_INET6); srv6.bind(("::1", 0)); srv6.listen(16)
+c6 = [socket.create_connection(("::1", srv6.getsockname()[1])) for _ in range(5)]
+a6 = [srv6.accept()[0] for _ in range(5)]       # IPv6, both ends
 time.sleep(0.3)
 result = port
 """
@@ -94,7 +97,7 @@ def test_grouped_refreshes_give_the_sock_diag_groups(solo: Lab,
         grouped, between = step(pairs)
         assert grouped.tallies is not None
         (found,) = grouped.tallies.values()
-        assert found.grouped >= 2 * 120 + 2 * 40  # placed ESTABLISHED: counted, not listed
+        assert found.grouped >= 2 * 120 + 2 * 40 + 2 * 5  # placed ESTABLISHED: counted, not listed
         assert found.sockets == len(pairs[1][1].sample.snapshot.sockets)
         assert not any(sk.state == TcpState.ESTABLISHED for sk in grouped.snapshot.sockets)
         same_groups(pairs[0][1], pairs[1][1], lag + between)
@@ -106,7 +109,7 @@ def test_grouped_refreshes_give_the_sock_diag_groups(solo: Lab,
         same_groups(pairs[0][1], pairs[1][1], lag + between)
         again, between = step(pairs)
         assert again.tallies is not None
-        assert next(iter(again.tallies.values())).grouped >= 2 * 120 + 2 * 49
+        assert next(iter(again.tallies.values())).grouped >= 2 * 120 + 2 * 49 + 2 * 5
         same_groups(pairs[0][1], pairs[1][1], lag + between)
     finally:
         for sampler, _ in pairs:
@@ -116,6 +119,8 @@ def test_grouped_refreshes_give_the_sock_diag_groups(solo: Lab,
     assert by_process[("sdt-grpsrv", "ESTAB", f":{port}")] == 120 + 40 + 9
     assert by_process[("sdt-grpcli", "ESTAB", f"-> 127.0.0.1:{port}")] == 40
     assert by_process[("sdt-grpsrv", "CLOSE-WAIT", f":{port}")] == 7
+    assert sum(n for (proc, state, service), n in by_process.items()
+               if proc == "sdt-grpsrv" and state == "ESTAB" and "[::1]" in service) == 5
 
 
 def test_forced_off_refreshes_through_sock_diag(solo: Lab,
@@ -131,7 +136,7 @@ def test_forced_off_refreshes_through_sock_diag(solo: Lab,
     finally:
         sampler.close()
     assert sample.tallies is None
-    assert sum(g.count for g in model.groups if g.state == TcpState.ESTABLISHED) == 2 * 120
+    assert sum(g.count for g in model.groups if g.state == TcpState.ESTABLISHED) == 2 * 120 + 2 * 5
 
 
 def test_a_narrowing_filter_refreshes_through_sock_diag(
@@ -151,7 +156,7 @@ def test_a_narrowing_filter_refreshes_through_sock_diag(
         sampler.close()
     assert sample.tallies is None
     assert {g.state for g in model.groups} == {TcpState.ESTABLISHED}
-    assert sum(g.count for g in model.groups) == 2 * 120
+    assert sum(g.count for g in model.groups) == 2 * 120 + 2 * 5
 
 
 def ours() -> int:
