@@ -34,7 +34,7 @@ CONFIGS = (("grouped [bpf]", "bpf", True), ("listed [bpf]", "bpf", False),
            ("listed [c]", "c", False))
 
 
-def child(netns: str, refreshes: int, grouped: bool) -> dict:
+def child(netns: str, refreshes: int, grouped: bool, profile: str = "") -> dict:
     from sockdoctor.watch import Sampler, tune_gc
     from sockdoctor.watch.top import TopModel
 
@@ -43,20 +43,34 @@ def child(netns: str, refreshes: int, grouped: bool) -> dict:
     if grouped:
         sampler.group_in_kernel(lambda: not model.query.narrows)
     tune_gc()
+    first = time.process_time()
     model.update(sampler.sample())
+    first = time.process_time() - first
     cpu, model_s, counted, listed = [], [], 0, 0
+    prof = None
+    if profile:
+        import cProfile
+        prof = cProfile.Profile()
     for _ in range(refreshes):
+        if prof is not None:
+            prof.enable()
         sample = sampler.sample()
         start = time.thread_time()
         model.update(sample)
         spent = time.thread_time() - start
         cpu.append(sample.cpu_s + spent)
         model_s.append(spent)
+        if prof is not None:
+            prof.disable()
         counted += sample.tallies is not None
         listed = len(sample.snapshot.sockets)
+    if prof is not None:
+        import pstats
+        with open(profile, "w") as out:
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
     sockets = sum(g.count for g in model.groups)
     sampler.close()
-    return {"cpu": statistics.mean(cpu), "model": statistics.mean(model_s),
+    return {"first": first, "cpu": statistics.mean(cpu), "model": statistics.mean(model_s),
             "grouped_samples": counted, "listed": listed, "sockets": sockets,
             "groups": len(model.groups)}
 
@@ -65,10 +79,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sockets", type=int, default=144_000)
     ap.add_argument("--refreshes", type=int, default=8)
+    ap.add_argument("--profile", metavar="FILE", default="",
+                    help="cProfile of the grouped refreshes, into FILE")
     ap.add_argument("--child", nargs=2, metavar=("NETNS", "GROUPED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.refreshes, args.child[1] == "1")))
+        print(json.dumps(child(args.child[0], args.refreshes, args.child[1] == "1",
+                               args.profile)))
         return
     with Population(MIXES["realistic"](args.sockets), tag=f"tg{os.getpid() % 10000}") as pop:
         print(f"{pop.sockets} sockets ({dict(pop.count_states())}), built in "
@@ -78,13 +95,14 @@ def main() -> None:
             env = dict(os.environ, SOCKDOCTOR_ENGINE=engine)
             env.pop("SOCKDOCTOR_PURE", None)
             done = subprocess.run([sys.executable, __file__, "--refreshes", str(args.refreshes),
+                                   "--profile", args.profile if grouped else "",
                                    "--child", pop.netns, "1" if grouped else "0"],
                                   env=env, capture_output=True, text=True, timeout=1800)
             if done.returncode:
                 raise RuntimeError(done.stderr[-2000:])
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {name} | {r['cpu']:.3f} | {r['model']:.3f} | {r['listed']:,} | "
-                  f"{r['sockets']:,} | {r['groups']} | {r['grouped_samples']} |", flush=True)
+            print(f"| {name} | {r['first']:.2f} | {r['cpu']:.3f} | {r['model']:.3f} | "
+                  f"{r['listed']:,} | {r['sockets']:,} | {r['groups']} | {r['grouped_samples']} |", flush=True)
         walls += ss_runs(pop.netns, 5)
         print(f"ss -tan: wall {statistics.median(w for w, _ in walls):.3f} s, "
               f"CPU {statistics.median(c for _, c in walls):.3f} s (medians of 10)")
