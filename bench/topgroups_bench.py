@@ -102,7 +102,8 @@ def main() -> None:
                 raise RuntimeError(done.stderr[-2000:])
             r = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"| {name} | {r['first']:.2f} | {r['cpu']:.3f} | {r['model']:.3f} | "
-                  f"{r['listed']:,} | {r['sockets']:,} | {r['groups']} | {r['grouped_samples']} |", flush=True)
+                  f"{r['listed']:,} | {r['sockets']:,} | {r['groups']} | "
+                  f"{r['grouped_samples']} |", flush=True)
         walls += ss_runs(pop.netns, 5)
         print(f"ss -tan: wall {statistics.median(w for w, _ in walls):.3f} s, "
               f"CPU {statistics.median(c for _, c in walls):.3f} s (medians of 10)")
