@@ -224,9 +224,10 @@ class Sampler:
                         warnings=list(whole.warnings), readlinks=done.readlinks,
                         denied_pids=done.denied,
                         tallies=counting.tallies if counting is not None else None)
-        kept = counting.kept() if isinstance(counting, groups.Grouping) else None
+        # the sockets a grouping pass counts are followed by their since (if any)
+        parked = (self._grouping.parked() or None) if self._grouping is not None else None
         sample.new, sample.gone, sample.first_seen = self._ids.update(whole.sockets, started,
-                                                                      kept)
+                                                                      parked)
         if self._grouping is not None:  # placed in the kernel for the next grouped sample
             self._grouping.place(whole, sample.first_seen, whole=counting is None)
         sample.snapshot = self.query.apply(whole) if self.query.narrows else whole

@@ -20,6 +20,7 @@ import logging
 import struct
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,15 +84,16 @@ class Grouping:
         self._ids: dict[Pids, int] = {}
         self._pids: list[Pids] = []
         self._placed: dict[int, tuple[int, int, float]] = {}  # inode -> owner id, cookie, since
-        self._kept: dict[int, int] = {}  # cookie -> ESTABLISHED, of the placed sockets
+        self._parked: dict[int, float] = {}  # cookie -> since, of the placed sockets
+        self._uses: Counter[int] = Counter()  # owner id -> placed sockets
 
     def usable(self) -> bool:
         return not self.off and available()
 
-    def kept(self) -> dict[int, int]:
-        """cookie -> state of the placed sockets: counted, so not listed, but (as far as
-        user space knows) still there."""
-        return self._kept
+    def parked(self) -> dict[int, float]:
+        """cookie -> since when ESTABLISHED, of the placed sockets: counted, so not
+        listed, but (as far as user space knows) still there."""
+        return self._parked
 
     def place(self, snap: Snapshot, first_seen: dict[int, float], whole: bool) -> None:
         """Place the ESTABLISHED sockets of `snap` that have owners, for the next pass.
@@ -134,7 +136,7 @@ class Grouping:
             if gone:
                 obj.delete_batch("owners", b"".join(map(INODE.pack, gone)), len(gone))
                 for inode in gone:
-                    del self._kept[self._placed.pop(inode)[1]]
+                    self._forget(self._placed.pop(inode))
             if len(self._placed) + len(fresh) > OWNERS_MAX:
                 fresh = dict(list(fresh.items())[:OWNERS_MAX - len(self._placed)])
             keys = b"".join(map(INODE.pack, fresh))
@@ -143,17 +145,24 @@ class Grouping:
             for inode, entry in fresh.items():
                 old = self._placed.get(inode)
                 if old is not None:
-                    del self._kept[old[1]]
-                self._kept[entry[1]] = int(TcpState.ESTABLISHED)
+                    self._forget(old)
+                self._parked[entry[1]] = entry[2]
+                self._uses[entry[0]] += 1
             self._placed.update(fresh)
-        self.placed_pids = frozenset(p for i in {v[0] for v in self._placed.values()}
-                              for p in self._pids[i])
+        if gone or fresh:
+            self.placed_pids = frozenset(p for i in self._uses for p in self._pids[i])
+
+    def _forget(self, entry: tuple[int, int, float]) -> None:
+        del self._parked[entry[1]]
+        self._uses[entry[0]] -= 1
+        if not self._uses[entry[0]]:
+            del self._uses[entry[0]]
 
     def _load(self) -> BpfObject:
         if self._obj is None:
             self._obj = BpfObject(NAME, {"owners": OWNERS_MAX, "groups": GROUPS_MAX})
             self._unload = weakref.finalize(self, self._obj.close)
-            self._placed, self._kept = {}, {}
+            self._placed, self._parked, self._uses = {}, {}, Counter()
         return self._obj
 
     def close(self) -> None:
@@ -162,7 +171,7 @@ class Grouping:
             if self._unload is not None:
                 self._unload()
                 self._obj = self._unload = None
-            self._placed, self._kept = {}, {}
+            self._placed, self._parked, self._uses = {}, {}, Counter()
 
     def _fail(self, exc: BpfError) -> None:
         self.off = str(exc)
