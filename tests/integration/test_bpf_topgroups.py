@@ -183,3 +183,49 @@ def test_closed_leaves_nothing_loaded(solo: Lab, monkeypatch: pytest.MonkeyPatch
     while ours() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ours() == 0
+
+
+FORKER = """
+r, w = os.pipe(); go_r, go_w = os.pipe()
+a = os.fork()
+if a == 0:                                   # A: connects, then hands its sockets to B
+    os.close(go_w)
+    conns = [socket.create_connection(("127.0.0.1", {port})) for _ in range(6)]
+    os.write(w, b"x"); os.read(go_r, 1)
+    if os.fork() == 0:
+        os.read(go_r, 1)                     # B holds them until this program ends
+    os._exit(0)
+os.read(r, 1)
+result = a
+"""
+HAND_OVER = "os.write(go_w, b'g'); os.waitpid(a, 0); time.sleep(0.2); result = 1"
+
+
+def test_an_owner_that_exits_is_placed_again(solo: Lab, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """Sockets a child inherited from an owner that exited come up again (the owner's
+    placed files are dropped) and are grouped under the child, as sock_diag says."""
+    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    need_engine()
+    server = Remote(solo, solo.server, "sdt-grpsrv")
+    port = server(SERVER)
+    forker = Remote(solo, solo.server, "sdt-grpfork")
+    first_owner = forker(FORKER.format(port=port))
+    server(ACCEPT.format(n=6))
+    pairs = [(Sampler(netns=solo.server.netns, doctor=False), TopModel()) for _ in range(2)]
+    pairs[0][0].group_in_kernel(lambda: True)
+    try:
+        _, lag = step(pairs)
+        grouped, between = step(pairs)
+        assert grouped.tallies is not None
+        same_groups(pairs[0][1], pairs[1][1], lag + between)
+        forker(HAND_OVER)
+        handed, between = step(pairs)
+        assert handed.tallies is not None
+        same_groups(pairs[0][1], pairs[1][1], lag + between)
+    finally:
+        for sampler, _ in pairs:
+            sampler.close()
+    holders = {g.pids for g in pairs[0][1].groups if g.process.startswith("sdt-grpfork")}
+    assert len(holders) == 1 and (first_owner,) not in holders

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ...model import Snapshot, Socket, TcpState
-from .. import sockdiag
+from .. import procfs, sockdiag
 from . import BpfError, BpfObject, available
 from .aggregate import RECORD, _name, _socket
 from .sockets import Dump
@@ -179,10 +179,26 @@ class Grouping:
                     self.off)
         self.close()
 
+    def drop_dead(self) -> None:
+        """Unplace the sockets of owners that exited (one stat() each): a socket a
+        child inherited is listed by the next pass and placed again with its
+        owner now. (An owner that changed otherwise, a descriptor passed or
+        inherited while the holder lives, shows at the next full sample.)"""
+        dead = {p for p in self.placed_pids if not procfs.pid_exists(p)}
+        if not dead or self.off:
+            return
+        ids = {i for i in self._uses if dead.intersection(self._pids[i])}
+        gone = {inode for inode, entry in self._placed.items() if entry[0] in ids}
+        try:
+            self._write({}, gone)
+        except BpfError as exc:
+            self._fail(exc)
+
     @contextmanager
     def open(self, opts: sockdiag.DumpOptions, families: Iterable[int]) -> Iterator[Dump]:
         fams = tuple(families)
         self.tallies = {}
+        self.drop_dead()
 
         def dump(netns: int) -> list[Socket]:
             if not self.off:
