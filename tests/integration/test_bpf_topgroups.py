@@ -133,6 +133,8 @@ def test_forced_off_refreshes_through_sock_diag(solo: Lab,
         for _ in range(3):
             sample = sampler.sample()
             model.update(sample)
+        grouping = sampler._grouping
+        assert grouping is not None and grouping._obj is None and not grouping.off  # untried
     finally:
         sampler.close()
     assert sample.tallies is None

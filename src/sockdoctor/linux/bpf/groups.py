@@ -100,8 +100,9 @@ class Grouping:
 
         whole: `snap` lists every socket (a usual sample), so the placed files
         it does not list are gone; else only the written ones are seen again.
+        Nothing without the kernel engine (or with it forced off).
         """
-        if self.off:
+        if not self.usable():
             return
         fresh: dict[int, tuple[int, int, float]] = {}
         left: set[int] = set()
