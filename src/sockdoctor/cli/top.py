@@ -56,17 +56,22 @@ def top_command(interval: str, sort: str, doctor_every: int, once: bool, width: 
     model = TopModel(query, sort)
     sampler = Sampler(query=None, netns=query.netns, interval=refresh_s, doctor=True,
                       doctor_every=doctor_every)
+    # steady refreshes grouped in the kernel while the filter selects every socket
+    sampler.group_in_kernel(lambda: not model.query.narrows)
     tune_gc()  # a long-running view: cycles must not pile up (main() turned the GC off)
-    first = sampler.sample()  # errors (unknown netns, permission) end here, in one sentence
-    warn(first.warnings)
-    model.update(first)
-    if once or not (sys.stdout.isatty() and sys.stdin.isatty()):
-        _one_frame(model, refresh_s, width)
-        return
-    from ..render.topapp import TopApp
+    try:
+        first = sampler.sample()  # errors (unknown netns, permission) end here, in a sentence
+        warn(first.warnings)
+        model.update(first)
+        if once or not (sys.stdout.isatty() and sys.stdin.isatty()):
+            _one_frame(model, refresh_s, width)
+            return
+        from ..render.topapp import TopApp
 
-    app = TopApp(model, sampler, refresh_s)
-    app.run()
+        app = TopApp(model, sampler, refresh_s)
+        app.run()
+    finally:
+        sampler.close()  # nothing left loaded in the kernel
     for command in app.printed:
         click.echo(command)
 

@@ -73,6 +73,9 @@ class SocketsScreen(ModalScreen[None]):
                           str(sk.recv_q), str(sk.send_q), fmt.duration(self.age_ms(sk)), owners)
         # (the sampler's age_ms gives a listener no age: it waits for nothing)
         yield table
+        if g.counted:  # a grouped refresh (Sampler.group_in_kernel) counted them, unlisted
+            yield Static(Text(f"{g.counted} of them counted in the kernel: listed on the "
+                              "next full sample"))
         yield Footer()
 
 

@@ -83,7 +83,8 @@ def status(model: TopModel, refresh_s: float) -> str:
     if sample is None:
         return "sockdoctor top: taking the first sample..."
     snap = sample.snapshot
-    total = len(snap.sockets) if snap is not None else 0
+    total = 0 if snap is None else sample.sockets() if hasattr(sample, "sockets") \
+        else len(snap.sockets)  # Sample.sockets(): those counted in the kernel too
     shown = sum(g.count for g in model.groups)
     when = time.strftime("%H:%M:%S", time.localtime(sample.started))
     parts = [f"sockdoctor top  {snap.hostname if snap else ''}  {when}",

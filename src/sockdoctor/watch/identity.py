@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from operator import attrgetter
 
-from ..model import Socket
+from ..model import Socket, TcpState
 
 _COOKIE = attrgetter("cookie")
 _STATE = attrgetter("state")
@@ -49,13 +49,16 @@ class Identities:
         with self._lock:
             self._notes.setdefault((local_port, peer_port), []).append((note, NOTE_SAMPLES))
 
-    def update(self, sockets: list[Socket], now: float
+    def update(self, sockets: list[Socket], now: float, parked: dict[int, float] | None = None
                ) -> tuple[int, int, dict[int, float]]:
         """(new, gone, cookie -> since when in its current state) for this sample.
 
         A socket seen for the first time, or in another state than last time,
         gets `now`: it entered its state after the previous sample, so `now`
         gives a lower bound of zero — unless a tracer noted the exact time.
+        parked: cookie -> since when ESTABLISHED, of the sockets a grouping
+        pass counts in the kernel (bpf/groups.py): not listed, taken as still
+        there; a listed one ESTABLISHED takes its time from there.
         """
         with self._lock:
             notes, self._notes = self._notes, {}
@@ -63,6 +66,8 @@ class Identities:
         # dict and set operations on whole samples, so a steady state costs no
         # Python loop over every socket
         state = dict(zip(map(_COOKIE, sockets), map(_STATE, sockets), strict=True))
+        if parked is not None:
+            return self._update_parked(state, now, parked, notes, sockets)
         appeared = state.keys() - old_state.keys()
         if state == old_state:
             since = dict(old_since) if notes else old_since  # samples never change it
@@ -77,6 +82,28 @@ class Identities:
         gone = len(old_state) - (len(state) - len(appeared))
         self._state, self._since = state, since
         return len(appeared), gone, since
+
+    def _update_parked(self, state: dict[int, int], now: float, parked: dict[int, float],
+                       notes: dict, sockets: list[Socket]) -> tuple[int, int, dict[int, float]]:
+        """update() beside a grouping pass: only the listed sockets are followed here
+        (a loop over them: few on a grouped sample), the parked ones by their since."""
+        old_state, old_since = self._state, self._since
+        since: dict[int, float] = {}
+        new = 0
+        for cookie, st in state.items():
+            before = old_state.get(cookie)
+            if before == st:
+                since[cookie] = old_since[cookie]
+            elif st == TcpState.ESTABLISHED and cookie in parked:
+                since[cookie] = parked[cookie]
+            else:
+                since[cookie] = now
+                new += before is None and cookie not in parked
+        if notes:
+            self._apply(notes, sockets, since)
+        gone = sum(1 for c in old_state if c not in state and c not in parked)
+        self._state, self._since = state, since
+        return new, gone, since
 
     def _apply(self, notes: dict[tuple[int, int], list[tuple[_Note, int]]], sockets: list[Socket],
                since: dict[int, float]) -> None:

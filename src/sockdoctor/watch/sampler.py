@@ -36,7 +36,7 @@ from .. import inventory
 from ..doctor import DoctorConfig, Report, diagnose
 from ..errors import SockdoctorError
 from ..inventory import LIGHT, Evidence, ScanOptions
-from ..linux.bpf import aggregate
+from ..linux.bpf import aggregate, groups
 from ..linux.bpf.aggregate import Pass
 from ..linux.bpf.sockets import LISTING
 from ..linux.ownercache import FORCED_WALK_GAP, CachedOwners
@@ -75,7 +75,8 @@ class Sample:
     denied_pids: int = 0  # processes whose descriptors could not be read (not ours)
     # counted in the kernel (count_in_kernel): netns inode -> sockets per state and
     # ports in use; `snapshot` then holds only the CLOSE-WAIT and LISTEN sockets
-    tallies: dict[int, Pass] | None = None
+    # (group_in_kernel: netns inode -> groups.GroupPass, the counted ESTABLISHED groups)
+    tallies: dict[int, Pass] | dict[int, groups.GroupPass] | None = None
 
     def sockets(self) -> int:
         """How many sockets the sample saw (counted ones included)."""
@@ -133,6 +134,8 @@ class Sampler:
         self._lock = threading.Lock()
         self._latest: Sample | None = None
         self._counting: aggregate.Counting | None = None  # count_in_kernel()
+        self._grouping: groups.Grouping | None = None  # group_in_kernel()
+        self._group_when: Callable[[], bool] = bool
 
     def count_in_kernel(self) -> Sampler:
         """Steady samples may be counted in the kernel (see the module doc): for a
@@ -142,11 +145,22 @@ class Sampler:
             self._counting = aggregate.Counting(COUNTED_EMIT)
         return self
 
+    def group_in_kernel(self, when: Callable[[], bool]) -> Sampler:
+        """Steady samples may be grouped in the kernel for `top` (linux/bpf/groups.py):
+        its placed ESTABLISHED sockets are counted per owner and service, not listed;
+        `Sample.tallies` holds the groups. Only while `when()` says top's filter
+        selects every socket. Without the kernel engine nothing changes."""
+        if self._grouping is None:
+            self._grouping = groups.Grouping()
+        self._group_when = when
+        return self
+
     def close(self) -> None:
         """Unload what the sampler keeps loaded in the kernel (also done when it is
         collected, or at exit); a later sample loads it again."""
-        if self._counting is not None:
-            self._counting.close()
+        for source in (self._counting, self._grouping):
+            if source is not None:
+                source.close()
 
     @property
     def latest(self) -> Sample | None:
@@ -216,7 +230,12 @@ class Sampler:
                         warnings=list(whole.warnings), readlinks=done.readlinks,
                         denied_pids=done.denied,
                         tallies=counting.tallies if counting is not None else None)
-        sample.new, sample.gone, sample.first_seen = self._ids.update(whole.sockets, started)
+        # the sockets a grouping pass counts are followed by their since (if any)
+        parked = (self._grouping.parked() or None) if self._grouping is not None else None
+        sample.new, sample.gone, sample.first_seen = self._ids.update(whole.sockets, started,
+                                                                      parked)
+        if self._grouping is not None:  # placed in the kernel for the next grouped sample
+            self._grouping.place(whole, sample.first_seen, whole=counting is None)
         sample.snapshot = self.query.apply(whole) if self.query.narrows else whole
         self._diagnose(sample, whole)  # not due on a counted sample: carried over
         if counting is None:
@@ -228,18 +247,22 @@ class Sampler:
             self._latest = sample
         return sample
 
-    def _counting_now(self, seq: int) -> aggregate.Counting | None:
-        """The counting source if this sample may be counted (see the module doc),
-        told which processes the report names besides the owners (for their metrics)."""
-        counting = self._counting
+    def _counting_now(self, seq: int) -> aggregate.Counting | groups.Grouping | None:
+        """The counting (or grouping) source if this sample may be counted (see the
+        module doc), told which processes the report names besides the owners (for
+        their metrics)."""
+        counting = self._counting or (self._grouping if self._group_when() else None)
         if counting is None or self.query.narrows or self.evidence is True \
                 or self._owners.walks_next() or not counting.usable():
             return None
         if self.doctor and (seq >= self._doctor_at or self._report is None):
             return None
         report = self._report
-        counting.also = frozenset(p.pid for f in report.findings for p in f.processes) \
+        named = frozenset(p.pid for f in report.findings for p in f.processes) \
             if report is not None else frozenset()
+        # grouped: the placed sockets' owners are read too (their names head top's rows)
+        counting.also = named if isinstance(counting, aggregate.Counting) \
+            else named | counting.placed_pids
         return counting
 
     def _release(self) -> None:

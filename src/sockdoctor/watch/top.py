@@ -38,7 +38,8 @@ class Group:
     state: int
     service: str  # ":8000" or "-> 10.0.0.5:5432"
     port: int  # the local port (server side) or the peer port (client side)
-    sockets: list[Socket] = field(default_factory=list)
+    sockets: list[Socket] = field(default_factory=list)  # those listed (not counted)
+    counted: int = 0  # sockets counted in the kernel, not listed (Sampler.group_in_kernel)
     oldest_ms: int | None = None
     recv_q: int = 0
     delta: int = 0  # change in count since the previous sample
@@ -50,7 +51,7 @@ class Group:
 
     @property
     def count(self) -> int:
-        return len(self.sockets)
+        return len(self.sockets) + self.counted
 
     @property
     def state_name(self) -> str:
@@ -119,7 +120,9 @@ class TopModel:
         snap: Snapshot = self.sample.snapshot
         # the sampler chose the namespaces (--netns): the query picks sockets in them
         sockets = dataclasses.replace(self.query, netns="all").select(snap)
-        self.groups = self._sorted(group(snap, sockets, self.sample))
+        # a grouped sample's counted groups are every socket's: not with a narrowing filter
+        counted = getattr(self.sample, "tallies", None) if not self.query.narrows else None
+        self.groups = self._sorted(group(snap, sockets, self.sample, counted))
 
     def _apply_deltas(self) -> None:
         first, before = self._first or {}, self._before_last
@@ -151,8 +154,12 @@ class TopModel:
         return " ".join(args)
 
 
-def group(snap: Snapshot, sockets: list[Socket], sample: Any) -> list[Group]:
+def group(snap: Snapshot, sockets: list[Socket], sample: Any,
+          counted: dict[int, Any] | None = None) -> list[Group]:
     """Sockets grouped by namespace x process x state x service, with oldest age and Recv-Q.
+
+    counted: a grouped sample's tallies (netns -> groups.GroupPass), whose
+    groups of ESTABLISHED sockets counted in the kernel join the listed ones.
 
     The hot loop of every refresh (143k sockets a second on a big host), so
     each socket only gets its group key here; names, sums and ages are made
@@ -175,32 +182,50 @@ def group(snap: Snapshot, sockets: list[Socket], sample: Any) -> list[Group]:
             buckets[key] = [sk]
         else:
             bucket.append(sk)
+    extra = _counted(counted or {}, buckets)
     names = words.netns_names(snap)
-    return [_group(key, members, names, snap, sample) for key, members in buckets.items()]
+    return [_group(key, members, names, snap, sample, extra.get(key, ()))
+            for key, members in buckets.items()]
+
+
+def _counted(counted: dict[int, Any], buckets: dict[tuple, list[Socket]]
+             ) -> dict[tuple, list[Any]]:
+    """The kernel's groups by the key of group(): each gets a bucket, maybe empty."""
+    extra: dict[tuple, list[Any]] = {}
+    for netns, found in counted.items():
+        for c in getattr(found, "groups", ()):
+            key = (netns, c.pids, TcpState.ESTABLISHED, c.port, None) if c.peer is None \
+                else (netns, c.pids, TcpState.ESTABLISHED, c.port, *c.peer)
+            extra.setdefault(key, []).append(c)
+            buckets.setdefault(key, [])
+    return extra
 
 
 def _group(key: tuple, members: list[Socket], names: dict[int, str], snap: Snapshot,
-           sample: Any) -> Group:
+           sample: Any, counted: Any = ()) -> Group:
     netns, pids, state, port = key[:4]
     service = f":{port}" if key[4] is None else \
         "-> " + words.endpoint(key[4], port, key[5], peer=True)
     g = Group(netns, names.get(netns, str(netns)), pids, _process(pids, snap), state, service,
-              port, members)
+              port, members, sum(c.count for c in counted))
     if state != TcpState.LISTEN:  # a listener has no age: it is not waiting for anything
-        g.recv_q = sum(sk.recv_q for sk in members)
-        g.oldest_ms = _oldest(members, sample)
+        g.recv_q = sum(sk.recv_q for sk in members) + sum(c.recv_q for c in counted)
+        g.oldest_ms = _oldest(members, sample, counted)
     return g
 
 
-def _oldest(members: list[Socket], sample: Any) -> int | None:
+def _oldest(members: list[Socket], sample: Any, counted: Any = ()) -> int | None:
     """The largest of the sampler's ages (Sample.age_ms) over the group, computed in bulk.
 
     max over sockets of max(tcp_info age, time since first seen) is the max of
-    the two maxima, so neither needs a call per socket.
+    the two maxima, so neither needs a call per socket; the kernel's groups
+    bring both maxima of their sockets.
     """
-    tcp = max((a for a in (sk.age_ms for sk in members) if a is not None), default=None)
+    ages = [a for a in (sk.age_ms for sk in members) if a is not None]
+    tcp = max(ages + [c.oldest_ms for c in counted if c.oldest_ms is not None], default=None)
     first_seen = getattr(sample, "first_seen", None) or {}
     firsts = [t for t in map(first_seen.get, (sk.cookie for sk in members)) if t is not None]
+    firsts += [c.since for c in counted]
     seen = int((sample.started - min(firsts)) * 1000) if firsts else None
     if tcp is None:
         return seen or None

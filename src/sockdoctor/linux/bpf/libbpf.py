@@ -54,6 +54,8 @@ def lib() -> ctypes.CDLL:
             ("bpf_map_update_batch", i, [i, vp, vp, ctypes.POINTER(u32), vp]),
             ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
             ("bpf_map_lookup_batch", i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
+            ("bpf_map_delete_batch", i, [i, vp, ctypes.POINTER(u32), vp]),
+            ("bpf_map_lookup_and_delete_batch", i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
             ("libbpf_set_print", vp, [vp]),
             ("libbpf_major_version", u32, []),
             ("libbpf_minor_version", u32, [])):
@@ -148,6 +150,27 @@ class BpfObject:
         if n.value != count:
             raise BpfError(errno.EIO, f"reading map {name}: {n.value} of {count} entries")
         return values.raw
+
+    def delete_batch(self, name: str, keys: bytes, count: int) -> None:
+        """Remove `count` entries at once (keys packed back to back; absent ones: an error)."""
+        if not count:
+            return
+        n = ctypes.c_uint32(count)
+        code = self._so.bpf_map_delete_batch(self.map_fd(name), keys, ctypes.byref(n), None)
+        if code:
+            raise _fail(f"emptying map {name}", code)
+
+    def take_all(self, name: str, key_size: int, value_size: int, capacity: int
+                 ) -> tuple[bytes, bytes, int]:
+        """Every entry of a hash map, removed from it: (keys, values, how many)."""
+        keys = ctypes.create_string_buffer(key_size * capacity)
+        values = ctypes.create_string_buffer(value_size * capacity)
+        out_batch, n = ctypes.create_string_buffer(8), ctypes.c_uint32(capacity)
+        code = self._so.bpf_map_lookup_and_delete_batch(self.map_fd(name), None, out_batch,
+                                                        keys, values, ctypes.byref(n), None)
+        if code and -code != errno.ENOENT:  # ENOENT: the last batch, all returned
+            raise _fail(f"reading map {name}", code)
+        return keys.raw[:key_size * n.value], values.raw[:value_size * n.value], n.value
 
     def run_iter(self, program: str, reader: Callable[[int], Any] | None = None) -> Any:
         """Run an iterator program once, in the calling thread's namespaces; its output.
