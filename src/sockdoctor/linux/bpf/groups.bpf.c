@@ -17,60 +17,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
-#define AF_INET 2
-#define TCP_ESTABLISHED 1
-#define TCP_LISTEN 10
-#define TCP_SYN_RECV 3
-#define TCP_TIME_WAIT 6
-#define TCP_NEW_SYN_RECV 12
 
-#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
-struct socket_alloc___grp {
-	struct { int state; } socket;	/* struct socket comes first: &socket == &alloc */
-	struct inode vfs_inode;
-};
-
-struct sock___grp {
-	struct sock_common __sk_common;
-	struct socket_alloc___grp *sk_socket;
-	__u32 sk_ack_backlog;
-	__u32 sk_max_ack_backlog;
-};
-
-struct tcp_sock___grp {
-	__u32 rcv_nxt;
-	__u32 copied_seq;
-	__u32 write_seq;
-	__u32 snd_una;
-	__u32 rcv_tstamp;
-};
-
-struct inet_timewait_sock___grp {
-	volatile unsigned char tw_substate;
-};
-
-struct tcp_timewait_sock___grp {
-	struct inet_timewait_sock___grp tw_sk;
-};
-#pragma clang attribute pop
-
-extern unsigned int CONFIG_HZ __kconfig __weak;
-
-struct record {			/* one written socket: as aggregate.bpf.c's, 80 bytes */
-	__u64 cookie;
-	__u64 inode;
-	__u8 state;
-	__u8 pad;
-	__u16 family;
-	__u16 sport;
-	__u16 dport;
-	__u32 rqueue;
-	__u32 wqueue;
-	__u32 uid;
-	__u32 age_ms;
-	__u8 saddr[16];
-	__u8 daddr[16];
-};
+#include "emitted.h"
 
 struct group_key {		/* 24 bytes */
 	__u32 owner;		/* user space's id of the owner's pids */
@@ -127,85 +75,11 @@ struct {
 
 static __u64 session;
 
-static __always_inline __u8 reported_state(struct sock_common *skc)
-{
-	__u8 state = skc->skc_state;
-	struct tcp_timewait_sock___grp *tw;
-
-	if (state == TCP_TIME_WAIT) {
-		tw = (void *)bpf_skc_to_tcp_timewait_sock(skc);
-		return tw ? tw->tw_sk.tw_substate : state;
-	}
-	if (state == TCP_NEW_SYN_RECV)
-		return TCP_SYN_RECV;
-	return state;
-}
-
-static __always_inline __u32 jiffies_to_ms(__u32 j)
-{
-	unsigned int hz = CONFIG_HZ;
-
-	if (!hz)
-		return ~0U;
-	if (1000 % hz == 0)
-		return j * (1000 / hz);
-	return (__u64)j * 1000 / hz;
-}
-
-static __always_inline __u64 inode_of(struct tcp_sock___grp *tp)
-{
-	struct socket_alloc___grp *sa = ((struct sock___grp *)tp)->sk_socket;
-
-	return sa ? BPF_CORE_READ(sa, vfs_inode.i_ino) : 0;
-}
-
-static __always_inline void fill_full(struct record *r, struct sock_common *skc, __u8 state)
-{
-	struct tcp_sock___grp *tp = (void *)bpf_skc_to_tcp_sock(skc);
-	struct sock___grp *sk = (void *)tp;
-	int unread;
-
-	if (!tp)
-		return;
-	r->inode = inode_of(tp);
-	if (state == TCP_LISTEN) {
-		r->rqueue = sk->sk_ack_backlog;
-		r->wqueue = sk->sk_max_ack_backlog;
-		return;
-	}
-	unread = tp->rcv_nxt - tp->copied_seq;
-	r->rqueue = unread > 0 ? unread : 0;
-	r->wqueue = tp->write_seq - tp->snd_una;
-	r->age_ms = jiffies_to_ms((__u32)bpf_jiffies64() - tp->rcv_tstamp);
-}
-
-static __always_inline int emit(struct seq_file *seq, struct sock_common *skc, __u8 state,
-				__u32 uid)
-{
-	struct record r = {};
-
-	r.cookie = bpf_get_socket_cookie(skc);
-	r.state = state;
-	r.family = skc->skc_family;
-	r.sport = skc->skc_num;
-	r.dport = __builtin_bswap16(skc->skc_dport);
-	r.uid = uid;
-	r.age_ms = ~0U;
-	if (r.family == AF_INET) {
-		*(__u32 *)r.saddr = skc->skc_rcv_saddr;
-		*(__u32 *)r.daddr = skc->skc_daddr;
-	} else {
-		__builtin_memcpy(r.saddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-		__builtin_memcpy(r.daddr, skc->skc_v6_daddr.in6_u.u6_addr8, 16);
-	}
-	fill_full(&r, skc, state);
-	return bpf_seq_write(seq, &r, sizeof(r));
-}
 
 /* Count the socket in its group; 0 if it was, else it is to be written out. */
 static __always_inline int group(struct sock_common *skc, struct trailer *t)
 {
-	struct tcp_sock___grp *tp = (void *)bpf_skc_to_tcp_sock(skc);
+	struct tcp_sock___rec *tp = (void *)bpf_skc_to_tcp_sock(skc);
 	struct group_key key = {};
 	struct group_val *val, fresh = {};
 	__u16 port = skc->skc_num;
@@ -257,19 +131,11 @@ int group_pass(struct bpf_iter__tcp *ctx)
 {
 	struct seq_file *seq = ctx->meta->seq;
 	struct sock_common *skc = ctx->sk_common;
-	__u32 zero = 0, one = 1;
-	struct trailer *t, *blank;
+	struct trailer *t;
 	__u16 port;
 	__u8 state;
 
-	if (ctx->meta->session_id != session) {	/* a new pass: start from zero */
-		blank = bpf_map_lookup_elem(&trailer, &one);
-		if (!blank)
-			return 0;
-		bpf_map_update_elem(&trailer, &zero, blank, BPF_ANY);
-		session = ctx->meta->session_id;
-	}
-	t = bpf_map_lookup_elem(&trailer, &zero);
+	t = THIS_PASS(trailer, session, ctx);	/* a new pass starts from zero */
 	if (!t)
 		return 0;
 	if (!skc) {		/* the walk is complete */
