@@ -1,4 +1,4 @@
-"""The command line imports only the command it runs (start-up is most of a short command's cost)."""
+"""The command line imports only the command it runs: start-up is most of a short command."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def test_the_table_lists_each_command_as_its_own_help_would(name: str) -> None:
 
 def test_the_top_level_help_lists_every_command_in_order() -> None:
     text = cli.get_help(click.Context(cli, info_name="sockdoctor", terminal_width=100))
-    listed = [line.split()[0] for line in text.split("\nCommands:\n")[1].split("\n\n")[0].splitlines()
+    section = text.split("\nCommands:\n")[1].split("\n\n")[0]
+    listed = [line.split()[0] for line in section.splitlines()
               if line.startswith("  ") and not line.startswith("   ")]
     assert listed == sorted(COMMANDS) == cli.list_commands(click.Context(cli))
