@@ -1,34 +1,85 @@
 """Command line: parse arguments, call the library, render, exit code.
 
-Kept thin and cheap to import: each command lives in its own module here and
-imports the heavy parts of the library only when it runs, so
-`sockdoctor --help` starts instantly. A command module only defines a click
-command; it is registered below.
+Kept thin and cheap to import: each command lives in its own module here,
+imported only when the command line names it (COMMANDS below), and imports the
+heavy parts of the library only when it runs. Start-up is most of a short
+command's cost (`kill` of a few sockets, `keepalive`), so `sockdoctor ls` never
+imports kill's or the exporter's code, and `sockdoctor --help` imports none.
 """
 
 from __future__ import annotations
 
 import codecs
 import gc
+import importlib
 import sys
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import click
 
 from ..stdout import reader_may_leave
 from .common import CONTEXT, Group, user_errors
-from .demo import demo_command
-from .doctor import doctor_command
-from .exporter import exporter_command
-from .keepalive import keepalive_command
-from .kill import kill_command
-from .lab import lab_command
-from .ls import ls_command
-from .reap import reap_command
-from .shell import COMPLETE_VAR, completion_command, man_command
-from .snapshot import snapshot_command
-from .top import top_command
-from .trace import trace_command
-from .unit import unit_command
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
+COMPLETE_VAR = "_SOCKDOCTOR_COMPLETE"  # click's completion protocol, under one name
+
+# name: (module in cli/, its click command, the first paragraph of its help). The
+# top-level --help and completion list commands from here, importing none of them;
+# a unit test keeps the text equal to each command's own.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "ls": ("ls", "ls_command", "List TCP sockets in every network namespace, like `ss -tan`, "
+           "with owners and age."),
+    "doctor": ("doctor", "doctor_command", "Name the causes of stuck sockets: evidence, "
+               "explanation, fix, and the relief command."),
+    "kill": ("kill", "kill_command", "End stuck connections without restarting their owner: "
+             "planned, verified, logged."),
+    "reap": ("reap", "reap_command", "Reap stuck connections by a policy, cycle after cycle: "
+             "planned, audited, verified."),
+    "keepalive": ("keepalive", "keepalive_command", "Arm TCP keepalive on live sockets, so "
+                  "vanished peers end by themselves."),
+    "lab": ("lab", "lab_command", "Reproduce the classic stuck-socket bugs for real, in "
+            "private network namespaces."),
+    "snapshot": ("snapshot", "snapshot_command", "Save complete evidence (sockets, owners, "
+                 "namespaces, sysctls, counters) to a file."),
+    "demo": ("demo", "demo_command", "Run one classic bug end to end in private network "
+             "namespaces (needs root)."),
+    "exporter": ("exporter", "exporter_command", "Export stuck TCP sockets (CLOSE-WAIT by "
+                 "process, port and age) to Prometheus."),
+    "trace": ("trace", "trace_command", "Show every TCP state change as it happens, with its "
+              "process — no BPF needed."),
+    "top": ("top", "top_command", "Watch TCP sockets live: who holds how many in which state, "
+            "growing how fast."),
+    "unit": ("unit", "unit_command", "Print the hardened systemd unit of `sockdoctor exporter` "
+             "or `sockdoctor reap`."),
+    "completion": ("shell", "completion_command", "Print the shell completion script for "
+                   "SHELL: commands, options, states, namespaces, lab scenarios."),
+    "man": ("shell", "man_command", "Print sockdoctor's man page (roff), made from every "
+            "command's --help."),
+}
+
+
+class _LazyCommands(Mapping[str, click.Command]):
+    """The group's commands by name: a command's module is imported when it is looked up."""
+
+    def __init__(self, table: Mapping[str, tuple[str, str, str]]) -> None:
+        self._table = table
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            module, attribute, _short = self._table[name]  # KeyError: no such command
+            self._loaded[name] = getattr(importlib.import_module(f".{module}", __name__),
+                                         attribute)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -56,8 +107,27 @@ class _Commands(Group):
             return super().invoke(ctx)
         return 0
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own listing (order, width, shortening), of stand-ins made from the table
+        _listing().format_commands(ctx, formatter)
 
-@click.group(cls=_Commands, context_settings=CONTEXT, epilog="""
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        listing = _listing()
+        names = [n for n in listing.list_commands(ctx) if n.startswith(incomplete)]
+        return [CompletionItem(n, help=listing.commands[n].get_short_help_str()) for n in names
+                ] + click.Command.shell_complete(self, ctx, incomplete)
+
+
+def _listing() -> click.Group:
+    """The commands as `--help` lists them, without importing any (help: the table's text)."""
+    return click.Group(commands=[click.Command(name, help=short)
+                                 for name, (_m, _a, short) in COMMANDS.items()])
+
+
+@click.group(cls=_Commands, commands=_LazyCommands(COMMANDS), context_settings=CONTEXT,
+             epilog="""
 \b
 Examples:
   # who holds which sockets, on one screen
@@ -81,22 +151,6 @@ def cli() -> None:
     accepts ss's -t -a -n. Run as root to see every process and network
     namespace. `sockdoctor COMMAND --help` has examples for each command.
     """
-
-
-cli.add_command(ls_command)
-cli.add_command(doctor_command)
-cli.add_command(kill_command)
-cli.add_command(reap_command)
-cli.add_command(keepalive_command)
-cli.add_command(lab_command)
-cli.add_command(snapshot_command)
-cli.add_command(demo_command)
-cli.add_command(exporter_command)
-cli.add_command(trace_command)
-cli.add_command(top_command)
-cli.add_command(unit_command)
-cli.add_command(completion_command)
-cli.add_command(man_command)
 
 
 @user_errors

@@ -16,9 +16,10 @@ from typing import Any
 
 import click
 
+from . import COMPLETE_VAR
 from .common import CONTEXT
 
-COMPLETE_VAR = "_SOCKDOCTOR_COMPLETE"
+__all__ = ["COMPLETE_VAR", "completion_command", "man_command", "man_page"]
 SHELLS = ("bash", "zsh", "fish")
 EXIT_STATUS = """\
 0    success (doctor: healthy; kill: every chosen socket is gone)

@@ -11,7 +11,6 @@ closed (or the process exits) the kernel frees the programs and maps.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Callable
@@ -36,8 +35,12 @@ class BpfError(OSError):
 @cache
 def lib() -> ctypes.CDLL:
     """libbpf.so.1 with the signatures we call; OSError if it is not installed."""
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    so = ctypes.CDLL(name, use_errno=True)
+    try:  # the soname first: ctypes.util (subprocess, tempfile...) costs ~7 ms of start-up
+        so = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        so = ctypes.CDLL(find_library("bpf") or "libbpf.so.1", use_errno=True)
     vp, i, sz, u32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint32
     for fn, res, args in (
             ("bpf_object__open_mem", vp, [vp, sz, vp]),
