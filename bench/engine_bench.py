@@ -53,35 +53,52 @@ def commands(netns: str) -> dict[str, list[str]]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sockets", type=int, default=144_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    wall: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
-    with Population(mixed(args.sockets), tag="perfeng") as pop:
-        print(f"{pop.sockets} sockets built in {pop.build_seconds:.1f} s", flush=True)
-        cmds = commands(pop.netns)
-        for argv in cmds.values():  # warm-up
-            run_measured(in_netns(pop.netns, argv), (0, 1))
-        for _ in range(args.repeat):
-            for label, argv in cmds.items():
-                elapsed, _rss, used = run_measured(in_netns(pop.netns, argv), (0, 1))
-                wall.setdefault(label, []).append(elapsed)
-                cpu.setdefault(label, []).append(used)
+Runs = dict[str, list[float]]
+
+
+def measure(netns: str, cmds: dict[str, list[str]], repeat: int) -> tuple[Runs, Runs]:
+    """Wall and CPU seconds of each command, run inside `netns`: one warm-up, then
+    `repeat` rounds with the commands alternating."""
+    wall: Runs = {}
+    cpu: Runs = {}
+    for argv in cmds.values():  # warm-up
+        run_measured(in_netns(netns, argv), (0, 1))
+    for _ in range(repeat):
+        for label, argv in cmds.items():
+            elapsed, _rss, used = run_measured(in_netns(netns, argv), (0, 1))
+            wall.setdefault(label, []).append(elapsed)
+            cpu.setdefault(label, []).append(used)
+    return wall, cpu
+
+
+def report(sockets: int, repeat: int, wall: Runs, cpu: Runs,
+           ratios: list[tuple[str, str, float | None]]) -> None:
+    """The table of medians, then each ratio (wall and CPU) against its target."""
     med = {k: statistics.median(v) for k, v in wall.items()}
-    print(f"\nMachine: {machine()}\n{pop.sockets} sockets, median of {args.repeat} runs\n")
+    print(f"\nMachine: {machine()}\n{sockets} sockets, median of {repeat} runs\n")
     print("| command | wall s (median) | CPU s (median) | runs (s) |\n|---|---|---|---|")
     for label, times in wall.items():
         runs = ", ".join(f"{t:.3f}" for t in times)
         print(f"| {label} | {med[label]:.3f} | {statistics.median(cpu[label]):.3f} | {runs} |")
     print()
-    for num, den, target in RATIOS:
+    for num, den, target in ratios:
         ratio = med[num] / med[den]
+        cpu_den = statistics.median(cpu[den])  # 0 when too small for the 10 ms ticks
+        cpu_ratio = statistics.median(cpu[num]) / cpu_den if cpu_den else float("nan")
         goal = "" if target is None else f" (target <= {target}: " + (
             "OK)" if ratio <= target else f"MISS {ratio / target:.2f}x)")
-        print(f"{num} / {den} = {ratio:.2f}{goal}")
+        print(f"{num} / {den} = {ratio:.2f} wall, {cpu_ratio:.2f} CPU{goal}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sockets", type=int, default=144_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with Population(mixed(args.sockets), tag="perfeng") as pop:
+        print(f"{pop.sockets} sockets built in {pop.build_seconds:.1f} s", flush=True)
+        wall, cpu = measure(pop.netns, commands(pop.netns), args.repeat)
+    report(pop.sockets, args.repeat, wall, cpu, RATIOS)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine_bench import measure, report
 from population import Population, mixed
-from run import PY, in_netns, machine, run_measured, sockdoctor_argv
+from run import PY, sockdoctor_argv
 
 DUMP = ("import os; from sockdoctor.linux import sockdiag; "
         "from sockdoctor.linux.bpf import sockets; from sockdoctor.model import ALL_STATES_MASK; "
@@ -70,31 +70,10 @@ def main() -> None:
     args = parser.parse_args()
     import sockdoctor  # an install has its bytecode compiled; PYTHONDONTWRITEBYTECODE may be set
     compileall.compile_dir(os.path.dirname(sockdoctor.__file__), quiet=1)
-    wall: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
     with Population(mixed(args.sockets), tag="itertcp") as pop:
         print(f"{pop.sockets} sockets built in {pop.build_seconds:.1f} s", flush=True)
-        cmds = commands(pop.netns)
-        for argv in cmds.values():  # warm-up
-            run_measured(in_netns(pop.netns, argv), (0, 1))
-        for _ in range(args.repeat):
-            for label, argv in cmds.items():
-                elapsed, _rss, used = run_measured(in_netns(pop.netns, argv), (0, 1))
-                wall.setdefault(label, []).append(elapsed)
-                cpu.setdefault(label, []).append(used)
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    print(f"\nMachine: {machine()}\n{pop.sockets} sockets, median of {args.repeat} runs\n")
-    print("| command | wall s (median) | CPU s (median) | runs (s) |\n|---|---|---|---|")
-    for label, times in wall.items():
-        runs = ", ".join(f"{t:.3f}" for t in times)
-        print(f"| {label} | {med[label]:.3f} | {statistics.median(cpu[label]):.3f} | {runs} |")
-    print()
-    for num, den, target in RATIOS:
-        ratio = med[num] / med[den]
-        cpu_ratio = statistics.median(cpu[num]) / statistics.median(cpu[den])
-        goal = "" if target is None else f" (target <= {target}: " + (
-            "OK)" if ratio <= target else f"MISS {ratio / target:.2f}x)")
-        print(f"{num} / {den} = {ratio:.2f} wall, {cpu_ratio:.2f} CPU{goal}")
+        wall, cpu = measure(pop.netns, commands(pop.netns), args.repeat)
+    report(pop.sockets, args.repeat, wall, cpu, RATIOS)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,15 @@ def need_engine() -> None:
         pytest.skip(f"the BPF engine does not load here: {reason}")
 
 
+def force_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine itself, whatever the run's mode (.ci/fast-checks runs the suite with
+    SOCKDOCTOR_PURE=1): forced on for this test, which is skipped (or fails in CI)
+    where it cannot load."""
+    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
+    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
+    need_engine()
+
+
 # Remote code (conftest.Remote) shared by the destroy and keepalive tests: a
 # listener on loopback and `pair(sport)`, a client and its accepted server end.
 PAIRS = """

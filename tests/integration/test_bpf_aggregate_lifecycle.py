@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from bpfengine import need_engine
+from bpfengine import force_engine
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.linux import netns
 from sockdoctor.linux.bpf.aggregate import Aggregator
@@ -46,9 +46,7 @@ def settled() -> tuple[int, int]:
 
 def test_loading_and_unloading_leaves_nothing(solo: Lab, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     if shutil.which("bpftool") is None:
         pytest.fail("bpftool is not installed (CI installs it)")
     fds = len(os.listdir("/proc/self/fd"))

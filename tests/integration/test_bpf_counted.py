@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from bpfengine import PAIRS, need_engine
+from bpfengine import PAIRS, force_engine
 from conftest import Remote
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.linux.bpf import BpfError, aggregate
@@ -87,10 +87,7 @@ def same_metrics(kernel: Sample, diag: Sample, between: float
 
 def test_counted_samples_give_the_sock_diag_metrics(solo: Lab, monkeypatch: pytest.MonkeyPatch
                                                     ) -> None:
-    # the engine itself, whatever the run's mode (.ci/fast-checks runs SOCKDOCTOR_PURE=1)
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     remote = Remote(solo, solo.server, "sdt-counted")
     port, svc, queue = remote(MAKE)  # type: ignore[misc]
     ns = solo.server.netns
@@ -140,9 +137,7 @@ def test_a_refused_pass_is_counted_from_sock_diag(solo: Lab, monkeypatch: pytest
                                                   ) -> None:
     """The kernel refusing a pass mid-life: that sample is counted from a sock_diag dump
     (the same tallies), the source is off from then, the next sample is a usual one."""
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     remote = Remote(solo, solo.server, "sdt-counted")
     remote(MAKE)
     ns = solo.server.netns
@@ -173,9 +168,7 @@ def test_full_walks_keep_their_rhythm_between_counted_samples(
         solo: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every `full_walk_every` samples walk all of /proc through sock_diag, whatever the
     samples between them were; the others are counted and walk nothing."""
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     remote = Remote(solo, solo.server, "sdt-counted")
     remote(MAKE)
     sampler = Sampler(netns=solo.server.netns, doctor=False, full_walk_every=3)

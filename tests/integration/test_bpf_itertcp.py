@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 import sockdoctor
-from bpfengine import need_engine
+from bpfengine import force_engine
 from conftest import Remote
 from sockdoctor import inventory
 from sockdoctor.inventory import ScanOptions
@@ -116,9 +116,7 @@ def assert_same(ours: list[Socket], theirs: list[Socket]) -> None:
 
 @pytest.fixture(autouse=True)
 def engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
 
 
 def test_every_socket_and_field_as_sock_diag_gives_it(populated) -> None:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from bpfengine import need_engine
+from bpfengine import force_engine
 from sockdoctor.linux import sockdiag
 from sockdoctor.linux.bpf import destroy, keepalive, owners, sockets
 from sockdoctor.linux.bpf.libbpf import BpfObject
@@ -48,10 +48,7 @@ def settled() -> tuple[int, int, int, int]:
 
 
 def test_a_thousand_loads_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the engine itself, whatever the run's mode (.ci/fast-checks runs SOCKDOCTOR_PURE=1)
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     if shutil.which("bpftool") is None:
         pytest.fail("bpftool is not installed (CI installs it)")
     fds = len(os.listdir("/proc/self/fd"))

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from bpfengine import PAIRS, need_engine
+from bpfengine import PAIRS, force_engine
 from conftest import Remote
 from sockdoctor.lab.netlab import Lab
 from sockdoctor.model import TcpState
@@ -80,9 +80,7 @@ def step(pairs: list[tuple[Sampler, TopModel]]) -> tuple[Sample, float]:
 
 def test_grouped_refreshes_give_the_sock_diag_groups(solo: Lab,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     server = Remote(solo, solo.server, "sdt-grpsrv")
     port = server(SERVER)
     Remote(solo, solo.server, "sdt-grpcli")(CLIENT.format(port=port, n=40))
@@ -143,9 +141,7 @@ def test_forced_off_refreshes_through_sock_diag(solo: Lab,
 
 def test_a_narrowing_filter_refreshes_through_sock_diag(
         solo: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     Remote(solo, solo.server, "sdt-grpsrv")(SERVER)
     model = TopModel()
     sampler = Sampler(netns=solo.server.netns, doctor=False)
@@ -169,9 +165,7 @@ def ours() -> int:
 
 
 def test_closed_leaves_nothing_loaded(solo: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     if shutil.which("bpftool") is None:
         pytest.fail("bpftool is not installed (CI installs it)")
     Remote(solo, solo.server, "sdt-grpsrv")(SERVER)
@@ -207,9 +201,7 @@ def test_an_owner_that_exits_is_placed_again(solo: Lab, monkeypatch: pytest.Monk
                                              ) -> None:
     """Sockets a child inherited from an owner that exited come up again (the owner's
     placed files are dropped) and are grouped under the child, as sock_diag says."""
-    monkeypatch.delenv("SOCKDOCTOR_PURE", raising=False)
-    monkeypatch.setenv("SOCKDOCTOR_ENGINE", "bpf")
-    need_engine()
+    force_engine(monkeypatch)
     server = Remote(solo, solo.server, "sdt-grpsrv")
     port = server(SERVER)
     forker = Remote(solo, solo.server, "sdt-grpfork")

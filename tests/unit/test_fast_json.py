@@ -7,29 +7,16 @@ it, for every kind of record, and leave to msgspec the chunks it does not write.
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import pytest
+from test_fast_table import NS_A, NS_B, NS_UNNAMED, V6, sock
 
 from sockdoctor.linux import native
-from sockdoctor.model import Netns, Owner, Process, SkMemInfo, Snapshot, Socket, TcpState
+from sockdoctor.model import Netns, Process, SkMemInfo, Snapshot, Socket, TcpState
 from sockdoctor.render import jsonout
 from sockdoctor.sides import Sides
 
 pytestmark = pytest.mark.skipif(native.fast is None, reason="C extension not built")
-
-V4, V6 = 2, 10
-NS_A, NS_B, NS_UNNAMED = 4026531840, 4026532000, 4026532999
-
-
-def sock(state: int, local: str, lport: int, peer: str, pport: int, *, family: int = V4,
-         netns: int = NS_A, owners: tuple[tuple[int, int], ...] = (), **extra: Any) -> Socket:
-    sk = Socket(netns, family, state, local, lport, peer, pport, 7, 1, 0, 0, 0)
-    sk.owners = [Owner(pid, fd) for pid, fd in owners]
-    for name, value in extra.items():
-        setattr(sk, name, value)
-    return sk
-
 
 def varied() -> list[Socket]:
     return [
