@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine_bench import measure, report
 from population import Population, mixed
-from run import PY, in_netns, machine, run_measured
+from run import PY
 
 LS = {"ls state close-wait": ["ls", "state", "close-wait"], "ls --json": ["ls", "--json"],
       "ls -p --json": ["ls", "-p", "--json"], "ls -i --json": ["ls", "-i", "--json"]}
@@ -54,36 +54,12 @@ def main() -> None:
     for tree in (os.path.dirname(sockdoctor.__file__), args.baseline):
         if tree:
             compileall.compile_dir(tree, quiet=1)
-    wall: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
     with Population(mixed(args.sockets), tag="listing") as pop:
         print(f"{pop.sockets} sockets built in {pop.build_seconds:.1f} s", flush=True)
-        cmds = commands(pop.netns, args.baseline)
-        for rnd in range(args.repeat + 1):  # round 0: warm-up
-            for label, argv in cmds.items():
-                elapsed, _rss, used = run_measured(in_netns(pop.netns, argv), (0, 1))
-                if rnd:
-                    wall.setdefault(label, []).append(elapsed)
-                    cpu.setdefault(label, []).append(used)
-    report(wall, cpu, pop.sockets, args.repeat, bool(args.baseline))
-
-
-def report(wall: dict[str, list[float]], cpu: dict[str, list[float]], sockets: int,
-           repeat: int, baseline: bool) -> None:
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    mcpu = {k: statistics.median(v) for k, v in cpu.items()}
-    print(f"\nMachine: {machine()}\n{sockets} sockets, median of {repeat} rounds\n")
-    print("| command | wall s (median) | CPU s (median) | runs (s) |\n|---|---|---|---|")
-    for label, times in wall.items():
-        runs = ", ".join(f"{t:.3f}" for t in times)
-        print(f"| {label} | {med[label]:.3f} | {mcpu[label]:.3f} | {runs} |")
-    print()
-    for tag in ("", " [baseline]") if baseline else ("",):
-        for num, den, target in RATIOS:
-            ratio, cpu_ratio = med[num + tag] / med[den], mcpu[num + tag] / mcpu[den]
-            goal = "" if target is None else f" (target <= {target}: " + (
-                "OK)" if ratio <= target else f"MISS {ratio / target:.2f}x)")
-            print(f"{num}{tag} / {den} = {ratio:.2f} wall, {cpu_ratio:.2f} CPU{goal}")
+        wall, cpu = measure(pop.netns, commands(pop.netns, args.baseline), args.repeat)
+    tags = ("", " [baseline]") if args.baseline else ("",)
+    report(pop.sockets, args.repeat, wall, cpu,
+           [(num + tag, den, target) for tag in tags for num, den, target in RATIOS])
 
 
 if __name__ == "__main__":
