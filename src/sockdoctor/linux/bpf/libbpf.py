@@ -116,12 +116,6 @@ class BpfObject:
     def map_fd(self, name: str) -> int:
         return self._so.bpf_map__fd(self._map(name))
 
-    def set_elem(self, name: str, key: bytes, value: bytes) -> None:
-        """Set one entry of a map (a one-entry array: the program's settings)."""
-        code = self._so.bpf_map_update_elem(self.map_fd(name), key, value, 0)
-        if code:
-            raise _fail(f"setting map {name}", code)
-
     def update_batch(self, name: str, keys: bytes, values: bytes, count: int) -> None:
         """Insert `count` entries at once (keys and values packed back to back)."""
         if not count:

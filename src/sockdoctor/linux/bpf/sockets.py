@@ -125,12 +125,8 @@ def host_sockets() -> int:
         text = procfs._read(f"{procfs.PROC}/net/sockstat")
     except OSError:
         return 0
-    for line in text.splitlines():
-        if line.startswith("TCP:"):
-            words = line.split()
-            fields = dict(zip(words[1::2], words[2::2], strict=False))
-            return int(fields.get("alloc", 0)) + int(fields.get("tw", 0))
-    return 0
+    tcp = procfs._parse_sockstat(text).get("sockstat.TCP", {})
+    return tcp.get("alloc", 0) + tcp.get("tw", 0)
 
 
 @contextmanager
@@ -151,7 +147,7 @@ def source(opts: sockdiag.DumpOptions, families: Iterable[int]) -> Iterator[Dump
         yield None
         return
     try:
-        obj.set_elem("config", b"\0\0\0\0", config(opts, fams))
+        obj.update_elem("config", 0, config(opts, fams))
         yield lambda netns: dump(obj, opts, netns, fams)
     except BpfError as exc:
         _refuse(exc)
