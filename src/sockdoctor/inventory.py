@@ -195,10 +195,12 @@ class Scanner:
         records, dumped = self._dump(run, namespaces)
         if evidence is True and run.dump.age and not o.info:
             add_keepalive_info(namespaces, dumped, families(query))
-        query.learn(records)  # `autobound`: each namespace's own port range
         every = Found(dumped, sockets.complete, sockets.also)
-        chosen = every if self.whole else Found([sk for sk in dumped if query.match_socket(sk)],
-                                                sockets.complete, sockets.also)
+        chosen = every  # whole: the caller selects afterwards (Query.select learns then)
+        if not self.whole:
+            query.learn(records)  # `autobound`: each namespace's own port range
+            chosen = Found([sk for sk in dumped if query.match_socket(sk)],
+                           sockets.complete, sockets.also)
         joined = Joined(chosen.sockets)
         if finish is not None:
             self._say(f"finding owners of {len(chosen.sockets)} sockets")
@@ -384,17 +386,14 @@ def add_keepalive_info(namespaces: list[netns_mod.NsRef], dumped: list[Socket],
         if ns.inode not in inodes:
             continue
         try:
-            again = netns_mod.run_in(ns, partial(_dump_once, opts, ns.inode, fams))
+            again = netns_mod.run_in(ns, partial(sockdiag.dump_here, opts, netns=ns.inode,
+                                                 families=fams))
         except (SockdoctorError, sockdiag.NetlinkParseError):
             continue  # the ages keep their lower bound
         for fresh in again:
             sk = wanted.get((fresh.netns, fresh.cookie))
             if sk is not None:
                 sk.info = fresh.info
-
-
-def _dump_once(opts: sockdiag.DumpOptions, inode: int, fams: tuple[int, ...]) -> list[Socket]:
-    return sockdiag.dump_here(opts, netns=inode, families=fams)
 
 
 def select_namespaces(wanted: str, warnings: list[str]
@@ -436,7 +435,7 @@ def dump_namespaces(namespaces: list[netns_mod.NsRef], opts: sockdiag.DumpOption
     def job(ns: netns_mod.NsRef) -> Callable[[], _NsResult]:
         def run() -> _NsResult:
             sockets = (kernel_dump(ns.inode) if kernel_dump is not None
-                       else _dump_once(opts, ns.inode, families))
+                       else sockdiag.dump_here(opts, netns=ns.inode, families=families))
             # The port range always: it decides a socket's side (sides.py, ls --json).
             return _NsResult(sockets,
                              procfs.read_sysctls(procfs.NET_SYSCTLS if sysctls

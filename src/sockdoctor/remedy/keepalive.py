@@ -28,6 +28,7 @@ from ..linux import host as hostmod
 from ..linux.host import Host
 from ..model import Snapshot, Socket, TcpState, state_mask
 from ..query import Query
+from ..words import netns_names
 from . import audit as audit_mod
 from .audit import DEFAULT_PATH, AuditLog
 from .methods.base import HIDDEN_OWNER, Pacer
@@ -131,7 +132,7 @@ def plan_keepalive(snapshot: Snapshot, settings: Keepalive, *, where: Query | No
     host = host or Host()
     policy = keepalive_policy(where, states, force=force, max_count=max_count)
     selects = policy.selector(snapshot)
-    names = {ns.inode: ns.name for ns in snapshot.namespaces}
+    names = netns_names(snapshot)
     items = []
     for sk in snapshot.sockets:
         if selects(sk):

@@ -32,6 +32,7 @@ from ..linux.ownercache import OwnerCache
 from ..linux.ringbuf import StateChange
 from ..linux.tracefs import thread_group
 from ..model import Owner, Snapshot, Socket, TcpState
+from ..words import netns_names
 from .identity import Key
 
 CLOSE, LISTEN, SYN_RECV = TcpState.CLOSE, TcpState.LISTEN, TcpState.SYN_RECV
@@ -79,7 +80,7 @@ class Index:
 
     @classmethod
     def of(cls, snap: Snapshot) -> Index:
-        index = cls(created=snap.created, names={ns.inode: ns.name for ns in snap.namespaces},
+        index = cls(created=snap.created, names=netns_names(snap),
                     comms={pid: p.comm for pid, p in snap.processes.items()})
         by_tuple: dict[Key, list[Socket]] = {}
         for sk in snap.sockets:

@@ -22,6 +22,7 @@ from ..jsontext import untrusted
 from ..linux.procfs import pod_uid
 from ..model import ACCEPT_QUEUE_LABEL, METRIC_STATE_NAMES, Snapshot, Socket, TcpState
 from ..sides import DEFAULT_PORT_RANGE, Sides
+from ..words import netns_names
 from .sampler import Sample
 
 OTHER = "other"
@@ -133,7 +134,7 @@ class _View:
 
     def __init__(self, snap: Snapshot, sample: Sample, opts: Options) -> None:
         self.snap, self.sample, self.opts = snap, sample, opts
-        self.names = {ns.inode: ns.name for ns in snap.namespaces}  # escaped by Family
+        self.names = netns_names(snap)  # escaped by Family
         self.listeners_ = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN]
         self.sides = Sides(snap, self.listeners_)  # the rule of ls --json's side/service
         self.listening, self.ranges = self.sides.listening, self.sides.ranges

@@ -178,11 +178,7 @@ def dump(obj: BpfObject, opts: sockdiag.DumpOptions, netns: int,
     try:
         out = obj.run_iter(PROGRAM, lambda fd: read_decoding(fd, netns, opts.age))
     except OSError:  # BpfError too
-        sock = sockdiag.open_socket()
-        try:
-            return sockdiag.dump(sock, opts, netns=netns, families=families)
-        finally:
-            sock.close()
+        return sockdiag.dump_here(opts, netns=netns, families=families)
     out.sort(key=_family)  # stable: as sockdiag.dump, each family in the kernel's order
     return out
 
@@ -225,7 +221,7 @@ def read_decoding(fd: int, netns: int, age: bool) -> list[Socket]:
 def decode(data: bytes, netns: int, age: bool) -> list[Socket]:
     """Records -> Socket objects (the C decoder when it is built)."""
     data = data[:len(data) - len(data) % RECORD.size]
-    if fast is not None and hasattr(fast, "tcp_records"):
+    if fast is not None:  # an ABI-4 build has tcp_records (native._load checks)
         return fast.tcp_records(data, netns, age, sockdiag.AGED_STATES)
     return decode_python(data, netns, age)
 
