@@ -212,8 +212,8 @@ class Reaper:
         snap = sample.snapshot
         assert snap is not None
         if self.narrow is not None:
-            chosen = {id(sk) for sk in self.narrow.select(snap)}
-            keep = [sk for sk in snap.sockets if id(sk) in chosen or sk.state == TcpState.LISTEN]
+            test = self.narrow.selector(snap)
+            keep = [sk for sk in snap.sockets if sk.state == TcpState.LISTEN or test(sk)]
         else:
             keep = snap.sockets
         aged = 0

@@ -154,6 +154,13 @@ class Method:
         return "survived", state
 
 
+def moved_on(index: int, state: int) -> Action:
+    """A planned socket found in another state when its method came: not ours to end."""
+    return Action(index=index, status="already-gone", detail=(
+        f"already {words.state_name(state)} when we came: ended by another hand, "
+        "left as it was"))
+
+
 def failed(items: list[PlanItem], exc: BaseException) -> list[Action]:
     """The same error for every item of a batch."""
     status, detail = hostmod.status_of(exc), hostmod.describe(exc)

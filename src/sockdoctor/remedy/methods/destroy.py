@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import errno
 
-from ... import words
 from ...linux import host as hostmod
 from ...model import Socket
 from ..steps import Action, PlanItem
-from .base import FIN_STATES, Choice, Method, Runtime, Target
+from .base import FIN_STATES, Choice, Method, Runtime, Target, moved_on
 
 _STATUS = {0: "done", errno.ENOENT: "already-gone", errno.ESTALE: "identity-changed",
            errno.EPERM: "not-permitted", errno.EACCES: "not-permitted",
@@ -96,16 +95,10 @@ def _detail(code: int, via: str) -> str:
     return f"{detail} ({via})" if code == 0 else detail
 
 
-def _moved_on(index: int, state: int) -> Action:
-    return Action(index=index, status="already-gone", detail=(
-        f"already {words.state_name(state)} when we came: ended by another hand, "
-        "left as it was"))
-
-
 def _in_kernel(item: PlanItem, met: tuple[int, int]) -> Action:
     code, state = met
     if code == errno.EALREADY:
-        return _moved_on(item.index, state)
+        return moved_on(item.index, state)
     return Action(index=item.index, status=_STATUS.get(code, "failed"),
                   detail=_detail(code, VIA_KERNEL))
 
@@ -130,7 +123,7 @@ def _not_ours(batch: list[PlanItem]) -> tuple[list[Action], list[PlanItem]]:
             actions.append(Action(index=item.index, status="already-gone",
                                   detail=_DETAIL[errno.ENOENT]))
         elif planned in FIN_STATES and state not in FIN_STATES:
-            actions.append(_moved_on(item.index, state))
+            actions.append(moved_on(item.index, state))
         else:
             todo.append(item)
     return actions, todo

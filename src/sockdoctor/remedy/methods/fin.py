@@ -11,7 +11,16 @@ from ... import words
 from ...linux import host as hostmod
 from ...model import TcpState
 from ..steps import Action, PlanItem
-from .base import FIN_STATES, HIDDEN_OWNER, Choice, Method, Runtime, Target, one_by_one
+from .base import (
+    FIN_STATES,
+    HIDDEN_OWNER,
+    Choice,
+    Method,
+    Runtime,
+    Target,
+    moved_on,
+    one_by_one,
+)
 
 
 class Fin(Method):
@@ -56,7 +65,5 @@ def _shut(handle: object, item: PlanItem) -> Action:
         return Action(index=item.index, status=hostmod.status_of(exc),
                       detail=hostmod.describe(exc))
     if state not in FIN_STATES:  # someone else sent the FIN (or it was reset): not ours
-        return Action(index=item.index, status="already-gone", detail=(
-            f"already {words.state_name(state)} when we came: ended by another hand, left "
-            "as it was"))
+        return moved_on(item.index, state)
     return Action(index=item.index, status="done", detail=f"shut down (was {state.ss_name})")
